@@ -1,0 +1,66 @@
+"""Writing outputs so that nothing is lost: atomic files, staged folders.
+
+- `atomic_write_json` / `atomic_write_text`: write to a temp file in the same
+  folder, then `os.replace`, so a reader never sees half a file.
+- `staged_directory`: build a whole output folder under a temporary name and
+  rename it into place only when complete; an existing folder is refused
+  unless `replace=True`, and is only removed after the new one is finished.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+
+def atomic_write_text(path, text):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path, obj, indent=None):
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def refuse_existing(path, replace, flag="--replace"):
+    """Raise a UserError if `path` exists and replacing it was not asked for."""
+    path = Path(path)
+    if path.exists() and not replace:
+        raise UserError(f"output folder {path} already exists; pass {flag} to overwrite it "
+                        "or choose another folder")
+
+
+@contextlib.contextmanager
+def staged_directory(final, replace=False):
+    """Yield a fresh temporary folder beside `final`; move it to `final` on success.
+
+    On an exception the temporary folder is deleted and `final` is untouched.
+    """
+    final = Path(final)
+    refuse_existing(final, replace)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        retired = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.replace(final, retired / final.name)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, final)
