@@ -273,9 +273,10 @@ def plan_image(rng, has_findings):
     )
 
 
-def plan_dataset(num_images, seed):
-    """Plans for `num_images`, of which round(num_images * 4394 / 15000) have findings."""
-    rng = np.random.default_rng(seed)
+def plan_dataset(num_images, seed, split="train"):
+    """Plans for `num_images`, of which round(num_images * 4394 / 15000) have findings.
+    Each split draws from its own random stream of the seed."""
+    rng = np.random.default_rng([seed, ("train", "test").index(split)])
     num_findings = round(num_images * REAL_FINDING_IMAGES / REAL_IMAGES)
     has_findings = np.zeros(num_images, dtype=bool)
     has_findings[rng.permutation(num_images)[:num_findings]] = True
@@ -317,7 +318,7 @@ def encode_png(pixels):
 def write_csv(path, plans, seed):
     """Write train.csv with rows shuffled across images, as the real file is."""
     rows = [row for plan in plans for row in csv_rows(plan)]
-    order = np.random.default_rng([seed, 1]).permutation(len(rows))
+    order = np.random.default_rng([seed, 2]).permutation(len(rows))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
@@ -329,8 +330,8 @@ def generate(out, num_images, size=512, seed=0, test_images=None, replace=False,
     """Write a synthetic dataset to `out`; returns a summary dict."""
     test_images = num_images // 5 if test_images is None else test_images
     start = time.perf_counter()
-    plans = plan_dataset(num_images + test_images, seed)
-    train_plans, test_plans = plans[:num_images], plans[num_images:]
+    train_plans = plan_dataset(num_images, seed, "train")
+    test_plans = plan_dataset(test_images, seed, "test")
     with staged_directory(out, replace) as staging:
         for folder, folder_plans in (("train", train_plans), ("test", test_plans)):
             (staging / folder).mkdir()
