@@ -24,6 +24,7 @@ Preparation needs numpy only: torch is not imported.
 
 import argparse
 import csv
+import io
 import os
 import shutil
 import struct
@@ -35,7 +36,7 @@ import numpy as np
 
 from .classes import CLASS_NAMES, NO_FINDING_ID, NO_FINDING_NAME, NUM_CLASSES, category_id, coco_categories
 from .errors import UserError, exit_on_user_error
-from .outputs import atomic_write_json, staged_directory
+from .outputs import atomic_write_json, refuse_existing, staged_directory
 from .splits import split_test
 from .wbf import fuse_box_groups
 
@@ -49,10 +50,11 @@ class Table:
     """train.csv as arrays; row i is CSV line i + 2."""
 
     path: Path
-    image_ids: np.ndarray          # (N,) str
+    image_names: list              # distinct image ids, in order of first appearance
+    image_index: np.ndarray        # (N,) int: row -> position in image_names
     class_ids: np.ndarray          # (N,) int, 0..14
     boxes: np.ndarray              # (N, 4) float, NaN on "No finding" rows
-    original_sizes: np.ndarray     # (N, 2) width, height, or None if the CSV has none
+    original_sizes: np.ndarray     # (num_images, 2) width, height, or None if the CSV has none
 
 
 def _line(row_index):
@@ -78,76 +80,113 @@ def _parse_numbers(path, column, values, rows, dtype):
     raise AssertionError("unreachable: some value failed to parse")
 
 
+def _read_columns(path):
+    """(header, {column: list of strings}, number of rows) of a CSV file.
+
+    A file without quotes (the real train.csv) is joined into one flat list of
+    fields and sliced into columns, several times faster than splitting it
+    row by row with the csv module, which is used for files with quotes."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a UTF-8 text file; expected VinBigData's train.csv") from None
+    if '"' in text:
+        rows = [row for row in csv.reader(io.StringIO(text)) if row]
+        lines = [",".join(row) for row in rows]
+    else:
+        lines = [line for line in text.splitlines() if line]
+        rows = None
+    if not lines:
+        raise UserError(f"{path} is empty; expected a header with {', '.join(REQUIRED_COLUMNS)}")
+    header = rows[0] if rows else lines[0].split(",")
+    body = rows[1:] if rows else lines[1:]
+    fields = ([field for row in body for field in row] if rows
+              else (",".join(body).split(",") if body else []))
+    if len(fields) != len(body) * len(header):
+        counts = [len(row) if rows else len(row.split(",")) for row in body]
+        bad = next(i for i, count in enumerate(counts) if count != len(header))
+        raise UserError(f"{path}, line {_line(bad)}: {counts[bad]} fields, the header has {len(header)}")
+    return header, {name: fields[i::len(header)] for i, name in enumerate(header)}, len(body)
+
+
+def _original_sizes_per_image(path, sizes, image_index, image_names):
+    """One (width, height) per image; an image listed with two sizes is an error."""
+    _, first_row = np.unique(image_index, return_index=True)
+    per_image = sizes[first_row]
+    mismatch = np.flatnonzero((per_image[image_index] != sizes).any(axis=1))
+    if len(mismatch):
+        row = mismatch[0]
+        raise UserError(f"{path}, line {_line(row)}: image {image_names[image_index[row]]} has width/height "
+                        f"{sizes[row].tolist()}, "
+                        f"but {per_image[image_index[row]].tolist()} on an earlier line")
+    return per_image
+
+
 def read_table(path):
     """Read and validate train.csv (with or without width/height columns)."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            body = list(reader)
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    if header is None:
-        raise UserError(f"{path} is empty; expected a header with {', '.join(REQUIRED_COLUMNS)}")
+    header, columns, num_rows = _read_columns(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; its header is {','.join(header)}")
     size_present = [c in header for c in SIZE_COLUMNS]
     if any(size_present) and not all(size_present):
         raise UserError(f"{path} has only one of the columns width/height; give both or neither")
-    short = next((i for i, row in enumerate(body) if len(row) != len(header)), None)
-    if short is not None:
-        raise UserError(f"{path}, line {_line(short)}: {len(body[short])} fields, "
-                        f"the header has {len(header)}")
-
-    columns = {name: [row[i] for row in body] for i, name in enumerate(header)}
-    all_rows = range(len(body))
+    all_rows = range(num_rows)
     class_ids = _parse_numbers(path, "class_id", columns["class_id"], all_rows, int)
     bad_class = np.flatnonzero((class_ids < 0) | (class_ids > NO_FINDING_ID))
     if len(bad_class):
         row = bad_class[0]
         raise UserError(f"{path}, line {_line(row)}: class_id {class_ids[row]} is not in 0..{NO_FINDING_ID}")
-    expected_names = np.array(CLASS_NAMES + (NO_FINDING_NAME,))[class_ids]
-    wrong_name = np.flatnonzero(np.asarray(columns["class_name"]) != expected_names)
+    names = CLASS_NAMES + (NO_FINDING_NAME,)
+    id_of_name = {name: class_id for class_id, name in enumerate(names)}
+    named_ids = np.array([id_of_name.get(name, -1) for name in columns["class_name"]], dtype=np.int64)
+    wrong_name = np.flatnonzero(named_ids != class_ids)
     if len(wrong_name):
         row = wrong_name[0]
         raise UserError(f"{path}, line {_line(row)}: class_name {columns['class_name'][row]!r} does not "
-                        f"match class_id {class_ids[row]} ({expected_names[row]!r})")
+                        f"match class_id {class_ids[row]} ({names[class_ids[row]]!r})")
 
     lesion_rows = np.flatnonzero(class_ids != NO_FINDING_ID)
-    boxes = np.full((len(body), 4), np.nan)
+    boxes = np.full((num_rows, 4), np.nan)
     for k, name in enumerate(("x_min", "y_min", "x_max", "y_max")):
         values = [columns[name][i] for i in lesion_rows]
         boxes[lesion_rows, k] = _parse_numbers(path, name, values, lesion_rows, float)
 
+    codes = {}
+    image_index = np.array([codes.setdefault(name, len(codes)) for name in columns["image_id"]], dtype=np.int64)
     original_sizes = None
     if all(size_present):
-        original_sizes = np.stack([_parse_numbers(path, c, columns[c], all_rows, int)
-                                   for c in SIZE_COLUMNS], axis=1)
-        bad_size = np.flatnonzero((original_sizes <= 0).any(axis=1))
+        sizes = np.stack([_parse_numbers(path, c, columns[c], all_rows, int) for c in SIZE_COLUMNS], axis=1)
+        bad_size = np.flatnonzero((sizes <= 0).any(axis=1))
         if len(bad_size):
             row = bad_size[0]
             raise UserError(f"{path}, line {_line(row)}: width and height must be positive, "
-                            f"got {original_sizes[row].tolist()}")
-    return Table(path, np.asarray(columns["image_id"]), class_ids, boxes, original_sizes)
+                            f"got {sizes[row].tolist()}")
+        original_sizes = _original_sizes_per_image(path, sizes, image_index, list(codes))
+    return Table(path, list(codes), image_index, class_ids, boxes, original_sizes)
 
 
 def png_size(path):
     """(width, height) from a PNG's IHDR chunk, reading 24 bytes, or None if not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(24)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = os.read(fd, 24)
+    finally:
+        os.close(fd)
     if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
         return None
     return struct.unpack(">II", head[16:24])
 
 
-def locate_images(image_ids, images_dir, skip_missing, log):
-    """PNG (width, height) per image id; missing or unreadable files are an
+def locate_images(names, images_dir, skip_missing, log):
+    """PNG (width, height) per image name; missing or unreadable files are an
     error naming the first few, or are dropped with --skip-missing."""
     sizes, problems = {}, []
-    for image_id in image_ids:
-        path = Path(images_dir) / f"{image_id}.png"
+    for name in names:
+        path = os.path.join(images_dir, f"{name}.png")
         try:
             size = png_size(path)
         except OSError as error:
@@ -156,9 +195,9 @@ def locate_images(image_ids, images_dir, skip_missing, log):
         if size is None:
             problems.append(f"{path} (not a PNG)")
         else:
-            sizes[image_id] = size
+            sizes[name] = size
     if problems:
-        message = (f"{len(problems)} of {len(image_ids)} images listed in the CSV are missing or "
+        message = (f"{len(problems)} of {len(names)} images listed in the CSV are missing or "
                    f"unreadable in {images_dir}, e.g. " + "; ".join(problems[:5]))
         if not skip_missing:
             raise UserError(message + ". Fix --images, or pass --skip-missing to leave them out.")
@@ -166,53 +205,42 @@ def locate_images(image_ids, images_dir, skip_missing, log):
     return sizes, len(problems)
 
 
-def _consistent_original_sizes(table):
-    """One (width, height) per image id; an image listed with two sizes is an error."""
-    ids, first = np.unique(table.image_ids, return_index=True)
-    per_image = dict(zip(ids, table.original_sizes[first]))
-    mismatch = np.flatnonzero((np.array([per_image[i] for i in table.image_ids])
-                               != table.original_sizes).any(axis=1))
-    if len(mismatch):
-        row = mismatch[0]
-        raise UserError(f"{table.path}, line {_line(row)}: image {table.image_ids[row]} has width/height "
-                        f"{table.original_sizes[row].tolist()}, but {per_image[table.image_ids[row]].tolist()} "
-                        "on an earlier line")
-    return per_image
-
-
 def fuse_annotations(table, png_sizes, iou_thr, skip_box_thr):
     """Fused boxes per (image, class), in PNG pixels.
 
-    Returns (annotations: {image_id: [(class_id, xyxy, readers)]}, report)."""
-    keep = (table.class_ids != NO_FINDING_ID) & np.isin(table.image_ids, list(png_sizes))
-    image_ids, class_ids, boxes = table.image_ids[keep], table.class_ids[keep], table.boxes[keep]
-    png = np.array([png_sizes[i] for i in image_ids], dtype=np.float64).reshape(-1, 2)
-    scale = png if table.original_sizes is None else table.original_sizes[keep].astype(np.float64)
-    normalized = boxes / np.tile(scale, 2)
+    Returns ({image name: [(class_id, xyxy, readers)]}, CleaningReport)."""
+    png = np.zeros((len(table.image_names), 2))
+    located = np.zeros(len(table.image_names), dtype=bool)
+    for index, name in enumerate(table.image_names):
+        if name in png_sizes:
+            png[index], located[index] = png_sizes[name], True
+    keep = (table.class_ids != NO_FINDING_ID) & located[table.image_index]
+    image_index, class_ids = table.image_index[keep], table.class_ids[keep]
+    scale = png if table.original_sizes is None else table.original_sizes.astype(np.float64)
+    normalized = table.boxes[keep] / np.tile(scale[image_index], 2)
 
-    unique_ids, image_index = np.unique(image_ids, return_inverse=True)
-    fusion = fuse_box_groups(normalized, np.ones(len(boxes)), image_index * NUM_CLASSES + class_ids,
+    fusion = fuse_box_groups(normalized, np.ones(len(normalized)), image_index * NUM_CLASSES + class_ids,
                              iou_thr=iou_thr, skip_box_thr=skip_box_thr)
-    image_of_cluster = unique_ids[fusion.groups // NUM_CLASSES]
-    class_of_cluster = fusion.groups % NUM_CLASSES
-    png_of_cluster = np.array([png_sizes[i] for i in image_of_cluster], dtype=np.float64).reshape(-1, 2)
-    pixels = fusion.boxes * np.tile(png_of_cluster, 2)
-    annotations = {image_id: [] for image_id in unique_ids}
-    for image_id, class_id, box, readers in zip(image_of_cluster, class_of_cluster, pixels, fusion.sizes):
-        annotations[image_id].append((int(class_id), box.tolist(), int(readers)))
+    cluster_image = fusion.groups // NUM_CLASSES
+    pixels = fusion.boxes * np.tile(png[cluster_image], 2)
+    annotations = {table.image_names[i]: [] for i in np.unique(image_index)}
+    for index, class_id, box, readers in zip(cluster_image.tolist(), (fusion.groups % NUM_CLASSES).tolist(),
+                                             pixels.tolist(), fusion.sizes.tolist()):
+        annotations[table.image_names[index]].append((class_id, box, readers))
     return annotations, fusion.report
 
 
-def coco_dataset(image_ids, png_sizes, original_sizes, annotations, info):
-    """A COCO detection dict; image ids are 1..n in sorted image_id order."""
+def coco_dataset(names, png_sizes, original_sizes, annotations, info):
+    """A COCO detection dict; image ids are 1..n in sorted image name order.
+    original_sizes: {name: (width, height)} of the DICOMs, or None."""
     images, coco_annotations = [], []
-    for number, image_id in enumerate(sorted(image_ids), 1):
-        width, height = png_sizes[image_id]
-        image = {"id": number, "file_name": f"{image_id}.png", "width": width, "height": height}
+    for number, name in enumerate(sorted(names), 1):
+        width, height = png_sizes[name]
+        image = {"id": number, "file_name": f"{name}.png", "width": width, "height": height}
         if original_sizes is not None:
-            image["original_width"], image["original_height"] = map(int, original_sizes[image_id])
+            image["original_width"], image["original_height"] = original_sizes[name]
         images.append(image)
-        for class_id, (x0, y0, x1, y1), readers in annotations.get(image_id, ()):
+        for class_id, (x0, y0, x1, y1), readers in annotations.get(name, ()):
             coco_annotations.append({
                 "id": len(coco_annotations) + 1, "image_id": number, "category_id": category_id(class_id),
                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
@@ -222,12 +250,12 @@ def coco_dataset(image_ids, png_sizes, original_sizes, annotations, info):
             "categories": coco_categories()}
 
 
-def link_images(image_ids, source_dir, target_dir):
+def link_images(names, source_dir, target_dir):
     """Hard-link each PNG into target_dir (copy if linking fails); returns copies made."""
-    target_dir.mkdir()
+    os.mkdir(target_dir)
     copies = 0
-    for image_id in image_ids:
-        source, target = Path(source_dir) / f"{image_id}.png", target_dir / f"{image_id}.png"
+    for name in names:
+        source, target = os.path.join(source_dir, f"{name}.png"), os.path.join(target_dir, f"{name}.png")
         try:
             os.link(source, target)
         except OSError:
@@ -236,26 +264,32 @@ def link_images(image_ids, source_dir, target_dir):
     return copies
 
 
-def class_table(annotations_by_split, table, kept_images):
+def class_table(annotations_by_split, table, kept_names):
     """Rows: class, CSV box rows, fused boxes per split, mean readers per fused box."""
-    in_kept = np.isin(table.image_ids, list(kept_images))
+    kept = np.isin(np.arange(len(table.image_names)),
+                   [i for i, name in enumerate(table.image_names) if name in kept_names])
+    csv_boxes = np.bincount(table.class_ids[kept[table.image_index]], minlength=NO_FINDING_ID + 1)
+    readers = {split: [[] for _ in CLASS_NAMES] for split in annotations_by_split}
+    for split, per_image in annotations_by_split.items():
+        for annotations in per_image.values():
+            for class_id, _, count in annotations:
+                readers[split][class_id].append(count)
     rows = []
     for class_id, name in enumerate(CLASS_NAMES):
-        csv_rows = int(((table.class_ids == class_id) & in_kept).sum())
-        fused = {split: [r for anns in per_image.values() for c, _, r in anns if c == class_id]
-                 for split, per_image in annotations_by_split.items()}
-        readers = [r for values in fused.values() for r in values]
-        rows.append({"class_id": class_id, "class_name": name, "csv_boxes": csv_rows,
-                     **{f"fused_{split}": len(v) for split, v in fused.items()},
-                     "mean_readers": round(float(np.mean(readers)), 2) if readers else 0.0})
+        counts = [r for split in readers for r in readers[split][class_id]]
+        rows.append({"class_id": class_id, "class_name": name, "csv_boxes": int(csv_boxes[class_id]),
+                     **{f"fused_{split}": len(readers[split][class_id]) for split in readers},
+                     "mean_readers": round(float(np.mean(counts)), 2) if counts else 0.0})
     return rows
 
 
 def format_class_table(rows):
     keys = list(rows[0])
     widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
-    line = lambda values: "  ".join(str(v).rjust(w) if i != 1 else str(v).ljust(w)
-                                    for i, (v, w) in enumerate(zip(values, widths)))
+
+    def line(values):
+        return "  ".join(str(v).ljust(w) if k == "class_name" else str(v).rjust(w)
+                         for k, v, w in zip(keys, values, widths))
     return "\n".join([line(keys)] + [line([r[k] for k in keys]) for r in rows])
 
 
@@ -265,30 +299,34 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
     start = time.perf_counter()
     if not Path(images_dir).is_dir():
         raise UserError(f"--images {images_dir} is not a folder")
+    refuse_existing(out, replace)
     table = read_table(csv_path)
     if table.original_sizes is None:
         log(f"{csv_path} has no width/height columns: boxes are taken to be in PNG pixels already")
-    finding_ids = sorted(set(table.image_ids[table.class_ids != NO_FINDING_ID]))
-    normal_ids = sorted(set(table.image_ids) - set(finding_ids)) if keep_normal else []
-    png_sizes, num_missing = locate_images(finding_ids + normal_ids, images_dir, skip_missing, log)
-    finding_ids = [i for i in finding_ids if i in png_sizes]
-    normal_ids = [i for i in normal_ids if i in png_sizes]
-    original_sizes = None if table.original_sizes is None else _consistent_original_sizes(table)
+    has_finding = np.zeros(len(table.image_names), dtype=bool)
+    has_finding[table.image_index[table.class_ids != NO_FINDING_ID]] = True
+    finding_names = [n for n, f in zip(table.image_names, has_finding) if f]
+    normal_names = [n for n, f in zip(table.image_names, has_finding) if not f] if keep_normal else []
+    png_sizes, num_missing = locate_images(finding_names + normal_names, images_dir, skip_missing, log)
+    finding_names = [n for n in finding_names if n in png_sizes]
+    normal_names = [n for n in normal_names if n in png_sizes]
+    original_sizes = (None if table.original_sizes is None
+                      else dict(zip(table.image_names, table.original_sizes.tolist())))
 
     annotations, report = fuse_annotations(table, png_sizes, iou_thr, skip_box_thr)
-    train_ids, test_ids = split_test(finding_ids, test_fraction, seed)
-    split = {"seed": seed, "test_fraction": test_fraction, "train": train_ids, "test": test_ids,
-             "normal": normal_ids}
+    train_names, test_names = split_test(finding_names, test_fraction, seed)
+    split = {"seed": seed, "test_fraction": test_fraction, "train": train_names, "test": test_names,
+             "normal": sorted(normal_names)}
     info = {"description": "VinBigData boxes fused per image and class with WBF", "source_csv": str(csv_path),
             "iou_thr": iou_thr, "skip_box_thr": skip_box_thr, "seed": seed, "test_fraction": test_fraction}
-    split_annotations = {"train": {i: annotations.get(i, []) for i in train_ids},
-                         "test": {i: annotations.get(i, []) for i in test_ids}}
+    split_annotations = {"train": {n: annotations.get(n, []) for n in train_names},
+                         "test": {n: annotations.get(n, []) for n in test_names}}
     per_class = class_table(split_annotations, table, png_sizes)
-    box_free = [i for i in finding_ids if not annotations.get(i)]
+    box_free = [n for n in finding_names if not annotations.get(n)]
     summary = {
-        "csv_rows": len(table.image_ids), "csv_images": len(set(table.image_ids)),
-        "finding_images": len(finding_ids), "normal_images_kept": len(normal_ids),
-        "missing_images": num_missing, "train_images": len(train_ids), "test_images": len(test_ids),
+        "csv_rows": len(table.image_index), "csv_images": len(table.image_names),
+        "finding_images": len(finding_names), "normal_images_kept": len(normal_names),
+        "missing_images": num_missing, "train_images": len(train_names), "test_images": len(test_names),
         "csv_boxes": int(sum(r["csv_boxes"] for r in per_class)),
         "fused_boxes": sum(len(a) for a in annotations.values()),
         "boxes_swapped": report.swapped, "boxes_clipped": report.clipped,
@@ -296,26 +334,27 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
         "finding_images_left_without_boxes": len(box_free), "per_class": per_class,
     }
 
+    splits = [("train", train_names), ("test", test_names)] + ([("normal", split["normal"])] if keep_normal else [])
     with staged_directory(out, replace) as staging:
         copies = 0
-        for name, ids in (("train", train_ids), ("test", test_ids)) + ((("normal", normal_ids),) if keep_normal else ()):
-            copies += link_images(ids, images_dir, staging / name)
-            dataset = coco_dataset(ids, png_sizes, original_sizes, split_annotations.get(name, {}),
+        for name, names in splits:
+            copies += link_images(names, images_dir, staging / name)
+            dataset = coco_dataset(names, png_sizes, original_sizes, split_annotations.get(name, {}),
                                    {**info, "split": name})
             atomic_write_json(staging / f"{name}_annotations.json", dataset)
         summary["image_copies_instead_of_links"] = copies
         summary["seconds"] = round(time.perf_counter() - start, 3)
-        atomic_write_json(staging / "split.json", split, indent=1)
+        atomic_write_json(staging / "split.json", split)
         atomic_write_json(staging / "prepare_summary.json", summary, indent=1)
 
     log(f"read {summary['csv_rows']} rows on {summary['csv_images']} images from {csv_path}: "
-        f"{len(finding_ids)} with findings, {num_missing} missing")
+        f"{len(finding_names)} with findings, {num_missing} missing")
     log(format_class_table(per_class))
     log(f"boxes: {summary['csv_boxes']} drawn -> {summary['fused_boxes']} after WBF (iou_thr {iou_thr}); "
         f"{report.swapped} swapped, {report.clipped} clipped, {report.zero_area} zero-area dropped, "
         f"{report.below_threshold} below skip_box_thr; {len(box_free)} finding images left without boxes")
-    log(f"split (seed {seed}, test fraction {test_fraction}): {len(train_ids)} train, {len(test_ids)} test"
-        + (f", {len(normal_ids)} normal" if keep_normal else "") + f"; wrote {out} in {summary['seconds']} s")
+    log(f"split (seed {seed}, test fraction {test_fraction}): {len(train_names)} train, {len(test_names)} test"
+        + (f", {len(normal_names)} normal" if keep_normal else "") + f"; wrote {out} in {summary['seconds']} s")
     return summary
 
 

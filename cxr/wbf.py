@@ -96,12 +96,22 @@ def clean_boxes(boxes, scores, skip_box_thr):
 
 def _visit_order(weighted_scores, group_codes):
     """Row indices grouped by code (ascending), within a group in the order the
-    reference visits them: `argsort(...)[::-1]` of the group's rows as listed."""
+    reference visits them: `argsort(...)[::-1]` of the group's rows as listed.
+
+    numpy's default sort is not stable (it dispatches to SIMD kernels), so the
+    order of ties depends on the exact call. Row-wise argsort of a 2-D array
+    runs the same 1-D kernel per row, so all groups of one size are sorted in
+    one call and every group gets exactly the order the reference would give.
+    """
     by_group = np.argsort(group_codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(group_codes[by_group])) + 1
-    order = [rows[np.argsort(weighted_scores[rows])[::-1]]
-             for rows in np.split(by_group, bounds)]
-    return np.concatenate(order) if order else by_group
+    _, starts, sizes = np.unique(group_codes[by_group], return_index=True, return_counts=True)
+    order = np.empty_like(by_group)
+    for size in np.unique(sizes):
+        positions = starts[sizes == size, None] + np.arange(size)
+        members = by_group[positions]
+        ranks = np.argsort(weighted_scores[members], axis=1)[:, ::-1]
+        order[positions] = np.take_along_axis(members, ranks, axis=1)
+    return order
 
 
 def _pairwise_iou(clusters, box):

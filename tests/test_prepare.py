@@ -148,7 +148,7 @@ GOOD = ("img", "Nodule/Mass", 8, "R1", 10, 20, 30, 40, 100, 100)
 
 
 @pytest.mark.parametrize("rows, header, message", [
-    ([GOOD], CSV_COLUMNS[:3] + CSV_COLUMNS[4:], "lacks column\\(s\\) rad_id"),
+    ([GOOD[:3] + GOOD[4:]], CSV_COLUMNS[:3] + CSV_COLUMNS[4:], "lacks column\\(s\\) rad_id"),
     ([GOOD, ("img", "Nodule/Mass", 15, "R1", 1, 2, 3, 4, 100, 100)], CSV_COLUMNS, "line 3: class_id 15 is not in 0..14"),
     ([GOOD, ("img", "Nodule/Mass", "x", "R1", 1, 2, 3, 4, 100, 100)], CSV_COLUMNS, "line 3: column class_id is 'x'"),
     ([GOOD, ("img", "Atelectasis", 8, "R1", 1, 2, 3, 4, 100, 100)], CSV_COLUMNS, "line 3: class_name 'Atelectasis' does not match class_id 8"),
@@ -215,3 +215,25 @@ def test_command_line_reports_errors_without_traceback_and_never_imports_torch(t
                         capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "d2" / "train_annotations.json").exists()
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_row_with_wrong_field_count_is_reported(tmp_path, quoted):
+    csv_path, images = write_table(tmp_path / "vin", [GOOD, GOOD])
+    lines = csv_path.read_text().splitlines()
+    lines[2] = lines[2] + ",extra"
+    if quoted:
+        lines[1] = lines[1].replace("Nodule/Mass", '"Nodule/Mass"')
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="line 3: 11 fields, the header has 10"):
+        prepare(csv_path, images, tmp_path / "data", **quiet)
+
+
+def test_quoted_csv_reads_like_the_plain_one(tmp_path):
+    csv_path, images = write_table(tmp_path / "vin", [GOOD])
+    plain = prepare(csv_path, images, tmp_path / "plain", test_fraction=0.0, **quiet)
+    csv_path.write_text(csv_path.read_text().replace("Nodule/Mass", '"Nodule/Mass"'))
+    quoted = prepare(csv_path, images, tmp_path / "quoted", test_fraction=0.0, **quiet)
+    assert ((tmp_path / "plain" / "train_annotations.json").read_text()
+            == (tmp_path / "quoted" / "train_annotations.json").read_text())
+    assert plain["fused_boxes"] == quoted["fused_boxes"] == 1

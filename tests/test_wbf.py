@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxr.wbf import fuse_box_groups, weighted_boxes_fusion
+from cxr.wbf import _visit_order, fuse_box_groups, weighted_boxes_fusion
 
 A = [0.10, 0.20, 0.40, 0.50]
 
@@ -191,3 +191,15 @@ def test_grouped_fusion_equals_one_call_per_group():
         assert sorted(map(tuple, result.boxes[mine].round(9))) == sorted(map(tuple, expected.round(9)))
         assert sorted(result.mean_scores[mine]) == pytest.approx(sorted(expected_scores))
     assert result.sizes.sum() == n
+
+
+def test_batched_visit_order_is_each_groups_own_argsort():
+    """Exactness rests on this: sorting all groups of one size in one 2-D call
+    gives every group the order of `np.argsort(its scores)[::-1]`, ties included."""
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 300, 4000)
+    scores = rng.choice([1.0, 0.5, 0.25], 4000)
+    order = _visit_order(scores, groups)
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        np.testing.assert_array_equal(order[groups[order] == group], rows[np.argsort(scores[rows])[::-1]])
