@@ -38,8 +38,9 @@ def refuse_existing(path, replace, flag="--replace"):
     """Raise a UserError if `path` exists and replacing it was not asked for."""
     path = Path(path)
     if path.exists() and not replace:
-        raise UserError(f"output folder {path} already exists; pass {flag} to overwrite it "
-                        "or choose another folder")
+        kind = "folder" if path.is_dir() else "file"
+        raise UserError(f"output {kind} {path} already exists; pass {flag} to overwrite it "
+                        f"or choose another {kind}")
 
 
 @contextlib.contextmanager

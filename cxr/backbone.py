@@ -1,0 +1,63 @@
+"""ResNet trunks and the CHECKED loading of pretrained weights into them.
+
+An earlier implementation of this pipeline saved its SimCLR backbone from an
+nn.Sequential (keys "0.weight", "4.0.conv1...") and loaded it with
+strict=False: no tensor matched, nothing was said, and the model trained
+from other weights. Here every load names the exact tensors it expected, fails
+loudly on any missing, unexpected or mis-shaped one, and reports
+"loaded K/K tensors from FILE".
+"""
+
+import torch
+import torchvision
+
+from .errors import UserError
+
+FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def build_resnet(arch):
+    if arch not in FEATURE_DIMS:
+        raise UserError(f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}")
+    return getattr(torchvision.models, arch)()
+
+
+def load_trunk_weights(path):
+    """A ResNet trunk state dict from `path`, stripped of fc: our pretrained
+    backbone, a torchvision ResNet checkpoint (e.g. ImageNet weights)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise UserError(f"cannot load backbone weights {path}: {error}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict of tensors")
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def check_trunk_state(state, arch, source):
+    """Raise unless `state` holds exactly the tensors of an `arch` trunk with
+    matching shapes; return the 'loaded K/K' message."""
+    expected = build_resnet(arch).state_dict()
+    expected = {k: v for k, v in expected.items() if not k.startswith("fc.")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or misshaped:
+        def sample(keys):
+            return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
+        raise UserError(
+            f"{source} does not hold a torchvision {arch} trunk: {len(missing)} missing "
+            f"({sample(missing)}), {len(unexpected)} unexpected ({sample(unexpected)}), "
+            f"{len(misshaped)} of the wrong shape ({sample(misshaped)}). Check --arch, and that the file "
+            "has torchvision ResNet keys (conv1.weight, layer1.0.conv1.weight, ...)")
+    return f"loaded {len(state)}/{len(expected)} tensors from {source}"
+
+
+def pretrained_trunk(arch, path):
+    """A torchvision ResNet (fc replaced by identity) with checked weights from `path`."""
+    state = load_trunk_weights(path)
+    message = check_trunk_state(state, arch, path)
+    model = build_resnet(arch)
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(state, strict=True)
+    return model, message

@@ -1,0 +1,79 @@
+"""Image reading and datasets over a prepared data folder (see cxr.prepare).
+
+Images are 8-bit grayscale PNGs. Loaders return them as uint8 tensors of shape
+(1, size, size); conversion to the network's input (three identical channels,
+normalized with ImageNet statistics, as torchvision's detection transform
+does) happens on the device in `to_network_input`, so SSL pretraining and the
+detector see the same input distribution.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .classes import NUM_CLASSES, class_id
+from .errors import UserError
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+def read_grayscale(path, size=None):
+    """A PNG as a uint8 tensor (1, H, W), resized (bilinear) to size x size if given."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L")
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+            pixels = np.asarray(image)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+    return torch.from_numpy(pixels.copy()).unsqueeze(0)
+
+
+def to_network_input(images):
+    """(B, 1, H, W) floats in [0, 1] -> (B, 3, H, W) normalized network input."""
+    mean = torch.tensor(IMAGE_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images.expand(-1, 3, -1, -1) - mean) / std
+
+
+def load_coco(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"annotation file {path} not found; run `python -m cxr.prepare` first "
+                        "or check --data-dir")
+    return json.loads(path.read_text())
+
+
+def split_images(data_dir, split):
+    """{image name: path} of one prepared split ('train', 'test' or 'normal')."""
+    coco = load_coco(Path(data_dir) / f"{split}_annotations.json")
+    folder = Path(data_dir) / split
+    return {Path(image["file_name"]).stem: folder / image["file_name"] for image in coco["images"]}
+
+
+def image_labels(data_dir, split):
+    """{image name: (14,) float multi-hot of the lesion classes present}."""
+    coco = load_coco(Path(data_dir) / f"{split}_annotations.json")
+    names = {image["id"]: Path(image["file_name"]).stem for image in coco["images"]}
+    labels = {name: np.zeros(NUM_CLASSES, dtype=np.float32) for name in names.values()}
+    for annotation in coco["annotations"]:
+        labels[names[annotation["image_id"]]][class_id(annotation["category_id"])] = 1.0
+    return labels
+
+
+class ImageList(torch.utils.data.Dataset):
+    """Decoded grayscale images of a list of paths, each resized to `size`."""
+
+    def __init__(self, paths, size):
+        self.paths, self.size = list(paths), size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return read_grayscale(self.paths[index], self.size)

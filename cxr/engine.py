@@ -1,0 +1,226 @@
+"""The one training loop of cxr: AMP, DDP, logging, checkpoints, resume.
+
+A script supplies a `task` with two methods:
+  task.inputs(batch, generator) -> inputs    on the device, outside autocast
+                                              (augmentations run here)
+  task.loss(model, inputs) -> (loss, logs)   run under autocast
+  task.batch_images(inputs) -> int           images in the batch, for images/s
+and `fit` does the rest, the same way for SimCLR and Faster R-CNN:
+
+- one AMP path (as in nanoGPT): autocast with bf16 or fp16, a GradScaler
+  enabled only for fp16; fp16 needs CUDA, bf16 also runs on CPU;
+- the learning rate of every global step read from a precomputed array;
+- the loss averaged over ranks every step, so that a non-finite loss stops
+  every rank at the same step, with a clear message, before the optimizer
+  step and without touching the last good checkpoint;
+- rank 0 prints a progress line (epoch, iteration, loss, lr, images/s, data
+  time, ETA) and appends every line it logs to log.jsonl;
+- after each epoch an atomic checkpoint.pth (model, optimizer, scaler, epoch,
+  step, RNG states: tensors and primitives only, weights_only-loadable).
+  Randomness inside an epoch is reseeded from (seed, epoch, rank), so a run
+  resumed after epoch k ends with exactly the weights of an uninterrupted one.
+"""
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .distributed import all_reduce_mean
+from .errors import UserError
+from .optim import set_learning_rate
+from .outputs import atomic_write_json
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def check_amp(amp, device):
+    if amp not in ("none", *AMP_DTYPES):
+        raise UserError(f"--amp {amp}: expected none, bf16 or fp16")
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device (it trains with a GradScaler); "
+                        "use --amp bf16 on CPU, or --amp none")
+
+
+def autocast(amp, device):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def git_revision():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class RunLogger:
+    """Rank 0 prints and appends a JSON record per line to run_dir/log.jsonl."""
+
+    def __init__(self, run_dir, enabled):
+        self.path = Path(run_dir) / "log.jsonl"
+        self.enabled = enabled
+
+    def log(self, message, **record):
+        if not self.enabled:
+            return
+        print(message, flush=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), "message": message, **record}) + "\n")
+
+
+def prepare_run_dir(run_dir, resume, replace, dist_info):
+    """Refuse to overwrite a run unless --replace; with --resume it must exist."""
+    run_dir = Path(run_dir)
+    checkpoint = run_dir / "checkpoint.pth"
+    if resume:
+        if not checkpoint.is_file():
+            raise UserError(f"--resume: no checkpoint at {checkpoint}; start without --resume")
+        return checkpoint
+    if run_dir.exists() and any(run_dir.iterdir()) and not replace:
+        raise UserError(f"run folder {run_dir} already exists; pass --resume to continue it, "
+                        "--replace to start over, or choose another --experiment-name")
+    if dist_info.is_main:
+        if run_dir.exists() and replace:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return checkpoint
+
+
+def write_run_header(logger, run_dir, args, dist_info):
+    """args.json (with git revision) and a first log line: sorted args, revision, device."""
+    header = {"args": dict(sorted(vars(args).items())), "git_revision": git_revision(),
+              "device": str(dist_info.device), "world_size": dist_info.world_size,
+              "torch": torch.__version__, "command": " ".join(sys.argv)}
+    if dist_info.is_main:
+        atomic_write_json(Path(run_dir) / "args.json", header, indent=1)
+    arguments = " ".join(f"{k}={v}" for k, v in header["args"].items())
+    logger.log(f"git {header['git_revision']} | device {header['device']} x{dist_info.world_size} | "
+               f"torch {header['torch']}\nargs: {arguments}", event="start", **header)
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(path, state):
+    """torch.save to a temp file beside `path`, then rename: never half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise UserError(f"cannot load checkpoint {path}: {error}") from None
+
+
+def epoch_generator(seed, epoch, rank, device):
+    """The generator of all randomness drawn on the device during one epoch."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+    return generator
+
+
+def _eta(seconds):
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs, amp, device,
+                    clip_grad, logger, print_freq, generator, world_size):
+    """One pass over `loader`; returns (next global step, mean loss)."""
+    model.train()
+    total_steps = len(schedule)
+    losses, started = [], time.perf_counter()
+    tick = started
+    data_time = 0.0
+    for iteration, batch in enumerate(loader):
+        data_time += time.perf_counter() - tick
+        set_learning_rate(optimizer, schedule[step])
+        inputs = task.inputs(batch, generator)
+        with autocast(amp, device):
+            loss, logs = task.loss(model, inputs)
+        mean_loss = all_reduce_mean(loss.detach().float()).item()
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"loss is {mean_loss} at epoch {epoch + 1}, iteration {iteration + 1} (step {step}); "
+                "stopped before the optimizer step, the last good checkpoint is kept. "
+                "Try a lower --lr, --clip-grad, or --amp none / bf16 instead of fp16.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(mean_loss)
+        step += 1
+        tick = time.perf_counter()
+        last = iteration + 1 == len(loader)
+        if (iteration + 1) % print_freq == 0 or last:
+            elapsed = tick - started
+            images = (iteration + 1) * task.batch_images(inputs) * world_size
+            seconds_per_step = elapsed / (iteration + 1)
+            record = {"epoch": epoch + 1, "iteration": iteration + 1, "step": step, "loss": mean_loss,
+                      "lr": float(schedule[step - 1]), "images_per_s": images / elapsed,
+                      "data_s": data_time / (iteration + 1),
+                      **{k: all_reduce_mean(v.detach().float()).item() for k, v in logs.items()}}
+            logger.log(f"epoch {epoch + 1}/{epochs} iter {iteration + 1}/{len(loader)} loss {mean_loss:.4f} "
+                       f"lr {record['lr']:.5f} img/s {record['images_per_s']:.1f} data {record['data_s']:.3f}s "
+                       f"eta {_eta(seconds_per_step * (total_steps - step))}", event="train", **record)
+    return step, sum(losses) / max(len(losses), 1)
+
+
+def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule, epochs, amp, device, seed,
+        dist_info, logger, checkpoint_path, start_epoch=0, start_step=0, stop_after=None, clip_grad=None,
+        print_freq=10, after_epoch=None, checkpoint_extra=None):
+    """Train epochs start_epoch..epochs-1 (at most stop_after of them in this run),
+    saving checkpoint_path after each. after_epoch(epoch) may return a dict to log.
+    Returns the epoch count completed."""
+    step = start_step
+    last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        generator = epoch_generator(seed, epoch, dist_info.rank, device)
+        step, mean_loss = train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs,
+                                          amp, device, clip_grad, logger, print_freq, generator,
+                                          dist_info.world_size)
+        extra = after_epoch(epoch) if after_epoch else {}
+        logger.log(f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}"
+                   + "".join(f", {k} {v:.4f}" for k, v in (extra or {}).items()),
+                   event="epoch", epoch=epoch + 1, mean_loss=mean_loss, **(extra or {}))
+        if dist_info.is_main:
+            atomic_torch_save(checkpoint_path, {
+                "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "rng": rng_state(),
+                **(checkpoint_extra or {})})
+    return max(start_epoch, last_epoch)

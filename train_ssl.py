@@ -1,0 +1,220 @@
+"""SimCLR pretraining of a ResNet trunk on the SSL pool of a prepared data folder.
+
+One process (CPU or one GPU):
+    python train_ssl.py --data-dir data --experiment-name simclr_40pct
+Several GPUs / nodes (DDP; nccl on CUDA, gloo on CPU):
+    torchrun --nproc_per_node=4 train_ssl.py --data-dir data --experiment-name simclr_40pct
+    torchrun --nnodes=2 --node_rank=R --rdzv_endpoint=HOST:29400 --nproc_per_node=8 train_ssl.py ...
+
+The SSL pool is the first --ssl-fraction of a seeded permutation of the
+training images (`cxr.splits.partition`); train_det.py fine-tunes on the
+last --labeled-fraction, disjoint by construction. Writes, under
+<output-dir>/<experiment-name>/pretrain/: args.json, log.jsonl,
+ssl_images.txt, checkpoint.pth (each epoch; --resume continues it) and, at
+the end, pretrained-backbone.pth (torchvision ResNet keys, no fc) with
+pretrained-backbone.json. --lr is the absolute learning rate for the total
+batch (batch size x processes); it is not rescaled per 256 images.
+"""
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from cxr.augment import ViewConfig, simclr_views
+from cxr.backbone import FEATURE_DIMS, build_resnet
+from cxr.data import ImageList, split_images, to_network_input
+from cxr.distributed import init_distributed, teardown
+from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, load_checkpoint, prepare_run_dir, restore_rng_state,
+                        write_run_header)
+from cxr.errors import UserError, exit_on_user_error
+from cxr.optim import build_optimizer, warmup_cosine_schedule
+from cxr.outputs import atomic_write_json
+from cxr.simclr import SimCLR, nt_xent
+from cxr.splits import partition
+
+# What a checkpoint must agree on for --resume to continue the same run.
+RESUME_KEYS = ("arch", "image_size", "batch_size", "epochs", "lr", "warmup_epochs", "optimizer",
+               "ssl_fraction", "split_seed", "include_normal", "seed", "world_size")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="SimCLR pretraining (torchrun-able).")
+    p.add_argument("--data-dir", default="data", help="folder written by python -m cxr.prepare")
+    p.add_argument("--output-dir", default="vinbig_output")
+    p.add_argument("--experiment-name", default="simclr")
+    p.add_argument("--arch", default="resnet50", choices=sorted(FEATURE_DIMS))
+    p.add_argument("--image-size", type=int, default=512, help="side of the square views in pixels")
+    p.add_argument("--batch-size", type=int, default=32, help="images per process (each gives two views)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.05, help="absolute peak learning rate")
+    p.add_argument("--warmup-epochs", type=float, default=10)
+    p.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="on weights only; biases and norm parameters are exempt")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "lars"])
+    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--projection-dim", type=int, default=128)
+    p.add_argument("--views", default="{}",
+                   help="JSON overriding the view augmentations, e.g. '{\"blur_p\": 0.3}'; keys: "
+                        + ", ".join(f.name for f in fields(ViewConfig)))
+    p.add_argument("--ssl-fraction", "--labeled-dataset-percent", dest="ssl_fraction", type=float, default=0.4,
+                   help="share of the training images in the SSL pool (the seed project's "
+                        "--labeled-dataset-percent meant this)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the SSL / labeled permutation")
+    p.add_argument("--include-normal", action="store_true",
+                   help="add the normal images (prepare --keep-normal) to the SSL pool")
+    p.add_argument("--workers", type=int, default=4, help="data loader processes per training process")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (off by default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--devices", default="auto",
+                   help="accepted for the seed project's command lines: 'auto' or 1 runs one process "
+                        "here; for N GPUs launch with torchrun --nproc_per_node=N instead")
+    p.add_argument("--print-freq", type=int, default=10, help="iterations between progress lines")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many epochs in this run (time-limited jobs); --resume continues")
+    p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint.pth")
+    p.add_argument("--replace", action="store_true", help="delete an existing run folder and start over")
+    return p
+
+
+def view_config(text):
+    try:
+        overrides = json.loads(text)
+        return ViewConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    except (json.JSONDecodeError, TypeError) as error:
+        raise UserError(f"--views {text!r}: {error}") from None
+
+
+def ssl_pool(args):
+    train = split_images(args.data_dir, "train")
+    chosen = partition(list(train), args.ssl_fraction, seed=args.split_seed).ssl
+    paths = {name: train[name] for name in chosen}
+    if args.include_normal:
+        paths.update(split_images(args.data_dir, "normal"))
+    return paths
+
+
+class SimCLRTask:
+    """Two views per image on the device, one forward over both, NT-Xent."""
+
+    def __init__(self, image_size, views, temperature, device, channels_last):
+        self.image_size, self.views, self.temperature = image_size, views, temperature
+        self.device, self.channels_last = device, channels_last
+
+    def inputs(self, batch, generator):
+        first, second = simclr_views(batch.to(self.device, non_blocking=True), self.image_size, self.views,
+                                     generator)
+        x = to_network_input(torch.cat([first, second]))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def loss(self, model, inputs):
+        z = model(inputs).float()
+        half = z.shape[0] // 2
+        return nt_xent(z[:half], z[half:], self.temperature), {}
+
+    def batch_images(self, inputs):
+        return inputs.shape[0] // 2
+
+
+def check_devices_flag(devices, dist_info):
+    if devices not in ("auto", "1") and dist_info.world_size == 1:
+        raise UserError(f"--devices {devices}: cxr runs one process per device; launch with "
+                        f"torchrun --nproc_per_node={devices} train_ssl.py ... instead")
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    dist_info = init_distributed(args.device)
+    try:
+        run(args, dist_info)
+    finally:
+        teardown()
+
+
+def run(args, dist_info):
+    check_devices_flag(args.devices, dist_info)
+    check_amp(args.amp, dist_info.device)
+    views = view_config(args.views)
+    run_dir = Path(args.output_dir) / args.experiment_name / "pretrain"
+    checkpoint_path = prepare_run_dir(run_dir, args.resume, args.replace, dist_info)
+    logger = RunLogger(run_dir, dist_info.is_main)
+    write_run_header(logger, run_dir, args, dist_info)
+
+    paths = ssl_pool(args)
+    per_rank = len(paths) // dist_info.world_size
+    if per_rank < args.batch_size:
+        raise UserError(f"the SSL pool has {len(paths)} images, fewer than --batch-size {args.batch_size} "
+                        f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction")
+    if dist_info.is_main:
+        (run_dir / "ssl_images.txt").write_text("".join(f"{name}\n" for name in sorted(paths)))
+    dataset = ImageList([paths[name] for name in sorted(paths)], args.image_size)
+    sampler = torch.utils.data.DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True,
+                                                  seed=args.seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=args.workers, pin_memory=dist_info.device.type == "cuda",
+                                         persistent_workers=args.workers > 0)
+
+    torch.manual_seed(args.seed)
+    model = SimCLR(build_resnet(args.arch), FEATURE_DIMS[args.arch], args.projection_dim)
+    if args.sync_bn and dist_info.world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    channels_last = dist_info.device.type == "cuda"
+    model.to(dist_info.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = build_optimizer(args.optimizer, model, args.lr, args.weight_decay)
+    scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
+    schedule = warmup_cosine_schedule(args.lr, args.epochs * len(loader), round(args.warmup_epochs * len(loader)))
+
+    config = {k: getattr(args, k) for k in RESUME_KEYS if k != "world_size"}
+    config["world_size"] = dist_info.world_size
+    start_epoch = start_step = 0
+    if args.resume:
+        state = load_checkpoint(checkpoint_path)
+        changed = [k for k in RESUME_KEYS if state["config"].get(k) != config[k]]
+        if changed:
+            raise UserError(f"--resume with different settings than the checkpoint: "
+                            + ", ".join(f"{k} {state['config'].get(k)} -> {config[k]}" for k in changed))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        logger.log(f"resumed from {checkpoint_path} after epoch {start_epoch}", event="resume", epoch=start_epoch)
+
+    ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+    logger.log(f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images "
+               f"({len(loader)} iterations of {args.batch_size} x {dist_info.world_size} per epoch)",
+               event="data", images=len(paths), iterations_per_epoch=len(loader))
+    task = SimCLRTask(args.image_size, views, args.temperature, dist_info.device, channels_last)
+    completed = fit(model=ddp_model, unwrapped=model, loader=loader, sampler=sampler, task=task,
+                    optimizer=optimizer, scaler=scaler, schedule=schedule, epochs=args.epochs, amp=args.amp,
+                    device=dist_info.device, seed=args.seed, dist_info=dist_info, logger=logger,
+                    checkpoint_path=checkpoint_path, start_epoch=start_epoch, start_step=start_step,
+                    stop_after=args.stop_after, clip_grad=args.clip_grad, print_freq=args.print_freq,
+                    checkpoint_extra={"config": config})
+    if completed < args.epochs:
+        logger.log(f"stopped after epoch {completed} of {args.epochs}; continue with --resume", event="stop")
+        return
+    if dist_info.is_main:
+        save_backbone(run_dir, model, args, len(paths), views)
+    logger.log(f"wrote {run_dir / 'pretrained-backbone.pth'}", event="done")
+
+
+def save_backbone(run_dir, model, args, num_images, views):
+    atomic_torch_save(run_dir / "pretrained-backbone.pth", model.trunk_state_dict())
+    atomic_write_json(run_dir / "pretrained-backbone.json", {
+        "arch": args.arch, "image_size": args.image_size, "epochs": args.epochs,
+        "data_dir": str(args.data_dir), "ssl_images": num_images, "ssl_fraction": args.ssl_fraction,
+        "split_seed": args.split_seed, "include_normal": args.include_normal,
+        "temperature": args.temperature, "views": views.to_dict(),
+        "learning_rate": args.lr, "optimizer": args.optimizer, "batch_size": args.batch_size,
+    }, indent=1)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
