@@ -1,0 +1,146 @@
+"""train_ssl.py end to end on tiny synthetic data, and the engine's safety nets."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import train_ssl
+from cxr.distributed import DistInfo
+from cxr.engine import RunLogger, TrainingDiverged, train_one_epoch
+from cxr.errors import UserError
+from cxr.optim import warmup_cosine_schedule
+from cxr.prepare import prepare
+from cxr.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ssl")
+    generate(root / "vin", num_images=40, size=64, seed=11, test_images=0, log=lambda *_: None)
+    prepare(root / "vin" / "train.csv", root / "vin" / "train", root / "data", keep_normal=True,
+            log=lambda *_: None)
+    return root / "data"
+
+
+def tiny_args(data_dir, out, name, *extra):
+    return ["--data-dir", str(data_dir), "--output-dir", str(out), "--experiment-name", name,
+            "--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs", "2",
+            "--warmup-epochs", "1", "--workers", "0", "--include-normal", "--device", "cpu",
+            "--print-freq", "100", *extra]
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, capsys):
+    train_ssl.main(tiny_args(data_dir, tmp_path, "straight"))
+    train_ssl.main(tiny_args(data_dir, tmp_path, "resumed", "--stop-after", "1"))
+    run = tmp_path / "resumed" / "pretrain"
+    assert not (run / "pretrained-backbone.pth").exists()
+    assert torch.load(run / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    train_ssl.main(tiny_args(data_dir, tmp_path, "resumed", "--resume"))
+    assert "resumed from" in capsys.readouterr().out
+
+    straight = torch.load(tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True)
+    resumed = torch.load(run / "pretrained-backbone.pth", weights_only=True)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(straight, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    meta = json.loads((run / "pretrained-backbone.json").read_text())
+    assert meta["arch"] == "resnet18" and meta["image_size"] == 32
+    pool = (run / "ssl_images.txt").read_text().split()
+    assert len(pool) == meta["ssl_images"] and pool == sorted(pool)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"start", "train", "epoch", "resume", "done"} <= {r["event"] for r in records}
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if r["event"] == "train")
+
+
+@pytest.mark.slow
+def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
+    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
+    with pytest.raises(UserError, match="already exists; pass --resume .* --replace"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
+    with pytest.raises(UserError, match="--resume with different settings .*batch_size 8 -> 4"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", "--batch-size", "4"))
+    with pytest.raises(UserError, match="no checkpoint"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "other", "--resume"))
+    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
+
+
+@pytest.mark.slow
+def test_bf16_runs_on_cpu_and_fp16_is_refused(data_dir, tmp_path):
+    train_ssl.main(tiny_args(data_dir, tmp_path, "bf16", "--epochs", "1", "--amp", "bf16"))
+    assert (tmp_path / "bf16" / "pretrain" / "pretrained-backbone.pth").exists()
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "fp16", "--epochs", "1", "--amp", "fp16"))
+
+
+def test_seed_project_command_line_parses_with_its_meaning():
+    seed_command = ("--experiment-name simclr_60pct --batch-size 8 --epochs 100 --lr 0.05 --workers 8 "
+                    "--labeled-dataset-percent 0.6 --warmup-epochs 10 --devices auto --replace")
+    args = train_ssl.get_args_parser().parse_args(shlex.split(seed_command))
+    assert (args.ssl_fraction, args.devices, args.epochs, args.lr, args.replace) == (0.6, "auto", 100, 0.05, True)
+    single = DistInfo(0, 1, 0, torch.device("cpu"))
+    train_ssl.check_devices_flag("auto", single)
+    with pytest.raises(UserError, match="torchrun --nproc_per_node=4"):
+        train_ssl.check_devices_flag("4", single)
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_cpu_processes(data_dir, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "train_ssl.py", *tiny_args(data_dir, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "ddp" / "pretrain"
+    assert (run / "pretrained-backbone.pth").exists()
+    header = json.loads((run / "args.json").read_text())
+    assert header["world_size"] == 2
+    assert result.stdout.count("epoch 1/1 done") == 1          # only rank 0 logs
+
+
+class NaNAtSecondBatch:
+    """A task whose loss becomes NaN on its second batch."""
+
+    def inputs(self, batch, generator):
+        return batch
+
+    def loss(self, model, inputs):
+        loss = model(inputs).pow(2).mean()
+        return (loss * float("nan") if inputs[0, 0] < 0 else loss), {}
+
+    def batch_images(self, inputs):
+        return len(inputs)
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [torch.ones(2, 3), -torch.ones(2, 3), torch.ones(2, 3)]
+    after_first = {}
+
+    class Recorder(list):
+        def __iter__(self):
+            for i, batch in enumerate(super().__iter__()):
+                if i == 1:
+                    after_first.update({k: v.clone() for k, v in model.state_dict().items()})
+                yield batch
+
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, iteration 2"):
+        train_one_epoch(model, Recorder(batches), NaNAtSecondBatch(), optimizer,
+                        torch.amp.GradScaler("cpu", enabled=False), warmup_cosine_schedule(0.1, 3), 0, 0, 1,
+                        "none", torch.device("cpu"), None, RunLogger(tmp_path, False), 10, None, 1)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, after_first[key]), key
