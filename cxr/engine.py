@@ -201,10 +201,10 @@ def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoc
 
 def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule, epochs, amp, device, seed,
         dist_info, logger, checkpoint_path, start_epoch=0, start_step=0, stop_after=None, clip_grad=None,
-        print_freq=10, after_epoch=None, checkpoint_extra=None):
+        print_freq=10, checkpoint_extra=None):
     """Train epochs start_epoch..epochs-1 (at most stop_after of them in this run),
-    saving checkpoint_path after each. after_epoch(epoch) may return a dict to log.
-    Returns the epoch count completed."""
+    saving checkpoint_path after each, with checkpoint_extra added to it.
+    Returns the number of epochs completed."""
     step = start_step
     last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, last_epoch):
@@ -214,10 +214,8 @@ def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule,
         step, mean_loss = train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs,
                                           amp, device, clip_grad, logger, print_freq, generator,
                                           dist_info.world_size)
-        extra = after_epoch(epoch) if after_epoch else {}
-        logger.log(f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}"
-                   + "".join(f", {k} {v:.4f}" for k, v in (extra or {}).items()),
-                   event="epoch", epoch=epoch + 1, mean_loss=mean_loss, **(extra or {}))
+        logger.log(f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}",
+                   event="epoch", epoch=epoch + 1, mean_loss=mean_loss)
         if dist_info.is_main:
             atomic_torch_save(checkpoint_path, {
                 "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),

@@ -1,0 +1,150 @@
+"""Benchmark: SimCLR views and the training step.
+
+1. Views per second per CPU core at 512 px: our batched view pipeline
+   (cxr.augment, torch, one thread) against the seed project's pipeline
+   rebuilt with torchvision transforms on PIL images (random resized crop
+   0.08-1, flips, colour jitter 0.4 p=0.8, grayscale p=0.2, PIL Gaussian blur
+   p=0.5, histogram equalization, to tensor).
+2. The same view pipeline on a batch on the GPU, when there is one.
+3. Our training step (cxr.engine.train_one_epoch with the SimCLR task)
+   against the bare model step on the same batches (forward, NT-Xent,
+   backward, SGD step): the engine's overhead in percent.
+
+    python tests/bench/bench_ssl.py [--size 512] [--arch resnet18 --step-size 128]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cxr.augment import ViewConfig, simclr_views  # noqa: E402
+from cxr.backbone import FEATURE_DIMS, build_resnet  # noqa: E402
+from cxr.engine import RunLogger, train_one_epoch  # noqa: E402
+from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
+from cxr.simclr import SimCLR, nt_xent  # noqa: E402
+from train_ssl import SimCLRTask  # noqa: E402
+
+
+def radiographs(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = 0.5 + 0.3 * np.cos(6 * x) * np.sin(4 * y)
+    return [np.clip(base + rng.normal(0, 0.05, (size, size)), 0, 1) * 255 for _ in range(n)]
+
+
+def best_rate(fn, items, repeats=3):
+    """Best items/s over `repeats` timed calls of fn (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return items / min(times)
+
+
+def seed_pipeline(size):
+    from torchvision import transforms as T
+
+    class PILEqualize:
+        def __call__(self, image):
+            return ImageOps.equalize(image)
+
+    class PILGaussianBlur:
+        def __call__(self, image):
+            return image.filter(ImageFilter.GaussianBlur(radius=np.random.uniform(0.1, 2.0)))
+
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.08, 1.0)),
+        T.RandomHorizontalFlip(), T.RandomVerticalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([PILGaussianBlur()], p=0.5),
+        PILEqualize(),
+        T.ToTensor(),
+    ])
+
+
+def bench_views(size, batch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pixels = radiographs(batch, size)
+    pil_images = [Image.fromarray(p.astype(np.uint8)).convert("RGB") for p in pixels]
+    peer = seed_pipeline(size)
+    peer_rate = best_rate(lambda: [peer(image) for image in pil_images for _ in range(2)], 2 * batch)
+    uint8 = torch.from_numpy(np.stack(pixels).astype(np.uint8)).unsqueeze(1)
+    generator = torch.Generator().manual_seed(0)
+    ours_rate = best_rate(lambda: simclr_views(uint8, size, ViewConfig(), generator), 2 * batch)
+    print(f"| views/s per CPU core at {size} px | {ours_rate:.1f} | {peer_rate:.1f} | {ours_rate / peer_rate:.2f}x |")
+    if torch.cuda.is_available():
+        on_gpu = uint8.cuda()
+        cuda_generator = torch.Generator(device="cuda").manual_seed(0)
+
+        def gpu_views():
+            simclr_views(on_gpu.repeat(8, 1, 1, 1), size, ViewConfig(), cuda_generator)
+            torch.cuda.synchronize()
+        print(f"| views/s on {torch.cuda.get_device_name()} at {size} px | {best_rate(gpu_views, 16 * batch):.0f} | | |")
+    torch.set_num_threads(threads)
+
+
+def bench_step(arch, size, batch, steps):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batches = [torch.from_numpy(np.stack(radiographs(batch, size, seed=i)).astype(np.uint8)).unsqueeze(1)
+               for i in range(steps)]
+    task = SimCLRTask(size, ViewConfig(), 0.5, device, channels_last=device.type == "cuda")
+
+    def fresh():
+        torch.manual_seed(0)
+        model = SimCLR(build_resnet(arch), FEATURE_DIMS[arch]).to(device)
+        return model, build_optimizer("sgd", model, 0.05, 5e-4)
+
+    model, optimizer = fresh()
+    generator = torch.Generator(device=device).manual_seed(0)
+    schedule = warmup_cosine_schedule(0.05, 10 * steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    logger = RunLogger(Path("."), enabled=False)
+
+    def engine():
+        train_one_epoch(model, batches, task, optimizer, scaler, schedule, 0, 0, 1, "none", device, None,
+                        logger, 10 ** 9, generator, 1)
+
+    def bare():
+        model.train()
+        for images in batches:
+            z = model(task.inputs(images, generator)).float()
+            loss = nt_xent(z[:batch], z[batch:], 0.5)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    rates = {}
+    for name, fn in (("bare", bare), ("engine", engine), ("bare again", bare), ("engine again", engine)):
+        rates[name] = best_rate(fn, batch * steps, repeats=2)
+    ours, peer = max(rates["engine"], rates["engine again"]), max(rates["bare"], rates["bare again"])
+    print(f"| training images/s, {arch} at {size} px, batch {batch} ({device}) | {ours:.1f} | {peer:.1f} | "
+          f"overhead {100 * (peer / ours - 1):+.1f}% |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="view benchmark image size")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--step-size", type=int, default=128, help="training step benchmark image size")
+    parser.add_argument("--step-batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    print("| measure | ours | peer | ratio |\n|---|---|---|---|")
+    bench_views(args.size, args.batch)
+    bench_step(args.arch, args.step_size, args.step_batch, args.steps)
+
+
+if __name__ == "__main__":
+    main()
