@@ -1,0 +1,85 @@
+"""Repeat-factor sampling (LVIS, Gupta et al. 2019) over distributed shards,
+and exact inference shards.
+
+Repeat factors: with f(c) the share of training images that contain class c,
+r(c) = max(1, sqrt(t / f(c))) and r(image) = max over its classes (1 for an
+image without boxes). Rare classes are thus seen about t / f(c) times as
+often, in square root, as in detectron2's RepeatFactorTrainingSampler.
+
+Each epoch, every rank builds the same list: image i appears floor(r_i) times
+plus once more with probability frac(r_i) ('stochastic', detectron2), or
+ceil(r_i) times ('ceil', the seed project / mmdetection), from a generator
+seeded by seed + epoch; the list is shuffled with the same generator, padded
+by repeating its head to a multiple of the world size, and rank k takes
+positions k, k + W, k + 2W, ... exactly like torch's DistributedSampler.
+"""
+
+import math
+
+import torch
+
+
+def repeat_factors(image_labels, threshold):
+    """Per image, max(1, sqrt(threshold / f(c))) over its classes (1 if none).
+
+    image_labels: one iterable of class ids per training image."""
+    image_labels = [set(labels) for labels in image_labels]
+    if not image_labels:
+        return []
+    counts = {}
+    for labels in image_labels:
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+    class_factor = {c: max(1.0, math.sqrt(threshold / (n / len(image_labels)))) for c, n in counts.items()}
+    return [max((class_factor[c] for c in labels), default=1.0) for labels in image_labels]
+
+
+class RepeatFactorSampler(torch.utils.data.Sampler):
+    """Indices of one epoch's oversampled list, this rank's shard of it."""
+
+    def __init__(self, factors, num_replicas=1, rank=0, seed=0, shuffle=True, rounding="stochastic"):
+        if rounding not in ("stochastic", "ceil"):
+            raise ValueError(f"rounding must be 'stochastic' or 'ceil', got {rounding!r}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.factors = torch.as_tensor(factors, dtype=torch.float64)
+        if (self.factors < 1).any():
+            raise ValueError("repeat factors must be >= 1")
+        self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
+        self.shuffle, self.rounding = shuffle, rounding
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self._epoch_list = self.epoch_indices(epoch)
+
+    def epoch_indices(self, epoch):
+        """The whole epoch's list (every rank computes the same), padded."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        whole = torch.floor(self.factors)
+        if self.rounding == "ceil":
+            repeats = torch.ceil(self.factors)
+        else:
+            repeats = whole + (torch.rand(len(self.factors), generator=generator, dtype=torch.float64)
+                               < self.factors - whole)
+        indices = torch.repeat_interleave(torch.arange(len(self.factors)), repeats.long())
+        if self.shuffle:
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        padding = -len(indices) % self.num_replicas
+        if padding:
+            indices = torch.cat([indices, indices.repeat(math.ceil(padding / max(len(indices), 1)))[:padding]])
+        return indices
+
+    def __iter__(self):
+        return iter(self._epoch_list[self.rank::self.num_replicas].tolist())
+
+    def __len__(self):
+        return len(self._epoch_list) // self.num_replicas
+
+
+def inference_shard(num_items, num_replicas, rank):
+    """Contiguous, exact shard of range(num_items) for rank: no padding and no
+    duplicates, shards differ in size by at most one (evaluation must count
+    every image exactly once)."""
+    start = num_items * rank // num_replicas
+    return range(start, num_items * (rank + 1) // num_replicas)
