@@ -77,3 +77,45 @@ class ImageList(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return read_grayscale(self.paths[index], self.size)
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """(image (1, H, W) float in [0, 1], target) pairs of a prepared split.
+
+    target: boxes (N, 4) float xyxy in the PNG's pixels, labels (N,) COCO
+    category ids, image_id (the COCO id; -1 for added box-free negatives).
+    names: keep only these image names; negatives: extra image paths without
+    boxes; augment: a callable (image, boxes, labels) -> same, e.g. BoxAugment.
+    """
+
+    def __init__(self, data_dir, split, names=None, negatives=(), augment=None):
+        coco = load_coco(Path(data_dir) / f"{split}_annotations.json")
+        boxes_of = {image["id"]: [] for image in coco["images"]}
+        for annotation in coco["annotations"]:
+            boxes_of[annotation["image_id"]].append(annotation)
+        self.items = []
+        for image in coco["images"]:
+            if names is not None and Path(image["file_name"]).stem not in names:
+                continue
+            annotations = boxes_of[image["id"]]
+            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)],
+                                 dtype=torch.float32).view(-1, 4)
+            labels = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
+            self.items.append((Path(data_dir) / split / image["file_name"], boxes, labels, image["id"]))
+        for path in negatives:
+            self.items.append((Path(path), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), -1))
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.items)
+
+    def image_classes(self):
+        """The set of category ids on each image, for repeat factors."""
+        return [set(labels.tolist()) for _, _, labels, _ in self.items]
+
+    def __getitem__(self, index):
+        path, boxes, labels, image_id = self.items[index]
+        image = read_grayscale(path).float() / 255
+        if self.augment is not None:
+            image, boxes, labels = self.augment(image, boxes, labels)
+        return image, {"boxes": boxes, "labels": labels, "image_id": image_id}

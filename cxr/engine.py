@@ -83,20 +83,28 @@ class RunLogger:
             f.write(json.dumps({"time": round(time.time(), 3), "message": message, **record}) + "\n")
 
 
-def prepare_run_dir(run_dir, resume, replace, dist_info):
-    """Refuse to overwrite a run unless --replace; with --resume it must exist."""
+def prepare_run_dir(run_dir, resume, replace, dist_info, keep=()):
+    """Refuse to overwrite a run unless --replace; with --resume it must exist.
+
+    Entries of run_dir named in `keep` belong to other stages (the detector's
+    run shares the experiment folder with pretrain/ and eval/): they neither
+    count as an existing run nor are deleted by --replace."""
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoint.pth"
     if resume:
         if not checkpoint.is_file():
             raise UserError(f"--resume: no checkpoint at {checkpoint}; start without --resume")
         return checkpoint
-    if run_dir.exists() and any(run_dir.iterdir()) and not replace:
-        raise UserError(f"run folder {run_dir} already exists; pass --resume to continue it, "
-                        "--replace to start over, or choose another --experiment-name")
+    owned = [p for p in run_dir.iterdir() if p.name not in keep] if run_dir.is_dir() else []
+    if owned and not replace:
+        raise UserError(f"run folder {run_dir} already holds a run ({', '.join(sorted(p.name for p in owned)[:4])}); "
+                        "pass --resume to continue it, --replace to start over, or choose another --experiment-name")
     if dist_info.is_main:
-        if run_dir.exists() and replace:
-            shutil.rmtree(run_dir)
+        for path in owned:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -164,7 +172,7 @@ def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoc
     data_time = 0.0
     for iteration, batch in enumerate(loader):
         data_time += time.perf_counter() - tick
-        set_learning_rate(optimizer, schedule[step])
+        set_learning_rate(optimizer, schedule[min(step, len(schedule) - 1)])
         inputs = task.inputs(batch, generator)
         with autocast(amp, device):
             loss, logs = task.loss(model, inputs)
@@ -190,20 +198,21 @@ def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoc
             images = (iteration + 1) * task.batch_images(inputs) * world_size
             seconds_per_step = elapsed / (iteration + 1)
             record = {"epoch": epoch + 1, "iteration": iteration + 1, "step": step, "loss": mean_loss,
-                      "lr": float(schedule[step - 1]), "images_per_s": images / elapsed,
+                      "lr": float(schedule[min(step, len(schedule)) - 1]), "images_per_s": images / elapsed,
                       "data_s": data_time / (iteration + 1),
                       **{k: all_reduce_mean(v.detach().float()).item() for k, v in logs.items()}}
             logger.log(f"epoch {epoch + 1}/{epochs} iter {iteration + 1}/{len(loader)} loss {mean_loss:.4f} "
                        f"lr {record['lr']:.5f} img/s {record['images_per_s']:.1f} data {record['data_s']:.3f}s "
-                       f"eta {_eta(seconds_per_step * (total_steps - step))}", event="train", **record)
+                       f"eta {_eta(seconds_per_step * max(total_steps - step, 0))}", event="train", **record)
     return step, sum(losses) / max(len(losses), 1)
 
 
 def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule, epochs, amp, device, seed,
         dist_info, logger, checkpoint_path, start_epoch=0, start_step=0, stop_after=None, clip_grad=None,
-        print_freq=10, checkpoint_extra=None):
+        print_freq=10, checkpoint_extra=None, after_epoch=None):
     """Train epochs start_epoch..epochs-1 (at most stop_after of them in this run),
     saving checkpoint_path after each, with checkpoint_extra added to it.
+    after_epoch(epoch), e.g. an evaluation, may return a dict of numbers to log.
     Returns the number of epochs completed."""
     step = start_step
     last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
@@ -214,8 +223,10 @@ def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule,
         step, mean_loss = train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs,
                                           amp, device, clip_grad, logger, print_freq, generator,
                                           dist_info.world_size)
-        logger.log(f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}",
-                   event="epoch", epoch=epoch + 1, mean_loss=mean_loss)
+        extra = (after_epoch(epoch) if after_epoch else None) or {}
+        logger.log(f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}"
+                   + "".join(f", {k} {v:.4f}" for k, v in extra.items()),
+                   event="epoch", epoch=epoch + 1, mean_loss=mean_loss, **extra)
         if dist_info.is_main:
             atomic_torch_save(checkpoint_path, {
                 "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),

@@ -7,8 +7,8 @@
   parameters the step is scaled by trust = eta * ||w|| / ||g|| (1 when either
   norm is 0), eta = 0.001; then heavy-ball momentum on the scaled step.
 - The schedule is computed once as an array indexed by global step: linear
-  warmup from 0 to the base rate, then half-cosine decay to `final_lr`.
-  Resuming at step k simply continues at index k.
+  warmup from 0 to the base rate, then half-cosine decay to `final_lr`, or
+  steps down by gamma at milestones. Resuming at step k continues at index k.
 """
 
 import math
@@ -81,6 +81,16 @@ def warmup_cosine_schedule(base_lr, total_steps, warmup_steps=0, final_lr=0.0):
     t = np.arange(decay_steps) / max(decay_steps, 1)
     cosine = final_lr + (base_lr - final_lr) * (1 + np.cos(math.pi * t)) / 2
     return np.concatenate([warmup, cosine])
+
+
+def step_schedule(base_lr, total_steps, warmup_steps, milestones, gamma=0.1):
+    """Linear warmup over warmup_steps, then base_lr * gamma ** (milestones passed);
+    milestones are global steps."""
+    steps = np.arange(total_steps)
+    rates = base_lr * gamma ** np.searchsorted(np.asarray(milestones), steps, side="right")
+    warmup_steps = min(warmup_steps, total_steps)
+    rates[:warmup_steps] *= np.arange(1, warmup_steps + 1) / max(warmup_steps, 1)
+    return rates
 
 
 def set_learning_rate(optimizer, lr):

@@ -69,7 +69,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, ca
 @pytest.mark.slow
 def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
-    with pytest.raises(UserError, match="already exists; pass --resume .* --replace"):
+    with pytest.raises(UserError, match="already holds a run .*; pass --resume .* --replace"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
     with pytest.raises(UserError, match="--resume with different settings .*batch_size 8 -> 4"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", "--batch-size", "4"))

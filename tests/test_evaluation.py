@@ -1,0 +1,63 @@
+"""COCO metrics on hand-made cases, computed by hand with 101-point interpolation."""
+
+import pytest
+from pycocotools.coco import COCO
+
+from cxr.classes import coco_categories
+from cxr.evaluation import coco_metrics
+
+
+def ground_truth(boxes):
+    """boxes: (image_id, category_id, [x, y, w, h]) triples on 100 x 100 images."""
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)],
+        "annotations": [{"id": n, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                        for n, (i, c, b) in enumerate(boxes, 1)],
+        "categories": coco_categories(),
+    }
+    coco.createIndex()
+    return coco
+
+
+def detection(image_id, category_id, bbox, score):
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+A, B = [10, 10, 40, 40], [50, 50, 40, 30]
+
+
+def test_perfect_predictions_score_one():
+    gt = ground_truth([(1, 1, A), (2, 1, B), (2, 4, A)])
+    metrics = coco_metrics(gt, [detection(1, 1, A, 0.9), detection(2, 1, B, 0.8), detection(2, 4, A, 0.7)])
+    assert metrics["AP"] == metrics["AP50"] == metrics["AP40"] == metrics["AR100"] == pytest.approx(1.0)
+    by_category = {row["category_id"]: row for row in metrics["per_class"]}
+    assert by_category[1]["AP"] == pytest.approx(1.0) and by_category[1]["gt_boxes"] == 2
+    assert by_category[2]["AP"] is None and by_category[2]["gt_boxes"] == 0     # no ground truth: undefined
+
+
+def test_one_missed_box_halves_recall():
+    gt = ground_truth([(1, 1, A), (2, 1, B)])
+    metrics = coco_metrics(gt, [detection(1, 1, A, 0.9)])
+    assert metrics["AR100"] == pytest.approx(0.5)
+    assert metrics["AP"] == pytest.approx(51 / 101)     # precision 1 at the 51 recall points 0, .01, ..., .5
+
+
+def test_duplicate_prediction_is_a_false_positive():
+    # Ranked: A (TP), A again (FP), B (TP) -> precision 1 up to recall .5, then 2/3.
+    gt = ground_truth([(1, 1, A), (2, 1, B)])
+    metrics = coco_metrics(gt, [detection(1, 1, A, 0.9), detection(1, 1, A, 0.8), detection(2, 1, B, 0.7)])
+    assert metrics["AP"] == pytest.approx((51 * 1.0 + 50 * 2 / 3) / 101)
+
+
+def test_ap_at_iou_04_counts_a_loose_box_that_ap50_rejects():
+    loose = [10, 10, 40, 18]            # IoU with A = 18 / 40 = 0.45
+    gt = ground_truth([(1, 1, A)])
+    metrics = coco_metrics(gt, [detection(1, 1, loose, 0.9)])
+    assert metrics["AP40"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(0.0)
+
+
+def test_no_detections_gives_zero_not_an_error():
+    metrics = coco_metrics(ground_truth([(1, 1, A)]), [])
+    assert metrics["AP"] == 0.0 and metrics["detections"] == 0
+    assert {row["category_id"]: row["AP"] for row in metrics["per_class"]}[1] == 0.0

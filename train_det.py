@@ -1,0 +1,286 @@
+"""Faster R-CNN fine-tuning on the labeled set, from the SSL backbone.
+
+One process:
+    python train_det.py --data-dir data --experiment-name simclr_40pct
+Several GPUs / nodes (DDP):
+    torchrun --nproc_per_node=8 train_det.py --data-dir data --experiment-name simclr_40pct
+
+The labeled set is the last --labeled-fraction of the seeded permutation of
+the training images (`cxr.splits.partition`, the split seed recorded by
+train_ssl.py); if it overlaps the SSL pool recorded in the experiment's
+pretrain folder the run stops, unless --allow-overlap. Training oversamples
+images with rare classes by repeat factors (LVIS) and augments each image
+online with box-aware transforms (`cxr.box_augment`). Every --eval-every
+epochs the model is evaluated (COCO mAP with pycocotools) on the test split,
+or on a held-out --val-fraction of the labeled images, with exact shards
+under DDP. Writes into <output-dir>/<experiment-name>/: args.json,
+log.jsonl, labeled_images.txt, checkpoint.pth (each epoch; --resume),
+eval_history.json, and at the end fasterrcnn_final.pth (the FasterRCNN state
+dict) with fasterrcnn_final.json. --lr is absolute for the total batch.
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from pycocotools.coco import COCO
+from torch.nn.parallel import DistributedDataParallel
+
+from cxr.box_augment import BoxAugment
+from cxr.classes import CLASS_NAMES
+from cxr.data import DetectionDataset, load_coco, split_images
+from cxr.detector import build_detector, initialize_backbone
+from cxr.distributed import init_distributed, teardown
+from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, load_checkpoint, prepare_run_dir,
+                        restore_rng_state, write_run_header)
+from cxr.errors import UserError, exit_on_user_error
+from cxr.evaluation import coco_metrics, detection_collate, gather_to_main, predict
+from cxr.optim import build_optimizer, step_schedule, warmup_cosine_schedule
+from cxr.outputs import atomic_write_json
+from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
+from cxr.splits import partition, seeded_permutation
+
+RESUME_KEYS = ("arch", "image_size", "batch_size", "epochs", "lr", "labeled_fraction", "split_seed", "init",
+               "repeat_threshold", "repeat_rounding", "negatives", "seed", "world_size", "norm",
+               "trainable_layers", "val_fraction")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Faster R-CNN fine-tuning (torchrun-able).")
+    p.add_argument("--data-dir", default="data", help="folder written by python -m cxr.prepare")
+    p.add_argument("--output-dir", default="vinbig_output")
+    p.add_argument("--experiment-name", default="simclr")
+    p.add_argument("--init", default="ssl",
+                   help="ssl (the experiment's pretrain/pretrained-backbone.pth), random, or a path to any "
+                        "torchvision ResNet state dict (e.g. ImageNet weights)")
+    p.add_argument("--arch", default=None, help="default: the pretrained backbone's, else resnet50")
+    p.add_argument("--image-size", type=int, default=512, help="images are read at this size, not upscaled")
+    p.add_argument("--labeled-fraction", "--labeled-dataset-percent", dest="labeled_fraction", type=float,
+                   default=None, help="share of the training images with labels used here (default: "
+                                      "1 - the SSL fraction recorded in pretrain/, else 1)")
+    p.add_argument("--split-seed", type=int, default=None, help="default: the one pretraining used, else 0")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="allow labeled images that were also in the SSL pool")
+    p.add_argument("--trainable-layers", type=int, default=3, help="ResNet stages trained, 0-5 (torchvision)")
+    p.add_argument("--norm", default="frozen", choices=["frozen", "bn", "syncbn"])
+    p.add_argument("--batch-size", type=int, default=4, help="images per process")
+    p.add_argument("--epochs", type=int, default=26)
+    p.add_argument("--lr", type=float, default=0.01, help="absolute peak learning rate")
+    p.add_argument("--warmup-iters", type=int, default=500)
+    p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"])
+    p.add_argument("--lr-steps", default="0.67,0.89", help="step schedule: fractions of training to decay x0.1")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--repeat-threshold", type=float, default=0.4, help="LVIS repeat-factor threshold t")
+    p.add_argument("--repeat-rounding", default="stochastic", choices=["stochastic", "ceil"],
+                   help="stochastic (detectron2) or ceil (the seed project / mmdetection)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="box-aware online augmentation (--no-augment to turn off)")
+    p.add_argument("--negatives", type=float, default=0.0,
+                   help="add this many normal images per labeled image as box-free negatives "
+                        "(needs prepare --keep-normal)")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="evaluate on this held-out share of the labeled images instead of the test split")
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (0: only at the end)")
+    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--clip-grad", type=float, default=None)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--print-freq", type=int, default=20)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many epochs in this run (time-limited jobs); --resume continues")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--replace", action="store_true",
+                   help="delete this experiment's detector outputs (not pretrain/ or eval/) and start over")
+    return p
+
+
+def pretrain_record(experiment_dir):
+    """(metadata of the SSL backbone or {}, its SSL image list or None)."""
+    folder = experiment_dir / "pretrain"
+    meta_path, pool_path = folder / "pretrained-backbone.json", folder / "ssl_images.txt"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return meta, (pool_path.read_text().split() if pool_path.is_file() else None)
+
+
+def choose_images(args, meta, ssl_pool):
+    """(training names, evaluation names or None for the test split, negative paths)."""
+    train = split_images(args.data_dir, "train")
+    labeled_fraction = args.labeled_fraction
+    if labeled_fraction is None:
+        labeled_fraction = 1.0 - meta.get("ssl_fraction", 0.0)
+    labeled = partition(list(train), meta.get("ssl_fraction", 0.0), labeled_fraction, args.split_seed).labeled
+    overlap = sorted(set(labeled) & set(ssl_pool or ()))
+    if overlap and not args.allow_overlap:
+        raise UserError(f"{len(overlap)} of the {len(labeled)} labeled images (e.g. {overlap[0]}) were in the SSL "
+                        f"pool of {args.experiment_name}/pretrain; lower --labeled-fraction to at most "
+                        f"{1 - meta.get('ssl_fraction', 0.0):.3f}, or pass --allow-overlap")
+    held_out = None
+    if args.val_fraction:
+        order = seeded_permutation(labeled, args.split_seed + 1)
+        held_out = sorted(order[:round(len(order) * args.val_fraction)])
+        labeled = sorted(set(labeled) - set(held_out))
+    negatives = []
+    if args.negatives:
+        normal = split_images(args.data_dir, "normal")
+        chosen = seeded_permutation(list(normal), args.split_seed)[:round(args.negatives * len(labeled))]
+        negatives = [normal[name] for name in sorted(chosen)]
+    if not labeled:
+        raise UserError("no labeled images: raise --labeled-fraction")
+    return labeled, held_out, negatives
+
+
+def evaluation_ground_truth(args, held_out):
+    """(dataset, pycocotools COCO) of the evaluation images."""
+    split = "test" if held_out is None else "train"
+    coco = load_coco(Path(args.data_dir) / f"{split}_annotations.json")
+    if held_out is not None:
+        keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in set(held_out)}
+        coco = {**coco, "images": [i for i in coco["images"] if i["id"] in keep],
+                "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
+    ground_truth = COCO()
+    ground_truth.dataset = coco
+    ground_truth.createIndex()
+    return DetectionDataset(args.data_dir, split, names=None if held_out is None else set(held_out)), ground_truth
+
+
+class DetectionTask:
+    """Images and targets to the device; the sum of Faster R-CNN's four losses."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def inputs(self, batch, generator):
+        images, targets = batch
+        images = [image.to(self.device, non_blocking=True).expand(3, -1, -1) for image in images]
+        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        return images, targets
+
+    def loss(self, model, inputs):
+        losses = model(*inputs)
+        return sum(losses.values()), losses
+
+    def batch_images(self, inputs):
+        return len(inputs[0])
+
+
+def learning_rates(args, steps_per_epoch):
+    total = args.epochs * steps_per_epoch
+    if args.lr_schedule == "cosine":
+        return warmup_cosine_schedule(args.lr, total, args.warmup_iters)
+    milestones = [round(float(f) * total) for f in args.lr_steps.split(",")]
+    return step_schedule(args.lr, total, args.warmup_iters, milestones)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    dist_info = init_distributed(args.device)
+    try:
+        run(args, dist_info)
+    finally:
+        teardown()
+
+
+def run(args, dist_info):
+    check_amp(args.amp, dist_info.device)
+    experiment_dir = Path(args.output_dir) / args.experiment_name
+    meta, ssl_pool = pretrain_record(experiment_dir)
+    args.arch = args.arch or meta.get("arch", "resnet50")
+    args.split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
+    checkpoint_path = prepare_run_dir(experiment_dir, args.resume, args.replace, dist_info, keep=("pretrain", "eval"))
+    logger = RunLogger(experiment_dir, dist_info.is_main)
+    write_run_header(logger, experiment_dir, args, dist_info)
+
+    labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
+    if dist_info.is_main:
+        (experiment_dir / "labeled_images.txt").write_text("".join(f"{name}\n" for name in labeled))
+    dataset = DetectionDataset(args.data_dir, "train", names=set(labeled), negatives=negatives,
+                               augment=BoxAugment() if args.augment else None)
+    factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
+    sampler = RepeatFactorSampler(factors, dist_info.world_size, dist_info.rank, seed=args.seed,
+                                  rounding=args.repeat_rounding)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                         num_workers=args.workers, collate_fn=detection_collate,
+                                         pin_memory=dist_info.device.type == "cuda")
+    eval_dataset, ground_truth = evaluation_ground_truth(args, held_out)
+
+    torch.manual_seed(args.seed)
+    model = build_detector(args.arch, args.image_size, args.norm, args.trainable_layers)
+    message = initialize_backbone(model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth")
+    logger.log(message, event="init")
+    if args.norm == "syncbn" and dist_info.world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(dist_info.device)
+    optimizer = build_optimizer("sgd", model, args.lr, args.weight_decay)
+    scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
+    steps_per_epoch = math.ceil(sum(factors) / dist_info.world_size / args.batch_size)
+    schedule = learning_rates(args, steps_per_epoch)
+
+    config = {k: getattr(args, k) for k in RESUME_KEYS if k != "world_size"}
+    config["world_size"] = dist_info.world_size
+    start_epoch = start_step = 0
+    history = []
+    if args.resume:
+        state = load_checkpoint(checkpoint_path)
+        changed = [k for k in RESUME_KEYS if state["config"].get(k) != config[k]]
+        if changed:
+            raise UserError("--resume with different settings than the checkpoint: "
+                            + ", ".join(f"{k} {state['config'].get(k)} -> {config[k]}" for k in changed))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        history = json.loads((experiment_dir / "eval_history.json").read_text()) \
+            if (experiment_dir / "eval_history.json").is_file() else []
+        logger.log(f"resumed from {checkpoint_path} after epoch {start_epoch}", event="resume", epoch=start_epoch)
+
+    ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+    logger.log(f"Faster R-CNN {args.arch}-FPN at {args.image_size} px: {len(labeled)} labeled images, "
+               f"{len(negatives)} negatives, repeat factors sum {sum(factors):.1f} (t={args.repeat_threshold}), "
+               f"~{steps_per_epoch} iterations of {args.batch_size} x {dist_info.world_size} per epoch; evaluating on "
+               f"{len(eval_dataset)} {'held-out' if held_out else 'test'} images", event="data",
+               labeled=len(labeled), negatives=len(negatives), repeat_factor_sum=sum(factors))
+
+    def evaluate(epoch):
+        last = epoch + 1 == args.epochs
+        if not (last or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
+            return {}
+        shard = inference_shard(len(eval_dataset), dist_info.world_size, dist_info.rank)
+        results = gather_to_main(predict(model, eval_dataset, shard, dist_info.device, args.eval_batch_size,
+                                         args.workers))
+        if not dist_info.is_main:
+            return {}
+        metrics = coco_metrics(ground_truth, results)
+        history.append({"epoch": epoch + 1, **metrics})
+        atomic_write_json(experiment_dir / "eval_history.json", history, indent=1)
+        return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
+
+    completed = fit(model=ddp_model, unwrapped=model, loader=loader, sampler=sampler, task=DetectionTask(dist_info.device),
+                    optimizer=optimizer, scaler=scaler, schedule=schedule, epochs=args.epochs, amp=args.amp,
+                    device=dist_info.device, seed=args.seed, dist_info=dist_info, logger=logger,
+                    checkpoint_path=checkpoint_path, start_epoch=start_epoch, start_step=start_step,
+                    stop_after=args.stop_after, clip_grad=args.clip_grad, print_freq=args.print_freq,
+                    checkpoint_extra={"config": config}, after_epoch=evaluate)
+    if completed < args.epochs:
+        logger.log(f"stopped after epoch {completed} of {args.epochs}; continue with --resume", event="stop")
+        return
+    if dist_info.is_main:
+        atomic_torch_save(experiment_dir / "fasterrcnn_final.pth", model.state_dict())
+        atomic_write_json(experiment_dir / "fasterrcnn_final.json", {
+            "arch": args.arch, "image_size": args.image_size, "num_classes": len(CLASS_NAMES) + 1,
+            "classes": list(CLASS_NAMES), "label_is": "COCO category_id = class_id + 1 (0 is background)",
+            "init": args.init, "init_message": message, "norm": args.norm,
+            "trainable_layers": args.trainable_layers, "data_dir": str(args.data_dir),
+            "labeled_images": len(labeled), "labeled_fraction": args.labeled_fraction, "split_seed": args.split_seed,
+            "negatives": len(negatives), "repeat_threshold": args.repeat_threshold, "epochs": args.epochs,
+            "final_metrics": history[-1] if history else None,
+        }, indent=1)
+    logger.log(f"wrote {experiment_dir / 'fasterrcnn_final.pth'}", event="done")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
