@@ -33,3 +33,4 @@ bench: $(VENV)/.bench-installed
 	$(PY) tests/bench/bench_prepare.py
 	$(PY) tests/bench/bench_ssl.py
 	$(PY) tests/bench/bench_probe.py
+	$(PY) tests/bench/bench_det.py

@@ -190,11 +190,10 @@ def run(args, dist_info):
     meta, ssl_pool = pretrain_record(experiment_dir)
     args.arch = args.arch or meta.get("arch", "resnet50")
     args.split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
+    labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
     checkpoint_path = prepare_run_dir(experiment_dir, args.resume, args.replace, dist_info, keep=("pretrain", "eval"))
     logger = RunLogger(experiment_dir, dist_info.is_main)
     write_run_header(logger, experiment_dir, args, dist_info)
-
-    labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
     if dist_info.is_main:
         (experiment_dir / "labeled_images.txt").write_text("".join(f"{name}\n" for name in labeled))
     dataset = DetectionDataset(args.data_dir, "train", names=set(labeled), negatives=negatives,

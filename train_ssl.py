@@ -18,13 +18,13 @@ batch (batch size x processes); it is not rescaled per 256 images.
 
 import argparse
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr.augment import ViewConfig, simclr_views
+from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet
 from cxr.data import ImageList, split_images, to_network_input
 from cxr.distributed import init_distributed, teardown
@@ -57,8 +57,9 @@ def get_args_parser():
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "lars"])
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--projection-dim", type=int, default=128)
-    p.add_argument("--views", default="{}",
-                   help="JSON overriding the view augmentations, e.g. '{\"blur_p\": 0.3}'; keys: "
+    p.add_argument("--views", default="seed",
+                   help="view augmentations: a preset (" + ", ".join(VIEW_PRESETS) + ") or JSON overriding "
+                        "one, e.g. '{\"preset\": \"cxr\", \"blur_p\": 0.3}'; keys: "
                         + ", ".join(f.name for f in fields(ViewConfig)))
     p.add_argument("--ssl-fraction", "--labeled-dataset-percent", dest="ssl_fraction", type=float, default=0.4,
                    help="share of the training images in the SSL pool (the seed project's "
@@ -84,11 +85,16 @@ def get_args_parser():
 
 
 def view_config(text):
+    """--views: a preset name, or a JSON object of overrides (optionally on a "preset")."""
+    if text in VIEW_PRESETS:
+        return VIEW_PRESETS[text]
     try:
         overrides = json.loads(text)
-        return ViewConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    except (json.JSONDecodeError, TypeError) as error:
-        raise UserError(f"--views {text!r}: {error}") from None
+        base = VIEW_PRESETS[overrides.pop("preset", "seed")]
+        return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as error:
+        raise UserError(f"--views {text!r}: expected one of {', '.join(VIEW_PRESETS)} or a JSON object of "
+                        f"ViewConfig fields ({error})") from None
 
 
 def ssl_pool(args):
@@ -141,16 +147,14 @@ def run(args, dist_info):
     check_devices_flag(args.devices, dist_info)
     check_amp(args.amp, dist_info.device)
     views = view_config(args.views)
+    paths = ssl_pool(args)
+    if len(paths) // dist_info.world_size < args.batch_size:
+        raise UserError(f"the SSL pool has {len(paths)} images, fewer than --batch-size {args.batch_size} "
+                        f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction")
     run_dir = Path(args.output_dir) / args.experiment_name / "pretrain"
     checkpoint_path = prepare_run_dir(run_dir, args.resume, args.replace, dist_info)
     logger = RunLogger(run_dir, dist_info.is_main)
     write_run_header(logger, run_dir, args, dist_info)
-
-    paths = ssl_pool(args)
-    per_rank = len(paths) // dist_info.world_size
-    if per_rank < args.batch_size:
-        raise UserError(f"the SSL pool has {len(paths)} images, fewer than --batch-size {args.batch_size} "
-                        f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction")
     if dist_info.is_main:
         (run_dir / "ssl_images.txt").write_text("".join(f"{name}\n" for name in sorted(paths)))
     dataset = ImageList([paths[name] for name in sorted(paths)], args.image_size)

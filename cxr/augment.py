@@ -43,6 +43,18 @@ class ViewConfig:
         return asdict(self)
 
 
+# "seed": the seed project's SimCLR views (the defaults above).
+# "cxr": radiograph-specific views in the spirit of MoCo-CXR (Sowrirajan et
+# al., 2021): no vertical flip (anatomy has an up), no intensity jitter or
+# equalization (intensity is diagnostic), milder crops. On the synthetic data
+# the seed's views leave the SimCLR loss at chance for the first epochs of a
+# CPU run, mostly because of the intensity jitter (docs/benchmarks.md).
+VIEW_PRESETS = {
+    "seed": ViewConfig(),
+    "cxr": ViewConfig(crop_scale=(0.35, 1.0), vflip_p=0.0, jitter_p=0.0, equalize_p=0.0),
+}
+
+
 def _uniform(low, high, n, generator, device):
     return low + (high - low) * torch.rand(n, generator=generator, device=device)
 

@@ -115,6 +115,7 @@ def test_labeled_set_must_not_overlap_the_ssl_pool(data_dir, tmp_path):
                                                                    "arch": "resnet18"}))
     with pytest.raises(UserError, match="were in the SSL pool .*--allow-overlap"):
         train_det.main(det_args(data_dir, tmp_path, "exp", "--labeled-fraction", "0.8", "--epochs", "1"))
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["pretrain"]   # nothing written
     train_det.main(det_args(data_dir, tmp_path, "exp", "--epochs", "1", "--eval-every", "0"))
     labeled = (tmp_path / "exp" / "labeled_images.txt").read_text().split()
     pool = (pretrain / "ssl_images.txt").read_text().split()

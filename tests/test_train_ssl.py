@@ -68,6 +68,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, ca
 
 @pytest.mark.slow
 def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
+    with pytest.raises(UserError, match="fewer than --batch-size 1000"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--batch-size", "1000"))
+    assert not (tmp_path / "exp").exists()          # a refused run leaves nothing behind
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
     with pytest.raises(UserError, match="already holds a run .*; pass --resume .* --replace"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
@@ -144,3 +147,13 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
                         "none", torch.device("cpu"), None, RunLogger(tmp_path, False), 10, None, 1)
     for key, value in model.state_dict().items():
         assert torch.equal(value, after_first[key]), key
+
+
+def test_view_presets_and_overrides():
+    assert train_ssl.view_config("seed") == train_ssl.VIEW_PRESETS["seed"]
+    cxr = train_ssl.view_config('{"preset": "cxr", "blur_p": 0.3, "crop_scale": [0.5, 1.0]}')
+    assert (cxr.vflip_p, cxr.jitter_p, cxr.blur_p, cxr.crop_scale) == (0.0, 0.0, 0.3, (0.5, 1.0))
+    assert train_ssl.view_config('{"blur_p": 0.1}').jitter_p == 0.8          # overrides the seed's defaults
+    for bad in ("cxr2", '{"blurr": 1}', '{"preset": "nope"}', "[1]"):
+        with pytest.raises(UserError, match="--views"):
+            train_ssl.view_config(bad)

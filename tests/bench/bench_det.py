@@ -1,0 +1,106 @@
+"""Benchmark: the detector's training step and its data pipeline.
+
+1. Images/s of our training step (cxr.engine.train_one_epoch with the
+   detection task) against the bare torchvision step on the same batches
+   (forward, summed losses, backward, SGD step): the engine's overhead.
+2. Images/s of one data-loader worker (PNG decode + box-aware augmentation,
+   cxr.data.DetectionDataset with BoxAugment) at --size, with augmentation on
+   and off, against the model step: how many workers keep the model fed.
+
+    python tests/bench/bench_det.py [--arch resnet18 --size 512]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cxr.box_augment import BoxAugment  # noqa: E402
+from cxr.data import DetectionDataset  # noqa: E402
+from cxr.detector import build_detector  # noqa: E402
+from cxr.engine import RunLogger, train_one_epoch  # noqa: E402
+from cxr.evaluation import detection_collate  # noqa: E402
+from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
+from cxr.prepare import prepare  # noqa: E402
+from cxr.synthetic import generate  # noqa: E402
+from train_det import DetectionTask  # noqa: E402
+
+
+def timed(fn, repeats=2):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_step(data_dir, arch, size, batch, steps, device):
+    dataset = DetectionDataset(data_dir, "train")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, collate_fn=detection_collate)
+    batches = [b for _, b in zip(range(steps), loader)]
+    torch.manual_seed(0)
+    model = build_detector(arch, size).to(device)
+    optimizer = build_optimizer("sgd", model, 0.01, 1e-4)
+    task = DetectionTask(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    schedule = warmup_cosine_schedule(0.01, 100 * steps)
+
+    def engine():
+        train_one_epoch(model, batches, task, optimizer, scaler, schedule, 0, 0, 1, "none", device, None,
+                        RunLogger(Path("."), enabled=False), 10 ** 9, None, 1)
+
+    def bare():
+        model.train()
+        for images, targets in batches:
+            images = [image.to(device).expand(3, -1, -1) for image in images]
+            targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+            loss = sum(model(images, targets).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    bare_s = min(timed(bare), timed(bare))
+    engine_s = min(timed(engine), timed(engine))
+    images = batch * len(batches)
+    print(f"| training images/s, {arch}-FPN at {size} px, batch {batch} ({device}) | {images / engine_s:.2f} | "
+          f"{images / bare_s:.2f} | overhead {100 * (engine_s / bare_s - 1):+.1f}% |")
+    return images / bare_s
+
+
+def bench_loader(data_dir, size, model_rate):
+    for augment in (BoxAugment(), None):
+        dataset = DetectionDataset(data_dir, "train", augment=augment)
+        count = min(len(dataset), 40)
+        seconds = timed(lambda: [dataset[i] for i in range(count)])
+        rate = count / seconds
+        print(f"| loader images/s per worker at {size} px, augmentation {'on' if augment else 'off'} | "
+              f"{rate:.1f} | model step {model_rate:.2f} | {rate / model_rate:.1f} workers' worth per model |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=512, help="image size of both benchmarks")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        quiet = {"log": lambda *_: None}
+        generate(root / "vin", num_images=150, size=args.size, seed=0, test_images=0, **quiet)
+        prepare(root / "vin" / "train.csv", root / "vin" / "train", root / "data", **quiet)
+        print("| measure | ours | peer | ratio |\n|---|---|---|---|")
+        model_rate = bench_step(root / "data", args.arch, args.size, args.batch, args.steps, device)
+        bench_loader(root / "data", args.size, model_rate)
+
+
+if __name__ == "__main__":
+    main()
