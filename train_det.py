@@ -25,7 +25,6 @@ import math
 from pathlib import Path
 
 import torch
-from pycocotools.coco import COCO
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr.box_augment import BoxAugment
@@ -36,7 +35,7 @@ from cxr.distributed import init_distributed, teardown
 from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, load_checkpoint, prepare_run_dir,
                         restore_rng_state, write_run_header)
 from cxr.errors import UserError, exit_on_user_error
-from cxr.evaluation import coco_metrics, detection_collate, gather_to_main, predict
+from cxr.evaluation import coco_ground_truth, coco_metrics, detection_collate, gather_to_main, predict
 from cxr.optim import build_optimizer, step_schedule, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
@@ -138,13 +137,12 @@ def evaluation_ground_truth(args, held_out):
     split = "test" if held_out is None else "train"
     coco = load_coco(Path(args.data_dir) / f"{split}_annotations.json")
     if held_out is not None:
-        keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in set(held_out)}
+        names = set(held_out)
+        keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in names}
         coco = {**coco, "images": [i for i in coco["images"] if i["id"] in keep],
                 "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
-    ground_truth = COCO()
-    ground_truth.dataset = coco
-    ground_truth.createIndex()
-    return DetectionDataset(args.data_dir, split, names=None if held_out is None else set(held_out)), ground_truth
+    dataset = DetectionDataset(args.data_dir, split, names=None if held_out is None else set(held_out))
+    return dataset, coco_ground_truth(coco)
 
 
 class DetectionTask:

@@ -169,11 +169,13 @@ def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoc
     total_steps = len(schedule)
     losses, started = [], time.perf_counter()
     tick = started
-    data_time = 0.0
+    data_time, images_seen = 0.0, 0
     for iteration, batch in enumerate(loader):
         data_time += time.perf_counter() - tick
-        set_learning_rate(optimizer, schedule[min(step, len(schedule) - 1)])
+        lr = float(schedule[min(step, total_steps - 1)])
+        set_learning_rate(optimizer, lr)
         inputs = task.inputs(batch, generator)
+        images_seen += task.batch_images(inputs) * world_size
         with autocast(amp, device):
             loss, logs = task.loss(model, inputs)
         mean_loss = all_reduce_mean(loss.detach().float()).item()
@@ -195,14 +197,13 @@ def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoc
         last = iteration + 1 == len(loader)
         if (iteration + 1) % print_freq == 0 or last:
             elapsed = tick - started
-            images = (iteration + 1) * task.batch_images(inputs) * world_size
             seconds_per_step = elapsed / (iteration + 1)
             record = {"epoch": epoch + 1, "iteration": iteration + 1, "step": step, "loss": mean_loss,
-                      "lr": float(schedule[min(step, len(schedule)) - 1]), "images_per_s": images / elapsed,
+                      "lr": lr, "images_per_s": images_seen / elapsed,
                       "data_s": data_time / (iteration + 1),
                       **{k: all_reduce_mean(v.detach().float()).item() for k, v in logs.items()}}
             logger.log(f"epoch {epoch + 1}/{epochs} iter {iteration + 1}/{len(loader)} loss {mean_loss:.4f} "
-                       f"lr {record['lr']:.5f} img/s {record['images_per_s']:.1f} data {record['data_s']:.3f}s "
+                       f"lr {lr:.5f} img/s {record['images_per_s']:.1f} data {record['data_s']:.3f}s "
                        f"eta {_eta(seconds_per_step * max(total_steps - step, 0))}", event="train", **record)
     return step, sum(losses) / max(len(losses), 1)
 

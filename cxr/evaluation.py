@@ -58,9 +58,13 @@ def gather_to_main(results):
     return [r for part in gathered for r in part] if gathered is not None else None
 
 
-def load_coco_quietly(annotation_file):
+def coco_ground_truth(dataset):
+    """A pycocotools COCO object from a COCO dict, without its progress prints."""
+    ground_truth = COCO()
+    ground_truth.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
+        ground_truth.createIndex()
+    return ground_truth
 
 
 def _run_cocoeval(coco_gt, coco_dt, iou_thresholds=None):
