@@ -43,7 +43,7 @@ from cxr.splits import partition, seeded_permutation
 
 RESUME_KEYS = ("arch", "image_size", "batch_size", "epochs", "lr", "labeled_fraction", "split_seed", "init",
                "repeat_threshold", "repeat_rounding", "negatives", "seed", "world_size", "norm",
-               "trainable_layers", "val_fraction")
+               "trainable_layers", "roi_batch_size", "val_fraction")
 
 
 def get_args_parser():
@@ -64,6 +64,9 @@ def get_args_parser():
                    help="allow labeled images that were also in the SSL pool")
     p.add_argument("--trainable-layers", type=int, default=3, help="ResNet stages trained, 0-5 (torchvision)")
     p.add_argument("--norm", default="frozen", choices=["frozen", "bn", "syncbn"])
+    p.add_argument("--roi-batch-size", type=int, default=512,
+                   help="proposals sampled per image to train the box head (torchvision: 512); "
+                        "lower it to train faster on a CPU")
     p.add_argument("--batch-size", type=int, default=4, help="images per process")
     p.add_argument("--epochs", type=int, default=26)
     p.add_argument("--lr", type=float, default=0.01, help="absolute peak learning rate")
@@ -205,7 +208,7 @@ def run(args, dist_info):
     eval_dataset, ground_truth = evaluation_ground_truth(args, held_out)
 
     torch.manual_seed(args.seed)
-    model = build_detector(args.arch, args.image_size, args.norm, args.trainable_layers)
+    model = build_detector(args.arch, args.image_size, args.norm, args.trainable_layers, args.roi_batch_size)
     message = initialize_backbone(model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth")
     logger.log(message, event="init")
     if args.norm == "syncbn" and dist_info.world_size > 1:

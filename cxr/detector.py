@@ -43,8 +43,11 @@ def _freeze_norms_of_frozen_layers(module):
             _freeze_norms_of_frozen_layers(child)
 
 
-def build_detector(arch, image_size, norm="frozen", trainable_layers=3):
-    """Faster R-CNN with a randomly initialized `arch`-FPN backbone."""
+def build_detector(arch, image_size, norm="frozen", trainable_layers=3, roi_batch_size=512):
+    """Faster R-CNN with a randomly initialized `arch`-FPN backbone.
+
+    roi_batch_size: proposals sampled per image to train the box head
+    (torchvision's default 512); the box head's cost grows with it."""
     if arch not in FEATURE_DIMS:
         raise UserError(f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}")
     if norm not in NORMS:
@@ -56,7 +59,8 @@ def build_detector(arch, image_size, norm="frozen", trainable_layers=3):
                                    trainable_layers=trainable_layers)
     _freeze_norms_of_frozen_layers(backbone.body)
     return FasterRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=image_size, max_size=image_size,
-                      image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD))
+                      image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD),
+                      box_batch_size_per_image=roi_batch_size)
 
 
 def transfer_trunk(detector, state, arch, source):

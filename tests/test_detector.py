@@ -83,7 +83,8 @@ def data_dir(tmp_path_factory):
 def det_args(data_dir, out, name, *extra):
     return ["--data-dir", str(data_dir), "--output-dir", str(out), "--experiment-name", name, "--init", "random",
             "--arch", "resnet18", "--image-size", "64", "--batch-size", "4", "--epochs", "2", "--workers", "0",
-            "--warmup-iters", "2", "--device", "cpu", "--print-freq", "100", "--eval-batch-size", "8", *extra]
+            "--warmup-iters", "2", "--device", "cpu", "--print-freq", "100", "--eval-batch-size", "8",
+            "--roi-batch-size", "32", *extra]
 
 
 @pytest.mark.slow
