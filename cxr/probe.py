@@ -35,7 +35,7 @@ def standardize(train, test):
     return (train - mean) / std, (test - mean) / std
 
 
-def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-9):
+def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-6):
     """One-vs-rest L2 logistic regression. X (n, d), Y (n, K) in {0, 1}.
     Returns (W (d, K), b (K,)) in float64.
 

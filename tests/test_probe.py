@@ -45,13 +45,13 @@ def test_average_ranks():
 def test_logistic_regression_reaches_the_optimum_of_the_sklearn_objective():
     """At the minimum of C * sum softplus(-s (Xw + b)) + |w|^2 / 2 the gradient
     vanishes: w = C X^T (s * sigmoid(-m)) and C * sum(s * sigmoid(-m)) = 0
-    (checked per sample, the units of the solver's tolerance of 1e-9)."""
+    (checked per sample, the units of the solver's tolerance, here 1e-9)."""
     g = torch.Generator().manual_seed(1)
     X = torch.randn(200, 5, generator=g, dtype=torch.float64)
     Y = (X[:, :2] @ torch.tensor([[1.5, -1.0], [0.5, 2.0]], dtype=torch.float64)
          + 0.5 * torch.randn(200, 2, generator=g, dtype=torch.float64) > 0).double()
     for C in (1.0, 0.01):
-        W, b = fit_logistic_ovr(X, Y, C=C)
+        W, b = fit_logistic_ovr(X, Y, C=C, tolerance=1e-9)
         s = 2 * Y - 1
         weight = s * torch.sigmoid(-s * (X @ W + b))
         assert ((W - C * X.T @ weight) / 200).abs().max() < 1e-8
