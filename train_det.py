@@ -32,8 +32,8 @@ from cxr.classes import CLASS_NAMES
 from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import build_detector, initialize_backbone
 from cxr.distributed import init_distributed, teardown
-from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, load_checkpoint, prepare_run_dir,
-                        restore_rng_state, write_run_header)
+from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume,
+                        write_run_header)
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import coco_ground_truth, coco_metrics, detection_collate, gather_to_main, predict
 from cxr.optim import build_optimizer, step_schedule, warmup_cosine_schedule
@@ -224,19 +224,9 @@ def run(args, dist_info):
     start_epoch = start_step = 0
     history = []
     if args.resume:
-        state = load_checkpoint(checkpoint_path)
-        changed = [k for k in RESUME_KEYS if state["config"].get(k) != config[k]]
-        if changed:
-            raise UserError("--resume with different settings than the checkpoint: "
-                            + ", ".join(f"{k} {state['config'].get(k)} -> {config[k]}" for k in changed))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        start_epoch, start_step = state["epoch"], state["step"]
-        history = json.loads((experiment_dir / "eval_history.json").read_text()) \
-            if (experiment_dir / "eval_history.json").is_file() else []
-        logger.log(f"resumed from {checkpoint_path} after epoch {start_epoch}", event="resume", epoch=start_epoch)
+        start_epoch, start_step = resume(checkpoint_path, config, model, optimizer, scaler, logger)
+        history_path = experiment_dir / "eval_history.json"
+        history = json.loads(history_path.read_text()) if history_path.is_file() else []
 
     ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     logger.log(f"Faster R-CNN {args.arch}-FPN at {args.image_size} px: {len(labeled)} labeled images, "

@@ -28,8 +28,7 @@ from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet
 from cxr.data import ImageList, split_images, to_network_input
 from cxr.distributed import init_distributed, teardown
-from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, load_checkpoint, prepare_run_dir, restore_rng_state,
-                        write_run_header)
+from cxr.engine import RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume, write_run_header
 from cxr.errors import UserError, exit_on_user_error
 from cxr.optim import build_optimizer, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
@@ -178,17 +177,7 @@ def run(args, dist_info):
     config["world_size"] = dist_info.world_size
     start_epoch = start_step = 0
     if args.resume:
-        state = load_checkpoint(checkpoint_path)
-        changed = [k for k in RESUME_KEYS if state["config"].get(k) != config[k]]
-        if changed:
-            raise UserError(f"--resume with different settings than the checkpoint: "
-                            + ", ".join(f"{k} {state['config'].get(k)} -> {config[k]}" for k in changed))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        start_epoch, start_step = state["epoch"], state["step"]
-        logger.log(f"resumed from {checkpoint_path} after epoch {start_epoch}", event="resume", epoch=start_epoch)
+        start_epoch, start_step = resume(checkpoint_path, config, model, optimizer, scaler, logger)
 
     ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     logger.log(f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images "

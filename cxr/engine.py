@@ -151,6 +151,22 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"cannot load checkpoint {path}: {error}") from None
 
 
+def resume(checkpoint_path, config, model, optimizer, scaler, logger):
+    """Restore a run from its checkpoint after checking that the settings in
+    `config` are the ones it was started with; returns (epoch, step) done."""
+    state = load_checkpoint(checkpoint_path)
+    changed = [k for k in config if state["config"].get(k) != config[k]]
+    if changed:
+        raise UserError("--resume with different settings than the checkpoint: "
+                        + ", ".join(f"{k} {state['config'].get(k)} -> {config[k]}" for k in changed))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    logger.log(f"resumed from {checkpoint_path} after epoch {state['epoch']}", event="resume", epoch=state["epoch"])
+    return state["epoch"], state["step"]
+
+
 def epoch_generator(seed, epoch, rank, device):
     """The generator of all randomness drawn on the device during one epoch."""
     generator = torch.Generator(device=device)

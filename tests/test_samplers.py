@@ -4,7 +4,6 @@ import math
 from collections import Counter
 
 import pytest
-import torch
 
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
 

@@ -130,7 +130,7 @@ def main():
         peer_s, peer = peer_fusion(root / "train.csv")
         share = agreement(peer, our_boxes(root / "data"))
         print(f"ensemble-boxes 1.0.9 fusion alone (pandas groupby + one call per image): {peer_s:.3f} s")
-        print(f"| whole cxr.prepare | peer fusion alone | ratio | images agreeing to 0.1 px |")
+        print("| whole cxr.prepare | peer fusion alone | ratio | images agreeing to 0.1 px |")
         print(f"| {ours_s:.2f} s | {peer_s:.2f} s | {peer_s / ours_s:.1f}x | {share:.2%} of {len(peer)} |")
 
 
