@@ -138,13 +138,13 @@ def choose_images(args, meta, ssl_pool):
 def evaluation_ground_truth(args, held_out):
     """(dataset, pycocotools COCO) of the evaluation images."""
     split = "test" if held_out is None else "train"
+    names = None if held_out is None else set(held_out)
     coco = load_coco(Path(args.data_dir) / f"{split}_annotations.json")
     if held_out is not None:
-        names = set(held_out)
         keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in names}
         coco = {**coco, "images": [i for i in coco["images"] if i["id"] in keep],
                 "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
-    dataset = DetectionDataset(args.data_dir, split, names=None if held_out is None else set(held_out))
+    dataset = DetectionDataset(args.data_dir, split, names=names)
     return dataset, coco_ground_truth(coco)
 
 

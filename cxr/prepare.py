@@ -266,8 +266,7 @@ def link_images(names, source_dir, target_dir):
 
 def class_table(annotations_by_split, table, kept_names):
     """Rows: class, CSV box rows, fused boxes per split, mean readers per fused box."""
-    kept = np.isin(np.arange(len(table.image_names)),
-                   [i for i, name in enumerate(table.image_names) if name in kept_names])
+    kept = np.array([name in kept_names for name in table.image_names], dtype=bool)
     csv_boxes = np.bincount(table.class_ids[kept[table.image_index]], minlength=NO_FINDING_ID + 1)
     readers = {split: [[] for _ in CLASS_NAMES] for split in annotations_by_split}
     for split, per_image in annotations_by_split.items():

@@ -146,9 +146,9 @@ def _cluster(boxes, weighted_scores, group_codes, iou_thr):
     # j are always a prefix [0, active) of the slot arrays.
     slot_of_group = np.argsort(-sizes, kind="stable")
     slot_sizes = sizes[slot_of_group]
+    active_at_step = [int((slot_sizes > j).sum()) for j in range(longest)]
     slot_rows = np.full((num_groups, longest), -1)
-    for j in range(longest):
-        active = int((slot_sizes > j).sum())
+    for j, active in enumerate(active_at_step):
         slot_rows[:active, j] = order[starts[slot_of_group[:active]] + j]
 
     fused = np.zeros((num_groups, longest, 4))              # box used for matching
@@ -157,8 +157,7 @@ def _cluster(boxes, weighted_scores, group_codes, iou_thr):
     num_clusters = np.zeros(num_groups, dtype=np.int64)
     cluster_slot = np.empty(len(boxes), dtype=np.int64)     # k within its group
 
-    for j in range(longest):
-        active = int((slot_sizes > j).sum())
+    for j, active in enumerate(active_at_step):
         rows = slot_rows[:active, j]
         box, score = boxes[rows], weighted_scores[rows]
         slots = np.arange(active)

@@ -13,11 +13,10 @@ import torchvision
 from torch import nn
 
 import train_det
+from conftest import prepared_synthetic
 from cxr.detector import build_detector, changed_backbone_tensors, initialize_backbone, transfer_trunk
 from cxr.errors import UserError
-from cxr.prepare import prepare
 from cxr.splits import partition
-from cxr.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,11 +72,7 @@ def test_frozen_layers_are_unchanged_by_training(tmp_path, norm):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("det")
-    generate(root / "vin", num_images=60, size=64, seed=21, test_images=0, log=lambda *_: None)
-    prepare(root / "vin" / "train.csv", root / "vin" / "train", root / "data", keep_normal=True,
-            log=lambda *_: None)
-    return root / "data"
+    return prepared_synthetic(tmp_path_factory.mktemp("det"), num_images=60, seed=21)
 
 
 def det_args(data_dir, out, name, *extra):

@@ -13,23 +13,18 @@ import torchvision
 from torch import nn
 
 import train_ssl
+from conftest import prepared_synthetic
 from cxr.distributed import DistInfo
 from cxr.engine import RunLogger, TrainingDiverged, train_one_epoch
 from cxr.errors import UserError
 from cxr.optim import warmup_cosine_schedule
-from cxr.prepare import prepare
-from cxr.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ssl")
-    generate(root / "vin", num_images=40, size=64, seed=11, test_images=0, log=lambda *_: None)
-    prepare(root / "vin" / "train.csv", root / "vin" / "train", root / "data", keep_normal=True,
-            log=lambda *_: None)
-    return root / "data"
+    return prepared_synthetic(tmp_path_factory.mktemp("ssl"), num_images=40, seed=11)
 
 
 def tiny_args(data_dir, out, name, *extra):
