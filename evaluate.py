@@ -1,7 +1,30 @@
-"""Evaluation of cxr models.
+"""Evaluation of cxr models: mAP, pictures, predictions, and the linear probe.
 
-    python evaluate.py --mode probe --data-dir data --experiment-name simclr_40pct
-    python evaluate.py --mode probe --data-dir data --experiment-name simclr_40pct --backbone random
+    python evaluate.py --mode map --data-dir data --experiment-name simclr_40pct
+    python evaluate.py --mode map --checkpoint fasterrcnn_final.pth --experiment-name simclr_60pct \
+        --test-data-dir data/test --test-ann-file data/test_annotations.json --device cuda:0
+    torchrun --nproc_per_node=4 evaluate.py --mode map --data-dir data --experiment-name simclr_40pct
+    python evaluate.py --mode visualize --data-dir data --experiment-name simclr_40pct --num-images 8
+    python evaluate.py --mode predict --experiment-name simclr_40pct --images vinbigdata/test \
+        --original-sizes vinbigdata/test_meta.csv --submission
+    python evaluate.py --mode probe --data-dir data --experiment-name simclr_40pct [--backbone random]
+
+--mode map runs the detector (a bare --checkpoint name is looked up in the
+experiment folder; architecture and image size come from the JSON train_det.py
+wrote beside it) on the test images, batched, in exact shards under torchrun,
+and reports pycocotools' 12 numbers, AP at IoU 0.4 (the competition's
+threshold, with COCO's 101-point interpolation) and a per-class table. It
+writes metrics.json, per_class.csv and test_predictions.json (COCO results)
+into <output-dir>/<experiment>/eval/.
+
+--mode visualize draws ground truth (solid) and predictions (dashed, with
+scores) on --num-images test images or --image-ids, one PNG each plus a
+contact sheet, into eval/visualize/.
+
+--mode predict runs the detector on images without annotations (a folder or
+files) and writes eval/predictions.json (COCO results; each entry also names
+its file) and, with --submission, the competition's submission.csv (boxes in
+original pixels when --original-sizes is given, see cxr.submission).
 
 --mode probe gauges a backbone with a linear probe: pooled features of the
 prepared train and test images (frozen, eval mode, no augmentation),
@@ -10,42 +33,281 @@ standardized with the train statistics, one-vs-rest L2 logistic regression
 macro-AUROC on the test split. The default backbone is the experiment's
 pretrain/pretrained-backbone.pth, whose JSON gives the architecture and image
 size; --backbone random gives the baseline of a randomly initialized trunk of
-the same architecture. Results go to <output-dir>/<experiment>/eval/probe-<name>.json.
+the same architecture. Results go to eval/probe-<name>.json.
+
+Every output is refused if it exists, unless --replace.
 """
 
 import argparse
+import csv
+import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cxr.backbone import build_resnet, pretrained_trunk
-from cxr.classes import CLASS_NAMES
-from cxr.data import image_labels, split_images
+from cxr.classes import CLASS_NAMES, class_id, coco_categories
+from cxr.data import DetectionDataset, check_images_exist, image_labels, load_coco, split_images
+from cxr.detector import load_detector
+from cxr.distributed import init_distributed, teardown
 from cxr.errors import UserError, exit_on_user_error
-from cxr.outputs import atomic_write_json, refuse_existing
+from cxr.evaluation import STAT_NAMES, coco_ground_truth, coco_metrics, gather_to_main, predict
+from cxr.outputs import atomic_write_json, atomic_write_text, refuse_existing, staged_directory
 from cxr.probe import extract_features, fit_logistic_ovr, macro_auroc, standardize
+from cxr.samplers import inference_shard
+from cxr.submission import prediction_string, read_original_sizes, write_submission
+from cxr.visualize import contact_sheet, draw_detections
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Evaluate cxr models.")
-    p.add_argument("--mode", required=True, choices=["probe"])
-    p.add_argument("--data-dir", default="data", help="folder written by python -m cxr.prepare")
+    p = argparse.ArgumentParser(description="Evaluate cxr models (torchrun-able for map and predict).")
+    p.add_argument("--mode", required=True, choices=["map", "visualize", "predict", "probe"])
     p.add_argument("--output-dir", default="vinbig_output")
     p.add_argument("--experiment-name", default="simclr")
-    p.add_argument("--backbone", default=None,
-                   help="'random', or a ResNet state dict (default: the experiment's pretrained-backbone.pth)")
-    p.add_argument("--arch", default=None, help="default: from the backbone's JSON, else resnet50")
-    p.add_argument("--image-size", type=int, default=None, help="default: from the backbone's JSON, else 512")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random backbone")
+    p.add_argument("--data-dir", default="data",
+                   help="prepared data root: its test/ and test_annotations.json (map, visualize), "
+                        "its train and test splits (probe)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--replace", action="store_true", help="overwrite an existing result file")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (map: 8, probe: 32)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--replace", action="store_true", help="overwrite existing results")
+    detector = p.add_argument_group("map, visualize, predict")
+    detector.add_argument("--checkpoint", default="fasterrcnn_final.pth",
+                          help="detector weights; a bare file name is looked up in the experiment folder")
+    detector.add_argument("--test-data-dir", default=None, help="image folder (default: DATA_DIR/test)")
+    detector.add_argument("--test-ann-file", default=None,
+                          help="COCO annotations of those images (default: DATA_DIR/test_annotations.json)")
+    detector.add_argument("--eval-dir", default=None, help="where results go (default: the experiment's eval/)")
+    detector.add_argument("--score-threshold", type=float, default=None,
+                          help="lowest detection score kept (map, predict: 0.05, torchvision's default) "
+                               "or drawn (visualize: 0.3)")
+    detector.add_argument("--num-images", type=int, default=8, help="visualize: how many test images")
+    detector.add_argument("--image-ids", default=None, help="visualize: comma-separated image ids instead")
+    detector.add_argument("--images", nargs="+", default=None, help="predict: image folders or files")
+    detector.add_argument("--original-sizes", default=None,
+                          help="predict: CSV image_id,width,height (or dim0,dim1) or a prepare COCO JSON, "
+                               "to write submission boxes in original pixels")
+    detector.add_argument("--submission", action="store_true", help="predict: also write submission.csv")
+    probe = p.add_argument_group("probe")
+    probe.add_argument("--backbone", default=None,
+                       help="'random', or a ResNet state dict (default: the experiment's pretrained-backbone.pth)")
+    probe.add_argument("--arch", default=None, help="default: from the backbone's JSON, else resnet50")
+    probe.add_argument("--image-size", type=int, default=None, help="default: from the backbone's JSON, else 512")
+    probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random backbone and of the pictured images")
     return p
+
+
+def resolve_checkpoint(args, experiment_dir):
+    path = Path(args.checkpoint)
+    if path.parent == Path(".") and not path.is_file():
+        path = experiment_dir / path
+    if not path.is_file():
+        raise UserError(f"--checkpoint {path} not found; train it with train_det.py --experiment-name "
+                        f"{args.experiment_name}, or pass the path of a detector")
+    return path
+
+
+def labeled_test_set(args):
+    """(COCO dict, image folder, annotation file) of the evaluation images, checked."""
+    image_dir = Path(args.test_data_dir or Path(args.data_dir) / "test")
+    ann_file = Path(args.test_ann_file or Path(args.data_dir) / "test_annotations.json")
+    coco = load_coco(ann_file)
+    ours = {(c["id"], c["name"]) for c in coco_categories()}
+    theirs = {(c["id"], c["name"]) for c in coco.get("categories", [])}
+    if theirs != ours:
+        raise UserError(f"{ann_file}: its categories do not match cxr's 14 lesion classes (ids 1..14 with the "
+                        f"VinBigData names); differing: {sorted(theirs ^ ours)[:3]}")
+    check_images_exist(coco, image_dir, ann_file)
+    return coco, image_dir, ann_file
+
+
+def detector_for(args, dist_info, experiment_dir, score_threshold=0.05):
+    """(model on the device, metadata, checkpoint path); the model keeps detections >= score_threshold."""
+    checkpoint = resolve_checkpoint(args, experiment_dir)
+    model, meta = load_detector(checkpoint)
+    model.roi_heads.score_thresh = score_threshold
+    if dist_info.is_main:
+        print(f"detector {checkpoint}: {meta['arch']}-FPN at {meta['image_size']} px")
+    return model.to(dist_info.device), meta, checkpoint
+
+
+def predict_all(model, dataset, args, dist_info):
+    """COCO results of every image of dataset, gathered on rank 0 (None elsewhere)."""
+    shard = inference_shard(len(dataset), dist_info.world_size, dist_info.rank)
+    return gather_to_main(predict(model, dataset, shard, dist_info.device, args.batch_size or 8, args.workers))
+
+
+def _fmt(value, digits=4):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def per_class_rows(metrics):
+    return [{"class_id": class_id(row["category_id"]), "class_name": CLASS_NAMES[class_id(row["category_id"])],
+             "gt_boxes": row["gt_boxes"], "AP": row["AP"], "AP50": row["AP50"], "AP40": row["AP40"]}
+            for row in metrics["per_class"]]
+
+
+def metrics_tables(metrics):
+    """The summary and per-class tables as aligned text."""
+    lines = [f"{'metric':<10} {'value':>7}"]
+    lines += [f"{name:<10} {_fmt(metrics[name]):>7}" for name in (*STAT_NAMES, "AP40")]
+    lines.append("")
+    lines.append(f"{'class':<20} {'gt boxes':>8} {'AP':>7} {'AP50':>7} {'AP@0.4':>7}")
+    for row in per_class_rows(metrics):
+        lines.append(f"{row['class_name']:<20} {row['gt_boxes']:>8} {_fmt(row['AP']):>7} {_fmt(row['AP50']):>7} "
+                     f"{_fmt(row['AP40']):>7}")
+    return "\n".join(lines)
+
+
+def per_class_csv(metrics):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["class_id", "class_name", "gt_boxes", "AP", "AP50", "AP40"],
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in per_class_rows(metrics):
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def run_map(args, dist_info):
+    experiment_dir = Path(args.output_dir) / args.experiment_name
+    eval_dir = Path(args.eval_dir or experiment_dir / "eval")
+    refuse_existing(eval_dir / "metrics.json", args.replace)
+    coco, image_dir, ann_file = labeled_test_set(args)
+    threshold = 0.05 if args.score_threshold is None else args.score_threshold
+    model, meta, checkpoint = detector_for(args, dist_info, experiment_dir, threshold)
+    start = time.perf_counter()
+    results = predict_all(model, DetectionDataset(coco, image_dir), args, dist_info)
+    if not dist_info.is_main:
+        return None
+    metrics = coco_metrics(coco_ground_truth(coco), results)
+    print(metrics_tables(metrics))
+    print("AP40 is AP at IoU 0.4 (the VinBigData competition's threshold) with COCO's 101-point interpolation")
+    summary = {"checkpoint": str(checkpoint), "arch": meta["arch"], "image_size": meta["image_size"],
+               "test_images": len(coco["images"]), "test_boxes": len(coco["annotations"]),
+               "annotation_file": str(ann_file), "image_dir": str(image_dir),
+               "score_threshold": threshold, "world_size": dist_info.world_size, "seconds": round(time.perf_counter() - start, 1), **metrics}
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(eval_dir / "test_predictions.json", results)
+    atomic_write_text(eval_dir / "per_class.csv", per_class_csv(metrics))
+    atomic_write_json(eval_dir / "metrics.json", summary, indent=1)
+    print(f"wrote {eval_dir / 'metrics.json'}, per_class.csv, test_predictions.json")
+    return summary
+
+
+def _detections_by_image(results):
+    by_image = {}
+    for r in results:
+        x, y, w, h = r["bbox"]
+        by_image.setdefault(r["image_id"], []).append((r["category_id"], r["score"], (x, y, x + w, y + h)))
+    return by_image
+
+
+def choose_pictured(coco, args):
+    """The COCO images to draw: --image-ids, else a seeded sample of --num-images."""
+    by_name = {Path(i["file_name"]).stem: i for i in coco["images"]}
+    if args.image_ids:
+        wanted = [name.strip() for name in args.image_ids.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in by_name]
+        if unknown:
+            raise UserError(f"--image-ids: {', '.join(unknown[:3])} not in the test annotations")
+        return [by_name[name] for name in wanted]
+    order = np.random.default_rng(args.seed).permutation(len(coco["images"]))[:args.num_images]
+    return [coco["images"][i] for i in sorted(order)]
+
+
+def run_visualize(args, dist_info):
+    experiment_dir = Path(args.output_dir) / args.experiment_name
+    out = Path(args.eval_dir or experiment_dir / "eval") / "visualize"
+    refuse_existing(out, args.replace)
+    coco, image_dir, _ = labeled_test_set(args)
+    chosen = choose_pictured(coco, args)
+    subset = {**coco, "images": chosen,
+              "annotations": [a for a in coco["annotations"] if a["image_id"] in {i["id"] for i in chosen}]}
+    threshold = 0.3 if args.score_threshold is None else args.score_threshold
+    model, _, _ = detector_for(args, dist_info, experiment_dir, threshold)
+    results = predict_all(model, DetectionDataset(subset, image_dir), args, dist_info)
+    if not dist_info.is_main:
+        return None
+    detections = _detections_by_image(results)
+    truth = {}
+    for a in subset["annotations"]:
+        x, y, w, h = a["bbox"]
+        truth.setdefault(a["image_id"], []).append((a["category_id"], (x, y, x + w, y + h)))
+    pictures, captions = [], []
+    with staged_directory(out, args.replace) as staging:
+        for image in chosen:
+            with Image.open(image_dir / image["file_name"]) as gray:
+                picture = draw_detections(gray, truth.get(image["id"], []), detections.get(image["id"], []),
+                                          threshold)
+            name = Path(image["file_name"]).stem
+            picture.save(staging / f"{name}.png")
+            pictures.append(picture)
+            shown = sum(score >= threshold for _, score, _ in detections.get(image["id"], []))
+            captions.append(f"{name[:12]}  gt {len(truth.get(image['id'], []))}  pred {shown}")
+        contact_sheet(pictures, captions).save(staging / "contact_sheet.png")
+    print(f"wrote {len(chosen)} pictures and contact_sheet.png to {out}")
+    return out
+
+
+def image_files(entries):
+    files = []
+    for entry in map(Path, entries):
+        if entry.is_dir():
+            files += sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            raise UserError(f"--images {entry}: no such file or folder")
+    if not files:
+        raise UserError(f"--images {' '.join(entries)}: no .png/.jpg images found")
+    return files
+
+
+def run_predict(args, dist_info):
+    if not args.images:
+        raise UserError("--mode predict needs --images DIR_OR_FILES")
+    experiment_dir = Path(args.output_dir) / args.experiment_name
+    eval_dir = Path(args.eval_dir or experiment_dir / "eval")
+    refuse_existing(eval_dir / "predictions.json", args.replace)
+    files = image_files(args.images)
+    sizes = read_original_sizes(args.original_sizes) if args.original_sizes else None
+    if sizes is not None:
+        missing = [f.stem for f in files if f.stem not in sizes]
+        if missing:
+            raise UserError(f"--original-sizes {args.original_sizes}: no size for {len(missing)} images "
+                            f"(e.g. {missing[0]})")
+    threshold = 0.05 if args.score_threshold is None else args.score_threshold
+    model, _, _ = detector_for(args, dist_info, experiment_dir, threshold)
+    unlabeled = {"images": [{"id": i, "file_name": str(f)} for i, f in enumerate(files)], "annotations": []}
+    results = predict_all(model, DetectionDataset(unlabeled, ""), args, dist_info)
+    if not dist_info.is_main:
+        return None
+    results = [{**r, "file_name": files[r["image_id"]].name} for r in results]
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(eval_dir / "predictions.json", results)
+    print(f"wrote {len(results)} detections (score >= {threshold:g}) on {len(files)} images to "
+          f"{eval_dir / 'predictions.json'}")
+    if args.submission:
+        detections = _detections_by_image(results)
+        rows = []
+        for i, f in enumerate(files):
+            with Image.open(f) as image:
+                width, height = image.size
+            original = sizes[f.stem] if sizes else (width, height)
+            rows.append((f.stem, prediction_string(detections.get(i, []), original[0] / width,
+                                                   original[1] / height, threshold)))
+        write_submission(eval_dir / "submission.csv", rows)
+        print(f"wrote {eval_dir / 'submission.csv'} (boxes in "
+              f"{'original pixels' if sizes else 'PNG pixels: pass --original-sizes for original ones'})")
+    return results
 
 
 def resolve_backbone(args, experiment_dir):
@@ -68,8 +330,8 @@ def resolve_backbone(args, experiment_dir):
     return ("ssl" if path == default else path.stem), trunk, arch, image_size, message
 
 
-def run_probe(args):
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def run_probe(args, dist_info):
+    device = dist_info.device
     experiment_dir = Path(args.output_dir) / args.experiment_name
     name, trunk, arch, image_size, message = resolve_backbone(args, experiment_dir)
     out = experiment_dir / "eval" / f"probe-{name}.json"
@@ -80,8 +342,8 @@ def run_probe(args):
     for split in ("train", "test"):
         paths, labels = split_images(args.data_dir, split), image_labels(args.data_dir, split)
         names = sorted(paths)
-        features = extract_features(trunk, [paths[n] for n in names], image_size, args.batch_size, device,
-                                    args.workers)
+        features = extract_features(trunk, [paths[n] for n in names], image_size, args.batch_size or 32,
+                                    device, args.workers)
         splits[split] = (features, torch.tensor(np.stack([labels[n] for n in names])))
         print(f"{split}: {len(names)} images -> features {tuple(features.shape)}")
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
@@ -108,9 +370,18 @@ def run_probe(args):
     return result
 
 
+MODES = {"map": run_map, "visualize": run_visualize, "predict": run_predict, "probe": run_probe}
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    return run_probe(args)
+    dist_info = init_distributed(args.device)
+    try:
+        if args.mode == "probe" and dist_info.world_size > 1:
+            raise UserError("--mode probe runs in one process; launch it with python, not torchrun")
+        return MODES[args.mode](args, dist_info)
+    finally:
+        teardown()
 
 
 if __name__ == "__main__":

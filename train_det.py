@@ -144,7 +144,7 @@ def evaluation_ground_truth(args, held_out):
         keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in names}
         coco = {**coco, "images": [i for i in coco["images"] if i["id"] in keep],
                 "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
-    dataset = DetectionDataset(args.data_dir, split, names=names)
+    dataset = DetectionDataset(coco, Path(args.data_dir) / split)
     return dataset, coco_ground_truth(coco)
 
 
@@ -197,7 +197,7 @@ def run(args, dist_info):
     write_run_header(logger, experiment_dir, args, dist_info)
     if dist_info.is_main:
         (experiment_dir / "labeled_images.txt").write_text("".join(f"{name}\n" for name in labeled))
-    dataset = DetectionDataset(args.data_dir, "train", names=set(labeled), negatives=negatives,
+    dataset = DetectionDataset.split(args.data_dir, "train", names=set(labeled), negatives=negatives,
                                augment=BoxAugment() if args.augment else None)
     factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
     sampler = RepeatFactorSampler(factors, dist_info.world_size, dist_info.rank, seed=args.seed,

@@ -79,17 +79,25 @@ class ImageList(torch.utils.data.Dataset):
         return read_grayscale(self.paths[index], self.size)
 
 
+def check_images_exist(coco, image_dir, annotation_source):
+    """Raise a UserError naming the first missing images of a COCO dict."""
+    missing = [image["file_name"] for image in coco["images"] if not (Path(image_dir) / image["file_name"]).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} of the {len(coco['images'])} images of {annotation_source} are not in "
+                        f"{image_dir} (e.g. {', '.join(missing[:3])}); check the image folder and annotation file")
+
+
 class DetectionDataset(torch.utils.data.Dataset):
-    """(image (1, H, W) float in [0, 1], target) pairs of a prepared split.
+    """(image (1, H, W) float in [0, 1], target) pairs of a COCO dict's images.
 
     target: boxes (N, 4) float xyxy in the PNG's pixels, labels (N,) COCO
     category ids, image_id (the COCO id; -1 for added box-free negatives).
     names: keep only these image names; negatives: extra image paths without
     boxes; augment: a callable (image, boxes, labels) -> same, e.g. BoxAugment.
+    `DetectionDataset.split(data_dir, split)` reads a prepared split.
     """
 
-    def __init__(self, data_dir, split, names=None, negatives=(), augment=None):
-        coco = load_coco(Path(data_dir) / f"{split}_annotations.json")
+    def __init__(self, coco, image_dir, names=None, negatives=(), augment=None):
         boxes_of = {image["id"]: [] for image in coco["images"]}
         for annotation in coco["annotations"]:
             boxes_of[annotation["image_id"]].append(annotation)
@@ -101,10 +109,14 @@ class DetectionDataset(torch.utils.data.Dataset):
             boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)],
                                  dtype=torch.float32).view(-1, 4)
             labels = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
-            self.items.append((Path(data_dir) / split / image["file_name"], boxes, labels, image["id"]))
+            self.items.append((Path(image_dir) / image["file_name"], boxes, labels, image["id"]))
         for path in negatives:
             self.items.append((Path(path), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), -1))
         self.augment = augment
+
+    @classmethod
+    def split(cls, data_dir, split, **kwargs):
+        return cls(load_coco(Path(data_dir) / f"{split}_annotations.json"), Path(data_dir) / split, **kwargs)
 
     def __len__(self):
         return len(self.items)

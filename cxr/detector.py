@@ -15,7 +15,16 @@ included, so frozen really means unchanged).
 asserts the exact sets of missing and unexpected keys and every shape, and
 returns "loaded K/K tensors from FILE". BatchNorm's num_batches_tracked
 counters are the only keys a frozen body may ignore.
+
+`load_detector` rebuilds a trained detector for inference from
+fasterrcnn_final.pth and the metadata JSON train_det.py writes beside it (or
+from a training checkpoint.pth, whose config says the same), refusing a file
+that is not a cxr Faster R-CNN of that shape or whose classes differ.
 """
+
+import json
+from pathlib import Path
+
 
 import torch
 from torch import nn
@@ -24,7 +33,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .backbone import FEATURE_DIMS, check_trunk_state, load_trunk_weights
-from .classes import NUM_CLASSES
+from .classes import CLASS_NAMES, NUM_CLASSES
 from .data import IMAGE_MEAN, IMAGE_STD
 from .errors import UserError
 
@@ -93,3 +102,41 @@ def changed_backbone_tensors(detector, state):
     """Names of backbone.body tensors that differ from `state` (empty when identical)."""
     body = detector.backbone.body.state_dict()
     return sorted(k for k, v in body.items() if k in state and not torch.equal(v.cpu(), state[k].cpu()))
+
+
+def _read_detector_file(path):
+    """(state dict, metadata) of fasterrcnn_final.pth + its JSON, or of a checkpoint.pth."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise UserError(f"cannot load detector checkpoint {path}: {error}") from None
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict) and "config" in saved:
+        return saved["model"], saved["config"]
+    meta_path = Path(path).with_suffix(".json")
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path} not found: train_det.py writes it beside {Path(path).name} with the "
+                        "architecture and image size the weights need")
+    return saved, json.loads(meta_path.read_text())
+
+
+def load_detector(path):
+    """(detector in eval mode, metadata) from a file written by train_det.py."""
+    state, meta = _read_detector_file(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict of tensors")
+    classes = meta.get("classes", list(CLASS_NAMES))
+    head = state.get("roi_heads.box_predictor.cls_score.weight")
+    if list(classes) != list(CLASS_NAMES) or (head is not None and head.shape[0] != NUM_CLASSES + 1):
+        found = head.shape[0] if head is not None else len(classes) + 1
+        raise UserError(f"{path}: its classes do not match cxr's: it predicts {found} labels, cxr has "
+                        f"{NUM_CLASSES + 1} (background + the 14 VinBigData lesions in cxr/classes.py)")
+    norm = "bn" if meta.get("norm") == "syncbn" else meta.get("norm", "frozen")
+    model = build_detector(meta["arch"], meta["image_size"], norm, meta.get("trainable_layers", 3))
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise UserError(f"{path} is not a cxr Faster R-CNN {meta['arch']}-FPN ({meta.get('norm', 'frozen')} norm): "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]}")
+    model.load_state_dict(state)
+    return model.eval(), meta

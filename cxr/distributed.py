@@ -36,13 +36,16 @@ class DistInfo:
 def init_distributed(device=None):
     """Join the torchrun process group if launched by torchrun; pick the device.
 
-    device: 'cpu', 'cuda' or None (CUDA if available). Under torchrun with CUDA
-    each process takes GPU LOCAL_RANK.
+    device: 'cpu', 'cuda', 'cuda:N' or None (CUDA if available). Under torchrun
+    with CUDA each process takes GPU LOCAL_RANK; one process honours cuda:N.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda and world_size == 1 and device is not None and ":" in str(device):
+        device = torch.device(device)
+    else:
+        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():

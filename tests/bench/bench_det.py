@@ -42,7 +42,7 @@ def timed(fn, repeats=2):
 
 
 def bench_step(data_dir, arch, size, batch, steps, device):
-    dataset = DetectionDataset(data_dir, "train")
+    dataset = DetectionDataset.split(data_dir, "train")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, collate_fn=detection_collate)
     batches = [b for _, b in zip(range(steps), loader)]
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def bench_step(data_dir, arch, size, batch, steps, device):
 
 def bench_loader(data_dir, size, model_rate):
     for augment in (BoxAugment(), None):
-        dataset = DetectionDataset(data_dir, "train", augment=augment)
+        dataset = DetectionDataset.split(data_dir, "train", augment=augment)
         count = min(len(dataset), 40)
         seconds = timed(lambda: [dataset[i] for i in range(count)])
         rate = count / seconds

@@ -1,0 +1,78 @@
+"""Predictions for unlabeled images in the VinBigData competition's CSV format.
+
+    image_id,PredictionString
+    0a1b...,3 0.9120 690.0 1500.5 1902.0 2048.0 0 0.4410 1201.0 610.0 1420.0 830.0
+    0c2d...,14 1 0 0 1 1
+
+PredictionString is a space-separated list of `class_id score x_min y_min
+x_max y_max` groups (class_id 0..13, boxes in the ORIGINAL DICOM's pixels),
+and `14 1 0 0 1 1` ("No finding" with confidence 1 on a one-pixel box) for
+an image with no box at or above the score threshold, as the competition's
+sample submission does.
+
+The network sees resized PNGs, so boxes are scaled back with each image's
+original size, read by `read_original_sizes` from
+- a CSV with `image_id,width,height`, or `image_id,dim0,dim1` as in the
+  popular 512 px dataset's train_meta.csv / test_meta.csv (dim0 = rows =
+  height, dim1 = columns = width), or
+- a COCO JSON written by `python -m cxr.prepare` (original_width/height).
+"""
+
+import csv
+import json
+from pathlib import Path
+
+from .classes import NO_FINDING_ID, class_id
+from .errors import UserError
+from .outputs import atomic_write_text
+
+NO_FINDING_PREDICTION = f"{NO_FINDING_ID} 1 0 0 1 1"
+
+
+def _positive_int(value, path, line, column):
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0:
+        raise UserError(f"{path}, line {line}: {column} must be a positive number of pixels, got {value!r}")
+    return number
+
+
+def read_original_sizes(path):
+    """{image_id: (width, height)} from a meta CSV or a cxr.prepare COCO JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--original-sizes {path}: file not found")
+    if path.suffix == ".json":
+        images = json.loads(path.read_text()).get("images", [])
+        return {Path(i["file_name"]).stem: (i["original_width"], i["original_height"])
+                for i in images if "original_width" in i}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        if {"image_id", "width", "height"} <= columns:
+            width_key, height_key = "width", "height"
+        elif {"image_id", "dim0", "dim1"} <= columns:
+            width_key, height_key = "dim1", "dim0"
+        else:
+            raise UserError(f"{path}: expected columns image_id,width,height or image_id,dim0,dim1; "
+                            f"found {','.join(reader.fieldnames or ())}")
+        return {row["image_id"]: (_positive_int(row[width_key], path, line, width_key),
+                                  _positive_int(row[height_key], path, line, height_key))
+                for line, row in enumerate(reader, start=2)}
+
+
+def prediction_string(detections, scale_x=1.0, scale_y=1.0, score_threshold=0.0):
+    """detections: (category_id, score, xyxy in PNG pixels); boxes scaled to the original."""
+    groups = [f"{class_id(category)} {score:.4f} {x0 * scale_x:.1f} {y0 * scale_y:.1f} "
+              f"{x1 * scale_x:.1f} {y1 * scale_y:.1f}"
+              for category, score, (x0, y0, x1, y1) in sorted(detections, key=lambda d: -d[1])
+              if score >= score_threshold]
+    return " ".join(groups) if groups else NO_FINDING_PREDICTION
+
+
+def write_submission(path, rows):
+    """rows: (image_id, PredictionString) pairs; written atomically."""
+    lines = ["image_id,PredictionString"] + [f"{image_id},{string}" for image_id, string in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,203 @@
+"""evaluate.py --mode map / visualize / predict, the submission format and the pictures."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import evaluate
+import train_det
+from conftest import prepared_synthetic
+from cxr.classes import CLASS_COLORS, NO_FINDING_ID
+from cxr.errors import UserError
+from cxr.evaluation import coco_ground_truth, coco_metrics
+from cxr.submission import prediction_string, read_original_sizes
+from cxr.visualize import draw_detections, readable_text_color
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- the submission format ---------------------------------------------------------------------------------------
+
+def test_prediction_string_scales_to_original_pixels_and_sorts_by_score():
+    detections = [(1, 0.5, (10.0, 20.0, 30.0, 40.0)), (4, 0.9, (0.0, 0.0, 64.0, 32.0))]
+    # PNG 128 x 128 from an original of 2048 wide, 3072 high: x * 16, y * 24.
+    assert prediction_string(detections, 16.0, 24.0) == (
+        "3 0.9000 0.0 0.0 1024.0 768.0 "          # category 4 is class 3, listed first (higher score)
+        "0 0.5000 160.0 480.0 480.0 960.0")
+
+
+def test_no_box_above_the_threshold_is_no_finding():
+    assert prediction_string([(2, 0.04, (1, 1, 5, 5))], score_threshold=0.05) == f"{NO_FINDING_ID} 1 0 0 1 1"
+    assert prediction_string([]) == "14 1 0 0 1 1"
+
+
+def test_original_sizes_from_both_meta_csv_layouts_and_errors_name_the_line(tmp_path):
+    (tmp_path / "a.csv").write_text("image_id,width,height\nabc,2000,3000\n")
+    (tmp_path / "b.csv").write_text("image_id,dim0,dim1\nabc,3000,2000\n")      # dim0 = rows = height
+    assert read_original_sizes(tmp_path / "a.csv") == read_original_sizes(tmp_path / "b.csv") == {"abc": (2000, 3000)}
+    (tmp_path / "bad.csv").write_text("image_id,width,height\nabc,2000,3000\ndef,-1,3000\n")
+    with pytest.raises(UserError, match=r"bad.csv, line 3: width"):
+        read_original_sizes(tmp_path / "bad.csv")
+    (tmp_path / "cols.csv").write_text("id,w,h\n")
+    with pytest.raises(UserError, match="expected columns image_id,width,height"):
+        read_original_sizes(tmp_path / "cols.csv")
+
+
+# --- pictures ----------------------------------------------------------------------------------------------------
+
+def test_ground_truth_is_solid_predictions_dashed_and_low_scores_hidden():
+    gray = Image.new("L", (100, 100), 0)
+    picture = draw_detections(gray, [(1, (10, 10, 90, 90))], [(4, 0.8, (20, 20, 80, 80)), (6, 0.1, (5, 50, 95, 95))],
+                              score_threshold=0.3, display_size=100)
+    pixels = picture.load()
+    gt_color, prediction_color = CLASS_COLORS[0], CLASS_COLORS[3]
+    left_gt_edge = [pixels[10, y] for y in range(30, 80)]
+    assert all(p == gt_color for p in left_gt_edge)                              # solid
+    left_prediction_edge = [pixels[80, y] for y in range(22, 60)]
+    assert prediction_color in left_prediction_edge and (0, 0, 0) in left_prediction_edge   # dashed: gaps
+    assert CLASS_COLORS[5] not in {pixels[x, y] for x in range(100) for y in range(100)}    # score 0.1 < 0.3
+    assert picture.size == (100, 100 + 22)                                        # legend strip below
+
+
+def test_tag_text_is_readable_on_dark_and_light_colors():
+    assert readable_text_color((128, 0, 0)) == (255, 255, 255)
+    assert readable_text_color((255, 225, 25)) == (0, 0, 0)
+
+
+# --- evaluate.py on a trained detector ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data_dir = prepared_synthetic(root, num_images=60, seed=5)
+    train_det.main(["--data-dir", str(data_dir), "--output-dir", str(root / "out"), "--experiment-name", "exp",
+                    "--init", "random", "--arch", "resnet18", "--image-size", "64", "--batch-size", "4",
+                    "--epochs", "1", "--workers", "0", "--warmup-iters", "2", "--device", "cpu",
+                    "--eval-every", "0", "--roi-batch-size", "32", "--print-freq", "100"])
+    model = torch.load(root / "out" / "exp" / "fasterrcnn_final.pth", weights_only=True)
+    meta_path = root / "out" / "exp" / "fasterrcnn_final.json"
+    return root, data_dir, model, json.loads(meta_path.read_text())
+
+
+def eval_args(root, data_dir, mode, *extra):
+    """Score threshold 0: the barely trained detector's boxes all count, so the tests see many."""
+    return ["--mode", mode, "--output-dir", str(root / "out"), "--experiment-name", "exp", "--device", "cpu",
+            "--workers", "0", "--data-dir", str(data_dir), "--score-threshold", "0", *extra]
+
+
+def test_map_writes_metrics_that_match_its_predictions(trained):
+    root, data_dir, _, _ = trained
+    summary = evaluate.main(eval_args(root, data_dir, "map"))
+    eval_dir = root / "out" / "exp" / "eval"
+    coco = json.loads((data_dir / "test_annotations.json").read_text())
+    predictions = json.loads((eval_dir / "test_predictions.json").read_text())
+    recomputed = coco_metrics(coco_ground_truth(coco), predictions)
+    written = json.loads((eval_dir / "metrics.json").read_text())
+    assert len(predictions) > 10 * len(coco["images"])
+    assert written["AP"] == recomputed["AP"] == summary["AP"] and written["AP40"] == recomputed["AP40"]
+    assert written["test_images"] == len(coco["images"]) and written["image_size"] == 64
+    with open(eval_dir / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["gt_boxes"]) for r in rows] == [r["gt_boxes"] for r in recomputed["per_class"]]
+    assert sum(int(r["gt_boxes"]) for r in rows) == len(coco["annotations"])
+    with pytest.raises(UserError, match="already exists"):
+        evaluate.main(eval_args(root, data_dir, "map"))
+
+
+def test_map_accepts_the_seed_projects_flags(trained):
+    root, data_dir, _, _ = trained
+    evaluate.main(["--mode", "map", "--checkpoint", "fasterrcnn_final.pth", "--experiment-name", "exp",
+                   "--output-dir", str(root / "out"), "--test-data-dir", str(data_dir / "test"),
+                   "--test-ann-file", str(data_dir / "test_annotations.json"), "--device", "cpu",
+                   "--eval-dir", str(root / "seed_eval"), "--workers", "0"])
+    assert json.loads((root / "seed_eval" / "metrics.json").read_text())["test_images"] > 0
+
+
+def test_bad_inputs_give_one_clear_message(trained, tmp_path):
+    root, data_dir, model, meta = trained
+    resnet = tmp_path / "resnet.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), resnet)
+    (tmp_path / "resnet.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="is not a cxr Faster R-CNN resnet18-FPN"):
+        evaluate.main(eval_args(root, data_dir, "map", "--checkpoint", str(resnet), "--eval-dir", str(tmp_path)))
+    other_classes = dict(model)
+    for key in ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias"):
+        other_classes[key] = other_classes[key][:5]
+    torch.save(other_classes, tmp_path / "five.pth")
+    (tmp_path / "five.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="classes do not match.*predicts 5 labels"):
+        evaluate.main(eval_args(root, data_dir, "map", "--checkpoint", str(tmp_path / "five.pth"),
+                                "--eval-dir", str(tmp_path)))
+    annotations = json.loads((data_dir / "test_annotations.json").read_text())
+    annotations["images"][0]["file_name"] = "gone.png"
+    (tmp_path / "ann.json").write_text(json.dumps(annotations))
+    with pytest.raises(UserError, match=r"1 of the \d+ images of .*ann.json are not in .* \(e.g. gone.png\)"):
+        evaluate.main(eval_args(root, data_dir, "map", "--test-ann-file", str(tmp_path / "ann.json"),
+                                "--eval-dir", str(tmp_path)))
+    annotations = json.loads((data_dir / "test_annotations.json").read_text())
+    annotations["categories"][0]["name"] = "Aorta"
+    (tmp_path / "cats.json").write_text(json.dumps(annotations))
+    with pytest.raises(UserError, match="categories do not match"):
+        evaluate.main(eval_args(root, data_dir, "map", "--test-ann-file", str(tmp_path / "cats.json"),
+                                "--eval-dir", str(tmp_path)))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_predict_writes_one_submission_row_per_image(trained, tmp_path):
+    root, data_dir, _, _ = trained
+    evaluate.main(eval_args(root, data_dir, "predict", "--images", str(data_dir / "test"), "--submission",
+                            "--original-sizes", str(data_dir / "test_annotations.json"),
+                            "--eval-dir", str(tmp_path)))
+    images = sorted(p.stem for p in (data_dir / "test").glob("*.png"))
+    with open(tmp_path / "submission.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image_id"] for r in rows] == images
+    sizes = read_original_sizes(data_dir / "test_annotations.json")
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    for row in rows:
+        fields = row["PredictionString"].split()
+        assert len(fields) % 6 == 0
+        for group in range(0, len(fields), 6):
+            class_id, score, x0, y0, x1, y1 = map(float, fields[group:group + 6])
+            width, height = sizes[row["image_id"]]
+            if class_id == NO_FINDING_ID:
+                assert fields[group:group + 6] == "14 1 0 0 1 1".split()
+            else:
+                assert 0 <= class_id < 14 and 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
+    boxes_in_csv = sum(len(r["PredictionString"].split()) // 6 for r in rows if not
+                       r["PredictionString"].startswith("14 1 0 0 1 1"))
+    assert boxes_in_csv == len(predictions) > 0
+
+
+def test_visualize_writes_a_picture_per_image_and_a_contact_sheet(trained):
+    root, data_dir, _, _ = trained
+    coco = json.loads((data_dir / "test_annotations.json").read_text())
+    names = [Path(i["file_name"]).stem for i in coco["images"][:2]]
+    evaluate.main(eval_args(root, data_dir, "visualize", "--image-ids", ",".join(names)))
+    out = root / "out" / "exp" / "eval" / "visualize"
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.png" for n in names] + ["contact_sheet.png"])
+    with pytest.raises(UserError, match="--image-ids: nope not in the test annotations"):
+        evaluate.main(eval_args(root, data_dir, "visualize", "--image-ids", "nope", "--replace"))
+
+
+@pytest.mark.slow
+def test_map_on_two_processes_equals_one(trained, tmp_path):
+    root, data_dir, _, _ = trained
+    one = evaluate.main(eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "one")))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "evaluate.py",
+               *eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "two"))]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and one["detections"] > 0
+    assert {k: two[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")} == \
+        {k: one[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")}
