@@ -322,7 +322,7 @@ def resolve_backbone(args, experiment_dir):
         torch.manual_seed(args.seed)
         trunk = build_resnet(arch)
         trunk.fc = torch.nn.Identity()
-        return "random", trunk, arch, image_size, f"random {arch} (seed {args.seed})"
+        return f"random-seed{args.seed}", trunk, arch, image_size, f"random {arch} (seed {args.seed})"
     if not path.is_file():
         raise UserError(f"backbone {path} not found; train it with train_ssl.py "
                         f"--experiment-name {args.experiment_name}, or pass --backbone PATH|random")

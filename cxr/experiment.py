@@ -1,0 +1,312 @@
+"""The paper's experiment in one command: data -> SimCLR -> probe -> Faster R-CNN
+from the SSL backbone AND from a random one -> mAP -> pictures -> report.
+
+    python -m cxr.experiment                                   # CPU-sized, synthetic data (< 20 min on 2 cores)
+    python -m cxr.experiment --ssl-fractions 0.2,0.4,0.6,0.8   # the paper's sweep
+    python -m cxr.experiment --preset paper --vinbig vinbigdata --nproc-per-node 8 --out paper_run
+
+Every stage is one of the project's own command lines (python -m
+cxr.synthetic, python -m cxr.prepare, train_ssl.py, train_det.py,
+evaluate.py), run as a subprocess from the repository root; its output is
+shown and kept in logs/, and the exact command goes into experiment.json and
+the report, so any stage can be rerun by hand. With --nproc-per-node N the
+training and evaluation stages run under torchrun.
+
+For each SSL fraction f (the share of the training images pretrained on, as
+in Bencevic et al., 2022) the detector is fine-tuned twice on the same
+labeled images (the last 1 - f of the seeded permutation, cxr.splits): from
+the SSL backbone (runs/sslP) and from a random one (runs/randomP). With more
+than one fraction, a random-init detector on all labeled images (runs/random100)
+gives the all-labels baseline.
+
+Everything goes into --out. A rerun refuses an existing folder unless
+--replace (start over) or --resume (skip the stages that completed; a
+training stage that was interrupted continues from its checkpoint).
+"""
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from .errors import UserError, exit_on_user_error
+from .outputs import atomic_write_json
+from .report import write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What each stage is given; the presets below fill it in."""
+
+    synthetic_images: int
+    synthetic_size: int
+    arch: str
+    ssl_image_size: int
+    ssl_epochs: int
+    ssl_batch_size: int
+    ssl_lr: float
+    ssl_warmup_epochs: float
+    ssl_views: str
+    det_image_size: int
+    det_epochs: int
+    det_batch_size: int
+    det_lr: float
+    det_warmup_iters: int
+    det_roi_batch_size: int
+    workers: int
+    pictures: int
+
+
+PRESETS = {
+    # Sized for a 2-core CPU: about 15 minutes for one SSL fraction.
+    "cpu": Settings(synthetic_images=800, synthetic_size=128, arch="resnet18", ssl_image_size=128, ssl_epochs=5,
+                    ssl_batch_size=64, ssl_lr=0.1, ssl_warmup_epochs=1, ssl_views="cxr", det_image_size=128,
+                    det_epochs=4, det_batch_size=4, det_lr=0.01, det_warmup_iters=20, det_roi_batch_size=64,
+                    workers=1, pictures=4),
+    # The seed project's published commands (ResNet-50, 512 px), for GPUs.
+    "paper": Settings(synthetic_images=15000, synthetic_size=512, arch="resnet50", ssl_image_size=512,
+                      ssl_epochs=100, ssl_batch_size=8, ssl_lr=0.05, ssl_warmup_epochs=10, ssl_views="seed",
+                      det_image_size=512, det_epochs=100, det_batch_size=8, det_lr=0.01, det_warmup_iters=500,
+                      det_roi_batch_size=512, workers=8, pictures=8),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    command: list = None          # a subprocess, run from the repository root
+    run_dir: Path = None          # a training run: resumable from run_dir/checkpoint.pth
+
+
+def percent(fraction):
+    return round(fraction * 100)
+
+
+def parse_fractions(text):
+    try:
+        fractions = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--ssl-fractions {text!r}: expected comma-separated numbers like 0.2,0.4,0.6") from None
+    if not fractions or not all(0 < f < 1 for f in fractions) or len(set(map(percent, fractions))) != len(fractions):
+        raise UserError(f"--ssl-fractions {text!r}: each must be in (0, 1) and distinct to the percent")
+    return fractions
+
+
+def plan_stages(args, settings, out):
+    """Every stage of the experiment, in order."""
+    python, data, runs = sys.executable, out / "data", out / "runs"
+    launcher = [python] if args.nproc_per_node == 1 else [
+        python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc_per_node}"]
+    device = ["--device", args.device] if args.device else []
+    s = settings
+    stages = []
+    if args.vinbig:
+        csv, images = Path(args.vinbig) / "train.csv", Path(args.vinbig) / "train"
+    else:
+        csv, images = out / "vinbigdata" / "train.csv", out / "vinbigdata" / "train"
+        stages.append(Stage("synthetic", f"synthetic VinBigData: {s.synthetic_images} images at {s.synthetic_size} px",
+                            [python, "-m", "cxr.synthetic", "--out", str(out / "vinbigdata"), "--images",
+                             str(s.synthetic_images), "--size", str(s.synthetic_size), "--seed", str(args.seed),
+                             "--replace"]))
+    stages.append(Stage("prepare", "prepare: validate, fuse the readers' boxes (WBF), split train/test",
+                        [python, "-m", "cxr.prepare", "--csv", str(csv), "--images", str(images), "--out", str(data),
+                         "--keep-normal", "--replace"]))
+    common = ["--data-dir", str(data), "--output-dir", str(runs), "--arch", s.arch, "--workers", str(s.workers),
+              *device]
+    detection = ["--image-size", str(s.det_image_size), "--epochs", str(s.det_epochs), "--batch-size",
+                 str(s.det_batch_size), "--lr", str(s.det_lr), "--warmup-iters", str(s.det_warmup_iters),
+                 "--roi-batch-size", str(s.det_roi_batch_size), "--seed", str(args.seed), "--print-freq", "5"]
+    evaluation = ["--data-dir", str(data), "--output-dir", str(runs), "--workers", str(s.workers), "--replace",
+                  *device]
+    for i, fraction in enumerate(args.fractions):
+        p = percent(fraction)
+        stages.append(Stage(f"ssl{p}", f"SimCLR pretraining on {p}% of the training images (+ normal images)",
+                            [*launcher, "train_ssl.py", *common, "--experiment-name", f"ssl{p}", "--ssl-fraction",
+                             str(fraction), "--split-seed", str(args.seed), "--include-normal", "--image-size",
+                             str(s.ssl_image_size), "--epochs", str(s.ssl_epochs), "--batch-size",
+                             str(s.ssl_batch_size), "--lr", str(s.ssl_lr), "--warmup-epochs",
+                             str(s.ssl_warmup_epochs), "--views", s.ssl_views, "--seed", str(args.seed),
+                             "--print-freq", "5"], runs / f"ssl{p}" / "pretrain"))
+        stages.append(Stage(f"probe-ssl{p}", f"linear probe of the SSL{p} backbone",
+                            [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", f"ssl{p}"]))
+        if i == 0:
+            stages.append(Stage("probe-random", "linear probe of a random backbone (the baseline)",
+                                [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", "random",
+                                 "--backbone", "random", "--seed", str(args.seed), "--arch", s.arch,
+                                 "--image-size", str(s.ssl_image_size)]))
+        for init in ("ssl", "random"):
+            name = f"{init}{p}"
+            labeled = [] if init == "ssl" else ["--labeled-fraction", str(round(1 - fraction, 6)),
+                                                "--split-seed", str(args.seed)]
+            stages.append(Stage(f"det-{name}", f"Faster R-CNN from the {init.upper()} backbone on the labeled "
+                                f"{100 - p}%", [*launcher, "train_det.py", *common, "--experiment-name", name,
+                                                "--init", init, *labeled, *detection], runs / name))
+    if len(args.fractions) > 1:
+        stages.append(Stage("det-random100", "Faster R-CNN from a random backbone on all labeled images",
+                            [*launcher, "train_det.py", *common, "--experiment-name", "random100", "--init", "random",
+                             "--labeled-fraction", "1.0", "--split-seed", str(args.seed), *detection],
+                            runs / "random100"))
+    for name in detector_runs(args.fractions):
+        stages.append(Stage(f"map-{name}", f"COCO mAP of {name} on the test split",
+                            [*launcher, "evaluate.py", "--mode", "map", *evaluation, "--experiment-name", name]))
+    for init in ("ssl", "random"):
+        name = f"{init}{percent(args.fractions[0])}"
+        stages.append(Stage(f"pictures-{name}", f"pictures of {name}'s detections",
+                            [python, "evaluate.py", "--mode", "visualize", *evaluation, "--experiment-name", name,
+                             "--num-images", str(s.pictures), "--seed", str(args.seed)]))
+    stages.append(Stage("report", "report.md with tables and charts"))
+    return stages
+
+
+def detector_runs(fractions):
+    names = [f"{init}{percent(f)}" for f in fractions for init in ("ssl", "random")]
+    return names + (["random100"] if len(fractions) > 1 else [])
+
+
+def run_command(stage, log_path, resuming):
+    """Run a stage's command, echoing its output indented and keeping it in log_path."""
+    command = list(stage.command)
+    if stage.run_dir is not None:
+        command.append("--resume" if resuming and (stage.run_dir / "checkpoint.pth").is_file() else "--replace")
+    print(f"  $ {shlex.join(command)}", flush=True)
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            print(f"    {line}", end="", flush=True)
+            log.write(line)
+        code = process.wait()
+    return command, code
+
+
+class Experiment:
+    """The experiment folder and its record, experiment.json."""
+
+    def __init__(self, out, record):
+        self.out, self.record = out, record
+
+    @property
+    def record_path(self):
+        return self.out / "experiment.json"
+
+    def save(self):
+        atomic_write_json(self.record_path, self.record, indent=1)
+
+    def done(self, name):
+        return self.record["stages"].get(name, {}).get("status") == "done"
+
+    def run(self, stages, resuming):
+        (self.out / "logs").mkdir(exist_ok=True)
+        for number, stage in enumerate(stages, 1):
+            if resuming and self.done(stage.name):
+                print(f"[{number}/{len(stages)}] {stage.description}: done before, skipped", flush=True)
+                continue
+            print(f"[{number}/{len(stages)}] {stage.description}", flush=True)
+            start = time.perf_counter()
+            entry = {"description": stage.description, "status": "running"}
+            self.record["stages"][stage.name] = entry
+            self.save()
+            if stage.command is None:
+                path = write_report(self.out)
+                entry["command"] = "python -c 'from cxr.report import write_report; write_report(OUT)'"
+                print(f"  wrote {path}", flush=True)
+            else:
+                log_path = self.out / "logs" / f"{number:02d}-{stage.name}.log"
+                command, code = run_command(stage, log_path, resuming)
+                entry["command"] = shlex.join(command)
+                if code != 0:
+                    entry.update(status="failed", exit_code=code, seconds=round(time.perf_counter() - start, 1))
+                    self.save()
+                    raise UserError(f"stage {stage.name} failed (exit {code}); its output is in {log_path}. "
+                                    f"Fix the cause and rerun with --resume to continue from this stage.")
+            entry.update(status="done", seconds=round(time.perf_counter() - start, 1))
+            self.save()
+            print(f"  {stage.name} done in {entry['seconds']:.0f} s", flush=True)
+
+
+def open_experiment(args, settings):
+    """Create, replace or reopen --out; returns the Experiment."""
+    out = Path(args.out).resolve()
+    config = {"preset": args.preset, "settings": asdict(settings), "ssl_fractions": args.fractions,
+              "seed": args.seed, "vinbig": str(Path(args.vinbig).resolve()) if args.vinbig else None,
+              "nproc_per_node": args.nproc_per_node, "device": args.device}
+    record_path = out / "experiment.json"
+    if args.resume:
+        if not record_path.is_file():
+            raise UserError(f"--resume: {record_path} not found; start without --resume")
+        record = json.loads(record_path.read_text())
+        if record["config"] != config:
+            changed = sorted(k for k in config if record["config"].get(k) != config[k])
+            raise UserError(f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
+                            "rerun with the same flags, or --replace to start over")
+        return Experiment(out, record)
+    if out.exists() and any(out.iterdir()):
+        if not args.replace:
+            raise UserError(f"{out} already holds an experiment; pass --resume to finish it, --replace to start "
+                            "over, or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"config": config, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": shlex.join([sys.executable, "-m", "cxr.experiment", *args.argv]), "stages": {}}
+    return Experiment(out, record)
+
+
+def settings_from(args):
+    settings = PRESETS[args.preset]
+    overrides = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name, None) is not None}
+    return replace(settings, **overrides)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="The whole cxr experiment and its report in one command.")
+    p.add_argument("--out", default="experiment", help="folder for everything the run makes")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                   help="cpu: small, synthetic, under 20 min on 2 cores; paper: the real settings, for GPUs")
+    p.add_argument("--vinbig", default=None,
+                   help="the real 512 px download (train.csv, train/) instead of synthetic data")
+    p.add_argument("--ssl-fractions", default="0.6",
+                   help="shares of the training images to pretrain on, e.g. 0.1,0.2,...,0.9 for the paper's sweep")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nproc-per-node", type=int, default=1, help="run training and mAP under torchrun with N")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out")
+    p.add_argument("--replace", action="store_true", help="delete --out and start over")
+    overrides = p.add_argument_group("overrides of the preset")
+    for field in fields(Settings):
+        overrides.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
+                               type=str if field.type is str else float if field.type is float else int)
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = get_args_parser().parse_args(argv)
+    args.argv, args.fractions = argv, parse_fractions(args.ssl_fractions)
+    if args.resume and args.replace:
+        raise UserError("--resume and --replace contradict each other; pick one")
+    if args.vinbig and not (Path(args.vinbig) / "train.csv").is_file():
+        raise UserError(f"--vinbig {args.vinbig}: no train.csv there (expected the 512 px download's layout)")
+    settings = settings_from(args)
+    experiment = open_experiment(args, settings)
+    stages = plan_stages(args, settings, experiment.out)
+    print(f"cxr experiment in {experiment.out}: {len(stages)} stages, preset {args.preset}, "
+          f"SSL fractions {', '.join(f'{percent(f)}%' for f in args.fractions)}", flush=True)
+    start = time.perf_counter()
+    experiment.run(stages, args.resume)
+    experiment.record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    experiment.save()
+    print(f"experiment complete in {(time.perf_counter() - start) / 60:.1f} min (this invocation); "
+          f"report: {experiment.out / 'report.md'}", flush=True)
+    return experiment.out
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
