@@ -9,23 +9,21 @@ from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 FONT = 'font-family="sans-serif" font-size="12"'
+SMALL_FONT = 'font-family="sans-serif" font-size="8"'
 
 
 def nice_ticks(low, high, count=5):
-    """About `count` round tick values covering [low, high] (steps of 1, 2 or 5 x 10^k)."""
+    """Round tick values covering [low, high]: the step of 1, 2 or 5 x 10^k that
+    gives the number of intervals closest to count - 1."""
     if not math.isfinite(low) or not math.isfinite(high):
         raise ValueError("tick range must be finite")
     if high <= low:
         high = low + (abs(low) or 1.0)
-    raw = (high - low) / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-    start = math.floor(low / step) * step
-    ticks, value = [], start
-    while value < high + step * 0.5:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
+    intervals = max(count - 1, 1)
+    magnitude = 10 ** math.floor(math.log10((high - low) / intervals))
+    step = min((m * magnitude for m in (1, 2, 5, 10)), key=lambda s: abs((high - low) / s - intervals))
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    return [round(i * step, 10) for i in range(first, last + 1)]
 
 
 def _label(value):
@@ -110,7 +108,7 @@ def bar_chart(categories, groups, title, x_label, width=560, bar_height=8):
         for g, (_, vs) in enumerate(groups):
             y = y0 + g * bar_height
             if vs[c] is None:
-                parts.append(f'<text x="{left + 3}" y="{y + bar_height - 1}" {FONT} font-size="8" fill="#888">'
+                parts.append(f'<text x="{left + 3}" y="{y + bar_height - 1}" {SMALL_FONT} fill="#888">'
                              'n/a</text>')
             else:
                 parts.append(f'<rect x="{left}" y="{y}" width="{max(sx(vs[c]) - left, 0):.1f}" '
