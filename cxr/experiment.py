@@ -146,9 +146,10 @@ def plan_stages(args, settings, out):
             name = f"{init}{p}"
             labeled = [] if init == "ssl" else ["--labeled-fraction", str(round(1 - fraction, 6)),
                                                 "--split-seed", str(args.seed)]
-            stages.append(Stage(f"det-{name}", f"Faster R-CNN from the {init.upper()} backbone on the labeled "
-                                f"{100 - p}%", [*launcher, "train_det.py", *common, "--experiment-name", name,
-                                                "--init", init, *labeled, *detection], runs / name))
+            source = "the SSL backbone" if init == "ssl" else "a random backbone"
+            stages.append(Stage(f"det-{name}", f"Faster R-CNN from {source} on the labeled {100 - p}%",
+                                [*launcher, "train_det.py", *common, "--experiment-name", name, "--init", init,
+                                 *labeled, *detection], runs / name))
     if len(args.fractions) > 1:
         stages.append(Stage("det-random100", "Faster R-CNN from a random backbone on all labeled images",
                             [*launcher, "train_det.py", *common, "--experiment-name", "random100", "--init", "random",

@@ -88,8 +88,11 @@ def _headline(folder, main):
              f"against **{_fmt(random['AP'])}** and **{_fmt(random['AP50'])}** from a random backbone "
              f"(difference {ssl['AP'] - random['AP']:+.3f} and {ssl['AP50'] - random['AP50']:+.3f})."]
     if probe_ssl and probe_random:
-        lines.append(f"The linear probe gives macro-AUROC {_fmt(probe_ssl['macro_auroc'])} for the SSL backbone "
-                     f"against {_fmt(probe_random['macro_auroc'])} for a random one.")
+        probe_ahead = probe_ssl["macro_auroc"] > probe_random["macro_auroc"]
+        agrees = probe_ahead == (ssl["AP50"] > random["AP50"])
+        lines.append(f"The linear probe {'agrees' if agrees else 'disagrees'}: macro-AUROC "
+                     f"{_fmt(probe_ssl['macro_auroc'])} for the SSL backbone against "
+                     f"{_fmt(probe_random['macro_auroc'])} for a random one.")
     lines.append(f"One seed, {ssl['test_images']} test images with {ssl['test_boxes']} boxes: differences of a few "
                  "hundredths are within the noise of a run this small.")
     return [" ".join(lines)]
@@ -206,6 +209,8 @@ def _timing_section(folder):
     lines = ["| stage | what | seconds |", "|---|---|---|"]
     total = 0.0
     for name, entry in folder.record["stages"].items():
+        if name == "report":
+            continue
         seconds = entry.get("seconds")
         total += seconds or 0.0
         lines.append(f"| {name} | {entry['description']} | {_fmt(seconds, 0) if seconds is not None else entry['status']} |")
