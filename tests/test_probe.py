@@ -65,7 +65,19 @@ def test_classes_are_fitted_independently():
     g = torch.Generator().manual_seed(2)
     X = torch.randn(100, 4, generator=g, dtype=torch.float64)
     Y = (torch.randn(100, 3, generator=g) > 0).double()
-    W, b = fit_logistic_ovr(X, Y)
-    W1, b1 = fit_logistic_ovr(X, Y[:, 1:2])
+    W, b = fit_logistic_ovr(X, Y, tolerance=1e-9)        # both at the optimum, not merely within the default
+    W1, b1 = fit_logistic_ovr(X, Y[:, 1:2], tolerance=1e-9)
     torch.testing.assert_close(W[:, 1:2], W1, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(b[1:2], b1, atol=1e-6, rtol=1e-5)
+
+
+def test_more_features_than_images_still_reaches_the_optimum():
+    """n < d (a ResNet-50 probe on a small labeled set): the float32 Gram is
+    rank-deficient, the preconditioner c Xc^T Xc + I is not."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(40, 100, generator=g, dtype=torch.float64)
+    Y = (torch.rand(40, 3, generator=g) < torch.tensor([0.5, 0.2, 0.1])).double()
+    W, b = fit_logistic_ovr(X, Y, tolerance=1e-9)
+    s = 2 * Y - 1
+    weight = s * torch.sigmoid(-s * (X @ W + b))
+    assert ((W - X.T @ weight) / 40).abs().max() < 1e-8 and (weight.sum(0) / 40).abs().max() < 1e-8
