@@ -33,6 +33,8 @@ class ViewConfig:
     jitter_p: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
+    gamma_p: float = 0.0          # not in the seed's views
+    gamma_std: float = 0.2        # gamma = exp(N(0, gamma_std))
     equalize_p: float = 0.2
     blur_p: float = 0.5
     blur_sigma: tuple = (0.1, 2.0)
@@ -120,6 +122,12 @@ def brightness_contrast(images, brightness, contrast):
     return ((images - mean) * contrast.view(-1, 1, 1, 1) + mean).clamp(0, 1)
 
 
+def random_gamma(images, gamma):
+    """x ** gamma per image: a monotone change of exposure that keeps 0 and 1,
+    the image-wide intensity variation between radiographs."""
+    return images.clamp(min=0).pow(gamma.view(-1, 1, 1, 1))
+
+
 def equalize(images, bins=256):
     """Histogram equalization per image on 256 levels, as PIL's
     ImageOps.equalize without its integer rounding: each level maps to the
@@ -166,6 +174,9 @@ def simclr_view(images, out_size, config, generator):
     brightness = _uniform(1 - config.brightness, 1 + config.brightness, n, generator, device)
     contrast = _uniform(1 - config.contrast, 1 + config.contrast, n, generator, device)
     x = _where_chosen(jitter, x, lambda chosen, i: brightness_contrast(chosen, brightness[i], contrast[i]))
+    gamma = torch.exp(config.gamma_std * torch.randn(n, generator=generator, device=device))
+    x = _where_chosen(_chance(config.gamma_p, n, generator, device), x,
+                      lambda chosen, i: random_gamma(chosen, gamma[i]))
     x = _where_chosen(_chance(config.equalize_p, n, generator, device), x, lambda chosen, _: equalize(chosen))
     blur = _chance(config.blur_p, n, generator, device)
     sigma = _uniform(*config.blur_sigma, n, generator, device)

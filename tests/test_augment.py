@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cxr.augment import (ViewConfig, affine_resample, brightness_contrast, equalize, flip, gaussian_blur,
+from cxr.augment import (ViewConfig, affine_resample, brightness_contrast, equalize, flip, gaussian_blur, random_gamma,
                          gaussian_noise, random_resized_crop, simclr_views)
 
 
@@ -115,3 +115,10 @@ def test_views_shape_range_determinism_and_no_in_place_change():
     w1, w2 = simclr_views(images, 32, ViewConfig(), torch.Generator().manual_seed(3))
     assert torch.equal(v1, w1) and torch.equal(v2, w2)
     assert torch.equal(images, copy)
+
+
+def test_gamma_keeps_the_ends_is_identity_at_one_and_follows_the_formula():
+    x = torch.tensor([0.0, 0.25, 0.5, 1.0]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    out = random_gamma(x, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(out[0], x[0], atol=0, rtol=0)
+    torch.testing.assert_close(out[1].flatten(), torch.tensor([0.0, 0.0625, 0.25, 1.0]))
