@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .errors import UserError, exit_on_user_error
 from .outputs import atomic_write_json
-from .report import write_report
+from .report import percent, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,10 +84,6 @@ class Stage:
     description: str
     command: list = None          # a subprocess, run from the repository root
     run_dir: Path = None          # a training run: resumable from run_dir/checkpoint.pth
-
-
-def percent(fraction):
-    return round(fraction * 100)
 
 
 def parse_fractions(text):

@@ -40,7 +40,8 @@ def _fmt(value, digits=3):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _percent(fraction):
+def percent(fraction):
+    """A fraction as the whole percent that names its runs (0.6 -> 60: runs/ssl60)."""
     return round(fraction * 100)
 
 
@@ -112,7 +113,7 @@ def _data_section(folder):
     lines.append("| SSL fraction | SSL pool (incl. normal images) | labeled images (the rest) |")
     lines.append("|---|---|---|")
     for fraction in folder.fractions:
-        p = _percent(fraction)
+        p = percent(fraction)
         meta = _read_json(folder.run(f"ssl{p}") / "pretrain" / "pretrained-backbone.json", {})
         lines.append(f"| {p}% | {meta.get('ssl_images', '?')} | {folder.labeled_images(f'ssl{p}')} |")
     return lines
@@ -135,7 +136,7 @@ def _settings_section(folder):
 def _results_table(folder):
     lines = ["| SSL fraction | labeled images | init | mAP@[.5:.95] | mAP50 | mAP small | AR@100 | AR small | "
              "AP@0.4 | probe macro-AUROC |", "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [(f"{_percent(f)}%", f"{init}{_percent(f)}", init) for f in folder.fractions for init in ("ssl", "random")]
+    rows = [(f"{percent(f)}%", f"{init}{percent(f)}", init) for f in folder.fractions for init in ("ssl", "random")]
     if len(folder.fractions) > 1:
         rows.append(("0% (all labels)", "random100", "random"))
     for fraction, name, init in rows:
@@ -150,58 +151,71 @@ def _results_table(folder):
     return lines
 
 
-def _charts(folder, main):
-    """{file name: (title, svg text)} of every chart the data allows."""
-    charts = {}
-    ssl_series = []
+def _ssl_loss_chart(folder):
+    series = []
     for fraction in folder.fractions:
-        records = _train_records(folder.run(f"ssl{_percent(fraction)}") / "pretrain" / "log.jsonl")
+        records = _train_records(folder.run(f"ssl{percent(fraction)}") / "pretrain" / "log.jsonl")
         if records:
-            ssl_series.append((f"SSL {_percent(fraction)}%", [r["step"] for r in records],
-                               [r["loss"] for r in records]))
-    if ssl_series:
-        batch = folder.config["settings"]["ssl_batch_size"] * folder.config["nproc_per_node"]
-        chance = math.log(2 * batch - 1)
-        steps = [x for _, xs, _ in ssl_series for x in xs]
-        ssl_series.append(("chance", [min(steps), max(steps)], [chance, chance]))
-        charts["ssl_loss.svg"] = ("SimCLR loss (NT-Xent) per step",
-                                  line_chart(ssl_series, "SimCLR loss", "step", "NT-Xent loss"))
-    det_series, map_series = [], []
-    for init in ("ssl", "random"):
-        name = f"{init}{main}"
+            series.append((f"SSL {percent(fraction)}%", [r["step"] for r in records], [r["loss"] for r in records]))
+    if not series:
+        return {}
+    batch = folder.config["settings"]["ssl_batch_size"] * folder.config["nproc_per_node"]
+    chance = math.log(2 * batch - 1)          # NT-Xent of uniform similarities: 2N - 1 candidates
+    steps = [x for _, xs, _ in series for x in xs]
+    series.append(("chance", [min(steps), max(steps)], [chance, chance]))
+    return {"ssl_loss.svg": ("SimCLR loss (NT-Xent) per step", line_chart(series, "SimCLR loss", "step",
+                                                                         "NT-Xent loss"))}
+
+
+def _detector_charts(folder, main):
+    """Training loss, test mAP per epoch and per-class AP50 of the SSL and random runs at `main`%."""
+    charts, loss_series, map_series = {}, [], []
+    names = [f"{init}{main}" for init in ("ssl", "random")]
+    for name in names:
         records = _train_records(folder.run(name) / "log.jsonl")
         if records:
-            det_series.append((name, [r["step"] for r in records], [r["loss"] for r in records]))
+            loss_series.append((name, [r["step"] for r in records], [r["loss"] for r in records]))
         history = _read_json(folder.run(name) / "eval_history.json", [])
-        if history:
-            map_series.append((f"{name} mAP50", [h["epoch"] for h in history], [h["AP50"] for h in history]))
-            map_series.append((f"{name} mAP", [h["epoch"] for h in history], [h["AP"] for h in history]))
-    if det_series:
+        for key, label in (("AP50", "mAP50"), ("AP", "mAP")):
+            if history:
+                map_series.append((f"{name} {label}", [h["epoch"] for h in history], [h[key] for h in history]))
+    if loss_series:
         charts["det_loss.svg"] = ("Faster R-CNN training loss (sum of the four losses)",
-                                  line_chart(det_series, "Detection loss", "step", "loss"))
+                                  line_chart(loss_series, "Detection loss", "step", "loss"))
     if map_series:
         charts["map_per_epoch.svg"] = ("Test mAP after each epoch",
                                        line_chart(map_series, "Test mAP per epoch", "epoch", "mAP", markers=True))
-    per_class = {init: folder.metrics(f"{init}{main}") for init in ("ssl", "random")}
-    if all(per_class.values()):
-        groups = [(f"{init}{main}", [row["AP50"] for row in per_class[init]["per_class"]]) for init in ("ssl", "random")]
+    metrics = [folder.metrics(name) for name in names]
+    if all(metrics):
+        groups = [(name, [row["AP50"] for row in m["per_class"]]) for name, m in zip(names, metrics)]
         charts["per_class_ap50.svg"] = ("AP50 per class (n/a: no test boxes of that class)",
                                         bar_chart(list(CLASS_NAMES), groups, "AP50 per class", "AP50"))
+    return charts
+
+
+def _sweep_chart(folder):
+    """mAP against labeled images for each init, with the all-labels baseline."""
+    series = []
+    for init in ("ssl", "random"):
+        names = [f"{init}{percent(f)}" for f in folder.fractions]
+        points = sorted((folder.labeled_images(n), folder.metrics(n)["AP"]) for n in names if folder.metrics(n))
+        if points:
+            series.append((f"{init} init", [n for n, _ in points], [ap for _, ap in points]))
+    baseline = folder.metrics("random100")
+    if baseline:
+        series.append(("all labels, random", [folder.labeled_images("random100")], [baseline["AP"]]))
+    if not series:
+        return {}
+    return {"sweep.svg": ("mAP@[.5:.95] against the number of labeled images",
+                          line_chart(series, "mAP vs labeled images", "labeled images", "mAP@[.5:.95]",
+                                     markers=True))}
+
+
+def _charts(folder, main):
+    """{file name: (title, svg text)} of every chart the data allows."""
+    charts = {**_ssl_loss_chart(folder), **_detector_charts(folder, main)}
     if len(folder.fractions) > 1:
-        sweep = []
-        for init in ("ssl", "random"):
-            points = [(folder.labeled_images(f"{init}{_percent(f)}"), folder.metrics(f"{init}{_percent(f)}"))
-                      for f in folder.fractions]
-            points = sorted((n, m["AP"]) for n, m in points if m is not None)
-            if points:
-                sweep.append((f"{init} init", [n for n, _ in points], [ap for _, ap in points]))
-        baseline = folder.metrics("random100")
-        if baseline:
-            sweep.append(("all labels, random", [folder.labeled_images("random100")], [baseline["AP"]]))
-        if sweep:
-            charts["sweep.svg"] = ("mAP@[.5:.95] against the number of labeled images",
-                                   line_chart(sweep, "mAP vs labeled images", "labeled images", "mAP@[.5:.95]",
-                                              markers=True))
+        charts.update(_sweep_chart(folder))
     return charts
 
 
@@ -213,7 +227,8 @@ def _timing_section(folder):
             continue
         seconds = entry.get("seconds")
         total += seconds or 0.0
-        lines.append(f"| {name} | {entry['description']} | {_fmt(seconds, 0) if seconds is not None else entry['status']} |")
+        shown = _fmt(seconds, 0) if seconds is not None else entry["status"]
+        lines.append(f"| {name} | {entry['description']} | {shown} |")
     lines.append(f"| **total** | | **{total:.0f}** ({total / 60:.1f} min) |")
     return lines
 
@@ -221,7 +236,7 @@ def _timing_section(folder):
 def write_report(out):
     """Write out/report.md and out/charts/*.svg; returns the report's path."""
     folder = ExperimentFolder(out)
-    main = _percent(folder.fractions[0])
+    main = percent(folder.fractions[0])
     charts_dir = folder.out / "charts"
     charts_dir.mkdir(exist_ok=True)
     charts = _charts(folder, main)
