@@ -44,15 +44,15 @@ def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10)
     centered features Xc the Hessian of class k at the start (w = 0, intercept
     at the logit of its prevalence p_k) is c_k Xc^T Xc + I for w and c_k n for
     the intercept, c_k = C p_k (1 - p_k). We solve for u = L^T w with
-    L L^T = c Xc^T Xc + I (Cholesky, computed once in float32: it only changes
-    variables) at the geometric mean c of the c_k, which bounds the condition
+    L L^T = c Xc^T Xc + I (Cholesky and the dense L^-T computed once in
+    float32: they only change variables) at the geometric mean c of the c_k, which bounds the condition
     number of every class's starting Hessian by max_k max(c_k / c, c / c_k),
     and scale each intercept by its exact curvature. The products with the
     features, which dominate the cost, run in float32 until its rounding
     stalls progress, then in float64. Stops when every gradient entry of the
-    original objective / n (w and b), computed in float64, is below
-    `tolerance`, checked every `check_every` iterations, or after max_iter
-    iterations."""
+    original objective / n (w and b) is below `tolerance` (checked every
+    `check_every` iterations in the current precision and confirmed in
+    float64), or after max_iter iterations."""
     X, Y = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(Y, dtype=torch.float64)
     n, d = X.shape
     mean = X.mean(0)
@@ -61,9 +61,11 @@ def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10)
     curvature = C * prevalence * (1 - prevalence)
     typical = curvature.log().mean().exp()
     single = centered.float()
-    hessian = typical * (single.T @ single) + torch.eye(d)
-    features = {"matrix": single}       # float32 products first (half the memory traffic), float64 to finish
-    cholesky = torch.linalg.cholesky(hessian).double()
+    cholesky = torch.linalg.cholesky(typical * (single.T @ single) + torch.eye(d))
+    change = torch.linalg.solve_triangular(cholesky, torch.eye(d), upper=False).T      # w = L^-T u
+    # (features, change of variables) per precision: float32 first (half the memory traffic), then float64
+    phases = {torch.float32: (single, change), torch.float64: (centered, change.double())}
+    phase = {"dtype": torch.float32}
     intercept_scale = (curvature * n).rsqrt()
     signs = 2 * Y - 1
     u = torch.zeros(d, Y.shape[1], dtype=torch.float64, requires_grad=True)
@@ -71,36 +73,39 @@ def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10)
     optimizer = torch.optim.LBFGS([u, v], lr=1, max_iter=check_every, tolerance_grad=0.0, tolerance_change=0.0,
                                   history_size=20, line_search_fn="strong_wolfe")
 
-    def weights_of(u):
-        return torch.linalg.solve_triangular(cholesky.T, u, upper=True)
-
     def objective():
         optimizer.zero_grad()
-        W = weights_of(u)
-        products = features["matrix"] @ W.to(features["matrix"].dtype)
-        margins = signs * (products.double() + intercept_scale * v)
+        matrix, to_weights = phases[phase["dtype"]]
+        W = to_weights @ u.to(phase["dtype"])
+        margins = signs * ((matrix @ W).double() + intercept_scale * v)
+        W = W.double()
         loss = (C * torch.nn.functional.softplus(-margins).sum() + 0.5 * (W * W).sum()) / n
         loss.backward()
         return loss
 
     def solution():
         with torch.no_grad():
-            W = weights_of(u)
+            W = phases[torch.float64][1] @ u
             return W, intercept_scale * v - mean @ W
 
-    def largest_gradient():
-        W, b = solution()
-        residual = signs * torch.sigmoid(-signs * (X @ W + b))
-        return max(((W - C * X.T @ residual) / n).abs().max(), (C * residual.sum(0) / n).abs().max())
+    def largest_gradient(dtype):
+        """The stopping measure, with the products with the features in `dtype`."""
+        W, _ = solution()
+        matrix = phases[dtype][0]
+        with torch.no_grad():
+            margins = signs * ((matrix @ W.to(dtype)).double() + intercept_scale * v)
+            residual = signs * torch.sigmoid(-margins)
+            data_term = (matrix.T @ residual.to(dtype)).double() + mean[:, None] * residual.sum(0)
+            return max(((W - C * data_term) / n).abs().max(), (C * residual.sum(0) / n).abs().max())
 
     previous = float("inf")
     for _ in range(0, max_iter, check_every):
         optimizer.step(objective)
-        gradient = largest_gradient()
-        if gradient < tolerance:
+        gradient = largest_gradient(phase["dtype"])
+        if gradient < tolerance and (phase["dtype"] == torch.float64 or largest_gradient(torch.float64) < tolerance):
             break
-        if features["matrix"].dtype == torch.float32 and gradient > previous / 2:
-            features["matrix"] = centered          # float32 rounding stalls progress: finish in float64
+        if phase["dtype"] == torch.float32 and gradient > previous / 2:
+            phase["dtype"] = torch.float64          # float32 rounding stalls progress: finish in float64
         previous = gradient
     return solution()
 

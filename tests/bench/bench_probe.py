@@ -11,7 +11,7 @@ real probe: 3,515 train and 879 test images, 2,048-d ResNet-50 features,
 scikit-learn runs twice: with its default stopping rule (tol 1e-4; max_iter
 raised to 1000), which on such features stops well above the optimum, and
 converged (tol 1e-8). The objective value of each solution says which is
-closer to the optimum.
+closer to the optimum. Each fit is timed twice and the faster call counts.
 
     python tests/bench/bench_probe.py [--dim 2048] [--features FILE]
 """
@@ -65,9 +65,16 @@ def main():
         margins = (2 * train_y - 1) * (train_x @ weights + bias)
         return float(torch.nn.functional.softplus(-margins).sum() + 0.5 * (weights * weights).sum())
 
-    start = time.perf_counter()
-    weights, bias = fit_logistic_ovr(train_x, train_y)
-    ours_s = time.perf_counter() - start
+    def best_of_two(fit):
+        """(result, seconds): the faster of two calls, so one-time start-up costs count for neither side."""
+        timings = []
+        for _ in range(2):
+            start = time.perf_counter()
+            result = fit()
+            timings.append(time.perf_counter() - start)
+        return result, min(timings)
+
+    (weights, bias), ours_s = best_of_two(lambda: fit_logistic_ovr(train_x, train_y))
     ours_macro, ours = macro_auroc(test_x @ weights + bias, test_y)
     print("| solver | fit time | time ratio (peer / ours) | objective | macro-AUROC | max class AUROC diff vs ours |")
     print(f"| ours, torch L-BFGS, tolerance 1e-6 | {ours_s:.2f} s | 1 | {objective(weights, bias):.3f} | "
@@ -77,12 +84,13 @@ def main():
     from sklearn.multiclass import OneVsRestClassifier
     for label, options in (("default (tol 1e-4)", {"max_iter": 1000}),
                            ("converged (tol 1e-8)", {"max_iter": 10000, "tol": 1e-8})):
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            peer = OneVsRestClassifier(LogisticRegression(C=1.0, solver="lbfgs", **options))
-            peer.fit(train_x.numpy(), train_y.numpy())
-        peer_s = time.perf_counter() - start
+        def fit_peer():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return OneVsRestClassifier(LogisticRegression(C=1.0, solver="lbfgs", **options)).fit(
+                    train_x.numpy(), train_y.numpy())
+
+        peer, peer_s = best_of_two(fit_peer)
         peer_weights = torch.tensor(np.stack([e.coef_[0] for e in peer.estimators_], 1))
         peer_bias = torch.tensor([e.intercept_[0] for e in peer.estimators_])
         peer_macro, theirs = macro_auroc(test_x @ peer_weights + peer_bias, test_y)
