@@ -12,8 +12,12 @@ last --labeled-fraction, disjoint by construction. Writes, under
 <output-dir>/<experiment-name>/pretrain/: args.json, log.jsonl,
 ssl_images.txt, checkpoint.pth (each epoch; --resume continues it) and, at
 the end, pretrained-backbone.pth (torchvision ResNet keys, no fc) with
-pretrained-backbone.json. --lr is the absolute learning rate for the total
-batch (batch size x processes); it is not rescaled per 256 images.
+pretrained-backbone.json. Before saving, the trunk's BatchNorm statistics are
+recomputed on --precise-bn-images un-augmented images of the pool (precise
+BN): the running averages of training follow augmented views and lag behind
+the weights, and a detector with frozen norms would inherit them. --lr is the
+absolute learning rate for the total batch (batch size x processes); it is
+not rescaled per 256 images.
 """
 
 import argparse
@@ -25,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
-from cxr.backbone import FEATURE_DIMS, build_resnet
+from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
 from cxr.data import ImageList, split_images, to_network_input
 from cxr.distributed import init_distributed, teardown
 from cxr.engine import RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume, write_run_header
@@ -78,6 +82,9 @@ def get_args_parser():
     p.add_argument("--print-freq", type=int, default=10, help="iterations between progress lines")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many epochs in this run (time-limited jobs); --resume continues")
+    p.add_argument("--precise-bn-images", type=int, default=1024,
+                   help="recompute the trunk's BatchNorm statistics on this many un-augmented SSL images before "
+                        "saving the backbone (0: keep the running averages of training)")
     p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint.pth")
     p.add_argument("--replace", action="store_true", help="delete an existing run folder and start over")
     return p
@@ -193,6 +200,13 @@ def run(args, dist_info):
     if completed < args.epochs:
         logger.log(f"stopped after epoch {completed} of {args.epochs}; continue with --resume", event="stop")
         return
+    if args.precise_bn_images:
+        per_rank = min(args.precise_bn_images, len(dataset)) // dist_info.world_size
+        shard = torch.utils.data.Subset(dataset, range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank))
+        batches = recompute_batchnorm_statistics(model.trunk, torch.utils.data.DataLoader(
+            shard, batch_size=args.batch_size, num_workers=args.workers), dist_info.device)
+        logger.log(f"BatchNorm statistics recomputed on {per_rank * dist_info.world_size} un-augmented images "
+                   f"({batches} batches per process)", event="precise_bn")
     if dist_info.is_main:
         save_backbone(run_dir, model, args, len(paths), views)
     logger.log(f"wrote {run_dir / 'pretrained-backbone.pth'}", event="done")

@@ -6,11 +6,19 @@ strict=False: no tensor matched, nothing was said, and the model trained
 from other weights. Here every load names the exact tensors it expected, fails
 loudly on any missing, unexpected or mis-shaped one, and reports
 "loaded K/K tensors from FILE".
+
+`recompute_batchnorm_statistics` replaces the BatchNorm running statistics of
+a trained trunk by their average over clean images ("precise BN", Wu &
+Johnson, 2021, "Rethinking 'Batch' in BatchNorm"; pycls): the running
+averages kept during SimCLR follow augmented views and lag behind weights
+that move fast, and a detector with frozen norms inherits them as they are.
 """
 
 import torch
 import torchvision
 
+from .data import to_network_input
+from .distributed import all_reduce_mean
 from .errors import UserError
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
@@ -61,3 +69,28 @@ def pretrained_trunk(arch, path):
     model.fc = torch.nn.Identity()
     model.load_state_dict(state, strict=True)
     return model, message
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(trunk, loader, device):
+    """Set every BatchNorm's running mean and variance to their average over the
+    batches of `loader` (uint8 images, no augmentation), in train mode without
+    gradients; under DDP each rank passes its own equal-size shard and the
+    statistics are averaged over ranks. Returns the number of batches used."""
+    norms = [m for m in trunk.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None                       # cumulative average over the batches
+    was_training = trunk.training
+    trunk.train()
+    batches = 0
+    for batch in loader:
+        trunk(to_network_input(batch.to(device).float() / 255))
+        batches += 1
+    trunk.train(was_training)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+        norm.running_mean.copy_(all_reduce_mean(norm.running_mean))
+        norm.running_var.copy_(all_reduce_mean(norm.running_var))
+    return batches
