@@ -53,7 +53,7 @@ from cxr.backbone import build_resnet, pretrained_trunk
 from cxr.classes import CLASS_NAMES, class_id, coco_categories
 from cxr.data import DetectionDataset, check_images_exist, image_labels, load_coco, split_images
 from cxr.detector import load_detector
-from cxr.distributed import init_distributed, teardown
+from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import STAT_NAMES, coco_ground_truth, coco_metrics, gather_to_main, predict
 from cxr.outputs import atomic_write_json, atomic_write_text, refuse_existing, staged_directory
@@ -375,13 +375,10 @@ MODES = {"map": run_map, "visualize": run_visualize, "predict": run_predict, "pr
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    dist_info = init_distributed(args.device)
-    try:
+    with process_group(args.device) as dist_info:
         if args.mode == "probe" and dist_info.world_size > 1:
             raise UserError("--mode probe runs in one process; launch it with python, not torchrun")
         return MODES[args.mode](args, dist_info)
-    finally:
-        teardown()
 
 
 if __name__ == "__main__":

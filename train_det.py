@@ -31,7 +31,7 @@ from cxr.box_augment import BoxAugment
 from cxr.classes import CLASS_NAMES
 from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import build_detector, initialize_backbone
-from cxr.distributed import init_distributed, teardown
+from cxr.distributed import process_group
 from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume,
                         write_run_header)
 from cxr.errors import UserError, exit_on_user_error
@@ -178,11 +178,8 @@ def learning_rates(args, steps_per_epoch):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    dist_info = init_distributed(args.device)
-    try:
+    with process_group(args.device) as dist_info:
         run(args, dist_info)
-    finally:
-        teardown()
 
 
 def run(args, dist_info):

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
 from cxr.data import ImageList, split_images, to_network_input
-from cxr.distributed import init_distributed, teardown
+from cxr.distributed import process_group
 from cxr.engine import RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume, write_run_header
 from cxr.errors import UserError, exit_on_user_error
 from cxr.optim import build_optimizer, warmup_cosine_schedule
@@ -142,11 +142,8 @@ def check_devices_flag(devices, dist_info):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    dist_info = init_distributed(args.device)
-    try:
+    with process_group(args.device) as dist_info:
         run(args, dist_info)
-    finally:
-        teardown()
 
 
 def run(args, dist_info):

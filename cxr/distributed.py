@@ -14,6 +14,7 @@ parameter gradients over ranks, which makes 2 processes with N images each
 equal to 1 process with 2N images.
 """
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -56,6 +57,16 @@ def init_distributed(device=None):
 def teardown():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device=None):
+    """`with process_group(args.device) as dist_info:` what every script's main
+    runs in: init_distributed on entry, teardown on exit, errors included."""
+    try:
+        yield init_distributed(device)
+    finally:
+        teardown()
 
 
 def world_size():
