@@ -51,7 +51,7 @@ from PIL import Image
 
 from cxr.backbone import build_resnet, pretrained_trunk
 from cxr.classes import CLASS_NAMES, class_id, coco_categories
-from cxr.data import DetectionDataset, check_images_exist, image_labels, load_coco, split_images
+from cxr.data import DetectionDataset, check_images_exist, image_labels, load_coco, split_images, xyxy
 from cxr.detector import load_detector
 from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
@@ -205,8 +205,7 @@ def run_map(args, dist_info):
 def _detections_by_image(results):
     by_image = {}
     for r in results:
-        x, y, w, h = r["bbox"]
-        by_image.setdefault(r["image_id"], []).append((r["category_id"], r["score"], (x, y, x + w, y + h)))
+        by_image.setdefault(r["image_id"], []).append((r["category_id"], r["score"], xyxy(r["bbox"])))
     return by_image
 
 
@@ -239,8 +238,7 @@ def run_visualize(args, dist_info):
     detections = _detections_by_image(results)
     truth = {}
     for a in subset["annotations"]:
-        x, y, w, h = a["bbox"]
-        truth.setdefault(a["image_id"], []).append((a["category_id"], (x, y, x + w, y + h)))
+        truth.setdefault(a["image_id"], []).append((a["category_id"], xyxy(a["bbox"])))
     pictures, captions = [], []
     with staged_directory(out, args.replace) as staging:
         for image in chosen:

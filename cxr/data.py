@@ -41,6 +41,12 @@ def to_network_input(images):
     return (images.expand(-1, 3, -1, -1) - mean) / std
 
 
+def xyxy(bbox):
+    """A COCO [x, y, width, height] box as (x_min, y_min, x_max, y_max)."""
+    x, y, w, h = bbox
+    return (x, y, x + w, y + h)
+
+
 def load_coco(path):
     path = Path(path)
     if not path.is_file():
@@ -106,8 +112,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             if names is not None and Path(image["file_name"]).stem not in names:
                 continue
             annotations = boxes_of[image["id"]]
-            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)],
-                                 dtype=torch.float32).view(-1, 4)
+            boxes = torch.tensor([xyxy(a["bbox"]) for a in annotations], dtype=torch.float32).view(-1, 4)
             labels = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
             self.items.append((Path(image_dir) / image["file_name"], boxes, labels, image["id"]))
         for path in negatives:
