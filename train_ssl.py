@@ -198,7 +198,7 @@ def run(args, dist_info):
         logger.log(f"stopped after epoch {completed} of {args.epochs}; continue with --resume", event="stop")
         return
     if args.precise_bn_images:
-        per_rank = min(args.precise_bn_images, len(dataset)) // dist_info.world_size
+        per_rank = max(1, min(args.precise_bn_images, len(dataset)) // dist_info.world_size)
         shard = torch.utils.data.Subset(dataset, range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank))
         batches = recompute_batchnorm_statistics(model.trunk, torch.utils.data.DataLoader(
             shard, batch_size=args.batch_size, num_workers=args.workers), dist_info.device)
