@@ -54,6 +54,7 @@ class Settings:
     ssl_lr: float
     ssl_warmup_epochs: float
     ssl_views: str
+    ssl_temperature: float
     det_image_size: int
     det_epochs: int
     det_batch_size: int
@@ -67,14 +68,14 @@ class Settings:
 PRESETS = {
     # Sized for a 2-core CPU: about 15 minutes for one SSL fraction.
     "cpu": Settings(synthetic_images=800, synthetic_size=128, arch="resnet18", ssl_image_size=128, ssl_epochs=5,
-                    ssl_batch_size=64, ssl_lr=0.1, ssl_warmup_epochs=1, ssl_views="cxr", det_image_size=128,
-                    det_epochs=4, det_batch_size=4, det_lr=0.01, det_warmup_iters=20, det_roi_batch_size=64,
-                    workers=1, pictures=4),
+                    ssl_batch_size=64, ssl_lr=0.1, ssl_warmup_epochs=1, ssl_views="cxr", ssl_temperature=0.2,
+                    det_image_size=128, det_epochs=4, det_batch_size=4, det_lr=0.01, det_warmup_iters=20,
+                    det_roi_batch_size=64, workers=1, pictures=4),
     # The seed project's published commands (ResNet-50, 512 px), for GPUs.
     "paper": Settings(synthetic_images=15000, synthetic_size=512, arch="resnet50", ssl_image_size=512,
                       ssl_epochs=100, ssl_batch_size=8, ssl_lr=0.05, ssl_warmup_epochs=10, ssl_views="seed",
-                      det_image_size=512, det_epochs=100, det_batch_size=8, det_lr=0.01, det_warmup_iters=500,
-                      det_roi_batch_size=512, workers=8, pictures=8),
+                      ssl_temperature=0.5, det_image_size=512, det_epochs=100, det_batch_size=8, det_lr=0.01,
+                      det_warmup_iters=500, det_roi_batch_size=512, workers=8, pictures=8),
 }
 
 
@@ -129,7 +130,8 @@ def plan_stages(args, settings, out):
                              str(fraction), "--split-seed", str(args.seed), "--include-normal", "--image-size",
                              str(s.ssl_image_size), "--epochs", str(s.ssl_epochs), "--batch-size",
                              str(s.ssl_batch_size), "--lr", str(s.ssl_lr), "--warmup-epochs",
-                             str(s.ssl_warmup_epochs), "--views", s.ssl_views, "--seed", str(args.seed),
+                             str(s.ssl_warmup_epochs), "--views", s.ssl_views, "--temperature",
+                             str(s.ssl_temperature), "--seed", str(args.seed),
                              "--print-freq", "5"], runs / f"ssl{p}" / "pretrain"))
         stages.append(Stage(f"probe-ssl{p}", f"linear probe of the SSL{p} backbone",
                             [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", f"ssl{p}"]))

@@ -125,7 +125,7 @@ def _settings_section(folder):
             "| stage | settings |", "|---|---|",
             f"| SimCLR | {s['arch']}, {s['ssl_image_size']} px, {s['ssl_epochs']} epochs, batch {s['ssl_batch_size']}, "
             f"lr {s['ssl_lr']} (warmup {s['ssl_warmup_epochs']} epochs, cosine), views `{s['ssl_views']}`, "
-            "temperature 0.5 |",
+            f"temperature {s['ssl_temperature']} |",
             f"| Faster R-CNN | {s['arch']}-FPN, {s['det_image_size']} px, {s['det_epochs']} epochs, batch "
             f"{s['det_batch_size']}, lr {s['det_lr']} ({s['det_warmup_iters']} warmup iterations, step decay), "
             f"{s['det_roi_batch_size']} RoIs per image, repeat factors t=0.4, online augmentation |",

@@ -35,6 +35,10 @@ def test_torchrun_and_preset_overrides_reach_the_commands(tmp_path):
     command = stages["det-ssl60"].command
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     assert command[command.index("--epochs") + 1] == "3" and command[command.index("--arch") + 1] == "resnet50"
+    pretrain = stages["ssl60"].command
+    assert pretrain[pretrain.index("--temperature") + 1] == "0.5"            # the paper preset keeps the seed's
+    cpu = {s.name: s for s in planned(tmp_path, "--ssl-temperature", "0.3")}["ssl60"].command
+    assert cpu[cpu.index("--temperature") + 1] == "0.3"
 
 
 def test_bad_fractions_are_refused():
