@@ -1,0 +1,86 @@
+"""Is an SSL backbone's linear probe above random backbones', beyond noise?
+
+Fits the probe of `evaluate.py --mode probe` (pooled features, standardized,
+one-vs-rest logistic regression C=1, macro-AUROC on the test split) for each
+--backbones file and for --random-seeds random backbones of the same arch,
+all on one prepared dataset, and prints each SSL backbone's macro-AUROC
+minus the mean of the random ones with a paired bootstrap interval: the
+test images are resampled (--bootstrap times) and the difference recomputed
+on each resample, so the interval shows how much the test set alone can
+move it. Use a probe set larger than the experiment's own (hundreds of test
+images) and disjoint from the pretraining images, e.g. another seed:
+
+    python -m cxr.synthetic --out /tmp/probe_vin --images 6000 --size 128 --seed 1 --test-images 0
+    python -m cxr.prepare --csv /tmp/probe_vin/train.csv --images /tmp/probe_vin/train --out /tmp/probe_data
+    python tests/bench/compare_probes.py --data-dir /tmp/probe_data --backbones RUN/pretrain/pretrained-backbone.pth
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cxr.backbone import build_resnet, pretrained_trunk  # noqa: E402
+from cxr.data import image_labels, split_images  # noqa: E402
+from cxr.probe import extract_features, fit_logistic_ovr, macro_auroc, standardize  # noqa: E402
+
+
+def probe_scores(trunk, data_dir, image_size):
+    """(test scores, test labels) of the probe fitted on the train split."""
+    splits = {}
+    for split in ("train", "test"):
+        paths, labels = split_images(data_dir, split), image_labels(data_dir, split)
+        names = sorted(paths)
+        features = extract_features(trunk, [paths[n] for n in names], image_size, 64, "cpu")
+        splits[split] = features.double(), torch.tensor(np.stack([labels[n] for n in names]))
+    (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
+    train_x, test_x = standardize(train_x, test_x)
+    weights, bias = fit_logistic_ovr(train_x, train_y)
+    return test_x @ weights + bias, test_y
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="prepared data (train and test splits)")
+    parser.add_argument("--backbones", nargs="+", required=True, help="pretrained-backbone.pth files")
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--random-seeds", type=int, default=5)
+    parser.add_argument("--bootstrap", type=int, default=300)
+    args = parser.parse_args()
+
+    random_scores = []
+    for seed in range(args.random_seeds):
+        torch.manual_seed(seed)
+        trunk = build_resnet(args.arch)
+        trunk.fc = torch.nn.Identity()
+        scores, labels = probe_scores(trunk, args.data_dir, args.image_size)
+        random_scores.append(scores)
+        print(f"random backbone, seed {seed}: macro-AUROC {macro_auroc(scores, labels)[0]:.3f}", flush=True)
+    random_macros = torch.tensor([macro_auroc(s, labels)[0] for s in random_scores])
+    print(f"random backbones: mean {random_macros.mean():.3f}, sd {random_macros.std():.3f}, "
+          f"max {random_macros.max():.3f}")
+
+    generator = torch.Generator().manual_seed(0)
+    resamples = [torch.randint(0, len(labels), (len(labels),), generator=generator) for _ in range(args.bootstrap)]
+
+    def difference(scores, rows):
+        return macro_auroc(scores[rows], labels[rows])[0] - float(
+            np.mean([macro_auroc(r[rows], labels[rows])[0] for r in random_scores]))
+
+    for path in args.backbones:
+        trunk, _ = pretrained_trunk(args.arch, path)
+        scores, _ = probe_scores(trunk, args.data_dir, args.image_size)
+        everything = torch.arange(len(labels))
+        spread = torch.tensor([difference(scores, rows) for rows in resamples])
+        print(f"{path}: macro-AUROC {macro_auroc(scores, labels)[0]:.3f}, minus mean random "
+              f"{difference(scores, everything):+.3f}, bootstrap 90% interval "
+              f"[{spread.quantile(0.05):+.3f}, {spread.quantile(0.95):+.3f}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
