@@ -51,13 +51,13 @@ from PIL import Image
 
 from cxr.backbone import build_resnet, pretrained_trunk
 from cxr.classes import CLASS_NAMES, class_id, coco_categories
-from cxr.data import DetectionDataset, check_images_exist, image_labels, load_coco, split_images, xyxy
+from cxr.data import DetectionDataset, check_images_exist, load_coco, xyxy
 from cxr.detector import load_detector
 from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import STAT_NAMES, coco_ground_truth, coco_metrics, gather_to_main, predict
 from cxr.outputs import atomic_write_json, atomic_write_text, refuse_existing, staged_directory
-from cxr.probe import extract_features, fit_logistic_ovr, macro_auroc, standardize
+from cxr.probe import fit_logistic_ovr, macro_auroc, split_features, standardize
 from cxr.samplers import inference_shard
 from cxr.submission import prediction_string, read_original_sizes, write_submission
 from cxr.visualize import contact_sheet, draw_detections
@@ -338,12 +338,9 @@ def run_probe(args, dist_info):
     start = time.perf_counter()
     splits = {}
     for split in ("train", "test"):
-        paths, labels = split_images(args.data_dir, split), image_labels(args.data_dir, split)
-        names = sorted(paths)
-        features = extract_features(trunk, [paths[n] for n in names], image_size, args.batch_size or 32,
-                                    device, args.workers)
-        splits[split] = (features, torch.tensor(np.stack([labels[n] for n in names])))
-        print(f"{split}: {len(names)} images -> features {tuple(features.shape)}")
+        splits[split] = split_features(trunk, args.data_dir, split, image_size, args.batch_size or 32, device,
+                                       args.workers)
+        print(f"{split}: {len(splits[split][1])} images -> features {tuple(splits[split][0].shape)}")
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
     train_x, test_x = standardize(train_x, test_x)
     weights, bias = fit_logistic_ovr(train_x, train_y, C=args.C)

@@ -16,9 +16,10 @@ ranks and tied scores sharing their average rank; classes whose test set has
 no positive or no negative are reported as undefined and left out of the mean.
 """
 
+import numpy as np
 import torch
 
-from .data import ImageList, to_network_input
+from .data import ImageList, image_labels, split_images, to_network_input
 
 
 @torch.no_grad()
@@ -29,6 +30,15 @@ def extract_features(trunk, paths, image_size, batch_size, device, workers=0):
                                          num_workers=workers)
     features = [trunk(to_network_input(batch.to(device).float() / 255)).float().cpu() for batch in loader]
     return torch.cat(features) if features else torch.zeros(0, 0)
+
+
+def split_features(trunk, data_dir, split, image_size, batch_size, device, workers=0):
+    """(features (n, d), 14 image-level labels (n, 14)) of a prepared split's
+    images in name order: what the probe is fitted and scored on."""
+    paths, labels = split_images(data_dir, split), image_labels(data_dir, split)
+    names = sorted(paths)
+    features = extract_features(trunk, [paths[n] for n in names], image_size, batch_size, device, workers)
+    return features, torch.tensor(np.stack([labels[n] for n in names]))
 
 
 def standardize(train, test):

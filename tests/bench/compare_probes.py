@@ -19,26 +19,19 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.backbone import build_resnet, pretrained_trunk  # noqa: E402
-from cxr.data import image_labels, split_images  # noqa: E402
-from cxr.probe import extract_features, fit_logistic_ovr, macro_auroc, standardize  # noqa: E402
+from cxr.probe import fit_logistic_ovr, macro_auroc, split_features, standardize  # noqa: E402
 
 
 def probe_scores(trunk, data_dir, image_size):
-    """(test scores, test labels) of the probe fitted on the train split."""
-    splits = {}
-    for split in ("train", "test"):
-        paths, labels = split_images(data_dir, split), image_labels(data_dir, split)
-        names = sorted(paths)
-        features = extract_features(trunk, [paths[n] for n in names], image_size, 64, "cpu")
-        splits[split] = features.double(), torch.tensor(np.stack([labels[n] for n in names]))
-    (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
-    train_x, test_x = standardize(train_x, test_x)
+    """(test scores, test labels) of the probe fitted on the train split, as evaluate.py --mode probe."""
+    (train_x, train_y), (test_x, test_y) = (split_features(trunk, data_dir, split, image_size, 64, "cpu")
+                                            for split in ("train", "test"))
+    train_x, test_x = standardize(train_x.double(), test_x.double())
     weights, bias = fit_logistic_ovr(train_x, train_y)
     return test_x @ weights + bias, test_y
 
@@ -53,33 +46,32 @@ def main():
     parser.add_argument("--bootstrap", type=int, default=300)
     args = parser.parse_args()
 
-    random_scores = []
+    random_scores, random_macros = [], []
     for seed in range(args.random_seeds):
         torch.manual_seed(seed)
         trunk = build_resnet(args.arch)
         trunk.fc = torch.nn.Identity()
         scores, labels = probe_scores(trunk, args.data_dir, args.image_size)
         random_scores.append(scores)
-        print(f"random backbone, seed {seed}: macro-AUROC {macro_auroc(scores, labels)[0]:.3f}", flush=True)
-    random_macros = torch.tensor([macro_auroc(s, labels)[0] for s in random_scores])
+        random_macros.append(macro_auroc(scores, labels)[0])
+        print(f"random backbone, seed {seed}: macro-AUROC {random_macros[-1]:.3f}", flush=True)
+    random_macros = torch.tensor(random_macros)
     print(f"random backbones: mean {random_macros.mean():.3f}, sd {random_macros.std():.3f}, "
           f"max {random_macros.max():.3f}")
 
     generator = torch.Generator().manual_seed(0)
     resamples = [torch.randint(0, len(labels), (len(labels),), generator=generator) for _ in range(args.bootstrap)]
-
-    def difference(scores, rows):
-        return macro_auroc(scores[rows], labels[rows])[0] - float(
-            np.mean([macro_auroc(r[rows], labels[rows])[0] for r in random_scores]))
+    random_mean_per_resample = [sum(macro_auroc(r[rows], labels[rows])[0] for r in random_scores) / len(random_scores)
+                                for rows in resamples]
 
     for path in args.backbones:
         trunk, _ = pretrained_trunk(args.arch, path)
         scores, _ = probe_scores(trunk, args.data_dir, args.image_size)
-        everything = torch.arange(len(labels))
-        spread = torch.tensor([difference(scores, rows) for rows in resamples])
-        print(f"{path}: macro-AUROC {macro_auroc(scores, labels)[0]:.3f}, minus mean random "
-              f"{difference(scores, everything):+.3f}, bootstrap 90% interval "
-              f"[{spread.quantile(0.05):+.3f}, {spread.quantile(0.95):+.3f}]", flush=True)
+        macro = macro_auroc(scores, labels)[0]
+        spread = torch.tensor([macro_auroc(scores[rows], labels[rows])[0] - random_mean
+                               for rows, random_mean in zip(resamples, random_mean_per_resample)])
+        print(f"{path}: macro-AUROC {macro:.3f}, minus mean random {macro - float(random_macros.mean()):+.3f}, "
+              f"bootstrap 90% interval [{spread.quantile(0.05):+.3f}, {spread.quantile(0.95):+.3f}]", flush=True)
 
 
 if __name__ == "__main__":
