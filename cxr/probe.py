@@ -85,20 +85,19 @@ def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10)
     factor = factor.double()
     intercept_scale = (curvature * n).rsqrt()
     signs = 2 * Y - 1
-    u = torch.zeros(d, Y.shape[1], dtype=torch.float64, requires_grad=True)
-    v = (torch.logit(prevalence) / intercept_scale).requires_grad_()
+    u = torch.zeros(d, Y.shape[1], dtype=torch.float64)          # gradients are set by hand in objective()
+    v = torch.logit(prevalence) / intercept_scale
     optimizer = torch.optim.LBFGS([u, v], lr=1, max_iter=check_every, tolerance_grad=0.0, tolerance_change=0.0,
                                   history_size=20, line_search_fn="strong_wolfe")
     anchor = {}
 
     def weights():
-        return torch.linalg.solve_triangular(factor.T, u.detach(), upper=True)
+        return torch.linalg.solve_triangular(factor.T, u, upper=True)
 
     def residual(data_margins):
         """d(C * sum of log-losses) / d(margins)."""
-        return -C * signs * torch.sigmoid(-signs * (data_margins + intercept_scale * v.detach()))
+        return -C * signs * torch.sigmoid(-signs * (data_margins + intercept_scale * v))
 
-    @torch.no_grad()
     def set_anchor(dtype):
         """Anchor at the current point; returns the stopping measure there."""
         w = weights()
@@ -108,11 +107,10 @@ def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10)
         gradient_w = w + (matrix.T @ res.to(dtype)).double()
         inverse_w, gradient_u = torch.linalg.solve_triangular(factor, torch.cat([w, gradient_w], 1),
                                                               upper=False).split(w.shape[1], 1)
-        anchor.update(u=u.detach().clone(), margins=margins, residual=res, half_penalty=0.5 * (w * w).sum(),
+        anchor.update(u=u.clone(), margins=margins, residual=res, half_penalty=0.5 * (w * w).sum(),
                       inverse_w=inverse_w, gradient=gradient_u, dtype=dtype)
         return max(gradient_w.abs().max(), res.sum(0).abs().max()) / n
 
-    @torch.no_grad()
     def objective():
         """Loss / n at the current point, gradients in u.grad and v.grad."""
         step = u - anchor["u"]
@@ -133,9 +131,8 @@ def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10)
         if gradient < tolerance and (anchor["dtype"] == torch.float64 or set_anchor(torch.float64) < tolerance):
             break
         optimizer.step(objective)
-    with torch.no_grad():
-        W = weights()
-        return W, intercept_scale * v.detach() - mean @ W
+    W = weights()
+    return W, intercept_scale * v - mean @ W
 
 
 def average_ranks(values):
