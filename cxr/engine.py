@@ -25,7 +25,6 @@ import contextlib
 import datetime
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import torch
 from .distributed import all_reduce_mean
 from .errors import UserError
 from .optim import set_learning_rate
-from .outputs import atomic_write_json
+from .outputs import atomic_torch_save, atomic_write_json
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -134,14 +133,6 @@ def restore_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_torch_save(path, state):
-    """torch.save to a temp file beside `path`, then rename: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -1,7 +1,9 @@
 """Writing outputs so that nothing is lost: atomic files, staged folders.
 
-- `atomic_write_json` / `atomic_write_text`: write to a temp file in the same
-  folder, then `os.replace`, so a reader never sees half a file.
+- `atomic_path`, and on it `atomic_write_text` / `atomic_write_json` /
+  `atomic_torch_save`: write to a temp file in the same folder, then
+  `os.replace`, so a reader never sees half a file; a failed write (a full
+  disk) removes its temp file and leaves the previous file as it was.
 - `staged_directory`: build a whole output folder under a temporary name and
   rename it into place only when complete; an existing folder is refused
   unless `replace=True`, and is only removed after the new one is finished.
@@ -14,15 +16,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from .errors import UserError
 
 
-def atomic_write_text(path, text):
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path beside `path` to write to; rename it onto `path` when
+    the block ends without an exception, and delete it when one is raised.
+
+    The temp name carries the process id, so two processes never share one, and
+    it is created with the usual permissions (umask), unlike a mkstemp file.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -30,8 +40,18 @@ def atomic_write_text(path, text):
         raise
 
 
+def atomic_write_text(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def atomic_write_json(path, obj, indent=None):
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_torch_save(path, state):
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def refuse_existing(path, replace, flag="--replace"):
