@@ -32,11 +32,11 @@ from cxr.classes import CLASS_NAMES
 from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import build_detector, initialize_backbone
 from cxr.distributed import process_group
-from cxr.engine import RunLogger, check_amp, fit, prepare_run_dir, resume, write_run_header
+from cxr.engine import RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume, write_run_header
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import coco_ground_truth, coco_metrics, detection_collate, gather_to_main, predict
 from cxr.optim import build_optimizer, step_schedule, warmup_cosine_schedule
-from cxr.outputs import atomic_torch_save, atomic_write_json
+from cxr.outputs import atomic_write_json
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
 from cxr.splits import partition, seeded_permutation
 

@@ -32,10 +32,10 @@ from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
 from cxr.data import ImageList, split_images, to_network_input
 from cxr.distributed import process_group
-from cxr.engine import RunLogger, check_amp, fit, prepare_run_dir, resume, write_run_header
+from cxr.engine import RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume, write_run_header
 from cxr.errors import UserError, exit_on_user_error
 from cxr.optim import build_optimizer, warmup_cosine_schedule
-from cxr.outputs import atomic_torch_save, atomic_write_json
+from cxr.outputs import atomic_write_json
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
 

@@ -36,7 +36,7 @@ import torch
 from .distributed import all_reduce_mean
 from .errors import UserError
 from .optim import set_learning_rate
-from .outputs import atomic_torch_save, atomic_write_json
+from .outputs import atomic_path, atomic_write_json
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -133,6 +133,11 @@ def restore_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(path, state):
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -1,7 +1,8 @@
 """Writing outputs so that nothing is lost: atomic files, staged folders.
 
-- `atomic_path`, and on it `atomic_write_text` / `atomic_write_json` /
-  `atomic_torch_save`: write to a temp file in the same folder, then
+- `atomic_path`, and on it `atomic_write_text` / `atomic_write_json` (and
+  `cxr.engine.atomic_torch_save`; this module never imports torch, so that
+  prepare stays light): write to a temp file in the same folder, then
   `os.replace`, so a reader never sees half a file; a failed write (a full
   disk) removes its temp file and leaves the previous file as it was.
 - `staged_directory`: build a whole output folder under a temporary name and
@@ -15,8 +16,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
 
 from .errors import UserError
 
@@ -47,11 +46,6 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, obj, indent=None):
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
-
-
-def atomic_torch_save(path, state):
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def refuse_existing(path, replace, flag="--replace"):

@@ -7,8 +7,9 @@ import signal
 import pytest
 import torch
 
+from cxr.engine import atomic_torch_save
 from cxr.errors import UserError
-from cxr.outputs import atomic_torch_save, atomic_write_json, atomic_write_text, staged_directory
+from cxr.outputs import atomic_write_json, atomic_write_text, staged_directory
 
 
 @pytest.fixture
