@@ -193,7 +193,8 @@ def run_map(args, dist_info):
     summary = {"checkpoint": str(checkpoint), "arch": meta["arch"], "image_size": meta["image_size"],
                "test_images": len(coco["images"]), "test_boxes": len(coco["annotations"]),
                "annotation_file": str(ann_file), "image_dir": str(image_dir),
-               "score_threshold": threshold, "world_size": dist_info.world_size, "seconds": round(time.perf_counter() - start, 1), **metrics}
+               "score_threshold": threshold, "world_size": dist_info.world_size,
+               "seconds": round(time.perf_counter() - start, 1), **metrics}
     eval_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(eval_dir / "test_predictions.json", results)
     atomic_write_text(eval_dir / "per_class.csv", per_class_csv(metrics))

@@ -245,8 +245,9 @@ def run(args, dist_info):
         atomic_write_json(experiment_dir / "eval_history.json", history, indent=1)
         return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
 
-    completed = fit(model=ddp_model, unwrapped=model, loader=loader, sampler=sampler, task=DetectionTask(dist_info.device),
-                    optimizer=optimizer, scaler=scaler, schedule=schedule, epochs=args.epochs, amp=args.amp,
+    completed = fit(model=ddp_model, unwrapped=model, loader=loader, sampler=sampler,
+                    task=DetectionTask(dist_info.device), optimizer=optimizer, scaler=scaler, schedule=schedule,
+                    epochs=args.epochs, amp=args.amp,
                     device=dist_info.device, seed=args.seed, dist_info=dist_info, logger=logger,
                     checkpoint_path=checkpoint_path, start_epoch=start_epoch, start_step=start_step,
                     stop_after=args.stop_after, clip_grad=args.clip_grad, print_freq=args.print_freq,

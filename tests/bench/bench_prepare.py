@@ -17,6 +17,7 @@ and a real 512 x 512 PNG hard-linked under every image id. Then:
 """
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -122,9 +123,7 @@ def main():
               f"{PNG_SIZE} px PNGs (built in {time.perf_counter() - start:.1f} s)")
         ours_s = time_prepare(root, args.repeats)
         print(f"cxr.prepare, whole command (best of {args.repeats}): {ours_s:.3f} s")
-        try:
-            import ensemble_boxes  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("ensemble_boxes") is None:
             print("ensemble-boxes not installed: pip install -r requirements-bench.txt for the comparison")
             return
         peer_s, peer = peer_fusion(root / "train.csv")

@@ -101,7 +101,8 @@ def bench_views(size, batch):
         def gpu_views():
             simclr_views(on_gpu.repeat(8, 1, 1, 1), size, ViewConfig(), cuda_generator)
             torch.cuda.synchronize()
-        print(f"| views/s on {torch.cuda.get_device_name()} at {size} px | {best_rate(gpu_views, 16 * batch):.0f} | | |")
+        rate = best_rate(gpu_views, 16 * batch)
+        print(f"| views/s on {torch.cuda.get_device_name()} at {size} px | {rate:.0f} | | |")
     torch.set_num_threads(threads)
 
 
