@@ -15,7 +15,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
-# The README's main command: the whole experiment, CPU preset (about 15 min on 2 cores).
+# The README's main command: the whole experiment, CPU preset (about 20 min on 2 cores).
 experiment: $(VENV)/.installed
 	$(PY) -m cxr.experiment --out experiment
 
