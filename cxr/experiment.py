@@ -67,8 +67,8 @@ class Settings:
 
 PRESETS = {
     # Sized for a 2-core CPU: about 20 minutes for one SSL fraction. SimCLR
-    # runs 210 steps of 32 images (it ran 50 of 64): the probe tracks how far
-    # the SimCLR loss falls, and more steps lift it (docs/experiments.md).
+    # runs 210 steps of 32 images (it ran 50 of 64): more steps lifted the
+    # linear probe (docs/experiments.md).
     "cpu": Settings(synthetic_images=800, synthetic_size=128, arch="resnet18", ssl_image_size=128, ssl_epochs=10,
                     ssl_batch_size=32, ssl_lr=0.05, ssl_warmup_epochs=1, ssl_views="cxr", ssl_temperature=0.2,
                     det_image_size=128, det_epochs=4, det_batch_size=4, det_lr=0.01, det_warmup_iters=20,
