@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxr.backbone import build_resnet, pretrained_trunk
+from cxr.backbone import headless_resnet, pretrained_trunk
 from cxr.classes import CLASS_NAMES, class_id, coco_categories
 from cxr.data import DetectionDataset, check_images_exist, load_coco, xyxy
 from cxr.detector import load_detector
@@ -319,8 +319,7 @@ def resolve_backbone(args, experiment_dir):
     image_size = args.image_size or meta.get("image_size", 512)
     if args.backbone == "random":
         torch.manual_seed(args.seed)
-        trunk = build_resnet(arch)
-        trunk.fc = torch.nn.Identity()
+        trunk = headless_resnet(arch)
         return f"random-seed{args.seed}", trunk, arch, image_size, f"random {arch} (seed {args.seed})"
     if not path.is_file():
         raise UserError(f"backbone {path} not found; train it with train_ssl.py "

@@ -61,12 +61,18 @@ def check_trunk_state(state, arch, source):
     return f"loaded {len(state)}/{len(expected)} tensors from {source}"
 
 
+def headless_resnet(arch):
+    """A torchvision ResNet whose fc is the identity: it outputs pooled features."""
+    model = build_resnet(arch)
+    model.fc = torch.nn.Identity()
+    return model
+
+
 def pretrained_trunk(arch, path):
     """A torchvision ResNet (fc replaced by identity) with checked weights from `path`."""
     state = load_trunk_weights(path)
     message = check_trunk_state(state, arch, path)
-    model = build_resnet(arch)
-    model.fc = torch.nn.Identity()
+    model = headless_resnet(arch)
     model.load_state_dict(state, strict=True)
     return model, message
 

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxr.backbone import build_resnet, pretrained_trunk  # noqa: E402
+from cxr.backbone import headless_resnet, pretrained_trunk  # noqa: E402
 from cxr.probe import fit_logistic_ovr, macro_auroc, split_features, standardize  # noqa: E402
 
 
@@ -49,9 +49,7 @@ def main():
     random_scores, random_macros = [], []
     for seed in range(args.random_seeds):
         torch.manual_seed(seed)
-        trunk = build_resnet(args.arch)
-        trunk.fc = torch.nn.Identity()
-        scores, labels = probe_scores(trunk, args.data_dir, args.image_size)
+        scores, labels = probe_scores(headless_resnet(args.arch), args.data_dir, args.image_size)
         random_scores.append(scores)
         random_macros.append(macro_auroc(scores, labels)[0])
         print(f"random backbone, seed {seed}: macro-AUROC {random_macros[-1]:.3f}", flush=True)
