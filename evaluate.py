@@ -57,7 +57,7 @@ from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import STAT_NAMES, coco_ground_truth, coco_metrics, gather_to_main, predict
 from cxr.outputs import atomic_write_json, atomic_write_text, refuse_existing, staged_directory
-from cxr.probe import fit_logistic_ovr, macro_auroc, split_features, standardize
+from cxr.probe import macro_auroc, probe_test_scores, split_features
 from cxr.samplers import inference_shard
 from cxr.submission import prediction_string, read_original_sizes, write_submission
 from cxr.visualize import contact_sheet, draw_detections
@@ -342,9 +342,7 @@ def run_probe(args, dist_info):
                                        args.workers)
         print(f"{split}: {len(splits[split][1])} images -> features {tuple(splits[split][0].shape)}")
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
-    train_x, test_x = standardize(train_x, test_x)
-    weights, bias = fit_logistic_ovr(train_x, train_y, C=args.C)
-    macro, per_class = macro_auroc(test_x.double() @ weights + bias, test_y)
+    macro, per_class = macro_auroc(probe_test_scores(train_x, train_y, test_x, C=args.C), test_y)
     rows = [{"class_id": k, "class_name": CLASS_NAMES[k], "auroc": per_class[k],
              "train_positives": int(train_y[:, k].sum()), "test_positives": int(test_y[:, k].sum())}
             for k in range(len(CLASS_NAMES))]

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from cxr.probe import average_ranks, fit_logistic_ovr, macro_auroc
+from cxr.probe import average_ranks, fit_logistic_ovr, macro_auroc, probe_test_scores
 
 
 def pairwise_auroc(scores, labels):
@@ -81,3 +81,19 @@ def test_more_features_than_images_still_reaches_the_optimum():
     s = 2 * Y - 1
     weight = s * torch.sigmoid(-s * (X @ W + b))
     assert ((W - X.T @ weight) / 40).abs().max() < 1e-8 and (weight.sum(0) / 40).abs().max() < 1e-8
+
+
+def test_probe_scores_use_training_statistics_only():
+    """The probe standardizes with the training split's mean and std: it is
+    blind to each feature's units and offset, and one test image's score does
+    not depend on the other test images."""
+    g = torch.Generator().manual_seed(4)
+    train_x, test_x = (torch.randn(n, 6, generator=g, dtype=torch.float64) for n in (120, 30))
+    train_y = (train_x[:, :2] + 0.5 * torch.randn(120, 2, generator=g, dtype=torch.float64) > 0).double()
+    scores = probe_test_scores(train_x, train_y, test_x)
+    scale = torch.tensor([1e3, 1e-2, 1.0, 7.0, 0.5, 2.0], dtype=torch.float64)
+    offset = torch.arange(6.0, dtype=torch.float64) * 100
+    rescaled = probe_test_scores(train_x * scale + offset, train_y, test_x * scale + offset)
+    torch.testing.assert_close(rescaled, scores, atol=1e-4, rtol=1e-4)
+    alone = probe_test_scores(train_x, train_y, test_x[:1])
+    torch.testing.assert_close(alone, scores[:1], atol=0, rtol=0)

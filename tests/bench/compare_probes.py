@@ -24,16 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.backbone import headless_resnet, pretrained_trunk  # noqa: E402
-from cxr.probe import fit_logistic_ovr, macro_auroc, split_features, standardize  # noqa: E402
+from cxr.probe import macro_auroc, probe_test_scores, split_features  # noqa: E402
 
 
 def probe_scores(trunk, data_dir, image_size):
     """(test scores, test labels) of the probe fitted on the train split, as evaluate.py --mode probe."""
     (train_x, train_y), (test_x, test_y) = (split_features(trunk, data_dir, split, image_size, 64, "cpu")
                                             for split in ("train", "test"))
-    train_x, test_x = standardize(train_x.double(), test_x.double())
-    weights, bias = fit_logistic_ovr(train_x, train_y)
-    return test_x @ weights + bias, test_y
+    return probe_test_scores(train_x, train_y, test_x), test_y
 
 
 def main():
