@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -15,7 +16,9 @@ from PIL import Image
 import evaluate
 import train_det
 from conftest import prepared_synthetic
-from cxr.classes import CLASS_COLORS, NO_FINDING_ID
+from cxr.backbone import headless_resnet
+from cxr.classes import CLASS_COLORS, CLASS_NAMES, NO_FINDING_ID
+from cxr.data import image_labels
 from cxr.errors import UserError
 from cxr.evaluation import coco_ground_truth, coco_metrics
 from cxr.submission import prediction_string, read_original_sizes
@@ -201,3 +204,42 @@ def test_map_on_two_processes_equals_one(trained, tmp_path):
     assert two["world_size"] == 2 and one["detections"] > 0
     assert {k: two[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")} == \
         {k: one[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")}
+
+
+# --- evaluate.py --mode probe ------------------------------------------------------------------------------------
+
+def test_probe_reads_the_backbone_json_reports_every_class_and_matches_the_random_baseline(tmp_path):
+    """The saved backbone holds exactly the weights of the random baseline's
+    seed, so the two ways of loading a trunk must give the same figures; the
+    per-class table and the left-out classes follow from the test labels."""
+    data_dir = prepared_synthetic(tmp_path, num_images=60, seed=6)
+    pretrain = tmp_path / "out" / "exp" / "pretrain"
+    pretrain.mkdir(parents=True)
+    torch.manual_seed(3)
+    torch.save(headless_resnet("resnet18").state_dict(), pretrain / "pretrained-backbone.pth")
+    (pretrain / "pretrained-backbone.json").write_text(json.dumps({"arch": "resnet18", "image_size": 48}))
+    args = ["--mode", "probe", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "out"),
+            "--experiment-name", "exp", "--device", "cpu", "--workers", "0", "--batch-size", "16"]
+
+    ssl = evaluate.main(args)
+    written = json.loads((tmp_path / "out" / "exp" / "eval" / "probe-ssl.json").read_text())
+    assert written == json.loads(json.dumps(ssl)) and (ssl["arch"], ssl["image_size"]) == ("resnet18", 48)
+    random = evaluate.main([*args, "--backbone", "random", "--seed", "3"])
+    assert random["backbone"] == "random-seed3" and random["macro_auroc"] == ssl["macro_auroc"]
+
+    test_labels = np.stack(list(image_labels(data_dir, "test").values()))
+    train_labels = np.stack(list(image_labels(data_dir, "train").values()))
+    assert [row["test_positives"] for row in ssl["per_class"]] == test_labels.sum(0).tolist()
+    assert [row["train_positives"] for row in ssl["per_class"]] == train_labels.sum(0).tolist()
+    undefined = [CLASS_NAMES[k] for k in range(len(CLASS_NAMES))
+                 if test_labels[:, k].sum() in (0, len(test_labels))]
+    assert undefined and ssl["excluded_classes"] == undefined
+    defined = [row["auroc"] for row in ssl["per_class"] if row["auroc"] is not None]
+    assert len(defined) == len(CLASS_NAMES) - len(undefined)
+    assert ssl["macro_auroc"] == pytest.approx(sum(defined) / len(defined), abs=1e-12)
+    assert ssl["test_images"] == len(test_labels) and ssl["train_images"] == len(train_labels)
+
+    with pytest.raises(UserError, match="already exists"):
+        evaluate.main(args)
+    with pytest.raises(UserError, match="not found.*--experiment-name other"):
+        evaluate.main([*args, "--experiment-name", "other"])
