@@ -7,7 +7,9 @@ all on one prepared dataset, and prints each SSL backbone's macro-AUROC
 minus the mean of the random ones with a paired bootstrap interval: the
 test images are resampled (--bootstrap times) and the difference recomputed
 on each resample, so the interval shows how much the test set alone can
-move it. Use a probe set larger than the experiment's own (hundreds of test
+move it. A last table gives each class's AUROC for the random backbones
+(mean) and each SSL backbone's difference from it: where the features gain
+and where they lose. Use a probe set larger than the experiment's own (hundreds of test
 images) and disjoint from the pretraining images, e.g. another seed:
 
     python -m cxr.synthetic --out /tmp/probe_vin --images 6000 --size 128 --seed 1 --test-images 0
@@ -24,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.backbone import headless_resnet, pretrained_trunk  # noqa: E402
+from cxr.classes import CLASS_NAMES  # noqa: E402
 from cxr.probe import macro_auroc, probe_test_scores, split_features  # noqa: E402
 
 
@@ -44,13 +47,15 @@ def main():
     parser.add_argument("--bootstrap", type=int, default=300)
     args = parser.parse_args()
 
-    random_scores, random_macros = [], []
+    random_scores, random_macros, random_per_class = [], [], []
     for seed in range(args.random_seeds):
         torch.manual_seed(seed)
         scores, labels = probe_scores(headless_resnet(args.arch), args.data_dir, args.image_size)
         random_scores.append(scores)
-        random_macros.append(macro_auroc(scores, labels)[0])
-        print(f"random backbone, seed {seed}: macro-AUROC {random_macros[-1]:.3f}", flush=True)
+        macro, per_class = macro_auroc(scores, labels)
+        random_macros.append(macro)
+        random_per_class.append(per_class)
+        print(f"random backbone, seed {seed}: macro-AUROC {macro:.3f}", flush=True)
     random_macros = torch.tensor(random_macros)
     print(f"random backbones: mean {random_macros.mean():.3f}, sd {random_macros.std():.3f}, "
           f"max {random_macros.max():.3f}")
@@ -60,14 +65,31 @@ def main():
     random_mean_per_resample = [sum(macro_auroc(r[rows], labels[rows])[0] for r in random_scores) / len(random_scores)
                                 for rows in resamples]
 
-    for path in args.backbones:
+    ssl_per_class = []
+    for number, path in enumerate(args.backbones, 1):
         trunk, _ = pretrained_trunk(args.arch, path)
         scores, _ = probe_scores(trunk, args.data_dir, args.image_size)
-        macro = macro_auroc(scores, labels)[0]
+        macro, per_class = macro_auroc(scores, labels)
+        ssl_per_class.append(per_class)
         spread = torch.tensor([macro_auroc(scores[rows], labels[rows])[0] - random_mean
                                for rows, random_mean in zip(resamples, random_mean_per_resample)])
-        print(f"{path}: macro-AUROC {macro:.3f}, minus mean random {macro - float(random_macros.mean()):+.3f}, "
+        print(f"ssl{number} {path}: macro-AUROC {macro:.3f}, "
+              f"minus mean random {macro - float(random_macros.mean()):+.3f}, "
               f"bootstrap 90% interval [{spread.quantile(0.05):+.3f}, {spread.quantile(0.95):+.3f}]", flush=True)
+    print_per_class(labels, random_per_class, ssl_per_class)
+
+
+def print_per_class(labels, random_per_class, ssl_per_class):
+    """Per class: test positives, mean random AUROC, and each SSL backbone's difference from it."""
+    numbers = " ".join(f"{'ssl' + str(i):>6}" for i in range(1, len(ssl_per_class) + 1))
+    print(f"{'class':<20} {'test+':>5} {'random':>6}  {numbers}")
+    for k, name in enumerate(CLASS_NAMES):
+        if random_per_class[0][k] is None:
+            print(f"{name:<20} {int(labels[:, k].sum()):>5}    n/a")
+            continue
+        random_mean = sum(per_class[k] for per_class in random_per_class) / len(random_per_class)
+        print(f"{name:<20} {int(labels[:, k].sum()):>5} {random_mean:6.3f}  "
+              + " ".join(f"{per_class[k] - random_mean:+6.3f}" for per_class in ssl_per_class))
 
 
 if __name__ == "__main__":
