@@ -11,7 +11,7 @@
 #   run(command="bash tests/bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
 # Logs and summary.txt go to $OUT (the device tool's folder), else ./gpu_check_out. Each step is
 # limited to $STEP_LIMIT s (120), the most important first; on an H100 the whole run should take
-# about 5 minutes.
+# about 5 minutes (an estimate: it has not run on a GPU yet).
 # The sizes are environment variables, so the wiring can be smoke-tested on a CPU:
 #   ARCH=resnet18 SIZE=64 IMAGES=40 SSL_BATCH=8 DET_BATCH=2 AMPS=bf16 DET_AMP=bf16 bash tests/bench/gpu_check.sh
 
