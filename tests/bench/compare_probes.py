@@ -9,8 +9,9 @@ test images are resampled (--bootstrap times) and the difference recomputed
 on each resample, so the interval shows how much the test set alone can
 move it. A last table gives each class's AUROC for the random backbones
 (mean) and each SSL backbone's difference from it: where the features gain
-and where they lose. Use a probe set larger than the experiment's own (hundreds of test
-images) and disjoint from the pretraining images, e.g. another seed:
+and where they lose. Use a probe set larger than the experiment's own
+(hundreds of test images) and disjoint from the pretraining images, e.g.
+another seed:
 
     python -m cxr.synthetic --out /tmp/probe_vin --images 6000 --size 128 --seed 1 --test-images 0
     python -m cxr.prepare --csv /tmp/probe_vin/train.csv --images /tmp/probe_vin/train --out /tmp/probe_data
