@@ -2,9 +2,12 @@
 
 Every split is a prefix or suffix of one seeded permutation of the sorted
 image ids, so it depends only on the set of ids and the seed (never on file
-or CSV order), and disjointness follows from construction, not from luck.
+or CSV order), and disjointness follows from construction, not from luck:
+the SSL pool and the labeled set are cut from the two ends of the permutation
+by one rounding rule (`cut_position`).
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,18 +41,36 @@ class Partition:
         return sorted(set(self.ssl) & set(self.labeled))
 
 
-def partition(train_ids, ssl_fraction, labeled_fraction=None, seed=0):
-    """Split training images into an SSL pool (labels set aside) and a labeled set.
+def cut_position(n, fraction):
+    """Where a fraction of n items ends: floor(n * fraction + 1/2), the fraction
+    first rounded to 9 decimals so that 1 - (1 - f) cuts exactly where f does."""
+    return math.floor(n * round(fraction, 9) + 0.5)
 
-    The SSL pool is the first round(n * ssl_fraction) of the seeded
-    permutation, the labeled set its last round(n * labeled_fraction)
-    (default 1 - ssl_fraction), so the two are disjoint whenever the fractions
-    add up to at most 1, whatever the seed. Both lists are returned sorted.
-    """
+
+def partition_bounds(n, ssl_fraction, labeled_fraction=None):
+    """(ssl_end, labeled_start): the SSL pool is order[:ssl_end], the labeled
+    set order[labeled_start:].
+
+    Both are cut positions of one rule, and cut_position is non-decreasing in
+    the fraction, so ssl_end <= labeled_start (disjoint sets) whenever
+    ssl_fraction + labeled_fraction <= 1, and labeled_fraction = 1 -
+    ssl_fraction gives exactly the complement, the default."""
     labeled_fraction = 1.0 - ssl_fraction if labeled_fraction is None else labeled_fraction
     for name, value in (("ssl_fraction", ssl_fraction), ("labeled_fraction", labeled_fraction)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return cut_position(n, ssl_fraction), cut_position(n, 1.0 - labeled_fraction)
+
+
+def partition(train_ids, ssl_fraction, labeled_fraction=None, seed=0):
+    """Split training images into an SSL pool (labels set aside) and a labeled set.
+
+    The SSL pool is a prefix of the seeded permutation and the labeled set a
+    suffix (`partition_bounds`): disjoint whenever the fractions add up to at
+    most 1, whatever the seed and the number of images; a larger
+    labeled_fraction overlaps the pool, visibly in `Partition.overlap`. Both
+    lists are returned sorted.
+    """
     order = seeded_permutation(train_ids, seed)
-    num_ssl, num_labeled = round(len(order) * ssl_fraction), round(len(order) * labeled_fraction)
-    return Partition(sorted(order[:num_ssl]), sorted(order[len(order) - num_labeled:]))
+    ssl_end, labeled_start = partition_bounds(len(order), ssl_fraction, labeled_fraction)
+    return Partition(sorted(order[:ssl_end]), sorted(order[labeled_start:]))

@@ -12,7 +12,7 @@ from torch import nn
 from cxr.backbone import check_trunk_state, pretrained_trunk, recompute_batchnorm_statistics
 from cxr.errors import UserError
 from cxr.optim import LARS, parameter_groups, warmup_cosine_schedule
-from cxr.splits import partition, split_test
+from cxr.splits import partition, partition_bounds, split_test
 
 
 def test_warmup_then_cosine_by_hand():
@@ -59,6 +59,35 @@ def test_partition_is_disjoint_covers_and_depends_only_on_ids_and_seed(seed):
     assert smaller.ssl == split.ssl and set(smaller.labeled) <= set(split.labeled) and len(smaller.labeled) == 20
     assert len(partition(ids, 0.6, labeled_fraction=0.6, seed=seed).overlap) == 2 * 61 - 101   # asked-for overlap is visible
     assert partition(ids, 0.4, seed=seed + 10).ssl != split.ssl
+
+
+PAPER_SWEEP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def test_pool_and_complement_never_collide_and_the_typed_complement_is_the_default():
+    """Every training-set size up to 5,000 and every fraction of the paper's sweep:
+    the SSL pool ends where the default labeled set starts (disjoint and
+    covering), and typing the complement as a number, as a user or the
+    experiment does (--labeled-fraction 0.3 after --ssl-fraction 0.7), cuts
+    the same set."""
+    for n in range(1, 5001):
+        for f in PAPER_SWEEP:
+            ssl_end, labeled_start = partition_bounds(n, f)
+            assert ssl_end == labeled_start, (n, f)
+            for typed in (round(1 - f, 6), 1 - f, float(f"{1 - f:.2f}")):
+                assert partition_bounds(n, f, typed) == (ssl_end, labeled_start), (n, f, typed)
+            smaller = partition_bounds(n, f, round((1 - f) / 2, 6))[1]
+            assert labeled_start <= smaller <= n, (n, f)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5])
+def test_the_real_training_set_size_splits_cleanly(fraction):
+    """3,515 training images (VinBigData's finding images less a 20% test split)."""
+    ids = [f"{i:05d}" for i in range(3515)]
+    default = partition(ids, fraction, seed=1)
+    typed = partition(ids, fraction, labeled_fraction=round(1 - fraction, 6), seed=1)
+    assert default == typed and default.overlap == []
+    assert len(default.ssl) + len(default.labeled) == 3515
 
 
 def test_split_test_fraction_bounds():
