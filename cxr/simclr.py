@@ -19,7 +19,16 @@ from .distributed import gather_with_grad, rank
 
 def nt_xent(z1, z2, temperature=0.5):
     """NT-Xent of two views' projections z1, z2 of shape (n, d), row i of each
-    being the same image. With DDP the candidates come from every rank."""
+    being the same image. With DDP the candidates come from every rank.
+
+    Computed in float32 whatever the AMP setting: under bf16 autocast the
+    similarity matmul would otherwise round the logits to 1/16 at
+    temperature 0.1."""
+    with torch.autocast(z1.device.type, enabled=False):
+        return _nt_xent_float32(z1.float(), z2.float(), temperature)
+
+
+def _nt_xent_float32(z1, z2, temperature):
     n = z1.shape[0]
     local1, local2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     all1, all2 = gather_with_grad(local1), gather_with_grad(local2)   # (N, d), ranks in order

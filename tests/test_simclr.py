@@ -48,6 +48,19 @@ def test_matches_the_paper_formula(seed, temperature):
     assert nt_xent(z1, z2, temperature).item() == pytest.approx(reference_nt_xent(z1, z2, temperature), rel=1e-5)
 
 
+def test_loss_is_float32_under_bf16_autocast():
+    """At temperature 0.1 a bf16 similarity matmul rounds logits near 10 to
+    1/16; the loss must not change with the AMP setting."""
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    exact = nt_xent(z1, z2, temperature=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_amp = nt_xent(z1, z2, temperature=0.1)
+    assert under_amp.dtype == torch.float32
+    assert under_amp.item() == pytest.approx(exact.item(), rel=1e-6)
+    assert exact.item() == pytest.approx(reference_nt_xent(z1, z2, 0.1), rel=1e-5)
+
+
 def test_trunk_state_dict_has_torchvision_keys_without_fc():
     model = SimCLR(torchvision.models.resnet18(), feature_dim=512)
     weights = model.trunk_state_dict()
