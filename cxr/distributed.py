@@ -11,7 +11,8 @@ so rank j must receive that gradient too. (A plain all_gather has no
 gradient; several public implementations return only the local slice of the
 local gradient, silently dropping the cross-rank terms.) DDP then averages
 parameter gradients over ranks, which makes 2 processes with N images each
-equal to 1 process with 2N images.
+equal to 1 process with 2N images. `all_reduce_sum_with_grad` is the same
+idea for a sum (the batch statistics of `cxr.global_batchnorm`).
 """
 
 import contextlib
@@ -99,6 +100,28 @@ def gather_with_grad(tensor):
     if world_size() == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor):
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_with_grad(tensor):
+    """Sum of `tensor` over ranks, differentiable: every rank's loss depends on
+    the sum, so each rank's input receives the sum of all ranks' gradients."""
+    if world_size() == 1:
+        return tensor
+    return _AllReduceSumWithGrad.apply(tensor)
 
 
 def all_reduce_mean(tensor):

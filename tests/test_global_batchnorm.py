@@ -1,0 +1,123 @@
+"""GlobalBatchNorm: nn.BatchNorm's numbers on one process, and with two real gloo
+processes of N images each the loss, gradients and running statistics of one
+process with all 2N (SimCLR's global BN), which per-process BN does not give."""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cxr.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
+from cxr.simclr import ProjectionHead, nt_xent
+from test_simclr import free_port
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("shape", [(6, 4), (5, 3, 7, 6)])
+def test_one_process_equals_torch_batchnorm(shape, momentum):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g) * 3 + 5
+    upstream = torch.randn(*shape, generator=g)
+    reference = (nn.BatchNorm1d if len(shape) == 2 else nn.BatchNorm2d)(shape[1], momentum=momentum)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5, generator=g)
+        reference.bias.uniform_(-1, 1, generator=g)
+    ours = convert_to_global_batchnorm(copy.deepcopy(reference))
+    assert isinstance(ours, GlobalBatchNorm)
+    results = []
+    for norm in (reference, ours):
+        inputs = x.clone().requires_grad_()
+        for _ in range(2):
+            out = norm(inputs)
+        (out * upstream).sum().backward()
+        results.append((out, inputs.grad, norm.weight.grad, norm.bias.grad, norm.running_mean,
+                        norm.running_var, norm.num_batches_tracked))
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    reference.eval()
+    ours.eval()
+    torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_conversion_keeps_weights_buffers_and_frozen_parameters():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(4 * 6 * 6))
+    model[1].running_mean.fill_(0.25)
+    model[4].weight.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = convert_to_global_batchnorm(model)
+    assert isinstance(converted[1], GlobalBatchNorm) and isinstance(converted[4], GlobalBatchNorm)
+    assert converted.state_dict().keys() == state.keys()
+    for key, value in converted.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert not converted[4].weight.requires_grad and converted[1].weight.requires_grad
+
+
+def encoder():
+    """A small SimCLR model: a conv trunk with BatchNorm2d and the real projection head (BatchNorm1d)."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(trunk, ProjectionHead(6, 16, 4))
+
+
+def views():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 1, 5, 5, generator=g), torch.randn(8, 1, 5, 5, generator=g) * 2 + 1
+
+
+def simclr_loss(model, x1, x2):
+    """Both views in one forward pass, as train_ssl.py does."""
+    z = model(torch.cat([x1, x2]))
+    return nt_xent(z[:len(x1)], z[len(x1):], temperature=0.5)
+
+
+def _worker(rank, world_size, port, out, global_bn):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        model = encoder()
+        if global_bn:
+            model = convert_to_global_batchnorm(model)
+        ddp = DistributedDataParallel(model)
+        x1, x2 = views()
+        rows = slice(rank * 4, rank * 4 + 4)
+        loss = simclr_loss(ddp, x1[rows], x2[rows])
+        loss.backward()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        if rank == 0:
+            torch.save({"loss": mean_loss / world_size, "grads": [p.grad for p in model.parameters()],
+                        "buffers": dict(model.named_buffers())}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def two_processes(tmp_path, global_bn):
+    out = tmp_path / f"rank0-{global_bn}.pt"
+    mp.spawn(_worker, args=(2, free_port(), str(out), global_bn), nprocs=2, join=True)
+    return torch.load(out, weights_only=True)
+
+
+def test_two_processes_with_global_bn_equal_one_process_with_both_batches(tmp_path):
+    model = encoder()
+    x1, x2 = views()
+    loss = simclr_loss(model, x1, x2)
+    loss.backward()
+    expected = [p.grad for p in model.parameters()]
+
+    distributed = two_processes(tmp_path, global_bn=True)
+    assert distributed["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
+    for got, want in zip(distributed["grads"], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    for name, value in model.named_buffers():
+        torch.testing.assert_close(distributed["buffers"][name], value, rtol=1e-5, atol=1e-6)
+
+    per_process = two_processes(tmp_path, global_bn=False)        # what per-GPU BN would train
+    worst = max(float((got - want).abs().max() / want.abs().max())
+                for got, want in zip(per_process["grads"], expected))
+    assert worst > 0.05
