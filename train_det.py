@@ -30,20 +30,17 @@ from torch.nn.parallel import DistributedDataParallel
 from cxr.box_augment import BoxAugment
 from cxr.classes import CLASS_NAMES
 from cxr.data import DetectionDataset, load_coco, split_images
-from cxr.detector import build_detector, initialize_backbone
+from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
 from cxr.distributed import process_group
-from cxr.engine import RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume, write_run_header
+from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, read_resumable, restore,
+                        run_config, write_run_header)
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import coco_ground_truth, coco_metrics, detection_collate, gather_to_main, predict
-from cxr.optim import build_optimizer, step_schedule, warmup_cosine_schedule
+from cxr.global_batchnorm import convert_to_global_batchnorm
+from cxr.optim import build_optimizer, check_warmup, step_schedule, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
 from cxr.splits import partition, seeded_permutation
-
-RESUME_KEYS = ("arch", "image_size", "batch_size", "epochs", "lr", "labeled_fraction", "split_seed", "init",
-               "repeat_threshold", "repeat_rounding", "negatives", "seed", "world_size", "norm",
-               "trainable_layers", "roi_batch_size", "val_fraction")
-
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="Faster R-CNN fine-tuning (torchrun-able).")
@@ -61,8 +58,15 @@ def get_args_parser():
     p.add_argument("--split-seed", type=int, default=None, help="default: the one pretraining used, else 0")
     p.add_argument("--allow-overlap", action="store_true",
                    help="allow labeled images that were also in the SSL pool")
-    p.add_argument("--trainable-layers", type=int, default=3, help="ResNet stages trained, 0-5 (torchvision)")
-    p.add_argument("--norm", default="frozen", choices=["frozen", "bn", "syncbn"])
+    p.add_argument("--trainable-layers", type=int, default=5,
+                   help="ResNet stages trained, 0-5; 5 (all) trains a random start too (torchvision's "
+                        "fine-tuning recipe for ImageNet weights is 3 with --norm frozen)")
+    p.add_argument("--norm", default="syncbn", choices=["frozen", "bn", "syncbn"],
+                   help="syncbn: BatchNorm with statistics over all processes' batches (cxr.global_batchnorm; "
+                        "plain BatchNorm on one process); bn: per process; frozen: FrozenBatchNorm2d")
+    p.add_argument("--anchors", default="scaled", choices=list(ANCHORS),
+                   help="scaled: torchvision's anchor sizes (32-512 px for 800 px images) times "
+                        "image-size / 800; torchvision: 32-512 px whatever the image size")
     p.add_argument("--roi-batch-size", type=int, default=512,
                    help="proposals sampled per image to train the box head (torchvision: 512); "
                         "lower it to train faster on a CPU")
@@ -167,12 +171,29 @@ class DetectionTask:
         return len(inputs[0])
 
 
-def learning_rates(args, steps_per_epoch):
-    total = args.epochs * steps_per_epoch
+def training_loader(dataset, factors, args, dist_info):
+    """(sampler, loader) of the oversampled, sharded, per-item-seeded training epochs."""
+    sampler = RepeatFactorSampler(factors, dist_info.world_size, dist_info.rank, seed=args.seed,
+                                  rounding=args.repeat_rounding)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                         num_workers=args.workers, collate_fn=detection_collate,
+                                         pin_memory=dist_info.device.type == "cuda")
+    return sampler, loader
+
+
+def epoch_steps(sampler, batch_size, epochs):
+    """The optimizer steps of every epoch: repeat-factor epochs differ in length
+    (stochastic rounding) and exceed sum(r) (ceil rounding), so they are counted."""
+    return [math.ceil(sampler.shard_length(epoch) / batch_size) for epoch in range(epochs)]
+
+
+def learning_rates(args, total_steps):
+    """The learning rate of every global step of the whole run."""
+    check_warmup(args.warmup_iters, total_steps, f"--warmup-iters {args.warmup_iters}")
     if args.lr_schedule == "cosine":
-        return warmup_cosine_schedule(args.lr, total, args.warmup_iters)
-    milestones = [round(float(f) * total) for f in args.lr_steps.split(",")]
-    return step_schedule(args.lr, total, args.warmup_iters, milestones)
+        return warmup_cosine_schedule(args.lr, total_steps, args.warmup_iters)
+    milestones = [round(float(f) * total_steps) for f in args.lr_steps.split(",")]
+    return step_schedule(args.lr, total_steps, args.warmup_iters, milestones)
 
 
 def main(argv=None):
@@ -188,48 +209,51 @@ def run(args, dist_info):
     args.arch = args.arch or meta.get("arch", "resnet50")
     args.split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
     labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
+    dataset = DetectionDataset.split(args.data_dir, "train", names=set(labeled), negatives=negatives,
+                                     augment=BoxAugment() if args.augment else None)
+    factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
+    sampler, loader = training_loader(dataset, factors, args, dist_info)
+    steps = epoch_steps(sampler, args.batch_size, args.epochs)
+    schedule = learning_rates(args, sum(steps))
+    eval_dataset, ground_truth = evaluation_ground_truth(args, held_out)
+    torch.manual_seed(args.seed)
+    model = build_detector(args.arch, args.image_size, args.norm, args.trainable_layers, args.roi_batch_size,
+                           args.anchors)
+    message = initialize_backbone(model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth")
+    config = run_config(args, dist_info)
+    resumed = read_resumable(experiment_dir / "checkpoint.pth", config) if args.resume else None
+
     checkpoint_path = prepare_run_dir(experiment_dir, args.resume, args.replace, dist_info, keep=("pretrain", "eval"))
     logger = RunLogger(experiment_dir, dist_info.is_main)
     write_run_header(logger, experiment_dir, args, dist_info)
     if dist_info.is_main:
         (experiment_dir / "labeled_images.txt").write_text("".join(f"{name}\n" for name in labeled))
-    dataset = DetectionDataset.split(args.data_dir, "train", names=set(labeled), negatives=negatives,
-                               augment=BoxAugment() if args.augment else None)
-    factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
-    sampler = RepeatFactorSampler(factors, dist_info.world_size, dist_info.rank, seed=args.seed,
-                                  rounding=args.repeat_rounding)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.workers, collate_fn=detection_collate,
-                                         pin_memory=dist_info.device.type == "cuda")
-    eval_dataset, ground_truth = evaluation_ground_truth(args, held_out)
-
-    torch.manual_seed(args.seed)
-    model = build_detector(args.arch, args.image_size, args.norm, args.trainable_layers, args.roi_batch_size)
-    message = initialize_backbone(model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth")
     logger.log(message, event="init")
+    if args.init == "random" and args.norm == "frozen":
+        logger.log("warning: --init random with --norm frozen normalizes nothing (identity statistics) and "
+                   f"keeps the {5 - args.trainable_layers} first stages at random weights; the fair "
+                   "random baseline is --norm syncbn --trainable-layers 5", event="warning")
     if args.norm == "syncbn" and dist_info.world_size > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_to_global_batchnorm(model)
     model.to(dist_info.device)
     optimizer = build_optimizer("sgd", model, args.lr, args.weight_decay)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
-    steps_per_epoch = math.ceil(sum(factors) / dist_info.world_size / args.batch_size)
-    schedule = learning_rates(args, steps_per_epoch)
-
-    config = {k: getattr(args, k) for k in RESUME_KEYS if k != "world_size"}
-    config["world_size"] = dist_info.world_size
     start_epoch = start_step = 0
     history = []
-    if args.resume:
-        start_epoch, start_step = resume(checkpoint_path, config, model, optimizer, scaler, logger)
+    if resumed is not None:
+        start_epoch, start_step = restore(resumed, model, optimizer, scaler, logger, checkpoint_path)
         history_path = experiment_dir / "eval_history.json"
         history = json.loads(history_path.read_text()) if history_path.is_file() else []
 
     ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
-    logger.log(f"Faster R-CNN {args.arch}-FPN at {args.image_size} px: {len(labeled)} labeled images, "
-               f"{len(negatives)} negatives, repeat factors sum {sum(factors):.1f} (t={args.repeat_threshold}), "
-               f"~{steps_per_epoch} iterations of {args.batch_size} x {dist_info.world_size} per epoch; evaluating on "
-               f"{len(eval_dataset)} {'held-out' if held_out else 'test'} images", event="data",
-               labeled=len(labeled), negatives=len(negatives), repeat_factor_sum=sum(factors))
+    logger.log(f"Faster R-CNN {args.arch}-FPN at {args.image_size} px (anchors "
+               f"{', '.join(str(s[0]) for s in anchor_sizes(args.image_size, args.anchors))} px, norm {args.norm}, "
+               f"{args.trainable_layers} stages trained): {len(labeled)} labeled images, {len(negatives)} negatives, "
+               f"repeat factors sum {sum(factors):.1f} (t={args.repeat_threshold}, {args.repeat_rounding}), "
+               f"{sum(steps)} iterations of {args.batch_size} x {dist_info.world_size} in {args.epochs} epochs; "
+               f"evaluating on {len(eval_dataset)} {'held-out' if held_out else 'test'} images", event="data",
+               labeled=len(labeled), negatives=len(negatives), repeat_factor_sum=sum(factors),
+               scheduled_steps=sum(steps))
 
     def evaluate(epoch):
         last = epoch + 1 == args.epochs
@@ -261,7 +285,7 @@ def run(args, dist_info):
             "arch": args.arch, "image_size": args.image_size, "num_classes": len(CLASS_NAMES) + 1,
             "classes": list(CLASS_NAMES), "label_is": "COCO category_id = class_id + 1 (0 is background)",
             "init": args.init, "init_message": message, "norm": args.norm,
-            "trainable_layers": args.trainable_layers, "data_dir": str(args.data_dir),
+            "trainable_layers": args.trainable_layers, "anchors": args.anchors, "data_dir": str(args.data_dir),
             "labeled_images": len(labeled), "labeled_fraction": args.labeled_fraction, "split_seed": args.split_seed,
             "negatives": len(negatives), "repeat_threshold": args.repeat_threshold, "epochs": args.epochs,
             "final_metrics": history[-1] if history else None,

@@ -32,17 +32,14 @@ from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
 from cxr.data import ImageList, split_images, to_network_input
 from cxr.distributed import process_group
-from cxr.engine import RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, resume, write_run_header
+from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, read_resumable, restore,
+                        run_config, write_run_header)
 from cxr.errors import UserError, exit_on_user_error
-from cxr.optim import build_optimizer, warmup_cosine_schedule
+from cxr.global_batchnorm import convert_to_global_batchnorm
+from cxr.optim import build_optimizer, check_warmup, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
-
-# What a checkpoint must agree on for --resume to continue the same run.
-RESUME_KEYS = ("arch", "image_size", "batch_size", "epochs", "lr", "warmup_epochs", "optimizer",
-               "ssl_fraction", "split_seed", "include_normal", "seed", "world_size")
-
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="SimCLR pretraining (torchrun-able).")
@@ -72,7 +69,9 @@ def get_args_parser():
                    help="add the normal images (prepare --keep-normal) to the SSL pool")
     p.add_argument("--workers", type=int, default=4, help="data loader processes per training process")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="under torchrun, BatchNorm statistics of the global batch (SimCLR's global BN, "
+                        "cxr.global_batchnorm, any backend); --no-sync-bn normalizes per process")
     p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (off by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -154,39 +153,44 @@ def run(args, dist_info):
     if len(paths) // dist_info.world_size < args.batch_size:
         raise UserError(f"the SSL pool has {len(paths)} images, fewer than --batch-size {args.batch_size} "
                         f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction")
-    run_dir = Path(args.output_dir) / args.experiment_name / "pretrain"
-    checkpoint_path = prepare_run_dir(run_dir, args.resume, args.replace, dist_info)
-    logger = RunLogger(run_dir, dist_info.is_main)
-    write_run_header(logger, run_dir, args, dist_info)
-    if dist_info.is_main:
-        (run_dir / "ssl_images.txt").write_text("".join(f"{name}\n" for name in sorted(paths)))
     dataset = ImageList([paths[name] for name in sorted(paths)], args.image_size)
     sampler = torch.utils.data.DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True,
                                                   seed=args.seed, drop_last=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
                                          num_workers=args.workers, pin_memory=dist_info.device.type == "cuda",
                                          persistent_workers=args.workers > 0)
+    warmup_steps, total_steps = round(args.warmup_epochs * len(loader)), args.epochs * len(loader)
+    check_warmup(warmup_steps, total_steps, f"--warmup-epochs {args.warmup_epochs:g}")
+    schedule = warmup_cosine_schedule(args.lr, total_steps, warmup_steps)
+    config = run_config(args, dist_info)
+    run_dir = Path(args.output_dir) / args.experiment_name / "pretrain"
+    resumed = read_resumable(run_dir / "checkpoint.pth", config) if args.resume else None
+
+    checkpoint_path = prepare_run_dir(run_dir, args.resume, args.replace, dist_info)
+    logger = RunLogger(run_dir, dist_info.is_main)
+    write_run_header(logger, run_dir, args, dist_info)
+    if dist_info.is_main:
+        (run_dir / "ssl_images.txt").write_text("".join(f"{name}\n" for name in sorted(paths)))
 
     torch.manual_seed(args.seed)
     model = SimCLR(build_resnet(args.arch), FEATURE_DIMS[args.arch], args.projection_dim)
-    if args.sync_bn and dist_info.world_size > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    global_bn = args.sync_bn and dist_info.world_size > 1
+    if global_bn:
+        model = convert_to_global_batchnorm(model)
     channels_last = dist_info.device.type == "cuda"
     model.to(dist_info.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = build_optimizer(args.optimizer, model, args.lr, args.weight_decay)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
-    schedule = warmup_cosine_schedule(args.lr, args.epochs * len(loader), round(args.warmup_epochs * len(loader)))
-
-    config = {k: getattr(args, k) for k in RESUME_KEYS if k != "world_size"}
-    config["world_size"] = dist_info.world_size
     start_epoch = start_step = 0
-    if args.resume:
-        start_epoch, start_step = resume(checkpoint_path, config, model, optimizer, scaler, logger)
+    if resumed is not None:
+        start_epoch, start_step = restore(resumed, model, optimizer, scaler, logger, checkpoint_path)
 
     ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+    normalization = f"global over {dist_info.world_size} processes" if global_bn else "per process"
     logger.log(f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images "
-               f"({len(loader)} iterations of {args.batch_size} x {dist_info.world_size} per epoch)",
-               event="data", images=len(paths), iterations_per_epoch=len(loader))
+               f"({len(loader)} iterations of {args.batch_size} x {dist_info.world_size} per epoch); "
+               f"BatchNorm statistics {normalization}", event="data", images=len(paths),
+               iterations_per_epoch=len(loader), global_batchnorm=global_bn)
     task = SimCLRTask(args.image_size, views, args.temperature, dist_info.device, channels_last)
     completed = fit(model=ddp_model, unwrapped=model, loader=loader, sampler=sampler, task=task,
                     optimizer=optimizer, scaler=scaler, schedule=schedule, epochs=args.epochs, amp=args.amp,

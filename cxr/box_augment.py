@@ -13,8 +13,9 @@ The geometric step maps each box to the bounding box of its four transformed
 corners, clipped to the image; a box whose area after clipping is below
 16 px^2, or below 30% of the transformed box before clipping, is dropped with
 its label. Images are float (1, H, W) in [0, 1], boxes float (N, 4) xyxy in
-pixels; inputs are never modified in place. Randomness comes from torch's
-generator (the data loader seeds each worker).
+pixels; inputs are never modified in place. Every random draw comes from the
+torch.Generator passed in, which the dataset seeds per item from the
+sampler (`cxr.samplers`), so ranks and workers never share draws.
 """
 
 import math
@@ -95,38 +96,38 @@ def motion_blur(image, direction):
     return F.conv2d(padded, kernel.view(1, 1, 3, 3))[0]
 
 
-def _uniform(low, high):
-    return low + (high - low) * torch.rand(()).item()
+def _uniform(low, high, generator):
+    return low + (high - low) * torch.rand((), generator=generator).item()
 
 
-def _happens(p):
-    return torch.rand(()).item() < p
+def _happens(p, generator):
+    return torch.rand((), generator=generator).item() < p
 
 
 class BoxAugment:
-    """The training-time pipeline: call(image, boxes, labels) -> (image, boxes, labels)."""
+    """The training-time pipeline: call(image, boxes, labels, generator) -> (image, boxes, labels)."""
 
     def __init__(self, config=None):
         self.config = config or BoxAugmentConfig()
 
-    def __call__(self, image, boxes, labels):
-        c = self.config
+    def __call__(self, image, boxes, labels, generator):
+        c, g = self.config, generator
         _, height, width = image.shape
-        if _happens(c.geometric_p):
-            image, boxes = shift_scale_rotate(image, boxes, _uniform(-c.shift, c.shift), _uniform(-c.shift, c.shift),
-                                              _uniform(1 - c.scale, 1 + c.scale),
-                                              _uniform(-c.rotate_degrees, c.rotate_degrees))
+        if _happens(c.geometric_p, g):
+            image, boxes = shift_scale_rotate(image, boxes, _uniform(-c.shift, c.shift, g),
+                                              _uniform(-c.shift, c.shift, g), _uniform(1 - c.scale, 1 + c.scale, g),
+                                              _uniform(-c.rotate_degrees, c.rotate_degrees, g))
             boxes, labels = clip_and_filter(boxes, labels, width, height, c.min_area, c.min_visibility)
-        if _happens(c.hflip_p):
+        if _happens(c.hflip_p, g):
             image, boxes = hflip(image, boxes)
-        if _happens(c.brightness_contrast_p):
+        if _happens(c.brightness_contrast_p, g):
             limit = c.brightness_contrast
-            image = (image * _uniform(1 - limit, 1 + limit) + _uniform(-limit, limit)).clamp(0, 1)
-        if _happens(c.gamma_p):
-            image = image.pow(_uniform(*c.gamma))
-        if _happens(c.noise_p):
-            std = math.sqrt(_uniform(*c.noise_variance)) / 255
-            image = (image + torch.randn(image.shape) * std).clamp(0, 1)
-        if _happens(c.motion_blur_p):
-            image = motion_blur(image, int(torch.randint(4, ())))
+            image = (image * _uniform(1 - limit, 1 + limit, g) + _uniform(-limit, limit, g)).clamp(0, 1)
+        if _happens(c.gamma_p, g):
+            image = image.pow(_uniform(*c.gamma, g))
+        if _happens(c.noise_p, g):
+            std = math.sqrt(_uniform(*c.noise_variance, g)) / 255
+            image = (image + torch.randn(image.shape, generator=g) * std).clamp(0, 1)
+        if _happens(c.motion_blur_p, g):
+            image = motion_blur(image, int(torch.randint(4, (), generator=g)))
         return image, boxes, labels

@@ -99,7 +99,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     target: boxes (N, 4) float xyxy in the PNG's pixels, labels (N,) COCO
     category ids, image_id (the COCO id; -1 for added box-free negatives).
     names: keep only these image names; negatives: extra image paths without
-    boxes; augment: a callable (image, boxes, labels) -> same, e.g. BoxAugment.
+    boxes; augment: a callable (image, boxes, labels, generator) -> (image,
+    boxes, labels), e.g. BoxAugment. With augment the dataset is indexed by
+    (index, seed) pairs, as `cxr.samplers.RepeatFactorSampler` yields them,
+    and each item's draws come from a generator seeded with its seed.
     `DetectionDataset.split(data_dir, split)` reads a prepared split.
     """
 
@@ -130,9 +133,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         """The set of category ids on each image, for repeat factors."""
         return [set(labels.tolist()) for _, _, labels, _ in self.items]
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, boxes, labels, image_id = self.items[index]
         image = read_grayscale(path).float() / 255
         if self.augment is not None:
-            image, boxes, labels = self.augment(image, boxes, labels)
+            if seed is None:
+                raise TypeError("an augmenting DetectionDataset is indexed by (index, seed) pairs")
+            image, boxes, labels = self.augment(image, boxes, labels, torch.Generator().manual_seed(seed))
         return image, {"boxes": boxes, "labels": labels, "image_id": image_id}

@@ -9,7 +9,15 @@ normalizes them with the ImageNet statistics `cxr.data` uses for SSL.
 Norm layers: 'frozen' (FrozenBatchNorm2d everywhere, torchvision's choice for
 fine-tuning), 'bn' or 'syncbn' (trainable BatchNorm in the trainable layers;
 the layers outside --trainable-layers are frozen completely, their norms
-included, so frozen really means unchanged).
+included, so frozen really means unchanged; train_det.py makes 'syncbn'
+global across processes with `cxr.global_batchnorm`).
+
+Anchors: torchvision's sizes 32, 64, 128, 256, 512 px (one per FPN level,
+aspect ratios 0.5, 1, 2) are meant for images resized to 800 px. 'scaled'
+multiplies them by image_size / 800, so that anchors cover the same share of
+the image as torchvision's do on its own 800 px resize (at 128 px: 5 to 82
+px instead of 32 to 512, most of which would exceed the image);
+'torchvision' keeps them as they are.
 
 `transfer_trunk` maps a torchvision ResNet state dict onto backbone.body,
 asserts the exact sets of missing and unexpected keys and every shape, and
@@ -29,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -38,6 +47,17 @@ from .data import IMAGE_MEAN, IMAGE_STD
 from .errors import UserError
 
 NORMS = ("frozen", "bn", "syncbn")
+ANCHORS = ("scaled", "torchvision")
+TORCHVISION_ANCHOR_SIZES = (32, 64, 128, 256, 512)
+TORCHVISION_IMAGE_SIZE = 800
+
+
+def anchor_sizes(image_size, anchors="scaled"):
+    """One anchor size per FPN level, in pixels of the image the model reads."""
+    if anchors not in ANCHORS:
+        raise UserError(f"unknown --anchors {anchors!r}; expected one of {', '.join(ANCHORS)}")
+    scale = image_size / TORCHVISION_IMAGE_SIZE if anchors == "scaled" else 1.0
+    return tuple((max(1, round(size * scale)),) for size in TORCHVISION_ANCHOR_SIZES)
 
 
 def _freeze_norms_of_frozen_layers(module):
@@ -52,7 +72,7 @@ def _freeze_norms_of_frozen_layers(module):
             _freeze_norms_of_frozen_layers(child)
 
 
-def build_detector(arch, image_size, norm="frozen", trainable_layers=3, roi_batch_size=512):
+def build_detector(arch, image_size, norm="syncbn", trainable_layers=5, roi_batch_size=512, anchors="scaled"):
     """Faster R-CNN with a randomly initialized `arch`-FPN backbone.
 
     roi_batch_size: proposals sampled per image to train the box head
@@ -67,9 +87,11 @@ def build_detector(arch, image_size, norm="frozen", trainable_layers=3, roi_batc
                                    norm_layer=FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d,
                                    trainable_layers=trainable_layers)
     _freeze_norms_of_frozen_layers(backbone.body)
+    sizes = anchor_sizes(image_size, anchors)
+    anchor_generator = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     return FasterRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=image_size, max_size=image_size,
                       image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD),
-                      box_batch_size_per_image=roi_batch_size)
+                      rpn_anchor_generator=anchor_generator, box_batch_size_per_image=roi_batch_size)
 
 
 def transfer_trunk(detector, state, arch, source):
@@ -130,8 +152,10 @@ def load_detector(path):
         found = head.shape[0] if head is not None else len(classes) + 1
         raise UserError(f"{path}: its classes do not match cxr's: it predicts {found} labels, cxr has "
                         f"{NUM_CLASSES + 1} (background + the 14 VinBigData lesions in cxr/classes.py)")
+    # Files written before anchors and norms were recorded were trained with these defaults.
     norm = "bn" if meta.get("norm") == "syncbn" else meta.get("norm", "frozen")
-    model = build_detector(meta["arch"], meta["image_size"], norm, meta.get("trainable_layers", 3))
+    model = build_detector(meta["arch"], meta["image_size"], norm, meta.get("trainable_layers", 3),
+                           anchors=meta.get("anchors", "torchvision"))
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)

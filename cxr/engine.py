@@ -16,9 +16,10 @@ and `fit` does the rest, the same way for SimCLR and Faster R-CNN:
 - rank 0 prints a progress line (epoch, iteration, loss, lr, images/s, data
   time, ETA) and appends every line it logs to log.jsonl;
 - after each epoch an atomic checkpoint.pth (model, optimizer, scaler, epoch,
-  step, RNG states: tensors and primitives only, weights_only-loadable).
-  Randomness inside an epoch is reseeded from (seed, epoch, rank), so a run
-  resumed after epoch k ends with exactly the weights of an uninterrupted one.
+  step: tensors and primitives only, weights_only-loadable). All randomness
+  of an epoch is seeded from (seed, epoch, rank) when it starts (`seed_epoch`),
+  so ranks draw differently and a run resumed after epoch k ends with
+  exactly the weights of an uninterrupted one.
 """
 
 import contextlib
@@ -36,6 +37,7 @@ import torch
 from .distributed import all_reduce_mean
 from .errors import UserError
 from .optim import set_learning_rate
+from .seeds import derive_seed
 from .outputs import atomic_path, atomic_write_json
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,7 +85,8 @@ class RunLogger:
 
 
 def prepare_run_dir(run_dir, resume, replace, dist_info, keep=()):
-    """Refuse to overwrite a run unless --replace; with --resume it must exist.
+    """Refuse to overwrite a run unless --replace (a resumed run, whose checkpoint
+    `read_resumable` has checked, continues in place); returns the checkpoint path.
 
     Entries of run_dir named in `keep` belong to other stages (the detector's
     run shares the experiment folder with pretrain/ and eval/): they neither
@@ -91,8 +94,6 @@ def prepare_run_dir(run_dir, resume, replace, dist_info, keep=()):
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoint.pth"
     if resume:
-        if not checkpoint.is_file():
-            raise UserError(f"--resume: no checkpoint at {checkpoint}; start without --resume")
         return checkpoint
     owned = [p for p in run_dir.iterdir() if p.name not in keep] if run_dir.is_dir() else []
     if owned and not replace:
@@ -122,19 +123,6 @@ def write_run_header(logger, run_dir, args, dist_info):
                f"torch {header['torch']}\nargs: {arguments}", event="start", **header)
 
 
-def rng_state():
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def atomic_torch_save(path, state):
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -147,26 +135,52 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"cannot load checkpoint {path}: {error}") from None
 
 
-def resume(checkpoint_path, config, model, optimizer, scaler, logger):
-    """Restore a run from its checkpoint after checking that the settings in
-    `config` are the ones it was started with; returns (epoch, step) done."""
+# Arguments that do not change what a run computes: they may differ on --resume.
+RESUME_MAY_CHANGE = frozenset({"resume", "replace", "stop_after", "print_freq", "workers", "device", "devices",
+                               "output_dir", "experiment_name", "eval_every", "eval_batch_size"})
+
+
+def run_config(args, dist_info):
+    """Every setting that changes a run's result: all arguments but RESUME_MAY_CHANGE,
+    and the number of processes. Saved in each checkpoint and compared on --resume."""
+    config = {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_MAY_CHANGE}
+    return {**config, "world_size": dist_info.world_size}
+
+
+def read_resumable(checkpoint_path, config):
+    """The checkpoint's state, after checking that `config` is the one it was
+    started with (called before anything of the run folder is rewritten)."""
+    if not Path(checkpoint_path).is_file():
+        raise UserError(f"--resume: no checkpoint at {checkpoint_path}; start without --resume")
     state = load_checkpoint(checkpoint_path)
-    changed = [k for k in config if state["config"].get(k) != config[k]]
+    changed = [k for k in sorted(set(config) | set(state["config"])) if state["config"].get(k) != config.get(k)]
     if changed:
         raise UserError("--resume with different settings than the checkpoint: "
-                        + ", ".join(f"{k} {state['config'].get(k)} -> {config[k]}" for k in changed))
+                        + ", ".join(f"{k} {state['config'].get(k)} -> {config.get(k)}" for k in changed))
+    return state
+
+
+def restore(state, model, optimizer, scaler, logger, checkpoint_path):
+    """Load a checkpoint's model, optimizer and scaler; returns (epoch, step) done."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
     logger.log(f"resumed from {checkpoint_path} after epoch {state['epoch']}", event="resume", epoch=state["epoch"])
     return state["epoch"], state["step"]
 
 
-def epoch_generator(seed, epoch, rank, device):
-    """The generator of all randomness drawn on the device during one epoch."""
+def seed_epoch(seed, epoch, rank, device):
+    """Reseed torch's global generators for one epoch of one rank, and return a
+    generator on the device for the task's own draws (SimCLR's views).
+
+    The global generators drive what the model samples (Faster R-CNN's
+    anchors and RoIs) and the data loader's worker seeds; reseeding them from
+    (seed, epoch, rank) gives every rank its own draws and makes an epoch's
+    randomness independent of the epochs before it, so a resumed run needs no
+    saved generator state."""
+    torch.manual_seed(derive_seed(seed, epoch, rank, 0))
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+    generator.manual_seed(derive_seed(seed, epoch, rank, 1))
     return generator
 
 
@@ -232,7 +246,7 @@ def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule,
     for epoch in range(start_epoch, last_epoch):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        generator = epoch_generator(seed, epoch, dist_info.rank, device)
+        generator = seed_epoch(seed, epoch, dist_info.rank, device)
         step, mean_loss = train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs,
                                           amp, device, clip_grad, logger, print_freq, generator,
                                           dist_info.world_size)
@@ -243,6 +257,6 @@ def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule,
         if dist_info.is_main:
             atomic_torch_save(checkpoint_path, {
                 "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "rng": rng_state(),
+                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
                 **(checkpoint_extra or {})})
     return max(start_epoch, last_epoch)

@@ -16,6 +16,8 @@ import math
 import numpy as np
 import torch
 
+from .errors import UserError
+
 
 def parameter_groups(model, weight_decay):
     """Two groups: decayed and LARS-adapted weights, and exempt biases/norms."""
@@ -91,6 +93,14 @@ def step_schedule(base_lr, total_steps, warmup_steps, milestones, gamma=0.1):
     warmup_steps = min(warmup_steps, total_steps)
     rates[:warmup_steps] *= np.arange(1, warmup_steps + 1) / max(warmup_steps, 1)
     return rates
+
+
+def check_warmup(warmup_steps, total_steps, flag):
+    """Refuse a warmup longer than the run: its learning rate would never reach
+    the base rate, and the decay the schedule promises would never happen."""
+    if warmup_steps > total_steps:
+        raise UserError(f"{flag} is longer than the whole run ({warmup_steps} warmup steps, {total_steps} "
+                        "steps in all); lower it, or train for more epochs")
 
 
 def set_learning_rate(optimizer, lr):

@@ -12,11 +12,19 @@ ceil(r_i) times ('ceil', the seed project / mmdetection), from a generator
 seeded by seed + epoch; the list is shuffled with the same generator, padded
 by repeating its head to a multiple of the world size, and rank k takes
 positions k, k + W, k + 2W, ... exactly like torch's DistributedSampler.
+
+Each position p also carries the seed of its item's augmentation,
+derive_seed(seed, epoch, p): the sampler yields (index, seed) pairs. Ranks
+hold different positions, so they never draw the same augmentation, and the
+draws do not depend on the number of processes or data-loader workers (an
+item is augmented the same way on 1 or 8 GPUs), nor on the epochs before.
 """
 
 import math
 
 import torch
+
+from .seeds import derive_seed
 
 
 def repeat_factors(image_labels, threshold):
@@ -71,7 +79,13 @@ class RepeatFactorSampler(torch.utils.data.Sampler):
         return indices
 
     def __iter__(self):
-        return iter(self._epoch_list[self.rank::self.num_replicas].tolist())
+        """(index, augmentation seed) of each item of this rank's shard."""
+        positions = range(self.rank, len(self._epoch_list), self.num_replicas)
+        return iter([(int(self._epoch_list[p]), derive_seed(self.seed, self.epoch, p)) for p in positions])
+
+    def shard_length(self, epoch):
+        """Items this rank gets in `epoch` (the length varies with stochastic rounding)."""
+        return len(self.epoch_indices(epoch)) // self.num_replicas
 
     def __len__(self):
         return len(self._epoch_list) // self.num_replicas

@@ -7,16 +7,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import math
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torchvision
+from PIL import Image
 from torch import nn
 
 import train_det
 from conftest import prepared_synthetic
-from cxr.detector import build_detector, changed_backbone_tensors, initialize_backbone, transfer_trunk
+from cxr.box_augment import BoxAugment, BoxAugmentConfig
+from cxr.data import DetectionDataset
+from cxr.detector import (anchor_sizes, build_detector, changed_backbone_tensors, initialize_backbone,
+                          load_detector, transfer_trunk)
+from cxr.distributed import DistInfo
 from cxr.errors import UserError
+from cxr.samplers import RepeatFactorSampler
 from cxr.splits import partition
+from test_simclr import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,10 +97,10 @@ def det_args(data_dir, out, name, *extra):
 
 @pytest.mark.slow
 def test_resumed_detector_run_equals_uninterrupted(data_dir, tmp_path):
-    train_det.main(det_args(data_dir, tmp_path, "straight"))
-    train_det.main(det_args(data_dir, tmp_path, "resumed", "--stop-after", "1"))
+    train_det.main(det_args(data_dir, tmp_path, "straight", "--repeat-rounding", "ceil"))
+    train_det.main(det_args(data_dir, tmp_path, "resumed", "--repeat-rounding", "ceil", "--stop-after", "1"))
     assert not (tmp_path / "resumed" / "fasterrcnn_final.pth").exists()
-    train_det.main(det_args(data_dir, tmp_path, "resumed", "--resume"))
+    train_det.main(det_args(data_dir, tmp_path, "resumed", "--repeat-rounding", "ceil", "--resume"))
     straight = torch.load(tmp_path / "straight" / "fasterrcnn_final.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "fasterrcnn_final.pth", weights_only=True)
     for key in straight:
@@ -99,6 +112,29 @@ def test_resumed_detector_run_equals_uninterrupted(data_dir, tmp_path):
     assert 0.0 <= history[-1]["AP50"] <= 1.0 and len(history[-1]["per_class"]) == 14
     detector = build_detector("resnet18", 64)
     detector.load_state_dict(straight)                 # the file is exactly a FasterRCNN state dict
+    records = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    scheduled = next(r["scheduled_steps"] for r in records if r["event"] == "data")
+    assert torch.load(tmp_path / "straight" / "checkpoint.pth", weights_only=True)["step"] == scheduled
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("one-epoch")
+    train_det.main(det_args(data_dir, root, "run", "--epochs", "1", "--eval-every", "0"))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changed", [("--lr-schedule", "cosine"), ("--lr-steps", "0.5,0.9"), ("--warmup-iters", "3"),
+                                     ("--weight-decay", "0"), ("--no-augment",), ("--amp", "bf16"),
+                                     ("--clip-grad", "1"), ("--anchors", "torchvision"), ("--norm", "bn")])
+def test_resume_refuses_every_setting_that_changes_the_result(data_dir, one_epoch_run, changed):
+    root = one_epoch_run
+    header = (root / "run" / "args.json").read_text()
+    key = changed[0].lstrip("-").replace("-", "_").replace("no_", "")
+    with pytest.raises(UserError, match=f"--resume with different settings than the checkpoint: {key} "):
+        train_det.main(det_args(data_dir, root, "run", "--epochs", "1", "--resume", *changed))
+    assert (root / "run" / "args.json").read_text() == header          # refused before writing anything
 
 
 @pytest.mark.slow
@@ -125,13 +161,96 @@ def test_seed_project_command_line_parses_with_its_meaning():
     assert (args.labeled_fraction, args.epochs, args.batch_size, args.lr, args.init) == (0.4, 100, 8, 0.01, "ssl")
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_train_and_evaluate(data_dir, tmp_path):
+def torchrun_det(data_dir, tmp_path, name, *extra):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_det.py",
-               *det_args(data_dir, tmp_path, "ddp", "--epochs", "1", "--batch-size", "2")]
+               *det_args(data_dir, tmp_path, name, "--batch-size", "2", *extra)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_evaluate_and_resume_exactly(data_dir, tmp_path):
+    """Two gloo processes with global BatchNorm; stopped after epoch 1 and resumed,
+    the run ends with the uninterrupted run's weights (each rank's randomness
+    comes from (seed, epoch, rank) and the sampler's per-item seeds, not from a
+    saved generator state)."""
+    result = torchrun_det(data_dir, tmp_path, "ddp")
     history = json.loads((tmp_path / "ddp" / "eval_history.json").read_text())
-    assert len(history) == 1 and history[0]["AP"] is not None
+    assert len(history) == 2 and history[-1]["AP"] is not None
     assert json.loads((tmp_path / "ddp" / "args.json").read_text())["world_size"] == 2
+    assert "norm syncbn" in result.stdout
+    torchrun_det(data_dir, tmp_path, "resumed", "--stop-after", "1")
+    torchrun_det(data_dir, tmp_path, "resumed", "--resume")
+    straight = torch.load(tmp_path / "ddp" / "fasterrcnn_final.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "fasterrcnn_final.pth", weights_only=True)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def _augmentation_worker(rank, world_size, port, image_path, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        coco = {"images": [{"id": i, "file_name": image_path.name} for i in range(1, 9)], "annotations": []}
+        dataset = DetectionDataset(coco, image_path.parent, augment=BoxAugment(BoxAugmentConfig(geometric_p=1.0)))
+        args = SimpleNamespace(seed=0, repeat_rounding="stochastic", batch_size=2, workers=0)
+        sampler, loader = train_det.training_loader(dataset, [1.0] * 8, args, DistInfo(rank, world_size, 0,
+                                                                                      torch.device("cpu")))
+        sampler.set_epoch(0)
+        torch.manual_seed(0)                        # the same global state on both ranks
+        torch.save([torch.stack(images) for images, _ in loader], f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_draw_different_augmentations(tmp_path):
+    """Eight copies of one image, two real processes: every augmented image
+    differs between the ranks at the same batch position, and within a rank."""
+    Image.fromarray((np.arange(64 * 64) % 251).reshape(64, 64).astype(np.uint8)).save(tmp_path / "same.png")
+    mp.spawn(_augmentation_worker, args=(2, free_port(), tmp_path / "same.png", str(tmp_path / "batches")),
+             nprocs=2, join=True)
+    rank0, rank1 = (torch.load(f"{tmp_path / 'batches'}.{rank}", weights_only=True) for rank in (0, 1))
+    assert len(rank0) == len(rank1) == 2
+    images = torch.cat(rank0 + rank1).flatten(1)
+    distances = torch.cdist(images, images)
+    assert (distances + torch.eye(len(images)) > 1e-3).all()
+
+
+def test_schedule_spans_every_step_of_the_repeat_factor_epochs():
+    """With ceil rounding an epoch holds sum(ceil(r)) items, with stochastic a
+    random count: the schedule has one rate per step actually taken, so cosine
+    ends at the last step and the step milestones fall at 67% and 89%."""
+    factors = [1.0, 1.2, 2.4, 1.7, 3.1] * 10
+    for rounding, world in (("ceil", 1), ("stochastic", 2), ("ceil", 3)):
+        sampler = RepeatFactorSampler(factors, world, 0, seed=4, rounding=rounding)
+        steps = train_det.epoch_steps(sampler, batch_size=4, epochs=5)
+        real = []
+        for epoch in range(5):
+            sampler.set_epoch(epoch)
+            real.append(len(torch.utils.data.DataLoader(range(10 ** 4), batch_size=4, sampler=sampler)))
+        assert steps == real, rounding
+    assert sum(train_det.epoch_steps(RepeatFactorSampler(factors, rounding="ceil"), 4, 5)) > 5 * math.ceil(
+        sum(factors) / 4)
+    args = train_det.get_args_parser().parse_args(["--warmup-iters", "10", "--lr", "0.1"])
+    rates = train_det.learning_rates(args, 300)
+    assert len(rates) == 300 and rates[9] == pytest.approx(0.1)
+    assert [10 + int(np.flatnonzero(rates[10:] < r)[0]) for r in (0.05, 0.005)] == [201, 267]
+    args.lr_schedule = "cosine"
+    cosine = train_det.learning_rates(args, 300)
+    assert len(cosine) == 300 and cosine[-1] < 1e-5 and cosine[-1] > 0
+    args.warmup_iters = 301
+    with pytest.raises(UserError, match="--warmup-iters 301 is longer than the whole run"):
+        train_det.learning_rates(args, 300)
+
+
+def test_anchors_scale_with_the_image_and_the_default_trains_a_random_start():
+    assert anchor_sizes(800) == anchor_sizes(512, "torchvision") == ((32,), (64,), (128,), (256,), (512,))
+    assert anchor_sizes(128) == ((5,), (10,), (20,), (41,), (82,))
+    detector = build_detector("resnet18", 128)
+    assert detector.rpn.anchor_generator.sizes == anchor_sizes(128)
+    body = detector.backbone.body
+    assert all(p.requires_grad for p in body.parameters())                        # all five stages train
+    norms = [m for m in body.modules() if "Norm" in type(m).__name__]
+    assert norms and all(isinstance(m, nn.BatchNorm2d) for m in norms)          # normalization that learns

@@ -96,4 +96,6 @@ def test_probe_scores_use_training_statistics_only():
     rescaled = probe_test_scores(train_x * scale + offset, train_y, test_x * scale + offset)
     torch.testing.assert_close(rescaled, scores, atol=1e-4, rtol=1e-4)
     alone = probe_test_scores(train_x, train_y, test_x[:1])
-    torch.testing.assert_close(alone, scores[:1], atol=0, rtol=0)
+    # Scored alone, the image goes through products of another shape, whose float
+    # rounding may differ in the last bits on another CPU (kernel choice).
+    torch.testing.assert_close(alone, scores[:1], atol=1e-9, rtol=1e-9)

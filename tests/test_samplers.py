@@ -51,7 +51,7 @@ def test_shards_are_disjoint_and_cover_the_epoch(world):
     positions = [list(range(rank, len(epoch_list), world)) for rank in range(world)]
     assert sorted(p for shard in positions for p in shard) == list(range(len(epoch_list)))   # disjoint, cover
     for rank, sampler in enumerate(shards):
-        assert list(sampler) == [epoch_list[p] for p in positions[rank]]
+        assert [index for index, _ in sampler] == [epoch_list[p] for p in positions[rank]]
         assert len(sampler) == len(epoch_list) // world
     assert len(epoch_list) % world == 0
     unpadded = RepeatFactorSampler(factors, 1, 0, seed=5).epoch_indices(3).tolist()
@@ -66,6 +66,28 @@ def test_same_epoch_same_order_next_epoch_different():
     assert list(a) == list(b)
     b.set_epoch(5)
     assert list(a) != list(b)
+
+
+def test_every_position_has_its_own_augmentation_seed_whatever_the_world_size():
+    """Ranks never share a seed within an epoch or across epochs, and the item at
+    a global position gets the same (index, seed) on 1 process as on 2 or 3."""
+    factors = [1.0 + i / 7 for i in range(23)]
+    single = RepeatFactorSampler(factors, 1, 0, seed=9)
+    single.set_epoch(2)
+    by_position = list(single)
+    for world in (2, 3):
+        seen = []
+        for rank in range(world):
+            sampler = RepeatFactorSampler(factors, world, rank, seed=9)
+            sampler.set_epoch(2)
+            items = list(sampler)
+            seen += [seed for _, seed in items]
+            for j, item in enumerate(items):
+                if rank + j * world < len(by_position):
+                    assert item == by_position[rank + j * world]
+        assert len(set(seen)) == len(seen)
+    single.set_epoch(3)
+    assert not {seed for _, seed in single} & {seed for _, seed in by_position}
 
 
 def test_invalid_arguments():

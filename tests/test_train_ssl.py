@@ -73,6 +73,16 @@ def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", "--batch-size", "4"))
     with pytest.raises(UserError, match="no checkpoint"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "other", "--resume"))
+    header = (tmp_path / "exp" / "pretrain" / "args.json").read_text()
+    for changed in (("--temperature", "0.2"), ("--views", "cxr"), ("--weight-decay", "0"), ("--no-sync-bn",),
+                    ("--amp", "bf16"), ("--clip-grad", "1"), ("--projection-dim", "64"), ("--precise-bn-images", "8")):
+        key = changed[0].lstrip("-").replace("-", "_").replace("no_", "")
+        with pytest.raises(UserError, match=f"different settings than the checkpoint: {key} "):
+            train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", *changed))
+    assert (tmp_path / "exp" / "pretrain" / "args.json").read_text() == header     # refused before writing
+    with pytest.raises(UserError, match="--warmup-epochs 3 is longer than the whole run"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "long-warmup", "--epochs", "2", "--warmup-epochs", "3"))
+    assert not (tmp_path / "long-warmup").exists()
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
 
 
@@ -107,6 +117,7 @@ def test_torchrun_with_two_cpu_processes(data_dir, tmp_path):
     header = json.loads((run / "args.json").read_text())
     assert header["world_size"] == 2
     assert result.stdout.count("epoch 1/1 done") == 1          # only rank 0 logs
+    assert "BatchNorm statistics global over 2 processes" in result.stdout
 
 
 class NaNAtSecondBatch:
