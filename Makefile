@@ -23,7 +23,7 @@ experiment: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m cxr.experiment --out demo --replace --synthetic-images 80 --synthetic-size 64 \
 		--ssl-image-size 64 --det-image-size 64 --ssl-epochs 1 --det-epochs 1 --ssl-batch-size 16 \
-		--det-roi-batch-size 32 --pictures 2 --workers 0
+		--det-roi-batch-size 32 --det-warmup-iters 2 --pictures 2 --workers 0
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

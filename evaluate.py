@@ -13,9 +13,10 @@
 experiment folder; architecture and image size come from the JSON train_det.py
 wrote beside it) on the test images, batched, in exact shards under torchrun,
 and reports pycocotools' 12 numbers, AP at IoU 0.4 (the competition's
-threshold, with COCO's 101-point interpolation) and a per-class table. It
-writes metrics.json, per_class.csv and test_predictions.json (COCO results)
-into <output-dir>/<experiment>/eval/.
+threshold, with COCO's 101-point interpolation), a per-class table, and the
+competition's own metric (mAP@0.4 over the lesions and "No finding", VOC
+interpolation; see cxr.evaluation). It writes metrics.json, per_class.csv
+and test_predictions.json (COCO results) into <output-dir>/<experiment>/eval/.
 
 --mode visualize draws ground truth (solid) and predictions (dashed, with
 scores) on --num-images test images or --image-ids, one PNG each plus a
@@ -50,12 +51,12 @@ import torch
 from PIL import Image
 
 from cxr.backbone import headless_resnet, pretrained_trunk
-from cxr.classes import CLASS_NAMES, class_id, coco_categories
+from cxr.classes import CLASS_NAMES, NUM_CLASSES, class_id, coco_categories
 from cxr.data import DetectionDataset, check_images_exist, load_coco, xyxy
 from cxr.detector import load_detector
 from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
-from cxr.evaluation import STAT_NAMES, coco_ground_truth, coco_metrics, gather_to_main, predict
+from cxr.evaluation import STAT_NAMES, coco_ground_truth, coco_metrics, competition_metrics, gather_to_main, predict
 from cxr.outputs import atomic_write_json, atomic_write_text, refuse_existing, staged_directory
 from cxr.probe import macro_auroc, probe_test_scores, split_features
 from cxr.samplers import inference_shard
@@ -188,13 +189,21 @@ def run_map(args, dist_info):
     if not dist_info.is_main:
         return None
     metrics = coco_metrics(coco_ground_truth(coco), results)
+    competition = competition_metrics(coco, results)
+    normal_films = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]})
     print(metrics_tables(metrics))
     print("AP40 is AP at IoU 0.4 (the VinBigData competition's threshold) with COCO's 101-point interpolation")
+    print(f"competition mAP@0.4 (VOC all-point, lesions + 'No finding' scored 1 - the top lesion score): "
+          f"{_fmt(competition['mAP40'])}; 'No finding' AP {_fmt(competition['per_class'][NUM_CLASSES + 1])} "
+          f"on {normal_films} test images without boxes"
+          + ("" if normal_films else " (prepare --normal-in-test adds normal films)"))
     summary = {"checkpoint": str(checkpoint), "arch": meta["arch"], "image_size": meta["image_size"],
                "test_images": len(coco["images"]), "test_boxes": len(coco["annotations"]),
                "annotation_file": str(ann_file), "image_dir": str(image_dir),
                "score_threshold": threshold, "world_size": dist_info.world_size,
-               "seconds": round(time.perf_counter() - start, 1), **metrics}
+               "seconds": round(time.perf_counter() - start, 1), **metrics,
+               "competition": {"mAP40": competition["mAP40"], "no_finding_AP40": competition["per_class"][
+                   NUM_CLASSES + 1], "test_images_without_boxes": normal_films}}
     eval_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(eval_dir / "test_predictions.json", results)
     atomic_write_text(eval_dir / "per_class.csv", per_class_csv(metrics))

@@ -10,6 +10,14 @@
   competition's threshold, here with COCO's 101-point interpolated precision,
   all areas, 100 detections), and per class AP, AP50, AP@0.4 and the number
   of ground-truth boxes.
+- `competition_metrics` gives the VinBigData competition's metric: mean AP at
+  IoU 0.4 over the 14 lesions and "No finding", with VOC 2010's all-point
+  interpolation (`cxr.average_precision`; matching as pycocotools does it).
+  As in the competition, an image without boxes carries one "No finding"
+  box (0, 0, 1, 1), and every image gets one "No finding" prediction there,
+  scored 1 - its highest lesion score (1 without detections): the detector's
+  own confidence that the film is normal. "No finding" counts only when the
+  test split holds normal images (prepare --normal-in-test).
 """
 
 import contextlib
@@ -21,6 +29,8 @@ import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .average_precision import average_precision, match_detections
+from .classes import NO_FINDING_NAME, NUM_CLASSES, coco_categories
 from .distributed import world_size
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -111,3 +121,29 @@ def coco_metrics(coco_gt, results):
     return {**{name: (float(value) if value > -1 else None) for name, value in zip(STAT_NAMES, standard.stats)},
             "AP40": _mean_precision(precision_04[0, :, :, 0, -1]), "detections": len(results),
             "per_class": per_class}
+
+
+def competition_metrics(dataset, results):
+    """The competition's mAP@0.4 (15 classes, VOC interpolation) of COCO results
+    on a COCO dict; {"mAP40": value, "per_class": {category id: AP or None}}."""
+    no_finding = NUM_CLASSES + 1
+    boxed = {a["image_id"] for a in dataset["annotations"]}
+    first_id = 1 + max((a["id"] for a in dataset["annotations"]), default=0)     # pycocotools: ids > 0
+    normal_boxes = [{"id": first_id + n, "image_id": image["id"], "category_id": no_finding,
+                     "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}
+                    for n, image in enumerate(i for i in dataset["images"] if i["id"] not in boxed)]
+    ground_truth = coco_ground_truth({**dataset, "annotations": dataset["annotations"] + normal_boxes,
+                                      "categories": coco_categories() + [{"id": no_finding,
+                                                                          "name": NO_FINDING_NAME}]})
+    highest = {}
+    for r in results:
+        highest[r["image_id"]] = max(highest.get(r["image_id"], 0.0), r["score"])
+    normal_predictions = [{"image_id": image["id"], "category_id": no_finding, "bbox": [0, 0, 1, 1],
+                           "score": 1.0 - highest.get(image["id"], 0.0)} for image in dataset["images"]]
+    _, categories = match_detections(ground_truth, results + normal_predictions, iou_thresholds=[0.4])
+    per_class = {}
+    for matches in categories:
+        ap = average_precision(matches, interpolation="voc")
+        per_class[matches.category_id] = None if ap is None else float(ap[0])
+    defined = [ap for ap in per_class.values() if ap is not None]
+    return {"mAP40": float(np.mean(defined)) if defined else None, "per_class": per_class}

@@ -13,11 +13,16 @@ the report, so any stage can be rerun by hand. With --nproc-per-node N the
 training and evaluation stages run under torchrun.
 
 For each SSL fraction f (the share of the training images pretrained on, as
-in Bencevic et al., 2022) the detector is fine-tuned twice on the same
-labeled images (the last 1 - f of the seeded permutation, cxr.splits): from
-the SSL backbone (runs/sslP) and from a random one (runs/randomP). With more
-than one fraction, a random-init detector on all labeled images (runs/random100)
-gives the all-labels baseline.
+in Bencevic et al., 2022) and each training seed s, the detector is
+fine-tuned twice on the same labeled images (the last 1 - f of the seeded
+permutation, cxr.splits): from the SSL backbone (runs/sslP-sS) and from a
+random one (runs/randomP-sS). The two fine-tuning commands are one command
+that differs only in --experiment-name and --init: same flags, same labeled
+images, same seed, and a protocol under which a random start trains (all
+stages, BatchNorm global across processes: train_det.py's defaults). With
+more than one fraction, a random-init detector on all labeled images
+(runs/random100-sS) gives the all-labels baseline. The report compares the
+arms with paired bootstrap intervals over the test images and the seeds.
 
 Everything goes into --out. A rerun refuses an existing folder unless
 --replace (start over) or --resume (skip the stages that completed; a
@@ -36,7 +41,7 @@ from pathlib import Path
 
 from .errors import UserError, exit_on_user_error
 from .outputs import atomic_write_json
-from .report import percent, write_report
+from .report import percent, run_name, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,6 +94,16 @@ class Stage:
     run_dir: Path = None          # a training run: resumable from run_dir/checkpoint.pth
 
 
+def parse_seeds(text):
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--train-seeds {text!r}: expected comma-separated whole numbers like 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--train-seeds {text!r}: give distinct non-negative seeds")
+    return seeds
+
+
 def parse_fractions(text):
     try:
         fractions = [float(part) for part in text.split(",") if part.strip()]
@@ -117,49 +132,56 @@ def plan_stages(args, settings, out):
                              "--replace"]))
     stages.append(Stage("prepare", "prepare: validate, fuse the readers' boxes (WBF), split train/test",
                         [python, "-m", "cxr.prepare", "--csv", str(csv), "--images", str(images), "--out", str(data),
-                         "--keep-normal", "--replace"]))
+                         "--keep-normal", *(["--normal-in-test"] if args.normal_in_test else []), "--replace"]))
     common = ["--data-dir", str(data), "--output-dir", str(runs), "--arch", s.arch, "--workers", str(s.workers),
               *device]
-    detection = ["--image-size", str(s.det_image_size), "--epochs", str(s.det_epochs), "--batch-size",
-                 str(s.det_batch_size), "--lr", str(s.det_lr), "--warmup-iters", str(s.det_warmup_iters),
-                 "--roi-batch-size", str(s.det_roi_batch_size), "--seed", str(args.seed), "--print-freq", "5"]
     evaluation = ["--data-dir", str(data), "--output-dir", str(runs), "--workers", str(s.workers), "--replace",
                   *device]
+
+    def detector(name, init, labeled_fraction, seed):
+        """The one fine-tuning command: the arms differ in --experiment-name and --init only."""
+        return [*launcher, "train_det.py", *common, "--experiment-name", name, "--init", init,
+                "--labeled-fraction", str(labeled_fraction), "--split-seed", str(args.seed),
+                "--image-size", str(s.det_image_size), "--epochs", str(s.det_epochs), "--batch-size",
+                str(s.det_batch_size), "--lr", str(s.det_lr), "--warmup-iters", str(s.det_warmup_iters),
+                "--roi-batch-size", str(s.det_roi_batch_size), "--seed", str(seed), "--print-freq", "5"]
+
     for i, fraction in enumerate(args.fractions):
         p = percent(fraction)
-        stages.append(Stage(f"ssl{p}", f"SimCLR pretraining on {p}% of the training images (+ normal images)",
-                            [*launcher, "train_ssl.py", *common, "--experiment-name", f"ssl{p}", "--ssl-fraction",
-                             str(fraction), "--split-seed", str(args.seed), "--include-normal", "--image-size",
-                             str(s.ssl_image_size), "--epochs", str(s.ssl_epochs), "--batch-size",
-                             str(s.ssl_batch_size), "--lr", str(s.ssl_lr), "--warmup-epochs",
-                             str(s.ssl_warmup_epochs), "--views", s.ssl_views, "--temperature",
-                             str(s.ssl_temperature), "--seed", str(args.seed),
-                             "--print-freq", "5"], runs / f"ssl{p}" / "pretrain"))
-        stages.append(Stage(f"probe-ssl{p}", f"linear probe of the SSL{p} backbone",
-                            [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", f"ssl{p}"]))
-        if i == 0:
-            stages.append(Stage("probe-random", "linear probe of a random backbone (the baseline)",
-                                [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", "random",
-                                 "--backbone", "random", "--seed", str(args.seed), "--arch", s.arch,
-                                 "--image-size", str(s.ssl_image_size)]))
-        for init in ("ssl", "random"):
-            name = f"{init}{p}"
-            labeled = [] if init == "ssl" else ["--labeled-fraction", str(round(1 - fraction, 6)),
-                                                "--split-seed", str(args.seed)]
-            source = "the SSL backbone" if init == "ssl" else "a random backbone"
-            stages.append(Stage(f"det-{name}", f"Faster R-CNN from {source} on the labeled {100 - p}%",
-                                [*launcher, "train_det.py", *common, "--experiment-name", name, "--init", init,
-                                 *labeled, *detection], runs / name))
+        for seed in args.train_seeds:
+            ssl, random = run_name("ssl", p, seed), run_name("random", p, seed)
+            stages.append(Stage(f"pretrain-{ssl}", f"SimCLR pretraining on {p}% of the training images "
+                                f"(+ normal images), seed {seed}",
+                                [*launcher, "train_ssl.py", *common, "--experiment-name", ssl, "--ssl-fraction",
+                                 str(fraction), "--split-seed", str(args.seed), "--include-normal",
+                                 "--image-size", str(s.ssl_image_size), "--epochs", str(s.ssl_epochs),
+                                 "--batch-size", str(s.ssl_batch_size), "--lr", str(s.ssl_lr), "--warmup-epochs",
+                                 str(s.ssl_warmup_epochs), "--views", s.ssl_views, "--temperature",
+                                 str(s.ssl_temperature), "--seed", str(seed), "--print-freq", "5"],
+                                runs / ssl / "pretrain"))
+            stages.append(Stage(f"probe-{ssl}", f"linear probe of the {ssl} backbone",
+                                [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", ssl]))
+            if i == 0:
+                name = run_name("random", None, seed)
+                stages.append(Stage(f"probe-{name}", f"linear probe of a random backbone, seed {seed} (the baseline)",
+                                    [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", name,
+                                     "--backbone", "random", "--seed", str(seed), "--arch", s.arch,
+                                     "--image-size", str(s.ssl_image_size)]))
+            labeled = round(1 - fraction, 6)
+            stages.append(Stage(f"det-{ssl}", f"Faster R-CNN from the SSL backbone on the labeled {100 - p}%, "
+                                f"seed {seed}", detector(ssl, "ssl", labeled, seed), runs / ssl))
+            stages.append(Stage(f"det-{random}", f"Faster R-CNN from a random backbone on the labeled {100 - p}%, "
+                                f"seed {seed}", detector(random, "random", labeled, seed), runs / random))
     if len(args.fractions) > 1:
-        stages.append(Stage("det-random100", "Faster R-CNN from a random backbone on all labeled images",
-                            [*launcher, "train_det.py", *common, "--experiment-name", "random100", "--init", "random",
-                             "--labeled-fraction", "1.0", "--split-seed", str(args.seed), *detection],
-                            runs / "random100"))
-    for name in detector_runs(args.fractions):
+        for seed in args.train_seeds:
+            name = run_name("random", 100, seed)
+            stages.append(Stage(f"det-{name}", f"Faster R-CNN from a random backbone on all labeled images, "
+                                f"seed {seed}", detector(name, "random", 1.0, seed), runs / name))
+    for name in detector_runs(args.fractions, args.train_seeds):
         stages.append(Stage(f"map-{name}", f"COCO mAP of {name} on the test split",
                             [*launcher, "evaluate.py", "--mode", "map", *evaluation, "--experiment-name", name]))
     for init in ("ssl", "random"):
-        name = f"{init}{percent(args.fractions[0])}"
+        name = run_name(init, percent(args.fractions[0]), args.train_seeds[0])
         stages.append(Stage(f"pictures-{name}", f"pictures of {name}'s detections",
                             [python, "evaluate.py", "--mode", "visualize", *evaluation, "--experiment-name", name,
                              "--num-images", str(s.pictures), "--seed", str(args.seed)]))
@@ -167,9 +189,9 @@ def plan_stages(args, settings, out):
     return stages
 
 
-def detector_runs(fractions):
-    names = [f"{init}{percent(f)}" for f in fractions for init in ("ssl", "random")]
-    return names + (["random100"] if len(fractions) > 1 else [])
+def detector_runs(fractions, seeds):
+    names = [run_name(init, percent(f), seed) for f in fractions for seed in seeds for init in ("ssl", "random")]
+    return names + ([run_name("random", 100, seed) for seed in seeds] if len(fractions) > 1 else [])
 
 
 def run_command(stage, log_path, resuming):
@@ -237,7 +259,8 @@ def open_experiment(args, settings):
     """Create, replace or reopen --out; returns the Experiment."""
     out = Path(args.out).resolve()
     config = {"preset": args.preset, "settings": asdict(settings), "ssl_fractions": args.fractions,
-              "seed": args.seed, "vinbig": str(Path(args.vinbig).resolve()) if args.vinbig else None,
+              "seed": args.seed, "train_seeds": args.train_seeds, "normal_in_test": args.normal_in_test,
+              "vinbig": str(Path(args.vinbig).resolve()) if args.vinbig else None,
               "nproc_per_node": args.nproc_per_node, "device": args.device}
     record_path = out / "experiment.json"
     if args.resume:
@@ -275,7 +298,13 @@ def get_args_parser():
                    help="the real 512 px download (train.csv, train/) instead of synthetic data")
     p.add_argument("--ssl-fractions", default="0.6",
                    help="shares of the training images to pretrain on, e.g. 0.1,0.2,...,0.9 for the paper's sweep")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data: the synthetic images and the SSL / labeled split")
+    p.add_argument("--train-seeds", default="0",
+                   help="training seeds, e.g. 0,1,2: each pretrains and fine-tunes both arms once (runs "
+                        "ssl60-s0, random60-s0, ...); the report's intervals then cover training randomness too")
+    p.add_argument("--normal-in-test", action="store_true",
+                   help="prepare --normal-in-test: normal films in the test split, competition-like mAP")
     p.add_argument("--nproc-per-node", type=int, default=1, help="run training and mAP under torchrun with N")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out")
@@ -287,10 +316,16 @@ def get_args_parser():
     return p
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def parse_args(argv):
+    """The parsed command line, with the fraction and seed lists checked."""
     args = get_args_parser().parse_args(argv)
-    args.argv, args.fractions = argv, parse_fractions(args.ssl_fractions)
+    args.argv, args.fractions = list(argv), parse_fractions(args.ssl_fractions)
+    args.train_seeds = parse_seeds(args.train_seeds)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.resume and args.replace:
         raise UserError("--resume and --replace contradict each other; pick one")
     if args.vinbig and not (Path(args.vinbig) / "train.csv").is_file():

@@ -6,7 +6,10 @@ Writes data/train/, data/test/ (hard links to the PNGs, copies where linking
 is impossible), data/train_annotations.json, data/test_annotations.json,
 data/split.json and data/prepare_summary.json; with --keep-normal also
 data/normal/ and data/normal_annotations.json (COCO images, no annotations),
-for later stages that use normal images as unlabeled or negative data.
+for later stages that use normal images as unlabeled or negative data. With
+--normal-in-test the test split also holds --test-fraction of the normal
+images (without boxes, split by the same seed; the rest stay in normal/), as
+the competition's test set did.
 
 Each image was read by three radiologists, so one lesion is usually drawn two
 or three times. Per image and class the boxes are fused with Weighted Boxes
@@ -293,7 +296,7 @@ def format_class_table(rows):
 
 
 def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_fraction=0.2, seed=1,
-            keep_normal=False, skip_missing=False, replace=False, log=print):
+            keep_normal=False, skip_missing=False, replace=False, normal_in_test=False, log=print):
     """Run the whole preparation; returns the summary dict also written to disk."""
     start = time.perf_counter()
     if not Path(images_dir).is_dir():
@@ -305,7 +308,8 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
     has_finding = np.zeros(len(table.image_names), dtype=bool)
     has_finding[table.image_index[table.class_ids != NO_FINDING_ID]] = True
     finding_names = [n for n, f in zip(table.image_names, has_finding) if f]
-    normal_names = [n for n, f in zip(table.image_names, has_finding) if not f] if keep_normal else []
+    wants_normal = keep_normal or normal_in_test
+    normal_names = [n for n, f in zip(table.image_names, has_finding) if not f] if wants_normal else []
     png_sizes, num_missing = locate_images(finding_names + normal_names, images_dir, skip_missing, log)
     finding_names = [n for n in finding_names if n in png_sizes]
     normal_names = [n for n in normal_names if n in png_sizes]
@@ -314,8 +318,10 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
 
     annotations, report = fuse_annotations(table, png_sizes, iou_thr, skip_box_thr)
     train_names, test_names = split_test(finding_names, test_fraction, seed)
+    normal_names, test_normal = split_test(normal_names, test_fraction, seed) if normal_in_test else (normal_names, [])
+    normal_names = normal_names if keep_normal else []
     split = {"seed": seed, "test_fraction": test_fraction, "train": train_names, "test": test_names,
-             "normal": sorted(normal_names)}
+             "test_normal": test_normal, "normal": sorted(normal_names)}
     info = {"description": "VinBigData boxes fused per image and class with WBF", "source_csv": str(csv_path),
             "iou_thr": iou_thr, "skip_box_thr": skip_box_thr, "seed": seed, "test_fraction": test_fraction}
     split_annotations = {"train": {n: annotations.get(n, []) for n in train_names},
@@ -326,6 +332,7 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
         "csv_rows": len(table.image_index), "csv_images": len(table.image_names),
         "finding_images": len(finding_names), "normal_images_kept": len(normal_names),
         "missing_images": num_missing, "train_images": len(train_names), "test_images": len(test_names),
+        "test_normal_images": len(test_normal),
         "csv_boxes": int(sum(r["csv_boxes"] for r in per_class)),
         "fused_boxes": sum(len(a) for a in annotations.values()),
         "boxes_swapped": report.swapped, "boxes_clipped": report.clipped,
@@ -333,7 +340,8 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
         "finding_images_left_without_boxes": len(box_free), "per_class": per_class,
     }
 
-    splits = [("train", train_names), ("test", test_names)] + ([("normal", split["normal"])] if keep_normal else [])
+    splits = [("train", train_names), ("test", sorted(test_names + test_normal))]
+    splits += [("normal", split["normal"])] if keep_normal else []
     with staged_directory(out, replace) as staging:
         copies = 0
         for name, names in splits:
@@ -353,6 +361,7 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
         f"{report.swapped} swapped, {report.clipped} clipped, {report.zero_area} zero-area dropped, "
         f"{report.below_threshold} below skip_box_thr; {len(box_free)} finding images left without boxes")
     log(f"split (seed {seed}, test fraction {test_fraction}): {len(train_names)} train, {len(test_names)} test"
+        + (f" + {len(test_normal)} normal test images" if normal_in_test else "")
         + (f", {len(normal_names)} normal" if keep_normal else "") + f"; wrote {out} in {summary['seconds']} s")
     return summary
 
@@ -369,6 +378,9 @@ def get_args_parser():
     parser.add_argument("--seed", type=int, default=1, help="seed of the train/test permutation")
     parser.add_argument("--keep-normal", action="store_true",
                         help="also write normal/ and normal_annotations.json (images without findings)")
+    parser.add_argument("--normal-in-test", action="store_true",
+                        help="put --test-fraction of the normal images into the test split too (without boxes), "
+                             "so that mAP counts false positives on normal films, as the competition did")
     parser.add_argument("--skip-missing", action="store_true",
                         help="leave out images that are listed but missing, instead of stopping")
     parser.add_argument("--replace", action="store_true", help="overwrite an existing --out")
@@ -383,7 +395,7 @@ def main(argv=None):
     if not 0.0 <= args.iou_thr <= 1.0:
         parser.error(f"--iou-thr must be in [0, 1], got {args.iou_thr}")
     prepare(args.csv, args.images, Path(args.out), args.iou_thr, args.skip_box_thr, args.test_fraction,
-            args.seed, args.keep_normal, args.skip_missing, args.replace)
+            args.seed, args.keep_normal, args.skip_missing, args.replace, args.normal_in_test)
 
 
 if __name__ == "__main__":

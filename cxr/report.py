@@ -2,7 +2,11 @@
 
 The report answers "did self-supervision help?" in its first lines (SSL vs
 random initialization on the same labeled images, by mAP and by the linear
-probe), then says what was run on what data with which settings, gives the
+probe). The answer follows from a paired bootstrap interval of the mAP
+difference over the test images and the training seeds (`cxr.bootstrap`):
+"Yes" or "No" only when the interval excludes zero, else "Not shown". It
+then says what was run on what data with which settings (read from each
+stage's args.json), gives the
 results in the paper's table layout (Bencevic et al., 2022: mAP@[.5:.95],
 mAP50, mAP small, AR@100, AR small, labeled images), charts (SSL loss,
 detection losses, mAP per epoch, per-class AP, and with several SSL fractions
@@ -15,9 +19,17 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
+from .average_precision import average_precision, match_detections
+from .bootstrap import paired_bootstrap
 from .classes import CLASS_NAMES
+from .evaluation import coco_ground_truth
 from .outputs import atomic_write_text
 from .svg import bar_chart, line_chart
+
+BOOTSTRAP_REPLICATES = 2000
+LEVEL = 0.9
 
 
 def _read_json(path, default=None):
@@ -41,15 +53,29 @@ def _fmt(value, digits=3):
 
 
 def percent(fraction):
-    """A fraction as the whole percent that names its runs (0.6 -> 60: runs/ssl60)."""
+    """A fraction as the whole percent that names its runs (0.6 -> 60: runs/ssl60-s0)."""
     return round(fraction * 100)
 
 
-def verdict(ssl, random):
-    """'helped', 'hurt' or 'mixed' from the mAP and mAP50 of the two inits."""
-    ahead = [ssl[k] > random[k] for k in ("AP", "AP50")]
-    behind = [ssl[k] < random[k] for k in ("AP", "AP50")]
-    return "helped" if all(ahead) else "hurt" if all(behind) else "mixed"
+def run_name(init, percent_, seed):
+    """The run folder of one arm: ssl60-s0, random60-s0, random100-s0; the random
+    backbone of the probe baseline (no fraction): random-s0."""
+    return f"{init}{'' if percent_ is None else percent_}-s{seed}"
+
+
+def verdict(difference):
+    """'helped', 'hurt' or 'not shown' from the interval of SSL minus random."""
+    if not difference.excludes_zero():
+        return "not shown"
+    return "helped" if difference.low > 0 else "hurt"
+
+
+def map_summary(categories, counts):
+    """mAP@[.5:.95] and mAP50 of one run on the test images taken counts[i] times."""
+    per_class = [ap for ap in (average_precision(c, counts) for c in categories) if ap is not None]
+    if not per_class:
+        return {"AP": None, "AP50": None}
+    return {"AP": float(np.mean([ap.mean() for ap in per_class])), "AP50": float(np.mean([ap[0] for ap in per_class]))}
 
 
 class ExperimentFolder:
@@ -60,9 +86,15 @@ class ExperimentFolder:
         self.record = _read_json(self.out / "experiment.json")
         self.config = self.record["config"]
         self.fractions = self.config["ssl_fractions"]
+        self.seeds = self.config["train_seeds"]
+        self._ground_truth = None
 
     def run(self, name):
         return self.out / "runs" / name
+
+    def names(self, init, percent_):
+        """The runs of one arm (or, percent_ None, the random probe backbones), one per training seed."""
+        return [run_name(init, percent_, seed) for seed in self.seeds]
 
     def metrics(self, name):
         return _read_json(self.run(name) / "eval" / "metrics.json")
@@ -72,30 +104,64 @@ class ExperimentFolder:
         return len(path.read_text().split()) if path.is_file() else None
 
     def probe(self, name):
+        """The probe of an SSL run's backbone, or of the random backbone random-sS."""
         folder = self.run(name) / "eval"
-        return _read_json(folder / ("probe-ssl.json" if name.startswith("ssl")
-                                    else f"probe-random-seed{self.config['seed']}.json"))
+        if name.startswith("ssl"):
+            return _read_json(folder / "probe-ssl.json")
+        return _read_json(folder / f"probe-random-seed{name.rsplit('-s', 1)[1]}.json")
+
+    def matches(self, name):
+        """Per-category matches of a run's test predictions (cxr.average_precision)."""
+        if self._ground_truth is None:
+            dataset = _read_json(self.out / "data" / "test_annotations.json")
+            self._ground_truth = dataset, coco_ground_truth(dataset)
+        results = _read_json(self.run(name) / "eval" / "test_predictions.json")
+        return match_detections(self._ground_truth[1], results)[1]
+
+    def comparison(self, percent_):
+        """Paired bootstrap of SSL vs random at one SSL percentage, or None if a run is missing."""
+        ssl, random = self.names("ssl", percent_), self.names("random", percent_)
+        if not all(self.metrics(name) for name in ssl + random):
+            return None
+        first, second = [self.matches(n) for n in ssl], [self.matches(n) for n in random]
+        return paired_bootstrap(first, second, len(first[0][0].ground_truth), map_summary,
+                                replicates=BOOTSTRAP_REPLICATES, level=LEVEL)
 
 
-def _headline(folder, main):
-    ssl, random = folder.metrics(f"ssl{main}"), folder.metrics(f"random{main}")
-    probe_ssl, probe_random = folder.probe(f"ssl{main}"), folder.probe("random")
-    if not (ssl and random):
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _interval(interval, digits=3):
+    return f"{interval.estimate:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+
+
+def _headline(folder, main, comparison):
+    if comparison is None:
         return ["The detector runs are incomplete; rerun with `--resume`."]
-    answer = {"helped": "**Yes**", "hurt": "**No** - it hurt", "mixed": "**Not clearly**"}[verdict(ssl, random)]
-    lines = [f"**Did self-supervision help?** {answer}, on this run: with SimCLR on {main}% of the training images "
-             f"and {folder.labeled_images(f'ssl{main}')} labeled images for fine-tuning, the detector started from "
-             f"the SSL backbone reaches mAP@[.5:.95] **{_fmt(ssl['AP'])}** and mAP50 **{_fmt(ssl['AP50'])}**, "
-             f"against **{_fmt(random['AP'])}** and **{_fmt(random['AP50'])}** from a random backbone "
-             f"(difference {ssl['AP'] - random['AP']:+.3f} and {ssl['AP50'] - random['AP50']:+.3f})."]
-    if probe_ssl and probe_random:
-        probe_ahead = probe_ssl["macro_auroc"] > probe_random["macro_auroc"]
-        agrees = probe_ahead == (ssl["AP50"] > random["AP50"])
-        lines.append(f"The linear probe {'agrees' if agrees else 'disagrees'}: macro-AUROC "
-                     f"{_fmt(probe_ssl['macro_auroc'])} for the SSL backbone against "
-                     f"{_fmt(probe_random['macro_auroc'])} for a random one.")
-    lines.append(f"One seed, {ssl['test_images']} test images with {ssl['test_boxes']} boxes: differences of a few "
-                 "hundredths are within the noise of a run this small.")
+    ap, ap50 = comparison["AP"]["difference"], comparison["AP50"]["difference"]
+    answer = {"helped": "**Yes**", "hurt": "**No** - it hurt", "not shown": "**Not shown**"}[verdict(ap)]
+    ssl_name = folder.names("ssl", main)[0]
+    test = folder.metrics(ssl_name)
+    seeds = len(folder.seeds)
+    lines = [f"**Did self-supervision help?** {answer}. With SimCLR on {main}% of the training images and "
+             f"{folder.labeled_images(ssl_name)} labeled images for fine-tuning, the detector started from the SSL "
+             f"backbone reaches mAP@[.5:.95] **{comparison['AP']['first'].estimate:.3f}** and mAP50 "
+             f"**{comparison['AP50']['first'].estimate:.3f}**, against "
+             f"**{comparison['AP']['second'].estimate:.3f}** and **{comparison['AP50']['second'].estimate:.3f}** "
+             f"from a random backbone trained the same way. SSL minus random: mAP {_interval(ap)}, mAP50 "
+             f"{_interval(ap50)} ({LEVEL:.0%} paired bootstrap intervals over the {test['test_images']} test images "
+             f"with {test['test_boxes']} boxes and the {seeds} training seed{'s' if seeds > 1 else ''}"
+             f"{'' if seeds > 1 else ', so training randomness is not in them'}). "
+             + {"helped": "The mAP interval lies above zero.",
+                "hurt": "The mAP interval lies below zero.",
+                "not shown": "The mAP interval includes zero: this run cannot tell the two starts apart."}[verdict(ap)]]
+    probe_ssl = _mean([(folder.probe(n) or {}).get("macro_auroc") for n in folder.names("ssl", main)])
+    probe_random = _mean([(folder.probe(n) or {}).get("macro_auroc") for n in folder.names("random", None)])
+    if probe_ssl is not None and probe_random is not None:
+        lines.append(f"Linear probe (macro-AUROC, mean over seeds, no interval): {probe_ssl:.3f} for the SSL "
+                     f"backbone against {probe_random:.3f} for a random one.")
     return [" ".join(lines)]
 
 
@@ -106,57 +172,83 @@ def _data_section(folder):
               f"synthetic VinBigData from `python -m cxr.synthetic` ({settings['synthetic_images']} images at "
               f"{settings['synthetic_size']} px, seed {folder.config['seed']}): a stand-in with the real layout and "
               "statistics, so its numbers test the machinery, not the method on real radiographs")
+    normal_test = summary.get("test_normal_images", 0)
     lines = [f"Data: {source}. After `cxr.prepare` (readers' boxes fused by WBF at IoU 0.2): "
              f"{summary.get('train_images', '?')} training and {summary.get('test_images', '?')} test images with "
              f"findings ({summary.get('fused_boxes', '?')} fused boxes from {summary.get('csv_boxes', '?')} reader "
-             f"boxes), and {summary.get('normal_images_kept', '?')} images without findings.", ""]
+             f"boxes), {normal_test} normal test images, and {summary.get('normal_images_kept', '?')} other images "
+             "without findings.", ""]
     lines.append("| SSL fraction | SSL pool (incl. normal images) | labeled images (the rest) |")
     lines.append("|---|---|---|")
     for fraction in folder.fractions:
-        p = percent(fraction)
-        meta = _read_json(folder.run(f"ssl{p}") / "pretrain" / "pretrained-backbone.json", {})
-        lines.append(f"| {p}% | {meta.get('ssl_images', '?')} | {folder.labeled_images(f'ssl{p}')} |")
+        name = folder.names("ssl", percent(fraction))[0]
+        meta = _read_json(folder.run(name) / "pretrain" / "pretrained-backbone.json", {})
+        lines.append(f"| {percent(fraction)}% | {meta.get('ssl_images', '?')} | {folder.labeled_images(name)} |")
     return lines
 
 
 def _settings_section(folder):
-    s = folder.config["settings"]
-    return [f"Preset `{folder.config['preset']}`, processes per node {folder.config['nproc_per_node']}.", "",
-            "| stage | settings |", "|---|---|",
-            f"| SimCLR | {s['arch']}, {s['ssl_image_size']} px, {s['ssl_epochs']} epochs, batch {s['ssl_batch_size']}, "
-            f"lr {s['ssl_lr']} (warmup {s['ssl_warmup_epochs']} epochs, cosine), views `{s['ssl_views']}`, "
-            f"temperature {s['ssl_temperature']} |",
-            f"| Faster R-CNN | {s['arch']}-FPN, {s['det_image_size']} px, {s['det_epochs']} epochs, batch "
-            f"{s['det_batch_size']}, lr {s['det_lr']} ({s['det_warmup_iters']} warmup iterations, step decay), "
-            f"{s['det_roi_batch_size']} RoIs per image, repeat factors t=0.4, online augmentation |",
-            "| linear probe | pooled trunk features, standardized, one-vs-rest logistic regression C=1, "
-            "14 image-level labels |"]
+    """The settings as each stage's args.json recorded them."""
+    name = folder.names("ssl", percent(folder.fractions[0]))[0]
+    ssl = (_read_json(folder.run(name) / "pretrain" / "args.json") or {}).get("args", {})
+    det = (_read_json(folder.run(name) / "args.json") or {}).get("args", {})
+    lines = [f"Preset `{folder.config['preset']}`, processes per node {folder.config['nproc_per_node']}, "
+             f"training seeds {', '.join(map(str, folder.seeds))}.", "", "| stage | settings |", "|---|---|"]
+    if ssl:
+        lines.append(f"| SimCLR | {ssl['arch']}, {ssl['image_size']} px, {ssl['epochs']} epochs, batch "
+                     f"{ssl['batch_size']}, {ssl['optimizer']} lr {ssl['lr']} (warmup {ssl['warmup_epochs']} epochs, "
+                     f"cosine), weight decay {ssl['weight_decay']}, views `{ssl['views']}`, temperature "
+                     f"{ssl['temperature']} |")
+    if det:
+        schedule = (f"step decay x0.1 at {det['lr_steps']} of training" if det["lr_schedule"] == "step"
+                    else "cosine")
+        lines.append(f"| Faster R-CNN (both arms) | {det['arch']}-FPN, {det['image_size']} px, {det['anchors']} "
+                     f"anchors, norm {det['norm']}, {det['trainable_layers']} stages trained, {det['epochs']} epochs, "
+                     f"batch {det['batch_size']}, lr {det['lr']} ({det['warmup_iters']} warmup iterations, "
+                     f"{schedule}), {det['roi_batch_size']} RoIs per image, repeat factors t={det['repeat_threshold']} "
+                     f"({det['repeat_rounding']}), {'online augmentation' if det['augment'] else 'no augmentation'} |")
+    lines.append("| linear probe | pooled trunk features, standardized, one-vs-rest logistic regression C=1, "
+                 "14 image-level labels |")
+    return lines
 
 
-def _results_table(folder):
+def _results_table(folder, comparisons):
     lines = ["| SSL fraction | labeled images | init | mAP@[.5:.95] | mAP50 | mAP small | AR@100 | AR small | "
-             "AP@0.4 | probe macro-AUROC |", "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [(f"{percent(f)}%", f"{init}{percent(f)}", init) for f in folder.fractions for init in ("ssl", "random")]
+             "AP@0.4 | competition mAP@0.4 | probe macro-AUROC |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [(percent(f), init) for f in folder.fractions for init in ("ssl", "random")]
     if len(folder.fractions) > 1:
-        rows.append(("0% (all labels)", "random100", "random"))
-    for fraction, name, init in rows:
-        m = folder.metrics(name)
-        if m is None:
-            lines.append(f"| {fraction} | - | {init} | not run | | | | | | |")
+        rows.append((100, "random"))
+    for p, init in rows:
+        label = "0% (all labels)" if p == 100 else f"{p}%"
+        names = folder.names(init, p)
+        found = [folder.metrics(n) for n in names]
+        if not all(found):
+            lines.append(f"| {label} | - | {init} | not run | | | | | | | |")
             continue
-        probe = folder.probe(name if init == "ssl" else "random")
-        lines.append(f"| {fraction} | {folder.labeled_images(name)} | {init.upper() if init == 'ssl' else init} | "
-                     f"{_fmt(m['AP'])} | {_fmt(m['AP50'])} | {_fmt(m['AP_small'])} | {_fmt(m['AR100'])} | "
-                     f"{_fmt(m['AR_small'])} | {_fmt(m['AP40'])} | {_fmt(probe and probe['macro_auroc'])} |")
+        comparison = comparisons.get(p)
+        arm = "first" if init == "ssl" else "second"
+        ap, ap50 = (_interval(comparison[k][arm]) if comparison else _fmt(_mean([m[k] for m in found]))
+                    for k in ("AP", "AP50"))
+        means = {k: _fmt(_mean([m[k] for m in found])) for k in ("AP_small", "AR100", "AR_small", "AP40")}
+        competition = _fmt(_mean([m.get("competition", {}).get("mAP40") for m in found]))
+        probes = names if init == "ssl" else folder.names("random", None)
+        probe = _fmt(_mean([(folder.probe(n) or {}).get("macro_auroc") for n in probes]))
+        lines.append(f"| {label} | {folder.labeled_images(names[0])} | {'SSL' if init == 'ssl' else init} | {ap} | "
+                     f"{ap50} | {means['AP_small']} | {means['AR100']} | {means['AR_small']} | {means['AP40']} | "
+                     f"{competition} | {probe} |")
+        if init == "random" and comparison:
+            lines.append(f"| {label} | | **SSL - random** | **{_interval(comparison['AP']['difference'])}** | "
+                         f"**{_interval(comparison['AP50']['difference'])}** | | | | | | |")
     return lines
 
 
 def _ssl_loss_chart(folder):
     series = []
     for fraction in folder.fractions:
-        records = _train_records(folder.run(f"ssl{percent(fraction)}") / "pretrain" / "log.jsonl")
-        if records:
-            series.append((f"SSL {percent(fraction)}%", [r["step"] for r in records], [r["loss"] for r in records]))
+        for name in folder.names("ssl", percent(fraction)):
+            records = _train_records(folder.run(name) / "pretrain" / "log.jsonl")
+            if records:
+                series.append((name, [r["step"] for r in records], [r["loss"] for r in records]))
     if not series:
         return {}
     batch = folder.config["settings"]["ssl_batch_size"] * folder.config["nproc_per_node"]
@@ -168,9 +260,9 @@ def _ssl_loss_chart(folder):
 
 
 def _detector_charts(folder, main):
-    """Training loss, test mAP per epoch and per-class AP50 of the SSL and random runs at `main`%."""
+    """Training loss, test mAP per epoch and per-class AP50 of both arms at `main`%, first seed."""
     charts, loss_series, map_series = {}, [], []
-    names = [f"{init}{main}" for init in ("ssl", "random")]
+    names = [folder.names(init, main)[0] for init in ("ssl", "random")]
     for name in names:
         records = _train_records(folder.run(name) / "log.jsonl")
         if records:
@@ -194,19 +286,25 @@ def _detector_charts(folder, main):
 
 
 def _sweep_chart(folder):
-    """mAP against labeled images for each init, with the all-labels baseline."""
+    """mAP (mean over seeds) against labeled images for each init, with the all-labels baseline."""
     series = []
     for init in ("ssl", "random"):
-        names = [f"{init}{percent(f)}" for f in folder.fractions]
-        points = sorted((folder.labeled_images(n), folder.metrics(n)["AP"]) for n in names if folder.metrics(n))
+        points = []
+        for fraction in folder.fractions:
+            names = folder.names(init, percent(fraction))
+            found = [folder.metrics(n) for n in names]
+            if all(found):
+                points.append((folder.labeled_images(names[0]), _mean([m["AP"] for m in found])))
         if points:
+            points.sort()
             series.append((f"{init} init", [n for n, _ in points], [ap for _, ap in points]))
-    baseline = folder.metrics("random100")
-    if baseline:
-        series.append(("all labels, random", [folder.labeled_images("random100")], [baseline["AP"]]))
+    baseline = [folder.metrics(n) for n in folder.names("random", 100)]
+    if all(baseline):
+        series.append(("all labels, random", [folder.labeled_images(folder.names("random", 100)[0])],
+                       [_mean([m["AP"] for m in baseline])]))
     if not series:
         return {}
-    return {"sweep.svg": ("mAP@[.5:.95] against the number of labeled images",
+    return {"sweep.svg": ("mAP@[.5:.95] (mean over seeds) against the number of labeled images",
                           line_chart(series, "mAP vs labeled images", "labeled images", "mAP@[.5:.95]",
                                      markers=True))}
 
@@ -237,25 +335,31 @@ def write_report(out):
     """Write out/report.md and out/charts/*.svg; returns the report's path."""
     folder = ExperimentFolder(out)
     main = percent(folder.fractions[0])
+    comparisons = {percent(f): folder.comparison(percent(f)) for f in folder.fractions}
     charts_dir = folder.out / "charts"
     charts_dir.mkdir(exist_ok=True)
     charts = _charts(folder, main)
     for file_name, (_, svg) in charts.items():
         atomic_write_text(charts_dir / file_name, svg)
-    lines = ["# cxr experiment report", "", *_headline(folder, main), "",
+    lines = ["# cxr experiment report", "", *_headline(folder, main, comparisons[main]), "",
              "## What was run", "",
              "SimCLR pretraining on the SSL pool, a linear probe of its backbone and of a random one, then Faster "
-             "R-CNN fine-tuned on the labeled images twice - from the SSL backbone and from a random backbone - "
-             "and both evaluated with pycocotools on the same test images.", "",
+             "R-CNN fine-tuned on the labeled images twice - from the SSL backbone and from a random backbone, by "
+             "one command that differs only in `--init` - and both evaluated with pycocotools on the same test "
+             "images.", "",
              *_data_section(folder), "", *_settings_section(folder), "",
              f"Command: `{folder.record['command']}` (started {folder.record['started']}).", "",
-             "## Results", "", *_results_table(folder), "",
-             "mAP@[.5:.95], mAP50, mAP small, AR@100 and AR small are pycocotools' numbers; AP@0.4 is the VinBigData "
-             "competition's IoU threshold with COCO's 101-point interpolation. Per-class tables: "
-             "`runs/<run>/eval/per_class.csv`.", ""]
+             "## Results", "", *_results_table(folder, comparisons), "",
+             f"Means over the training seeds; mAP and mAP50 with {LEVEL:.0%} paired bootstrap intervals over the test "
+             "images and the seeds (`cxr.bootstrap`). mAP@[.5:.95], mAP50, mAP small, AR@100 and AR small are "
+             "pycocotools' numbers; 'small' means boxes under 32 x 32 px in the images the model reads (COCO's "
+             "absolute areas), so at small image sizes nearly every box is small. AP@0.4 is the VinBigData "
+             "competition's IoU threshold with COCO's 101-point interpolation; competition mAP@0.4 is the "
+             "competition's metric (VOC interpolation, 'No finding' included when the test split holds normal "
+             "films; `cxr.evaluation`). Per-class tables: `runs/<run>/eval/per_class.csv`.", ""]
     for file_name, (title, _) in charts.items():
         lines += [f"### {title}", "", f"![{title}](charts/{file_name})", ""]
-    pictures = [f"runs/{init}{main}/eval/visualize/contact_sheet.png" for init in ("ssl", "random")]
+    pictures = [f"runs/{folder.names(init, main)[0]}/eval/visualize/contact_sheet.png" for init in ("ssl", "random")]
     existing = [p for p in pictures if (folder.out / p).is_file()]
     if existing:
         lines += ["## Pictures", "", "Ground truth: solid boxes, name above. Predictions with score >= 0.3: dashed, "

@@ -4,7 +4,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from cxr.classes import coco_categories
-from cxr.evaluation import coco_metrics
+from cxr.evaluation import coco_metrics, competition_metrics
 
 
 def ground_truth(boxes):
@@ -61,3 +61,21 @@ def test_no_detections_gives_zero_not_an_error():
     metrics = coco_metrics(ground_truth([(1, 1, A)]), [])
     assert metrics["AP"] == 0.0 and metrics["detections"] == 0
     assert {row["category_id"]: row["AP"] for row in metrics["per_class"]}[1] == 0.0
+
+
+def test_competition_metric_scores_no_finding_on_normal_films():
+    """Image 1 has a lesion, image 2 is normal. A detector that finds the
+    lesion and nothing on the normal film is perfect on both classes; a false
+    positive on the normal film costs "No finding" (its score 1 - 0.95 ranks
+    the normal film below the lesion film) and the lesion class."""
+    dataset = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": A, "area": 1600, "iscrowd": 0}],
+               "categories": coco_categories()}
+    perfect = competition_metrics(dataset, [detection(1, 3, A, 0.9)])
+    assert perfect["mAP40"] == pytest.approx(1.0)
+    assert perfect["per_class"][15] == pytest.approx(1.0) and perfect["per_class"][1] is None
+    fooled = competition_metrics(dataset, [detection(1, 3, A, 0.9), detection(2, 3, B, 0.95)])
+    # lesion class: FP (0.95) then TP (0.9): precision 1/2 at recall 1 -> VOC AP 0.5.
+    # No finding: image 1 scores 0.1, image 2 (the normal one) 0.05: FP then TP -> 0.5.
+    assert fooled["per_class"][3] == pytest.approx(0.5) and fooled["per_class"][15] == pytest.approx(0.5)
+    assert fooled["mAP40"] == pytest.approx(0.5)

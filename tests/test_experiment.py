@@ -10,34 +10,56 @@ from cxr.errors import UserError
 
 TINY = ["--synthetic-images", "80", "--synthetic-size", "64", "--ssl-image-size", "64", "--det-image-size", "64",
         "--ssl-epochs", "1", "--det-epochs", "1", "--ssl-batch-size", "16", "--det-roi-batch-size", "32",
-        "--pictures", "2", "--workers", "0", "--device", "cpu"]
+        "--pictures", "2", "--workers", "0", "--device", "cpu", "--det-warmup-iters", "2"]
 
 
 def planned(tmp_path, *argv):
-    args = experiment.get_args_parser().parse_args(["--out", str(tmp_path), *argv])
-    args.fractions = experiment.parse_fractions(args.ssl_fractions)
+    args = experiment.parse_args(["--out", str(tmp_path), *argv])
     return experiment.plan_stages(args, experiment.settings_from(args), tmp_path)
 
 
 def test_sweep_pretrains_and_fine_tunes_each_fraction_twice_plus_the_all_labels_baseline(tmp_path):
-    stages = {s.name: s for s in planned(tmp_path, "--ssl-fractions", "0.2,0.8")}
-    assert [n for n in stages if n.startswith("det-")] == ["det-ssl20", "det-random20", "det-ssl80", "det-random80",
-                                                           "det-random100"]
-    random20 = stages["det-random20"].command
-    assert random20[random20.index("--labeled-fraction") + 1] == "0.8"     # the same labeled images as ssl20
-    assert "--labeled-fraction" not in stages["det-ssl20"].command          # ssl20 reads its split from pretrain/
-    assert stages["ssl80"].command[stages["ssl80"].command.index("--ssl-fraction") + 1] == "0.8"
-    assert {"map-ssl20", "map-random80", "map-random100", "report"} <= set(stages)
+    stages = {s.name: s for s in planned(tmp_path, "--ssl-fractions", "0.2,0.8", "--train-seeds", "0,3")}
+    assert [n for n in stages if n.startswith("det-")] == [
+        "det-ssl20-s0", "det-random20-s0", "det-ssl20-s3", "det-random20-s3", "det-ssl80-s0", "det-random80-s0",
+        "det-ssl80-s3", "det-random80-s3", "det-random100-s0", "det-random100-s3"]
+    random20 = stages["det-random20-s3"].command
+    assert random20[random20.index("--labeled-fraction") + 1] == "0.8" and random20[random20.index("--seed") + 1] == "3"
+    pretrain = stages["pretrain-ssl80-s3"].command
+    assert pretrain[pretrain.index("--ssl-fraction") + 1] == "0.8" and pretrain[pretrain.index("--seed") + 1] == "3"
+    assert {"map-ssl20-s0", "map-random80-s3", "map-random100-s3", "probe-random-s3", "report"} <= set(stages)
+
+
+def flag_values(command):
+    """{flag: value} of a command line (a flag without a value maps to True)."""
+    values, flag = {}, None
+    for word in command:
+        if word.startswith("--"):
+            flag = word
+            values[flag] = True
+        elif flag is not None:
+            values[flag], flag = word, None
+    return values
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+def test_the_two_arms_differ_only_in_name_and_init(tmp_path, fraction):
+    stages = {s.name: s for s in planned(tmp_path, "--ssl-fractions", str(fraction))}
+    p = round(fraction * 100)
+    ssl, random = (flag_values(stages[f"det-{init}{p}-s0"].command) for init in ("ssl", "random"))
+    assert ssl.keys() == random.keys()
+    assert {k for k in ssl if ssl[k] != random[k]} == {"--experiment-name", "--init"}
+    assert float(ssl["--labeled-fraction"]) == pytest.approx(1 - fraction)
 
 
 def test_torchrun_and_preset_overrides_reach_the_commands(tmp_path):
     stages = {s.name: s for s in planned(tmp_path, "--nproc-per-node", "4", "--preset", "paper", "--det-epochs", "3")}
-    command = stages["det-ssl60"].command
+    command = stages["det-ssl60-s0"].command
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     assert command[command.index("--epochs") + 1] == "3" and command[command.index("--arch") + 1] == "resnet50"
-    pretrain = stages["ssl60"].command
+    pretrain = stages["pretrain-ssl60-s0"].command
     assert pretrain[pretrain.index("--temperature") + 1] == "0.5"            # the paper preset keeps the seed's
-    cpu = {s.name: s for s in planned(tmp_path, "--ssl-temperature", "0.3")}["ssl60"].command
+    cpu = {s.name: s for s in planned(tmp_path, "--ssl-temperature", "0.3")}["pretrain-ssl60-s0"].command
     assert cpu[cpu.index("--temperature") + 1] == "0.3"
 
 
@@ -45,6 +67,9 @@ def test_bad_fractions_are_refused():
     for text in ("0", "0.5,1.0", "a,b", "0.5,0.501"):
         with pytest.raises(UserError, match="--ssl-fractions"):
             experiment.parse_fractions(text)
+    for text in ("", "1,1", "0.5", "-1"):
+        with pytest.raises(UserError, match="--train-seeds"):
+            experiment.parse_seeds(text)
 
 
 @pytest.mark.slow
@@ -56,20 +81,24 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     assert len(record["stages"]) == 12
 
     runs = out / "runs"
-    ssl_pool = set((runs / "ssl60" / "pretrain" / "ssl_images.txt").read_text().split())
-    labeled = (runs / "ssl60" / "labeled_images.txt").read_text().split()
-    assert labeled == (runs / "random60" / "labeled_images.txt").read_text().split()   # same labeled images
+    ssl_pool = set((runs / "ssl60-s0" / "pretrain" / "ssl_images.txt").read_text().split())
+    labeled = (runs / "ssl60-s0" / "labeled_images.txt").read_text().split()
+    assert labeled == (runs / "random60-s0" / "labeled_images.txt").read_text().split()   # same labeled images
     assert labeled and not ssl_pool & set(labeled)
+    ssl_args, random_args = (json.loads((runs / name / "args.json").read_text())["args"]
+                             for name in ("ssl60-s0", "random60-s0"))
+    assert {k for k in ssl_args if ssl_args[k] != random_args[k]} == {"experiment_name", "init"}
 
     report = (out / "report.md").read_text()
     assert report.startswith("# cxr experiment report") and "**Did self-supervision help?**" in report
-    for name, init in (("ssl60", "SSL"), ("random60", "random")):
+    for name, init in (("ssl60-s0", "SSL"), ("random60-s0", "random")):
         metrics = json.loads((runs / name / "eval" / "metrics.json").read_text())
-        assert f"| 60% | {len(labeled)} | {init} | {metrics['AP']:.3f} | {metrics['AP50']:.3f} |" in report
+        assert f"| 60% | {len(labeled)} | {init} | {metrics['AP']:.3f} [" in report
+    assert "| 60% | | **SSL - random** |" in report and "paired bootstrap intervals" in report
     for chart in ("ssl_loss", "det_loss", "map_per_epoch", "per_class_ap50"):
         assert f"(charts/{chart}.svg)" in report
         xml.dom.minidom.parse(str(out / "charts" / f"{chart}.svg"))
-    assert (runs / "ssl60" / "eval" / "visualize" / "contact_sheet.png").is_file()
+    assert (runs / "ssl60-s0" / "eval" / "visualize" / "contact_sheet.png").is_file()
 
     with pytest.raises(UserError, match="already holds an experiment"):
         experiment.main(["--out", str(out), *TINY])
@@ -79,13 +108,13 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     # Pretend the run stopped during the random-init fine-tuning: it and everything after it rerun,
     # the fine-tuning continuing from its checkpoint.
     names = list(record["stages"])
-    for name in names[names.index("det-random60"):]:
+    for name in names[names.index("det-random60-s0"):]:
         record["stages"][name]["status"] = "running"
     (out / "experiment.json").write_text(json.dumps(record))
     (out / "report.md").unlink()
     capsys.readouterr()
     experiment.main(["--out", str(out), "--resume", *TINY])
     printed = capsys.readouterr().out
-    assert printed.count("done before, skipped") == names.index("det-random60")
-    rerun = json.loads((out / "experiment.json").read_text())["stages"]["det-random60"]["command"]
+    assert printed.count("done before, skipped") == names.index("det-random60-s0")
+    rerun = json.loads((out / "experiment.json").read_text())["stages"]["det-random60-s0"]["command"]
     assert rerun.endswith("--resume") and (out / "report.md").is_file()

@@ -54,6 +54,24 @@ def test_coco_files_load_and_hold_every_finding_image(synthetic):
     assert summary["test_images"] == round(len(finding) * 0.2)
 
 
+def test_normal_in_test_adds_box_free_normal_images_to_the_test_split_only(synthetic, tmp_path):
+    root, summary = synthetic
+    with_normal = prepare(root / "vin" / "train.csv", root / "vin" / "train", tmp_path / "data", keep_normal=True,
+                          normal_in_test=True, **quiet)
+    split = json.loads((tmp_path / "data" / "split.json").read_text())
+    normal_before = set(json.loads((root / "data" / "split.json").read_text())["normal"])
+    assert split["train"] == json.loads((root / "data" / "split.json").read_text())["train"]   # findings unchanged
+    assert set(split["test_normal"]) | set(split["normal"]) == normal_before
+    assert not set(split["test_normal"]) & set(split["normal"])
+    assert len(split["test_normal"]) == round(len(normal_before) * 0.2) == with_normal["test_normal_images"]
+    test = COCO(str(tmp_path / "data" / "test_annotations.json")).dataset
+    names = {Path(image["file_name"]).stem: image["id"] for image in test["images"]}
+    assert set(names) == set(split["test"]) | set(split["test_normal"])
+    boxed = {a["image_id"] for a in test["annotations"]}
+    assert not boxed & {names[n] for n in split["test_normal"]}
+    assert {p.stem for p in (tmp_path / "data" / "test").glob("*.png")} == set(names)
+
+
 def test_fused_boxes_lie_within_their_sources_rescaled_independently(synthetic):
     """Each fused box is a weighted mean of radiologist boxes of its class on
     its image, so it lies between their min and max, per coordinate, after

@@ -4,6 +4,7 @@ import xml.dom.minidom
 
 import pytest
 
+from cxr.bootstrap import Interval
 from cxr.report import verdict
 from cxr.svg import bar_chart, line_chart, nice_ticks
 
@@ -47,8 +48,8 @@ def test_bar_lengths_are_proportional_and_missing_values_say_na():
     assert "n/a" in [t.firstChild.data for t in document.getElementsByTagName("text")]
 
 
-def test_verdict_needs_both_map_numbers_to_agree():
-    assert verdict({"AP": 0.2, "AP50": 0.4}, {"AP": 0.1, "AP50": 0.3}) == "helped"
-    assert verdict({"AP": 0.1, "AP50": 0.3}, {"AP": 0.2, "AP50": 0.4}) == "hurt"
-    assert verdict({"AP": 0.2, "AP50": 0.3}, {"AP": 0.1, "AP50": 0.4}) == "mixed"
-    assert verdict({"AP": 0.0, "AP50": 0.0}, {"AP": 0.0, "AP50": 0.0}) == "mixed"
+def test_verdict_follows_the_interval_not_the_point_estimate():
+    assert verdict(Interval(0.02, 0.005, 0.04)) == "helped"
+    assert verdict(Interval(-0.02, -0.04, -0.001)) == "hurt"
+    assert verdict(Interval(0.03, -0.001, 0.06)) == "not shown"          # ahead on the run, not shown
+    assert verdict(Interval(0.0, 0.0, 0.0)) == "not shown"

@@ -1,0 +1,134 @@
+"""Average precision recomputed from pycocotools' per-image matches, for any
+multiset of test images (the bootstrap) and with VOC's interpolation (the
+VinBigData competition's metric).
+
+pycocotools decides which detection matches which ground-truth box
+(`COCOeval.evaluate`: per image and category, detections by descending
+score, each to the unmatched box of highest IoU >= the threshold). Its
+`accumulate` then pools every image's detections per category. This module
+keeps the matches and does the pooling itself, so that a resample of the
+test images with repeats is simply its images' detections taken that many
+times:
+
+- `match_detections` -> one `CategoryMatches` per category: every detection
+  (the top 100 per image, as COCO's AP counts them) with its image, score,
+  and per IoU threshold whether it is a true positive or ignored, plus the
+  number of non-ignored ground-truth boxes on each image.
+- `average_precision(matches, counts)`: AP per IoU threshold of the images
+  taken counts[i] times each, by pycocotools' accumulate (detections in
+  image order, stably sorted by descending score; precision made
+  non-increasing; 'coco': mean of the precision at the 101 recall points
+  0, 0.01, ..., 1) or VOC 2010's all-point interpolation ('voc': the area
+  under the non-increasing precision-recall curve). None where the images
+  hold no box of the category.
+- `mean_ap`: the mean over categories with boxes (and over thresholds),
+  which with counts of ones is exactly pycocotools' AP, AP50, ...
+"""
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+MAX_DETECTIONS = 100
+
+
+@dataclass
+class CategoryMatches:
+    category_id: int
+    image: np.ndarray          # (N,) position of each detection's image in image_ids
+    score: np.ndarray          # (N,)
+    true_positive: np.ndarray  # (T, N) bool, per IoU threshold
+    ignored: np.ndarray        # (T, N) bool (matched to an ignored box)
+    ground_truth: np.ndarray   # (I,) non-ignored ground-truth boxes per image
+
+
+def _detections(coco_gt, results):
+    """pycocotools' COCO object of a list of COCO results (which may be empty)."""
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes(results)
+    empty = COCO()
+    empty.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                     "annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        empty.createIndex()
+    return empty
+
+
+def match_detections(coco_gt, results, iou_thresholds=COCO_IOU_THRESHOLDS):
+    """(image ids, [CategoryMatches]) of COCO results against the COCO object coco_gt."""
+    evaluator = COCOeval(coco_gt, _detections(coco_gt, results), iouType="bbox")
+    evaluator.params.iouThrs = np.asarray(iou_thresholds, dtype=np.float64)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+    params = evaluator.params
+    num_images, num_areas = len(params.imgIds), len(params.areaRng)
+    thresholds = len(params.iouThrs)
+    categories = []
+    for k, category in enumerate(params.catIds):
+        # evalImgs is ordered [category][area range][image]; area range 0 is 'all'.
+        per_image = evaluator.evalImgs[k * num_areas * num_images:k * num_areas * num_images + num_images]
+        image, score, true_positive, ignored = [], [], [], []
+        ground_truth = np.zeros(num_images, dtype=np.int64)
+        for i, record in enumerate(per_image):
+            if record is None:
+                continue
+            kept = slice(0, MAX_DETECTIONS)
+            scores = np.asarray(record["dtScores"][kept], dtype=np.float64)
+            image.append(np.full(len(scores), i))
+            score.append(scores)
+            true_positive.append(record["dtMatches"][:, kept] > 0)
+            ignored.append(record["dtIgnore"][:, kept].astype(bool))
+            ground_truth[i] = int(np.count_nonzero(record["gtIgnore"] == 0))
+        categories.append(CategoryMatches(
+            int(category), np.concatenate(image) if image else np.zeros(0, np.int64),
+            np.concatenate(score) if score else np.zeros(0),
+            np.concatenate(true_positive, 1) if true_positive else np.zeros((thresholds, 0), bool),
+            np.concatenate(ignored, 1) if ignored else np.zeros((thresholds, 0), bool), ground_truth))
+    return list(params.imgIds), categories
+
+
+def _interpolated(precision, recall, interpolation):
+    """AP of one precision-recall curve (detections in descending score order)."""
+    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    if interpolation == "coco":
+        at = np.searchsorted(recall, COCO_RECALL_POINTS, side="left")
+        reached = at < len(envelope)
+        return float(np.sum(envelope[at[reached]]) / len(COCO_RECALL_POINTS))
+    if interpolation == "voc":
+        gained = np.diff(np.concatenate([[0.0], recall]))
+        return float(np.sum(gained * envelope))
+    raise ValueError(f"interpolation must be 'coco' or 'voc', got {interpolation!r}")
+
+
+def average_precision(matches, counts=None, interpolation="coco"):
+    """(T,) AP of one category over the images taken counts[i] times (default
+    once each), or None when those images hold no box of the category."""
+    counts = np.ones(len(matches.ground_truth), np.int64) if counts is None else np.asarray(counts)
+    boxes = int(np.dot(counts, matches.ground_truth))
+    if boxes == 0:
+        return None
+    taken = np.repeat(np.arange(len(matches.score)), counts[matches.image])
+    order = taken[np.argsort(-matches.score[taken], kind="mergesort")]
+    counted = ~matches.ignored[:, order]
+    true_positives = np.cumsum(matches.true_positive[:, order] & counted, axis=1)
+    false_positives = np.cumsum(~matches.true_positive[:, order] & counted, axis=1)
+    result = []
+    for tp, fp in zip(true_positives, false_positives):
+        precision = tp / (tp + fp + np.spacing(1))
+        result.append(_interpolated(precision, tp / boxes, interpolation))
+    return np.asarray(result)
+
+
+def mean_ap(categories, counts=None, interpolation="coco", thresholds=slice(None)):
+    """Mean over the categories with boxes of their AP averaged over the IoU
+    thresholds selected (all, or e.g. [0] for AP50); None if no category has boxes."""
+    values = [ap[thresholds].mean() for ap in (average_precision(c, counts, interpolation) for c in categories)
+              if ap is not None]
+    return float(np.mean(values)) if values else None
