@@ -39,7 +39,6 @@ the same architecture. Results go to eval/probe-<name>.json.
 Every output is refused if it exists, unless --replace.
 """
 
-import argparse
 import csv
 import io
 import json
@@ -51,13 +50,15 @@ import torch
 from PIL import Image
 
 from cxr.backbone import headless_resnet, pretrained_trunk
+from cxr.cli import parser
 from cxr.classes import CLASS_NAMES, NUM_CLASSES, class_id, coco_categories
-from cxr.data import DetectionDataset, check_images_exist, load_coco, xyxy
+from cxr.data import DetectionDataset, check_images_exist, load_coco, open_grayscale, xyxy
 from cxr.detector import load_detector
 from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import STAT_NAMES, coco_ground_truth, coco_metrics, competition_metrics, gather_to_main, predict
-from cxr.outputs import atomic_write_json, atomic_write_text, refuse_existing, staged_directory
+from cxr.outputs import (atomic_write_json, atomic_write_text, check_output_folder, make_folder, refuse_existing,
+                         staged_directory)
 from cxr.probe import macro_auroc, probe_test_scores, split_features
 from cxr.samplers import inference_shard
 from cxr.submission import prediction_string, read_original_sizes, write_submission
@@ -67,16 +68,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Evaluate cxr models (torchrun-able for map and predict).")
-    p.add_argument("--mode", required=True, choices=["map", "visualize", "predict", "probe"])
-    p.add_argument("--output-dir", default="vinbig_output")
-    p.add_argument("--experiment-name", default="simclr")
+    p = parser("evaluate.py", "Evaluate cxr models (torchrun-able for map and predict).")
+    p.add_argument("--mode", required=True, choices=["map", "visualize", "predict", "probe"],
+                   help="map: COCO mAP on test images; visualize: pictures; predict: unlabeled images; "
+                        "probe: linear probe of a backbone")
+    p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
+    p.add_argument("--experiment-name", default="simclr",
+                   help="the experiment folder: its detector, backbone and eval/")
     p.add_argument("--data-dir", default="data",
                    help="prepared data root: its test/ and test_annotations.json (map, visualize), "
                         "its train and test splits (probe)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (map: 8, probe: 32)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 8 for map, 32 for probe)")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes")
     p.add_argument("--replace", action="store_true", help="overwrite existing results")
     detector = p.add_argument_group("map, visualize, predict")
     detector.add_argument("--checkpoint", default="fasterrcnn_final.pth",
@@ -89,12 +93,16 @@ def get_args_parser():
                           help="lowest detection score kept (map, predict: 0.05, torchvision's default) "
                                "or drawn (visualize: 0.3)")
     detector.add_argument("--num-images", type=int, default=8, help="visualize: how many test images")
-    detector.add_argument("--image-ids", default=None, help="visualize: comma-separated image ids instead")
+    detector.add_argument("--image-ids", default=None, help="visualize: comma-separated image ids (default: a seeded sample of --num-images)")
     detector.add_argument("--images", nargs="+", default=None, help="predict: image folders or files")
     detector.add_argument("--original-sizes", default=None,
                           help="predict: CSV image_id,width,height (or dim0,dim1) or a prepare COCO JSON, "
-                               "to write submission boxes in original pixels")
+                               "to write submission boxes in original pixels (default: none; --submission then "
+                               "needs --png-pixels)")
     detector.add_argument("--submission", action="store_true", help="predict: also write submission.csv")
+    detector.add_argument("--png-pixels", action="store_true",
+                          help="predict --submission without --original-sizes: write boxes in the PNGs' pixels "
+                               "(the competition scores original DICOM pixels)")
     probe = p.add_argument_group("probe")
     probe.add_argument("--backbone", default=None,
                        help="'random', or a ResNet state dict (default: the experiment's pretrained-backbone.pth)")
@@ -125,6 +133,11 @@ def labeled_test_set(args):
     if theirs != ours:
         raise UserError(f"{ann_file}: its categories do not match cxr's 14 lesion classes (ids 1..14 with the "
                         f"VinBigData names); differing: {sorted(theirs ^ ours)[:3]}")
+    unknown = sorted({a["category_id"] for a in coco["annotations"]} - {c["id"] for c in coco_categories()})
+    if unknown:
+        count = sum(a["category_id"] in unknown for a in coco["annotations"])
+        raise UserError(f"{ann_file}: {count} boxes have category ids {unknown[:5]}, not one of cxr's 1..14; "
+                        "pycocotools would silently leave them out of mAP. Fix their category_id")
     check_images_exist(coco, image_dir, ann_file)
     return coco, image_dir, ann_file
 
@@ -204,7 +217,7 @@ def run_map(args, dist_info):
                "seconds": round(time.perf_counter() - start, 1), **metrics,
                "competition": {"mAP40": competition["mAP40"], "no_finding_AP40": competition["per_class"][
                    NUM_CLASSES + 1], "test_images_without_boxes": normal_films}}
-    eval_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(eval_dir)
     atomic_write_json(eval_dir / "test_predictions.json", results)
     atomic_write_text(eval_dir / "per_class.csv", per_class_csv(metrics))
     atomic_write_json(eval_dir / "metrics.json", summary, indent=1)
@@ -235,7 +248,7 @@ def choose_pictured(coco, args):
 def run_visualize(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
     out = Path(args.eval_dir or experiment_dir / "eval") / "visualize"
-    refuse_existing(out, args.replace)
+    check_output_folder(out, args.replace)
     coco, image_dir, _ = labeled_test_set(args)
     chosen = choose_pictured(coco, args)
     subset = {**coco, "images": chosen,
@@ -250,11 +263,10 @@ def run_visualize(args, dist_info):
     for a in subset["annotations"]:
         truth.setdefault(a["image_id"], []).append((a["category_id"], xyxy(a["bbox"])))
     pictures, captions = [], []
-    with staged_directory(out, args.replace) as staging:
+    with staged_directory(out, args.replace, command="evaluate.py --mode visualize") as staging:
         for image in chosen:
-            with Image.open(image_dir / image["file_name"]) as gray:
-                picture = draw_detections(gray, truth.get(image["id"], []), detections.get(image["id"], []),
-                                          threshold)
+            picture = draw_detections(open_grayscale(image_dir / image["file_name"]), truth.get(image["id"], []),
+                                      detections.get(image["id"], []), threshold)
             name = Path(image["file_name"]).stem
             picture.save(staging / f"{name}.png")
             pictures.append(picture)
@@ -282,6 +294,10 @@ def image_files(entries):
 def run_predict(args, dist_info):
     if not args.images:
         raise UserError("--mode predict needs --images DIR_OR_FILES")
+    if args.submission and not args.original_sizes and not args.png_pixels:
+        raise UserError("--submission without --original-sizes would write boxes in PNG pixels, which the "
+                        "competition scores against the original DICOM sizes; pass --original-sizes "
+                        "(e.g. the 512 px download's test_meta.csv), or --png-pixels if PNG pixels are wanted")
     experiment_dir = Path(args.output_dir) / args.experiment_name
     eval_dir = Path(args.eval_dir or experiment_dir / "eval")
     refuse_existing(eval_dir / "predictions.json", args.replace)
@@ -299,7 +315,7 @@ def run_predict(args, dist_info):
     if not dist_info.is_main:
         return None
     results = [{**r, "file_name": files[r["image_id"]].name} for r in results]
-    eval_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(eval_dir)
     atomic_write_json(eval_dir / "predictions.json", results)
     print(f"wrote {len(results)} detections (score >= {threshold:g}) on {len(files)} images to "
           f"{eval_dir / 'predictions.json'}")
@@ -366,7 +382,7 @@ def run_probe(args, dist_info):
               "macro_auroc": macro, "per_class": rows, "excluded_classes": excluded,
               "train_images": len(train_y), "test_images": len(test_y),
               "seconds": round(time.perf_counter() - start, 1)}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     atomic_write_json(out, result, indent=1)
     print(f"wrote {out}")
     return result

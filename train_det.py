@@ -27,12 +27,15 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from cxr.backbone import infer_arch, load_trunk_weights
 from cxr.box_augment import BoxAugment
 from cxr.classes import CLASS_NAMES
 from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
 from cxr.distributed import process_group
-from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, read_resumable, restore,
+from cxr.checkpoint_io import atomic_torch_save
+from cxr.cli import fraction_arg, parser
+from cxr.engine import (RunLogger, check_amp, fit, prepare_run_dir, read_resumable, restore, resuming,
                         run_config, write_run_header)
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import coco_ground_truth, coco_metrics, detection_collate, gather_to_main, predict
@@ -41,18 +44,25 @@ from cxr.optim import build_optimizer, check_warmup, step_schedule, warmup_cosin
 from cxr.outputs import atomic_write_json
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
 from cxr.splits import partition, seeded_permutation
+# The files a run writes in its folder: --replace deletes these and nothing else.
+RUN_OUTPUTS = ("args.json", "log.jsonl", "labeled_images.txt", "checkpoint.pth", "eval_history.json",
+               "fasterrcnn_final.pth", "fasterrcnn_final.json")
+
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Faster R-CNN fine-tuning (torchrun-able).")
+    p = parser("train_det.py", "Faster R-CNN fine-tuning (torchrun-able).")
     p.add_argument("--data-dir", default="data", help="folder written by python -m cxr.prepare")
-    p.add_argument("--output-dir", default="vinbig_output")
-    p.add_argument("--experiment-name", default="simclr")
+    p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
+    p.add_argument("--experiment-name", default="simclr",
+                   help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/, beside pretrain/")
     p.add_argument("--init", default="ssl",
                    help="ssl (the experiment's pretrain/pretrained-backbone.pth), random, or a path to any "
                         "torchvision ResNet state dict (e.g. ImageNet weights)")
-    p.add_argument("--arch", default=None, help="default: the pretrained backbone's, else resnet50")
+    p.add_argument("--arch", default=None,
+                   help="default: the SSL backbone's, or the architecture of the --init file's tensors; "
+                        "resnet50 for --init random")
     p.add_argument("--image-size", type=int, default=512, help="images are read at this size, not upscaled")
-    p.add_argument("--labeled-fraction", "--labeled-dataset-percent", dest="labeled_fraction", type=float,
+    p.add_argument("--labeled-fraction", "--labeled-dataset-percent", dest="labeled_fraction", type=fraction_arg,
                    default=None, help="share of the training images with labels used here (default: "
                                       "1 - the SSL fraction recorded in pretrain/, else 1)")
     p.add_argument("--split-seed", type=int, default=None, help="default: the one pretraining used, else 0")
@@ -64,19 +74,21 @@ def get_args_parser():
     p.add_argument("--norm", default="syncbn", choices=["frozen", "bn", "syncbn"],
                    help="syncbn: BatchNorm with statistics over all processes' batches (cxr.global_batchnorm; "
                         "plain BatchNorm on one process); bn: per process; frozen: FrozenBatchNorm2d")
-    p.add_argument("--anchors", default="scaled", choices=list(ANCHORS),
-                   help="scaled: torchvision's anchor sizes (32-512 px for 800 px images) times "
-                        "image-size / 800; torchvision: 32-512 px whatever the image size")
+    p.add_argument("--anchors", default="torchvision", choices=list(ANCHORS),
+                   help="torchvision: 32-512 px (8 strides per FPN level) whatever the image size; scaled: "
+                        "times image-size / 800 (measured worse: half the mAP at 128 px)")
     p.add_argument("--roi-batch-size", type=int, default=512,
                    help="proposals sampled per image to train the box head (torchvision: 512); "
                         "lower it to train faster on a CPU")
     p.add_argument("--batch-size", type=int, default=4, help="images per process")
-    p.add_argument("--epochs", type=int, default=26)
+    p.add_argument("--epochs", type=int, default=26, help="passes over the oversampled labeled set")
     p.add_argument("--lr", type=float, default=0.01, help="absolute peak learning rate")
-    p.add_argument("--warmup-iters", type=int, default=500)
-    p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"])
+    p.add_argument("--warmup-iters", type=int, default=500,
+                   help="iterations of linear warmup; refused if longer than the run")
+    p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"],
+                   help="after warmup: x0.1 at each of --lr-steps, or cosine decay to 0")
     p.add_argument("--lr-steps", default="0.67,0.89", help="step schedule: fractions of training to decay x0.1")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="on weights; biases and norms are exempt")
     p.add_argument("--repeat-threshold", type=float, default=0.4, help="LVIS repeat-factor threshold t")
     p.add_argument("--repeat-rounding", default="stochastic", choices=["stochastic", "ceil"],
                    help="stochastic (detectron2) or ceil (the seed project / mmdetection)")
@@ -85,21 +97,28 @@ def get_args_parser():
     p.add_argument("--negatives", type=float, default=0.0,
                    help="add this many normal images per labeled image as box-free negatives "
                         "(needs prepare --keep-normal)")
-    p.add_argument("--val-fraction", type=float, default=0.0,
+    p.add_argument("--val-fraction", type=fraction_arg, default=0.0,
                    help="evaluate on this held-out share of the labeled images instead of the test split")
     p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (0: only at the end)")
-    p.add_argument("--eval-batch-size", type=int, default=8)
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    p.add_argument("--clip-grad", type=float, default=None)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-batch-size", type=int, default=8, help="images per forward pass when evaluating")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                   help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)")
+    p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (off by default)")
+    p.add_argument("--workers", type=int, default=4, help="data loader processes per training process")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the head weights, the epoch order and the augmentations")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--print-freq", type=int, default=20)
+    p.add_argument("--print-freq", type=int, default=20, help="iterations between progress lines")
     p.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this many epochs in this run (time-limited jobs); --resume continues")
-    p.add_argument("--resume", action="store_true")
+                   help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
+                        "default: run to --epochs")
+    p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint.pth")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="continue from checkpoint.pth if there is one, else start: for torchrun --max-restarts, "
+                        "which restarts the group with the same arguments")
     p.add_argument("--replace", action="store_true",
-                   help="delete this experiment's detector outputs (not pretrain/ or eval/) and start over")
+                   help="delete this run's outputs (RUN_OUTPUTS in train_det.py; never pretrain/, eval/ or "
+                        "anything else) and start over")
     return p
 
 
@@ -136,6 +155,16 @@ def choose_images(args, meta, ssl_pool):
     if not labeled:
         raise UserError("no labeled images: raise --labeled-fraction")
     return labeled, held_out, negatives
+
+
+def default_arch(init, meta):
+    """--arch when not given: the SSL backbone's (its JSON), the architecture of
+    an --init PATH's tensors, else resnet50."""
+    if init == "ssl":
+        return meta.get("arch", "resnet50")
+    if init == "random":
+        return "resnet50"
+    return infer_arch(load_trunk_weights(init)) or "resnet50"
 
 
 def evaluation_ground_truth(args, held_out):
@@ -206,7 +235,7 @@ def run(args, dist_info):
     check_amp(args.amp, dist_info.device)
     experiment_dir = Path(args.output_dir) / args.experiment_name
     meta, ssl_pool = pretrain_record(experiment_dir)
-    args.arch = args.arch or meta.get("arch", "resnet50")
+    args.arch = args.arch or default_arch(args.init, meta)
     args.split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
     labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
     dataset = DetectionDataset.split(args.data_dir, "train", names=set(labeled), negatives=negatives,
@@ -221,9 +250,10 @@ def run(args, dist_info):
                            args.anchors)
     message = initialize_backbone(model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth")
     config = run_config(args, dist_info)
-    resumed = read_resumable(experiment_dir / "checkpoint.pth", config) if args.resume else None
+    resume = resuming(args, experiment_dir / "checkpoint.pth")
+    resumed = read_resumable(experiment_dir / "checkpoint.pth", config) if resume else None
 
-    checkpoint_path = prepare_run_dir(experiment_dir, args.resume, args.replace, dist_info, keep=("pretrain", "eval"))
+    checkpoint_path = prepare_run_dir(experiment_dir, RUN_OUTPUTS, resume, args.replace, dist_info)
     logger = RunLogger(experiment_dir, dist_info.is_main)
     write_run_header(logger, experiment_dir, args, dist_info)
     if dist_info.is_main:

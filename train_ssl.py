@@ -32,7 +32,9 @@ from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
 from cxr.data import ImageList, split_images, to_network_input
 from cxr.distributed import process_group
-from cxr.engine import (RunLogger, atomic_torch_save, check_amp, fit, prepare_run_dir, read_resumable, restore,
+from cxr.checkpoint_io import atomic_torch_save
+from cxr.cli import fraction_arg, parser
+from cxr.engine import (RunLogger, check_amp, fit, prepare_run_dir, read_resumable, restore, resuming,
                         run_config, write_run_header)
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
@@ -40,52 +42,65 @@ from cxr.optim import build_optimizer, check_warmup, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
+# The files a run writes in its folder: --replace deletes these and nothing else.
+RUN_OUTPUTS = ("args.json", "log.jsonl", "ssl_images.txt", "checkpoint.pth", "pretrained-backbone.pth",
+               "pretrained-backbone.json")
+
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="SimCLR pretraining (torchrun-able).")
+    p = parser("train_ssl.py", "SimCLR pretraining (torchrun-able).")
     p.add_argument("--data-dir", default="data", help="folder written by python -m cxr.prepare")
-    p.add_argument("--output-dir", default="vinbig_output")
-    p.add_argument("--experiment-name", default="simclr")
-    p.add_argument("--arch", default="resnet50", choices=sorted(FEATURE_DIMS))
+    p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
+    p.add_argument("--experiment-name", default="simclr",
+                   help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/pretrain/")
+    p.add_argument("--arch", default="resnet50", choices=sorted(FEATURE_DIMS), help="torchvision ResNet trunk")
     p.add_argument("--image-size", type=int, default=512, help="side of the square views in pixels")
     p.add_argument("--batch-size", type=int, default=32, help="images per process (each gives two views)")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100, help="passes over the SSL pool")
     p.add_argument("--lr", type=float, default=0.05, help="absolute peak learning rate")
-    p.add_argument("--warmup-epochs", type=float, default=10)
+    p.add_argument("--warmup-epochs", type=float, default=10,
+                   help="linear warmup of the learning rate, then cosine decay to 0")
     p.add_argument("--weight-decay", type=float, default=5e-4,
                    help="on weights only; biases and norm parameters are exempt")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "lars"])
-    p.add_argument("--temperature", type=float, default=0.5)
-    p.add_argument("--projection-dim", type=int, default=128)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "lars"],
+                   help="SGD with momentum 0.9, or LARS (SimCLR's, for large batches)")
+    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature (the paper: 0.5)")
+    p.add_argument("--projection-dim", type=int, default=128, help="output size of the projection head")
     p.add_argument("--views", default="seed",
                    help="view augmentations: a preset (" + ", ".join(VIEW_PRESETS) + ") or JSON overriding "
                         "one, e.g. '{\"preset\": \"cxr\", \"blur_p\": 0.3}'; keys: "
                         + ", ".join(f.name for f in fields(ViewConfig)))
-    p.add_argument("--ssl-fraction", "--labeled-dataset-percent", dest="ssl_fraction", type=float, default=0.4,
+    p.add_argument("--ssl-fraction", "--labeled-dataset-percent", dest="ssl_fraction", type=fraction_arg, default=0.4,
                    help="share of the training images in the SSL pool (the seed project's "
                         "--labeled-dataset-percent meant this)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the SSL / labeled permutation")
     p.add_argument("--include-normal", action="store_true",
                    help="add the normal images (prepare --keep-normal) to the SSL pool")
     p.add_argument("--workers", type=int, default=4, help="data loader processes per training process")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                   help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="under torchrun, BatchNorm statistics of the global batch (SimCLR's global BN, "
                         "cxr.global_batchnorm, any backend); --no-sync-bn normalizes per process")
     p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (off by default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the views")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--devices", default="auto",
                    help="accepted for the seed project's command lines: 'auto' or 1 runs one process "
                         "here; for N GPUs launch with torchrun --nproc_per_node=N instead")
     p.add_argument("--print-freq", type=int, default=10, help="iterations between progress lines")
     p.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this many epochs in this run (time-limited jobs); --resume continues")
+                   help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
+                        "default: run to --epochs")
     p.add_argument("--precise-bn-images", type=int, default=1024,
                    help="recompute the trunk's BatchNorm statistics on this many un-augmented SSL images before "
                         "saving the backbone (0: keep the running averages of training)")
     p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint.pth")
-    p.add_argument("--replace", action="store_true", help="delete an existing run folder and start over")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="continue from checkpoint.pth if there is one, else start: for torchrun --max-restarts, "
+                        "which restarts the group with the same arguments")
+    p.add_argument("--replace", action="store_true",
+                   help="delete this run's outputs (RUN_OUTPUTS in train_ssl.py, nothing else) and start over")
     return p
 
 
@@ -164,9 +179,10 @@ def run(args, dist_info):
     schedule = warmup_cosine_schedule(args.lr, total_steps, warmup_steps)
     config = run_config(args, dist_info)
     run_dir = Path(args.output_dir) / args.experiment_name / "pretrain"
-    resumed = read_resumable(run_dir / "checkpoint.pth", config) if args.resume else None
+    resume = resuming(args, run_dir / "checkpoint.pth")
+    resumed = read_resumable(run_dir / "checkpoint.pth", config) if resume else None
 
-    checkpoint_path = prepare_run_dir(run_dir, args.resume, args.replace, dist_info)
+    checkpoint_path = prepare_run_dir(run_dir, RUN_OUTPUTS, resume, args.replace, dist_info)
     logger = RunLogger(run_dir, dist_info.is_main)
     write_run_header(logger, run_dir, args, dist_info)
     if dist_info.is_main:

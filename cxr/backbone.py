@@ -14,9 +14,12 @@ averages kept during SimCLR follow augmented views and lag behind weights
 that move fast, and a detector with frozen norms inherits them as they are.
 """
 
+import functools
+
 import torch
 import torchvision
 
+from .checkpoint_io import load_torch_file
 from .data import to_network_input
 from .distributed import all_reduce_mean
 from .errors import UserError
@@ -33,13 +36,21 @@ def build_resnet(arch):
 def load_trunk_weights(path):
     """A ResNet trunk state dict from `path`, stripped of fc: our pretrained
     backbone, a torchvision ResNet checkpoint (e.g. ImageNet weights)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise UserError(f"cannot load backbone weights {path}: {error}") from None
+    state = load_torch_file(path, "ResNet weights (a state dict)")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state dict of tensors")
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+@functools.lru_cache(maxsize=None)
+def trunk_keys(arch):
+    """The tensor names of an `arch` trunk (torchvision ResNet without fc)."""
+    return frozenset(k for k in build_resnet(arch).state_dict() if not k.startswith("fc."))
+
+
+def infer_arch(state):
+    """The ResNet whose trunk has exactly the tensor names of `state`, or None."""
+    return next((arch for arch in FEATURE_DIMS if trunk_keys(arch) == set(state)), None)
 
 
 def check_trunk_state(state, arch, source):

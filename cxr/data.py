@@ -1,10 +1,11 @@
 """Image reading and datasets over a prepared data folder (see cxr.prepare).
 
-Images are 8-bit grayscale PNGs. Loaders return them as uint8 tensors of shape
-(1, size, size); conversion to the network's input (three identical channels,
-normalized with ImageNet statistics, as torchvision's detection transform
-does) happens on the device in `to_network_input`, so SSL pretraining and the
-detector see the same input distribution.
+Images are grayscale PNGs (8-bit, or 16-bit scaled to 8 bits). Loaders
+return them as uint8 tensors of shape (1, size, size); conversion to the
+network's input (three identical channels, normalized with ImageNet
+statistics, as torchvision's detection transform does) happens on the device
+in `to_network_input`, so SSL pretraining and the detector see the same
+input distribution.
 """
 
 import json
@@ -21,17 +22,31 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
 
-def read_grayscale(path, size=None):
-    """A PNG as a uint8 tensor (1, H, W), resized (bilinear) to size x size if given."""
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def open_grayscale(path):
+    """An image file as an 8-bit grayscale ('L') PIL image.
+
+    16-bit grayscale PNGs (which Pillow opens as I;16 or I) are scaled from
+    0..65535 to 0..255; Pillow's own conversion would clip them to white.
+    Colour images are converted to their luminance."""
     try:
         with Image.open(path) as image:
-            image = image.convert("L")
-            if size is not None and image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
-            pixels = np.asarray(image)
-    except (OSError, ValueError) as error:
+            if image.mode in SIXTEEN_BIT_MODES:
+                wide = np.asarray(image, dtype=np.float64)
+                return Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8))
+            return image.convert("L")
+    except (OSError, ValueError, SyntaxError) as error:
         raise UserError(f"cannot read image {path}: {error}") from None
-    return torch.from_numpy(pixels.copy()).unsqueeze(0)
+
+
+def read_grayscale(path, size=None):
+    """An image as a uint8 tensor (1, H, W), resized (bilinear) to size x size if given."""
+    image = open_grayscale(path)
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(image).copy()).unsqueeze(0)
 
 
 def to_network_input(images):

@@ -12,12 +12,14 @@ the layers outside --trainable-layers are frozen completely, their norms
 included, so frozen really means unchanged; train_det.py makes 'syncbn'
 global across processes with `cxr.global_batchnorm`).
 
-Anchors: torchvision's sizes 32, 64, 128, 256, 512 px (one per FPN level,
-aspect ratios 0.5, 1, 2) are meant for images resized to 800 px. 'scaled'
-multiplies them by image_size / 800, so that anchors cover the same share of
-the image as torchvision's do on its own 800 px resize (at 128 px: 5 to 82
-px instead of 32 to 512, most of which would exceed the image);
-'torchvision' keeps them as they are.
+Anchors: torchvision's sizes 32, 64, 128, 256, 512 px, one per FPN level
+(strides 4 to 64, so each anchor is 8 strides wide), aspect ratios 0.5, 1, 2,
+whatever the image size ('torchvision', the default). 'scaled' multiplies
+them by image_size / 800, the share of the image they cover on torchvision's
+own 800 px resize (5 to 82 px at 128 px); it keeps the strides, so an object
+is matched on a level whose grid is 8 times coarser relative to its size,
+and it halved mAP at 128 px (docs/experiments.md, "Do anchors need to scale
+with the image?").
 
 `transfer_trunk` maps a torchvision ResNet state dict onto backbone.body,
 asserts the exact sets of missing and unexpected keys and every shape, and
@@ -42,17 +44,18 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .backbone import FEATURE_DIMS, check_trunk_state, load_trunk_weights
+from .checkpoint_io import load_torch_file
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .data import IMAGE_MEAN, IMAGE_STD
 from .errors import UserError
 
 NORMS = ("frozen", "bn", "syncbn")
-ANCHORS = ("scaled", "torchvision")
+ANCHORS = ("torchvision", "scaled")
 TORCHVISION_ANCHOR_SIZES = (32, 64, 128, 256, 512)
 TORCHVISION_IMAGE_SIZE = 800
 
 
-def anchor_sizes(image_size, anchors="scaled"):
+def anchor_sizes(image_size, anchors="torchvision"):
     """One anchor size per FPN level, in pixels of the image the model reads."""
     if anchors not in ANCHORS:
         raise UserError(f"unknown --anchors {anchors!r}; expected one of {', '.join(ANCHORS)}")
@@ -72,7 +75,8 @@ def _freeze_norms_of_frozen_layers(module):
             _freeze_norms_of_frozen_layers(child)
 
 
-def build_detector(arch, image_size, norm="syncbn", trainable_layers=5, roi_batch_size=512, anchors="scaled"):
+def build_detector(arch, image_size, norm="syncbn", trainable_layers=5, roi_batch_size=512,
+                   anchors="torchvision"):
     """Faster R-CNN with a randomly initialized `arch`-FPN backbone.
 
     roi_batch_size: proposals sampled per image to train the box head
@@ -128,10 +132,7 @@ def changed_backbone_tensors(detector, state):
 
 def _read_detector_file(path):
     """(state dict, metadata) of fasterrcnn_final.pth + its JSON, or of a checkpoint.pth."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise UserError(f"cannot load detector checkpoint {path}: {error}") from None
+    saved = load_torch_file(path, "a cxr Faster R-CNN")
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict) and "config" in saved:
         return saved["model"], saved["config"]
     meta_path = Path(path).with_suffix(".json")

@@ -51,8 +51,26 @@ def init_distributed(device=None):
     if use_cuda:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        _join_process_group("nccl" if use_cuda else "gloo", rank, world_size)
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def _join_process_group(backend, rank, world_size):
+    """init_process_group, through a store key prefix of its own for each restart.
+
+    torchrun --max-restarts restarts the whole group on the same agent store,
+    where the keys the previous attempt's ranks wrote (their addresses) are
+    still present: a restarted rank can read a dead peer's address and fail to
+    connect (seen with gloo here; pytorch/pytorch#167288 with nccl). Joining
+    under a prefix per attempt (TORCHELASTIC_RESTART_COUNT) keeps them apart."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend=backend)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=dist.default_pg_timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cxr/attempt_{attempt}", store), rank=rank,
+                            world_size=world_size)
 
 
 def teardown():

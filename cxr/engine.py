@@ -26,7 +26,6 @@ import contextlib
 import datetime
 import json
 import math
-import shutil
 import subprocess
 import sys
 import time
@@ -34,11 +33,12 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_io import atomic_torch_save, load_torch_file
 from .distributed import all_reduce_mean
 from .errors import UserError
 from .optim import set_learning_rate
 from .seeds import derive_seed
-from .outputs import atomic_path, atomic_write_json
+from .outputs import atomic_write_json, make_folder
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,28 +84,41 @@ class RunLogger:
             f.write(json.dumps({"time": round(time.time(), 3), "message": message, **record}) + "\n")
 
 
-def prepare_run_dir(run_dir, resume, replace, dist_info, keep=()):
-    """Refuse to overwrite a run unless --replace (a resumed run, whose checkpoint
-    `read_resumable` has checked, continues in place); returns the checkpoint path.
+def resuming(args, checkpoint_path):
+    """--resume, or --auto-resume with a checkpoint to continue (what a group that
+    torchrun --max-restarts restarted with the same arguments finds)."""
+    if args.replace and (args.resume or args.auto_resume):
+        raise UserError("--replace starts over, --resume / --auto-resume continue: pick one")
+    return args.resume or (args.auto_resume and Path(checkpoint_path).is_file())
 
-    Entries of run_dir named in `keep` belong to other stages (the detector's
-    run shares the experiment folder with pretrain/ and eval/): they neither
-    count as an existing run nor are deleted by --replace."""
+
+def _leftover_temp_files(run_dir, outputs):
+    """Temp files of `outputs` (cxr.outputs.atomic_path names them .NAME.PID.tmp)
+    that a process killed while writing left behind."""
+    names = {f".{name}" for name in outputs}
+    return [p for p in Path(run_dir).glob(".*.tmp") if p.name.rsplit(".", 2)[0] in names]
+
+
+def prepare_run_dir(run_dir, outputs, resume, replace, dist_info):
+    """Make run_dir ready for a run that writes `outputs` (file names); returns
+    the checkpoint path. Deletes only those files, never anything else in it.
+
+    A folder holds a run once it holds checkpoint.pth: then a fresh start needs
+    --replace, and a resumed run (`read_resumable` checked the checkpoint)
+    continues in place. Without a checkpoint, outputs of a start that failed
+    early (args.json, log.jsonl) are simply overwritten. Temp files that a
+    killed write left behind are removed in either case."""
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoint.pth"
-    if resume:
-        return checkpoint
-    owned = [p for p in run_dir.iterdir() if p.name not in keep] if run_dir.is_dir() else []
-    if owned and not replace:
-        raise UserError(f"run folder {run_dir} already holds a run ({', '.join(sorted(p.name for p in owned)[:4])}); "
-                        "pass --resume to continue it, --replace to start over, or choose another --experiment-name")
+    found = sorted(name for name in outputs if (run_dir / name).exists())
+    if not resume and checkpoint.exists() and not replace:
+        raise UserError(f"run folder {run_dir} already holds a run ({', '.join(found[:4])}); pass --resume to "
+                        "continue it, --replace to start over, or choose another --experiment-name")
     if dist_info.is_main:
-        for path in owned:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir)
+        stale = _leftover_temp_files(run_dir, outputs) + ([] if resume else [run_dir / name for name in found])
+        for path in stale:
+            path.unlink()
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return checkpoint
@@ -123,20 +136,8 @@ def write_run_header(logger, run_dir, args, dist_info):
                f"torch {header['torch']}\nargs: {arguments}", event="start", **header)
 
 
-def atomic_torch_save(path, state):
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise UserError(f"cannot load checkpoint {path}: {error}") from None
-
-
 # Arguments that do not change what a run computes: they may differ on --resume.
-RESUME_MAY_CHANGE = frozenset({"resume", "replace", "stop_after", "print_freq", "workers", "device", "devices",
+RESUME_MAY_CHANGE = frozenset({"resume", "auto_resume", "replace", "stop_after", "print_freq", "workers", "device", "devices",
                                "output_dir", "experiment_name", "eval_every", "eval_batch_size"})
 
 
@@ -152,7 +153,9 @@ def read_resumable(checkpoint_path, config):
     started with (called before anything of the run folder is rewritten)."""
     if not Path(checkpoint_path).is_file():
         raise UserError(f"--resume: no checkpoint at {checkpoint_path}; start without --resume")
-    state = load_checkpoint(checkpoint_path)
+    state = load_torch_file(checkpoint_path, "a cxr training checkpoint")
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise UserError(f"{checkpoint_path} is not a cxr training checkpoint (it has no saved settings)")
     changed = [k for k in sorted(set(config) | set(state["config"])) if state["config"].get(k) != config.get(k)]
     if changed:
         raise UserError("--resume with different settings than the checkpoint: "
@@ -208,7 +211,7 @@ def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoc
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
                 f"loss is {mean_loss} at epoch {epoch + 1}, iteration {iteration + 1} (step {step}); "
-                "stopped before the optimizer step, the last good checkpoint is kept. "
+                "stopped before the optimizer step. "
                 "Try a lower --lr, --clip-grad, or --amp none / bf16 instead of fp16.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -247,9 +250,14 @@ def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule,
         if sampler is not None:
             sampler.set_epoch(epoch)
         generator = seed_epoch(seed, epoch, dist_info.rank, device)
-        step, mean_loss = train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs,
-                                          amp, device, clip_grad, logger, print_freq, generator,
-                                          dist_info.world_size)
+        try:
+            step, mean_loss = train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs,
+                                              amp, device, clip_grad, logger, print_freq, generator,
+                                              dist_info.world_size)
+        except TrainingDiverged as error:
+            kept = (f"{checkpoint_path} (after epoch {epoch}) is kept"
+                    if Path(checkpoint_path).is_file() else "no checkpoint was written before it")
+            raise TrainingDiverged(f"{error} {kept}.") from None
         extra = (after_epoch(epoch) if after_epoch else None) or {}
         logger.log(f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}"
                    + "".join(f", {k} {v:.4f}" for k, v in extra.items()),

@@ -36,38 +36,43 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .cli import parser
 from .errors import UserError, exit_on_user_error
-from .outputs import atomic_write_json
+from .outputs import atomic_write_json, check_output_folder, make_folder, mark_as_ours
 from .report import percent, run_name, write_report
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _setting(text):
+    return field(metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class Settings:
     """What each stage is given; the presets below fill it in."""
 
-    synthetic_images: int
-    synthetic_size: int
-    arch: str
-    ssl_image_size: int
-    ssl_epochs: int
-    ssl_batch_size: int
-    ssl_lr: float
-    ssl_warmup_epochs: float
-    ssl_views: str
-    ssl_temperature: float
-    det_image_size: int
-    det_epochs: int
-    det_batch_size: int
-    det_lr: float
-    det_warmup_iters: int
-    det_roi_batch_size: int
-    workers: int
-    pictures: int
+    synthetic_images: int = _setting("synthetic training images (python -m cxr.synthetic --images)")
+    synthetic_size: int = _setting("synthetic PNG side in pixels")
+    arch: str = _setting("ResNet of SimCLR and the detector backbone")
+    ssl_image_size: int = _setting("SimCLR view size in pixels (and the probe's)")
+    ssl_epochs: int = _setting("SimCLR epochs")
+    ssl_batch_size: int = _setting("SimCLR images per process")
+    ssl_lr: float = _setting("SimCLR peak learning rate")
+    ssl_warmup_epochs: float = _setting("SimCLR warmup epochs")
+    ssl_views: str = _setting("SimCLR view preset or JSON (train_ssl.py --views)")
+    ssl_temperature: float = _setting("NT-Xent temperature")
+    det_image_size: int = _setting("detector image size in pixels")
+    det_epochs: int = _setting("detector epochs")
+    det_batch_size: int = _setting("detector images per process")
+    det_lr: float = _setting("detector peak learning rate")
+    det_warmup_iters: int = _setting("detector warmup iterations")
+    det_roi_batch_size: int = _setting("RoIs sampled per image for the box head")
+    workers: int = _setting("data loader processes per training process")
+    pictures: int = _setting("test images drawn per arm")
 
 
 PRESETS = {
@@ -227,7 +232,7 @@ class Experiment:
         return self.record["stages"].get(name, {}).get("status") == "done"
 
     def run(self, stages, resuming):
-        (self.out / "logs").mkdir(exist_ok=True)
+        make_folder(self.out / "logs")
         for number, stage in enumerate(stages, 1):
             if resuming and self.done(stage.name):
                 print(f"[{number}/{len(stages)}] {stage.description}: done before, skipped", flush=True)
@@ -272,12 +277,15 @@ def open_experiment(args, settings):
             raise UserError(f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
                             "rerun with the same flags, or --replace to start over")
         return Experiment(out, record)
-    if out.exists() and any(out.iterdir()):
-        if not args.replace:
-            raise UserError(f"{out} already holds an experiment; pass --resume to finish it, --replace to start "
-                            "over, or choose another --out")
+    inputs = [args.vinbig] if args.vinbig else []
+    if out.is_dir() and any(out.iterdir()) and not args.replace:
+        raise UserError(f"{out} already holds an experiment; pass --resume to finish it, --replace to start "
+                        "over, or choose another --out")
+    check_output_folder(out, args.replace, inputs)
+    if out.is_dir():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
+    mark_as_ours(out, "python -m cxr.experiment")
     record = {"config": config, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": shlex.join([sys.executable, "-m", "cxr.experiment", *args.argv]), "stages": {}}
     return Experiment(out, record)
@@ -290,12 +298,12 @@ def settings_from(args):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="The whole cxr experiment and its report in one command.")
+    p = parser("python -m cxr.experiment", "The whole cxr experiment and its report in one command.")
     p.add_argument("--out", default="experiment", help="folder for everything the run makes")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="cpu: small, synthetic, under 20 min on 2 cores; paper: the real settings, for GPUs")
     p.add_argument("--vinbig", default=None,
-                   help="the real 512 px download (train.csv, train/) instead of synthetic data")
+                   help="the real 512 px download (train.csv, train/); default: synthetic data")
     p.add_argument("--ssl-fractions", default="0.6",
                    help="shares of the training images to pretrain on, e.g. 0.1,0.2,...,0.9 for the paper's sweep")
     p.add_argument("--seed", type=int, default=0,
@@ -306,13 +314,15 @@ def get_args_parser():
     p.add_argument("--normal-in-test", action="store_true",
                    help="prepare --normal-in-test: normal films in the test split, competition-like mAP")
     p.add_argument("--nproc-per-node", type=int, default=1, help="run training and mAP under torchrun with N")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu or cuda (None: cuda if available)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out")
     p.add_argument("--replace", action="store_true", help="delete --out and start over")
-    overrides = p.add_argument_group("overrides of the preset")
-    for field in fields(Settings):
-        overrides.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
-                               type=str if field.type is str else float if field.type is float else int)
+    overrides = p.add_argument_group("overrides of the preset (default: the preset's value)")
+    for setting in fields(Settings):
+        presets = ", ".join(f"{name}: {getattr(preset, setting.name)}" for name, preset in PRESETS.items())
+        overrides.add_argument(f"--{setting.name.replace('_', '-')}", dest=setting.name, default=argparse.SUPPRESS,
+                               type={str: str, float: float}.get(setting.type, int),
+                               help=f"{setting.metadata['help']} ({presets})")
     return p
 
 

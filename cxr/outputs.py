@@ -1,13 +1,17 @@
 """Writing outputs so that nothing is lost: atomic files, staged folders.
 
 - `atomic_path`, and on it `atomic_write_text` / `atomic_write_json` (and
-  `cxr.engine.atomic_torch_save`; this module never imports torch, so that
+  `cxr.checkpoint_io.atomic_torch_save`; this module never imports torch, so that
   prepare stays light): write to a temp file in the same folder, then
   `os.replace`, so a reader never sees half a file; a failed write (a full
   disk) removes its temp file and leaves the previous file as it was.
 - `staged_directory`: build a whole output folder under a temporary name and
   rename it into place only when complete; an existing folder is refused
   unless `replace=True`, and is only removed after the new one is finished.
+- Nothing a user owns is deleted: every folder cxr builds carries a marker
+  file, `.cxr-output`, and `check_output_folder` lets --replace remove only a
+  folder that has it; an output folder that contains an input is refused.
+  Folders are created with the user's umask, like any other.
 """
 
 import contextlib
@@ -48,6 +52,55 @@ def atomic_write_json(path, obj, indent=None):
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+MARKER = ".cxr-output"
+
+
+def _contains(folder, path):
+    folder, path = Path(folder).resolve(), Path(path).resolve()
+    return path == folder or folder in path.parents
+
+
+def _holds_something(path):
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def check_output_folder(path, replace, inputs=(), flag="--replace"):
+    """Refuse an output folder that contains one of `inputs`, an existing,
+    non-empty one unless `replace`, and, even with `replace`, one that cxr did
+    not make (no MARKER file in it): replacing it would delete the user's files."""
+    path = Path(path)
+    for source in inputs:
+        if _contains(path, source):
+            raise UserError(f"output folder {path} contains the input {source}; choose an output folder outside "
+                            "the inputs (replacing it would delete them)")
+    if not _holds_something(path):
+        return
+    if not replace:
+        refuse_existing(path, replace, flag)
+    if not (path / MARKER).is_file():
+        raise UserError(f"{path} was not made by cxr (it has no {MARKER} file), so {flag} will not delete it; "
+                        "move it away or choose another output folder")
+
+
+def make_folder(path):
+    """mkdir -p with the user's umask, a clear message if impossible."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder {path}: {error.strerror or error}") from None
+
+
+def mark_as_ours(folder, command):
+    """Write the MARKER file that lets a later --replace delete `folder`."""
+    atomic_write_text(Path(folder) / MARKER, f"made by {command}; --replace may delete this folder\n")
+
+
+def _user_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def refuse_existing(path, replace, flag="--replace"):
     """Raise a UserError if `path` exists and replacing it was not asked for."""
     path = Path(path)
@@ -58,17 +111,21 @@ def refuse_existing(path, replace, flag="--replace"):
 
 
 @contextlib.contextmanager
-def staged_directory(final, replace=False):
+def staged_directory(final, replace=False, inputs=(), command="cxr"):
     """Yield a fresh temporary folder beside `final`; move it to `final` on success.
 
-    On an exception the temporary folder is deleted and `final` is untouched.
+    `final` is checked first (`check_output_folder`). On an exception the
+    temporary folder is deleted and `final` is untouched. The finished
+    folder carries the MARKER file and the permissions of the user's umask.
     """
     final = Path(final)
-    refuse_existing(final, replace)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(final, replace, inputs)
+    make_folder(final.parent)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    os.chmod(staging, 0o777 & ~_user_umask())              # mkdtemp makes it private (0700)
     try:
         yield staging
+        mark_as_ours(staging, command)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

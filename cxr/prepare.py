@@ -25,7 +25,6 @@ place when complete; an existing one is refused unless --replace.
 Preparation needs numpy only: torch is not imported.
 """
 
-import argparse
 import csv
 import io
 import os
@@ -36,10 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from . import cli
 from .classes import CLASS_NAMES, NO_FINDING_ID, NO_FINDING_NAME, NUM_CLASSES, category_id, coco_categories
 from .errors import UserError, exit_on_user_error
-from .outputs import atomic_write_json, refuse_existing, staged_directory
+from .outputs import atomic_write_json, check_output_folder, staged_directory
 from .splits import split_test
 from .wbf import fuse_box_groups
 
@@ -90,7 +91,7 @@ def _read_columns(path):
     fields and sliced into columns, several times faster than splitting it
     row by row with the csv module, which is used for files with quotes."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")       # a byte-order mark, as Excel writes, is no column
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
     except UnicodeDecodeError:
@@ -137,6 +138,8 @@ def read_table(path):
     size_present = [c in header for c in SIZE_COLUMNS]
     if any(size_present) and not all(size_present):
         raise UserError(f"{path} has only one of the columns width/height; give both or neither")
+    if num_rows == 0:
+        raise UserError(f"{path} has a header but no rows: nothing to prepare")
     all_rows = range(num_rows)
     class_ids = _parse_numbers(path, "class_id", columns["class_id"], all_rows, int)
     bad_class = np.flatnonzero((class_ids < 0) | (class_ids > NO_FINDING_ID))
@@ -172,31 +175,46 @@ def read_table(path):
     return Table(path, list(codes), image_index, class_ids, boxes, original_sizes)
 
 
-def png_size(path):
-    """(width, height) from a PNG's IHDR chunk, reading 24 bytes, or None if not a PNG."""
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"           # the empty IEND chunk every PNG ends with
+
+
+def png_check(path, decode=False):
+    """((width, height), None) of a complete PNG, or (None, why) if it is not one.
+
+    Reads the IHDR header and the file's last 12 bytes, which must be the IEND
+    chunk: a PNG cut short (a copy or download that stopped) is refused
+    without decoding it. A file with bytes after IEND, and every file when
+    `decode` is set (--verify-pixels), is decoded in full."""
     fd = os.open(path, os.O_RDONLY)
     try:
         head = os.read(fd, 24)
+        tail = os.pread(fd, 12, max(os.fstat(fd).st_size - 12, 0))
     finally:
         os.close(fd)
     if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", head[16:24])
+        return None, "not a PNG"
+    if decode or tail != PNG_END:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError, SyntaxError) as error:
+            return None, f"truncated or corrupt PNG: {error}"
+    return struct.unpack(">II", head[16:24]), None
 
 
-def locate_images(names, images_dir, skip_missing, log):
-    """PNG (width, height) per image name; missing or unreadable files are an
-    error naming the first few, or are dropped with --skip-missing."""
+def locate_images(names, images_dir, skip_missing, log, decode=False):
+    """PNG (width, height) per image name; missing, incomplete or unreadable
+    files are an error naming the first few, or are dropped with --skip-missing."""
     sizes, problems = {}, []
     for name in names:
         path = os.path.join(images_dir, f"{name}.png")
         try:
-            size = png_size(path)
+            size, why = png_check(path, decode)
         except OSError as error:
             problems.append(f"{path} ({error.strerror})")
             continue
         if size is None:
-            problems.append(f"{path} (not a PNG)")
+            problems.append(f"{path} ({why})")
         else:
             sizes[name] = size
     if problems:
@@ -296,21 +314,25 @@ def format_class_table(rows):
 
 
 def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_fraction=0.2, seed=1,
-            keep_normal=False, skip_missing=False, replace=False, normal_in_test=False, log=print):
+            keep_normal=False, skip_missing=False, replace=False, normal_in_test=False, verify_pixels=False,
+            log=print):
     """Run the whole preparation; returns the summary dict also written to disk."""
     start = time.perf_counter()
     if not Path(images_dir).is_dir():
         raise UserError(f"--images {images_dir} is not a folder")
-    refuse_existing(out, replace)
+    check_output_folder(out, replace, inputs=(csv_path, images_dir))
     table = read_table(csv_path)
     if table.original_sizes is None:
         log(f"{csv_path} has no width/height columns: boxes are taken to be in PNG pixels already")
     has_finding = np.zeros(len(table.image_names), dtype=bool)
     has_finding[table.image_index[table.class_ids != NO_FINDING_ID]] = True
     finding_names = [n for n, f in zip(table.image_names, has_finding) if f]
+    if not finding_names:
+        raise UserError(f"{csv_path}: every row is 'No finding'; a detector needs images with lesion boxes")
     wants_normal = keep_normal or normal_in_test
     normal_names = [n for n, f in zip(table.image_names, has_finding) if not f] if wants_normal else []
-    png_sizes, num_missing = locate_images(finding_names + normal_names, images_dir, skip_missing, log)
+    png_sizes, num_missing = locate_images(finding_names + normal_names, images_dir, skip_missing, log,
+                                           decode=verify_pixels)
     finding_names = [n for n in finding_names if n in png_sizes]
     normal_names = [n for n in normal_names if n in png_sizes]
     original_sizes = (None if table.original_sizes is None
@@ -342,7 +364,7 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
 
     splits = [("train", train_names), ("test", sorted(test_names + test_normal))]
     splits += [("normal", split["normal"])] if keep_normal else []
-    with staged_directory(out, replace) as staging:
+    with staged_directory(out, replace, inputs=(csv_path, images_dir), command="python -m cxr.prepare") as staging:
         copies = 0
         for name, names in splits:
             copies += link_images(names, images_dir, staging / name)
@@ -367,8 +389,8 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Fuse VinBigData radiologist boxes into COCO ground truth "
-                                                 "and split the images with findings into train/test.")
+    parser = cli.parser("python -m cxr.prepare", "Fuse VinBigData radiologist boxes into COCO ground truth "
+                        "and split the images with findings into train/test.")
     parser.add_argument("--csv", required=True, help="VinBigData train.csv")
     parser.add_argument("--images", required=True, help="folder of <image_id>.png")
     parser.add_argument("--out", required=True, help="output folder (refused if it exists, unless --replace)")
@@ -381,6 +403,9 @@ def get_args_parser():
     parser.add_argument("--normal-in-test", action="store_true",
                         help="put --test-fraction of the normal images into the test split too (without boxes), "
                              "so that mAP counts false positives on normal films, as the competition did")
+    parser.add_argument("--verify-pixels", action="store_true",
+                        help="decode every image in full (slow); by default each PNG's header and its final "
+                             "IEND chunk are checked, which finds files cut short")
     parser.add_argument("--skip-missing", action="store_true",
                         help="leave out images that are listed but missing, instead of stopping")
     parser.add_argument("--replace", action="store_true", help="overwrite an existing --out")
@@ -395,7 +420,7 @@ def main(argv=None):
     if not 0.0 <= args.iou_thr <= 1.0:
         parser.error(f"--iou-thr must be in [0, 1], got {args.iou_thr}")
     prepare(args.csv, args.images, Path(args.out), args.iou_thr, args.skip_box_thr, args.test_fraction,
-            args.seed, args.keep_normal, args.skip_missing, args.replace, args.normal_in_test)
+            args.seed, args.keep_normal, args.skip_missing, args.replace, args.normal_in_test, args.verify_pixels)
 
 
 if __name__ == "__main__":

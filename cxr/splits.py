@@ -74,3 +74,4 @@ def partition(train_ids, ssl_fraction, labeled_fraction=None, seed=0):
     order = seeded_permutation(train_ids, seed)
     ssl_end, labeled_start = partition_bounds(len(order), ssl_fraction, labeled_fraction)
     return Partition(sorted(order[:ssl_end]), sorted(order[labeled_start:]))
+

@@ -28,7 +28,6 @@ anatomy and lesions, and its linear probe lost to a random backbone by 0.04
 macro-AUROC (docs/experiments.md).
 """
 
-import argparse
 import csv
 import io
 import math
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import cli
 from .classes import CLASS_NAMES, NO_FINDING_ID, NO_FINDING_NAME
 from .errors import exit_on_user_error
 from .outputs import staged_directory
@@ -338,7 +338,7 @@ def generate(out, num_images, size=512, seed=0, test_images=None, replace=False,
     start = time.perf_counter()
     train_plans = plan_dataset(num_images, seed, "train")
     test_plans = plan_dataset(test_images, seed, "test")
-    with staged_directory(out, replace) as staging:
+    with staged_directory(out, replace, command="python -m cxr.synthetic") as staging:
         for folder, folder_plans in (("train", train_plans), ("test", test_plans)):
             (staging / folder).mkdir()
             for i, plan in enumerate(folder_plans, 1):
@@ -359,16 +359,15 @@ def generate(out, num_images, size=512, seed=0, test_images=None, replace=False,
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
-        description="Write a synthetic VinBigData dataset (train.csv, train/, test/) "
-                    "in the layout of the real 512 px download.")
+    parser = cli.parser("python -m cxr.synthetic", "Write a synthetic VinBigData dataset (train.csv, train/, "
+                        "test/) in the layout of the real 512 px download.")
     parser.add_argument("--out", required=True, help="output folder (refused if it exists, "
                         "unless --replace)")
     parser.add_argument("--images", type=int, default=1000, help="labeled training images")
     parser.add_argument("--test-images", type=int, default=None,
                         help="unlabeled test images (default: images // 5)")
     parser.add_argument("--size", type=int, default=512, help="PNG side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
     parser.add_argument("--replace", action="store_true", help="overwrite an existing --out")
     return parser
 

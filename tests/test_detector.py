@@ -52,6 +52,16 @@ def test_transfer_loads_every_backbone_tensor_and_says_so(tmp_path):
     assert all(key in state for key in body_keys)
 
 
+def test_the_architecture_of_an_init_file_is_read_from_its_tensors(tmp_path):
+    path, _ = trunk_file(tmp_path)
+    assert train_det.default_arch(str(path), {}) == "resnet18"
+    assert train_det.default_arch("random", {}) == "resnet50"
+    assert train_det.default_arch("ssl", {"arch": "resnet34"}) == "resnet34"
+    (tmp_path / "notes.txt").write_text("not weights")
+    with pytest.raises(UserError, match="notes.txt: it is not a PyTorch file .*expected ResNet weights"):
+        train_det.default_arch(str(tmp_path / "notes.txt"), {})
+
+
 def test_transfer_refuses_sequential_keys_and_wrong_arch(tmp_path):
     reference = torchvision.models.resnet18()
     torch.save(nn.Sequential(*list(reference.children())[:-1]).state_dict(), tmp_path / "sequential.pth")
@@ -127,7 +137,7 @@ def one_epoch_run(data_dir, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("changed", [("--lr-schedule", "cosine"), ("--lr-steps", "0.5,0.9"), ("--warmup-iters", "3"),
                                      ("--weight-decay", "0"), ("--no-augment",), ("--amp", "bf16"),
-                                     ("--clip-grad", "1"), ("--anchors", "torchvision"), ("--norm", "bn")])
+                                     ("--clip-grad", "1"), ("--anchors", "scaled"), ("--norm", "bn")])
 def test_resume_refuses_every_setting_that_changes_the_result(data_dir, one_epoch_run, changed):
     root = one_epoch_run
     header = (root / "run" / "args.json").read_text()
@@ -245,9 +255,10 @@ def test_schedule_spans_every_step_of_the_repeat_factor_epochs():
         train_det.learning_rates(args, 300)
 
 
-def test_anchors_scale_with_the_image_and_the_default_trains_a_random_start():
-    assert anchor_sizes(800) == anchor_sizes(512, "torchvision") == ((32,), (64,), (128,), (256,), (512,))
-    assert anchor_sizes(128) == ((5,), (10,), (20,), (41,), (82,))
+def test_anchor_choices_and_the_default_protocol_trains_a_random_start():
+    assert anchor_sizes(128) == anchor_sizes(800, "scaled") == ((32,), (64,), (128,), (256,), (512,))
+    assert anchor_sizes(128, "scaled") == ((5,), (10,), (20,), (41,), (82,))
+    assert build_detector("resnet18", 128, anchors="scaled").rpn.anchor_generator.sizes == anchor_sizes(128, "scaled")
     detector = build_detector("resnet18", 128)
     assert detector.rpn.anchor_generator.sizes == anchor_sizes(128)
     body = detector.backbone.body

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -151,11 +152,39 @@ def test_bad_inputs_give_one_clear_message(trained, tmp_path):
     with pytest.raises(UserError, match="categories do not match"):
         evaluate.main(eval_args(root, data_dir, "map", "--test-ann-file", str(tmp_path / "cats.json"),
                                 "--eval-dir", str(tmp_path)))
-    assert not (tmp_path / "metrics.json").exists()
+    annotations = json.loads((data_dir / "test_annotations.json").read_text())
+    annotations["annotations"][0]["category_id"] = 17
+    (tmp_path / "ids.json").write_text(json.dumps(annotations))
+    with pytest.raises(UserError, match=r"1 boxes have category ids \[17\], not one of cxr's 1..14"):
+        evaluate.main(eval_args(root, data_dir, "map", "--test-ann-file", str(tmp_path / "ids.json"),
+                                "--eval-dir", str(tmp_path)))
+    torch.save({"model": Exploit()}, tmp_path / "pickled.pth")
+    (tmp_path / "notes.pth").write_text("these are my notes")
+    for bad, message in (("pickled.pth", "is not a cxr Faster R-CNN: it holds Python objects"),
+                         ("notes.pth", "cannot read .*notes.pth: it is not a PyTorch file")):
+        with pytest.raises(UserError, match=message) as refused:
+            evaluate.main(eval_args(root, data_dir, "map", "--checkpoint", str(tmp_path / bad),
+                                    "--eval-dir", str(tmp_path)))
+        assert "weights_only" not in str(refused.value)
+    assert not (tmp_path / "metrics.json").exists() and not PWNED.exists()
+
+
+PWNED = Path(tempfile.gettempdir()) / f"cxr-test-pwned-{os.getpid()}"
+
+
+class Exploit:
+    """What a malicious checkpoint holds: unpickling it would run code (create PWNED)."""
+
+    def __reduce__(self):
+        return (open, (str(PWNED), "w"))
 
 
 def test_predict_writes_one_submission_row_per_image(trained, tmp_path):
     root, data_dir, _, _ = trained
+    with pytest.raises(UserError, match="--submission without --original-sizes .* --png-pixels"):
+        evaluate.main(eval_args(root, data_dir, "predict", "--images", str(data_dir / "test"), "--submission",
+                                "--eval-dir", str(tmp_path)))
+    assert not any(tmp_path.iterdir())
     evaluate.main(eval_args(root, data_dir, "predict", "--images", str(data_dir / "test"), "--submission",
                             "--original-sizes", str(data_dir / "test_annotations.json"),
                             "--eval-dir", str(tmp_path)))
@@ -186,7 +215,8 @@ def test_visualize_writes_a_picture_per_image_and_a_contact_sheet(trained):
     names = [Path(i["file_name"]).stem for i in coco["images"][:2]]
     evaluate.main(eval_args(root, data_dir, "visualize", "--image-ids", ",".join(names)))
     out = root / "out" / "exp" / "eval" / "visualize"
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.png" for n in names] + ["contact_sheet.png"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.png" for n in names] +
+                                                           ["contact_sheet.png", ".cxr-output"])
     with pytest.raises(UserError, match="--image-ids: nope not in the test annotations"):
         evaluate.main(eval_args(root, data_dir, "visualize", "--image-ids", "nope", "--replace"))
 

@@ -72,6 +72,22 @@ def test_bad_fractions_are_refused():
             experiment.parse_seeds(text)
 
 
+def test_replace_never_deletes_a_folder_cxr_did_not_make_or_the_inputs(tmp_path):
+    own = tmp_path / "mine"
+    (own / "sub").mkdir(parents=True)
+    (own / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not made by cxr"):
+        experiment.main(["--out", str(own), "--replace", *TINY])
+    assert (own / "notes.txt").read_text() == "mine" and (own / "sub").is_dir()
+    vin = tmp_path / "vin"
+    vin.mkdir()
+    (vin / "train.csv").write_text("image_id\n")
+    for out in (tmp_path, vin):
+        with pytest.raises(UserError, match="contains the input"):
+            experiment.main(["--out", str(out), "--vinbig", str(vin), "--replace", *TINY])
+    assert (vin / "train.csv").is_file()
+
+
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     out = tmp_path / "exp"

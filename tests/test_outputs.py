@@ -1,15 +1,19 @@
 """Outputs are never half-written: a failed write leaves the previous file or
 folder as it was and no temp file behind."""
 
+import os
 import resource
 import signal
+import stat
+from pathlib import Path
 
 import pytest
 import torch
 
-from cxr.engine import atomic_torch_save
+from cxr.checkpoint_io import atomic_torch_save
 from cxr.errors import UserError
-from cxr.outputs import atomic_write_json, atomic_write_text, staged_directory
+from cxr.outputs import (atomic_write_json, atomic_write_text, check_output_folder, make_folder, mark_as_ours,
+                         staged_directory)
 
 
 @pytest.fixture
@@ -61,5 +65,37 @@ def test_staged_directory_refuses_replaces_and_rolls_back(tmp_path):
     assert (final / "a.txt").read_text() == "first"
     with staged_directory(final, replace=True) as staging:
         (staging / "b.txt").write_text("second")
-    assert [p.name for p in final.iterdir()] == ["b.txt"]
+    assert sorted(p.name for p in final.iterdir()) == [".cxr-output", "b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_folders_get_the_users_umask_and_impossible_places_one_message(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with staged_directory(tmp_path / "shared") as staging:
+            (staging / "a.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755          # not mkdtemp's 0700
+    (tmp_path / "a-file").write_text("x")
+    for impossible in (tmp_path / "a-file" / "out", Path("/proc/cxr-test/out")):
+        with pytest.raises(UserError, match="cannot create the folder"):
+            with staged_directory(impossible):
+                pass
+        with pytest.raises(UserError, match="cannot create the folder"):
+            make_folder(impossible)
+
+
+def test_replace_needs_the_marker_and_an_output_may_not_hold_an_input(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="already exists"):
+        check_output_folder(mine, replace=False)
+    with pytest.raises(UserError, match="not made by cxr"):
+        check_output_folder(mine, replace=True)
+    mark_as_ours(mine, "test")
+    check_output_folder(mine, replace=True)
+    with pytest.raises(UserError, match="contains the input"):
+        check_output_folder(tmp_path, replace=True, inputs=[mine / "notes.txt"])
+    check_output_folder(tmp_path / "new", replace=False, inputs=[mine / "notes.txt"])

@@ -206,16 +206,56 @@ def test_existing_output_needs_replace(tmp_path):
     assert (tmp_path / "data" / "train_annotations.json").exists()
 
 
+def test_replace_never_deletes_the_inputs_or_a_folder_cxr_did_not_make(tmp_path):
+    """--out vin --replace with the CSV and images in vin/ once deleted them; a
+    folder of the user's own is not replaced either."""
+    csv_path, images = write_table(tmp_path / "vin", [GOOD])
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "vin").rglob("*"))
+    for out in (tmp_path / "vin", images, tmp_path):
+        with pytest.raises(UserError, match="contains the input"):
+            prepare(csv_path, images, out, replace=True, **quiet)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "vin").rglob("*")) == before
+    own = tmp_path / "mine"
+    (own / "sub").mkdir(parents=True)
+    (own / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not made by cxr .*will not delete it"):
+        prepare(csv_path, images, own, replace=True, **quiet)
+    assert (own / "notes.txt").read_text() == "mine" and (own / "sub").is_dir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare(csv_path, images, empty, test_fraction=0.0, **quiet)          # an empty folder holds nothing to lose
+    assert (empty / ".cxr-output").is_file()
+
+
+def test_incomplete_pngs_empty_tables_and_a_byte_order_mark(tmp_path):
+    csv_path, images = write_table(tmp_path / "vin", [GOOD])
+    png = next(images.glob("*.png"))
+    whole = png.read_bytes()
+    png.write_bytes(whole[:len(whole) // 2])                               # header intact, cut short
+    with pytest.raises(UserError, match="truncated or corrupt PNG"):
+        prepare(csv_path, images, tmp_path / "data", **quiet)
+    png.write_bytes(whole + b"trailing bytes")                             # decodes: accepted
+    prepare(csv_path, images, tmp_path / "data", test_fraction=0.0, **quiet)
+    png.write_bytes(whole)
+    csv_path.write_text(csv_path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(UserError, match="header but no rows"):
+        prepare(csv_path, images, tmp_path / "data2", **quiet)
+    write_table(tmp_path / "vin", [GOOD])
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())          # UTF-8 with BOM, as Excel saves
+    summary = prepare(csv_path, images, tmp_path / "data3", test_fraction=0.0, **quiet)
+    assert summary["csv_rows"] == 1
+
+
 def test_interrupted_staging_leaves_previous_output_and_no_debris(tmp_path):
     final = tmp_path / "out"
-    final.mkdir()
-    (final / "keep").write_text("old")
+    with staged_directory(final) as staging:
+        (staging / "keep").write_text("old")
     with pytest.raises(KeyboardInterrupt):
         with staged_directory(final, replace=True) as staging:
             (staging / "half").write_text("partial")
             raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert [p.name for p in final.iterdir()] == ["keep"]
+    assert sorted(p.name for p in final.iterdir()) == [".cxr-output", "keep"]
 
 
 def test_command_line_reports_errors_without_traceback_and_never_imports_torch(tmp_path):

@@ -3,8 +3,10 @@
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from torch import nn
 import train_ssl
 from conftest import prepared_synthetic
 from cxr.distributed import DistInfo
-from cxr.engine import RunLogger, TrainingDiverged, train_one_epoch
+from cxr.engine import RunLogger, TrainingDiverged, fit, train_one_epoch
 from cxr.errors import UserError
 from cxr.optim import warmup_cosine_schedule
 
@@ -87,6 +89,43 @@ def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_replace_deletes_only_the_runs_own_files_and_a_failed_start_blocks_nothing(data_dir, tmp_path):
+    run = tmp_path / "exp" / "pretrain"
+    run.mkdir(parents=True)
+    (run / "args.json").write_text("{}")                  # what a start that failed before its first checkpoint
+    (run / "log.jsonl").write_text("")                    # leaves behind: not a run yet, no --replace needed
+    (run / "notes.txt").write_text("mine")
+    (run / ".checkpoint.pth.4242.tmp").write_text("half")  # a write killed midway
+    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
+    assert not (run / ".checkpoint.pth.4242.tmp").exists() and (run / "pretrained-backbone.pth").is_file()
+    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
+    assert (run / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in run.iterdir()) == sorted([*train_ssl.RUN_OUTPUTS, "notes.txt"])
+    with pytest.raises(UserError, match="--replace starts over, --resume / --auto-resume continue"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--auto-resume", "--replace"))
+
+
+@pytest.mark.slow
+def test_auto_resume_starts_a_new_run_and_continues_a_stopped_one(data_dir, tmp_path):
+    train_ssl.main(tiny_args(data_dir, tmp_path, "straight"))
+    train_ssl.main(tiny_args(data_dir, tmp_path, "auto", "--auto-resume", "--stop-after", "1"))
+    train_ssl.main(tiny_args(data_dir, tmp_path, "auto", "--auto-resume"))
+    straight = torch.load(tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "auto" / "pretrain" / "pretrained-backbone.pth", weights_only=True)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    events = [json.loads(line)["event"] for line in (tmp_path / "auto" / "pretrain" / "log.jsonl").open()]
+    assert events.count("resume") == 1 and events.count("start") == 2
+
+
+def test_out_of_range_fractions_are_refused_by_the_parser(capsys):
+    for flag in ("--ssl-fraction", "--labeled-dataset-percent"):
+        with pytest.raises(SystemExit) as exit_code:
+            train_ssl.get_args_parser().parse_args([flag, "1.5"])
+        assert exit_code.value.code == 2
+        assert "1.5 is not a share of the images: give a number in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_bf16_runs_on_cpu_and_fp16_is_refused(data_dir, tmp_path):
     train_ssl.main(tiny_args(data_dir, tmp_path, "bf16", "--epochs", "1", "--amp", "bf16"))
     assert (tmp_path / "bf16" / "pretrain" / "pretrained-backbone.pth").exists()
@@ -120,6 +159,41 @@ def test_torchrun_with_two_cpu_processes(data_dir, tmp_path):
     assert "BatchNorm statistics global over 2 processes" in result.stdout
 
 
+def torchrun(log, *arguments, max_restarts=0):
+    """torchrun with two processes in the background, its output going to `log`."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               f"--max-restarts={max_restarts}", "train_ssl.py", *arguments]
+    with open(log, "w") as output:
+        return subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def children(pid):
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_uninterrupted(data_dir, tmp_path):
+    """torchrun --max-restarts=1 restarts the whole group with the same arguments;
+    with --auto-resume it continues from the last checkpoint."""
+    settings = ["--epochs", "6", "--batch-size", "4", "--auto-resume"]
+    straight = torchrun(tmp_path / "straight.log", *tiny_args(data_dir, tmp_path, "straight", *settings))
+    assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+    run = tmp_path / "restarted" / "pretrain"
+    agent = torchrun(tmp_path / "restarted.log", *tiny_args(data_dir, tmp_path, "restarted", *settings),
+                     max_restarts=1)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoint.pth").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(children(agent.pid)[0], signal.SIGKILL)
+    assert agent.wait(timeout=300) == 0, (tmp_path / "restarted.log").read_text()[-3000:]
+    events = [json.loads(line)["event"] for line in (run / "log.jsonl").open()]
+    assert events.count("resume") == 1 and events[-1] == "done"
+    expected = torch.load(tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True)
+    restarted = torch.load(run / "pretrained-backbone.pth", weights_only=True)
+    assert all(torch.equal(expected[k], restarted[k]) for k in expected)
+
+
 class NaNAtSecondBatch:
     """A task whose loss becomes NaN on its second batch."""
 
@@ -147,12 +221,33 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
                     after_first.update({k: v.clone() for k, v in model.state_dict().items()})
                 yield batch
 
-    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, iteration 2"):
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, iteration 2 .*stopped before the optimizer"):
         train_one_epoch(model, Recorder(batches), NaNAtSecondBatch(), optimizer,
                         torch.amp.GradScaler("cpu", enabled=False), warmup_cosine_schedule(0.1, 3), 0, 0, 1,
                         "none", torch.device("cpu"), None, RunLogger(tmp_path, False), 10, None, 1)
     for key, value in model.state_dict().items():
         assert torch.equal(value, after_first[key]), key
+
+
+@pytest.mark.parametrize("bad_epoch, kept", [(0, "no checkpoint was written before it"),
+                                              (1, "checkpoint.pth \\(after epoch 1\\) is kept")])
+def test_divergence_says_whether_a_checkpoint_is_kept(tmp_path, bad_epoch, kept):
+    model = nn.Linear(3, 1)
+
+    class Epochs(list):
+        epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+            self[:] = [-torch.ones(2, 3) if epoch == bad_epoch else torch.ones(2, 3)]
+
+    loader = Epochs()
+    with pytest.raises(TrainingDiverged, match=kept):
+        fit(model=model, unwrapped=model, loader=loader, sampler=loader, task=NaNAtSecondBatch(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scaler=torch.amp.GradScaler("cpu", enabled=False),
+            schedule=warmup_cosine_schedule(0.1, 2), epochs=2, amp="none", device=torch.device("cpu"), seed=0,
+            dist_info=DistInfo(0, 1, 0, torch.device("cpu")), logger=RunLogger(tmp_path, False),
+            checkpoint_path=tmp_path / "checkpoint.pth")
 
 
 def test_view_presets_and_overrides():

@@ -1,0 +1,42 @@
+"""torch files in and out: weights-only loading with one clear message, atomic saving.
+
+Every .pth that cxr reads goes through `load_torch_file`: torch.load with
+weights_only=True, so a file holding pickled code is refused, never run. A
+missing, truncated or foreign file, or one holding Python objects, becomes a
+UserError naming the file and what was expected (torch's own message for the
+last case advises weights_only=False, which cxr never does). Every .pth cxr
+writes goes through `atomic_torch_save` (temp file, then rename).
+"""
+
+import pickle
+import zipfile
+
+import torch
+
+from .errors import UserError
+from .outputs import atomic_path
+
+
+def load_torch_file(path, what):
+    """The tensors and plain values saved in `path`; `what` says in errors what
+    was expected ("a cxr training checkpoint", "ResNet weights", ...)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; expected {what}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder; expected {what}") from None
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):              # the format torch.save writes
+            raise UserError(f"{path} is not {what}: it holds Python objects besides tensors and plain values, "
+                            "and cxr loads only those (anything else could run code)") from None
+        raise UserError(f"cannot read {path}: it is not a PyTorch file of tensors, or an old-format one holding "
+                        f"Python objects, which cxr never loads; expected {what}") from None
+    except Exception as error:                  # torch.load fails in many ways on foreign bytes
+        raise UserError(f"cannot read {path}: it is not a PyTorch file of tensors ({type(error).__name__}: "
+                        f"{error}); expected {what}") from None
+
+
+def atomic_torch_save(path, state):
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

@@ -1,0 +1,33 @@
+"""What the command lines share: the help formatter and argument types.
+
+Every command's --help shows each flag's default (`HelpFormatter`), except
+where the default is None or a switch is off: such a flag's own help says
+what happens without it. Usage lines name the command a user types.
+"""
+
+import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with '(default: X)' after every flag that has a real default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser(prog, description):
+    """An ArgumentParser whose usage names `prog` and whose help shows defaults."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def fraction_arg(text):
+    """argparse type of a share of the images: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share of the images: give a number in [0, 1]")
+    return value

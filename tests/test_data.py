@@ -1,0 +1,56 @@
+"""Image reading: 8- and 16-bit grayscale, colour, and one clear message for a
+broken file, also when a DataLoader worker finds it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxr.data import ImageList, read_grayscale
+from cxr.errors import UserError, user_message
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped_to_white(tmp_path):
+    wide = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)          # 0 .. 65520
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    assert Image.open(tmp_path / "wide.png").mode.startswith("I")
+    pixels = read_grayscale(tmp_path / "wide.png")[0].numpy()
+    np.testing.assert_array_equal(pixels, np.rint(wide / 257.0).astype(np.uint8))
+    assert pixels.min() == 0 and pixels.max() == 255 and len(np.unique(pixels)) == 256
+
+
+def test_eight_bit_and_colour_images(tmp_path):
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    np.testing.assert_array_equal(read_grayscale(tmp_path / "gray.png")[0].numpy(), gray)
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_grayscale(tmp_path / "rgb.png")[0].numpy(), gray)
+    assert read_grayscale(tmp_path / "gray.png", size=8).shape == (1, 8, 8)
+
+
+def test_a_broken_image_in_a_worker_gives_the_one_message(tmp_path):
+    Image.new("L", (8, 8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    loader = torch.utils.data.DataLoader(ImageList([tmp_path / "good.png", tmp_path / "bad.png"], 8),
+                                         batch_size=1, num_workers=1)
+    with pytest.raises(UserError) as raised:
+        list(loader)
+    assert "Traceback" in str(raised.value)                       # as torch re-raises it
+    message = user_message(raised.value)
+    assert message.startswith(f"cannot read image {tmp_path / 'bad.png'}") and "\n" not in message
+
+
+def test_scripts_print_the_unwrapped_message_and_exit_2(tmp_path):
+    script = ("import torch, sys; from cxr.data import ImageList; from cxr.errors import exit_on_user_error\n"
+              f"exit_on_user_error(lambda _: list(torch.utils.data.DataLoader(ImageList([{str(tmp_path / 'x.png')!r}], "
+              "8), num_workers=1)))")
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot read image") and result.stderr.count("\n") == 1
