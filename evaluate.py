@@ -52,7 +52,7 @@ from PIL import Image
 from cxr.backbone import headless_resnet, pretrained_trunk
 from cxr.cli import parser
 from cxr.classes import CLASS_NAMES, NUM_CLASSES, class_id, coco_categories
-from cxr.data import DetectionDataset, check_images_exist, load_coco, open_grayscale, xyxy
+from cxr.data import DetectionDataset, check_images_exist, list_images, load_coco, open_grayscale, xyxy
 from cxr.detector import load_detector
 from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
@@ -64,7 +64,6 @@ from cxr.samplers import inference_shard
 from cxr.submission import prediction_string, read_original_sizes, write_submission
 from cxr.visualize import contact_sheet, draw_detections
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def get_args_parser():
@@ -277,20 +276,6 @@ def run_visualize(args, dist_info):
     return out
 
 
-def image_files(entries):
-    files = []
-    for entry in map(Path, entries):
-        if entry.is_dir():
-            files += sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif entry.is_file():
-            files.append(entry)
-        else:
-            raise UserError(f"--images {entry}: no such file or folder")
-    if not files:
-        raise UserError(f"--images {' '.join(entries)}: no .png/.jpg images found")
-    return files
-
-
 def run_predict(args, dist_info):
     if not args.images:
         raise UserError("--mode predict needs --images DIR_OR_FILES")
@@ -301,7 +286,7 @@ def run_predict(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
     eval_dir = Path(args.eval_dir or experiment_dir / "eval")
     refuse_existing(eval_dir / "predictions.json", args.replace)
-    files = image_files(args.images)
+    files = list_images(args.images, "--images")
     sizes = read_original_sizes(args.original_sizes) if args.original_sizes else None
     if sizes is not None:
         missing = [f.stem for f in files if f.stem not in sizes]

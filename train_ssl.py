@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
-from cxr.data import ImageList, split_images, to_network_input
+from cxr.data import ImageList, list_images, split_images, to_network_input
 from cxr.distributed import process_group
 from cxr.checkpoint_io import atomic_torch_save
 from cxr.cli import fraction_arg, parser
@@ -74,6 +74,9 @@ def get_args_parser():
                    help="share of the training images in the SSL pool (the seed project's "
                         "--labeled-dataset-percent meant this)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the SSL / labeled permutation")
+    p.add_argument("--extra-images", nargs="+", default=None, metavar="DIR_OR_FILE",
+                   help="unlabeled images (PNG/JPEG, any size) added to the SSL pool, e.g. from your own archive; "
+                        "refused if any is also in the prepared data (default: none)")
     p.add_argument("--include-normal", action="store_true",
                    help="add the normal images (prepare --keep-normal) to the SSL pool")
     p.add_argument("--workers", type=int, default=4, help="data loader processes per training process")
@@ -118,12 +121,29 @@ def view_config(text):
 
 
 def ssl_pool(args):
+    """({name: path} of the SSL pool, the extra image paths): the SSL share of
+    the prepared training images, the normal ones with --include-normal, and
+    --extra-images under their paths. An extra image that is also in the
+    prepared data (the same name or the same file, in any split) is refused:
+    it could be a test or labeled image."""
     train = split_images(args.data_dir, "train")
     chosen = partition(list(train), args.ssl_fraction, seed=args.split_seed).ssl
     paths = {name: train[name] for name in chosen}
     if args.include_normal:
         paths.update(split_images(args.data_dir, "normal"))
-    return paths
+    extra = list_images(args.extra_images, "--extra-images") if args.extra_images else []
+    if extra:
+        prepared = {name: path for split in ("train", "test", "normal")
+                    if (Path(args.data_dir) / f"{split}_annotations.json").is_file()
+                    for name, path in split_images(args.data_dir, split).items()}
+        files = {(p.stat().st_dev, p.stat().st_ino) for p in prepared.values() if p.is_file()}
+        clash = [p for p in extra if p.stem in prepared or (p.stat().st_dev, p.stat().st_ino) in files]
+        if clash:
+            raise UserError(f"{len(clash)} of the {len(extra)} --extra-images are also in the prepared data "
+                            f"{args.data_dir} (e.g. {clash[0]}): they may be test or labeled images, which the "
+                            "SSL pool must not see. Remove them from the extra folders")
+        paths.update({str(p): p for p in extra})
+    return paths, extra
 
 
 class SimCLRTask:
@@ -164,7 +184,7 @@ def run(args, dist_info):
     check_devices_flag(args.devices, dist_info)
     check_amp(args.amp, dist_info.device)
     views = view_config(args.views)
-    paths = ssl_pool(args)
+    paths, extra = ssl_pool(args)
     if len(paths) // dist_info.world_size < args.batch_size:
         raise UserError(f"the SSL pool has {len(paths)} images, fewer than --batch-size {args.batch_size} "
                         f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction")
@@ -203,7 +223,8 @@ def run(args, dist_info):
 
     ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     normalization = f"global over {dist_info.world_size} processes" if global_bn else "per process"
-    logger.log(f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images "
+    logger.log(f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images ({len(extra)} of them "
+               "from --extra-images) "
                f"({len(loader)} iterations of {args.batch_size} x {dist_info.world_size} per epoch); "
                f"BatchNorm statistics {normalization}", event="data", images=len(paths),
                iterations_per_epoch=len(loader), global_batchnorm=global_bn)
@@ -225,16 +246,17 @@ def run(args, dist_info):
         logger.log(f"BatchNorm statistics recomputed on {per_rank * dist_info.world_size} un-augmented images "
                    f"({batches} batches per process)", event="precise_bn")
     if dist_info.is_main:
-        save_backbone(run_dir, model, args, len(paths), views)
+        save_backbone(run_dir, model, args, len(paths), len(extra), views)
     logger.log(f"wrote {run_dir / 'pretrained-backbone.pth'}", event="done")
 
 
-def save_backbone(run_dir, model, args, num_images, views):
+def save_backbone(run_dir, model, args, num_images, num_extra, views):
     atomic_torch_save(run_dir / "pretrained-backbone.pth", model.trunk_state_dict())
     atomic_write_json(run_dir / "pretrained-backbone.json", {
         "arch": args.arch, "image_size": args.image_size, "epochs": args.epochs,
         "data_dir": str(args.data_dir), "ssl_images": num_images, "ssl_fraction": args.ssl_fraction,
         "split_seed": args.split_seed, "include_normal": args.include_normal,
+        "extra_images": num_extra,
         "temperature": args.temperature, "views": views.to_dict(),
         "learning_rate": args.lr, "optimizer": args.optimizer, "batch_size": args.batch_size,
     }, indent=1)

@@ -36,6 +36,23 @@ CLASS_COLORS = (
 )
 
 
+# NIH ChestX-ray14's eight boxed findings (Wang et al., 2017; BBox_List_2017.csv,
+# spelled as there) as VinBigData classes. Mass and Nodule are one class in
+# VinBigData. Pneumonia has no class of its own: radiographically it is an
+# airspace opacity, and the RSNA Pneumonia Detection Challenge labelled its
+# boxes "Lung Opacity", so it maps there.
+NIH_FINDINGS = {
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Effusion": "Pleural effusion",
+    "Infiltrate": "Infiltration",
+    "Mass": "Nodule/Mass",
+    "Nodule": "Nodule/Mass",
+    "Pneumonia": "Lung Opacity",
+    "Pneumothorax": "Pneumothorax",
+}
+
+
 def category_id(class_id: int) -> int:
     """COCO category id (1..14) of a VinBigData lesion class id (0..13)."""
     return class_id + 1

@@ -77,6 +77,30 @@ def split_images(data_dir, split):
     return {Path(image["file_name"]).stem: folder / image["file_name"] for image in coco["images"]}
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def list_images(entries, flag):
+    """The image files of folders and files, each file once (a file reached
+    twice, by two names or through two folders, is listed once), in order."""
+    files, seen = [], set()
+    for entry in map(Path, entries):
+        if entry.is_dir():
+            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif entry.is_file():
+            found = [entry]
+        else:
+            raise UserError(f"{flag} {entry}: no such file or folder")
+        for path in found:
+            identity = (path.stat().st_dev, path.stat().st_ino)
+            if identity not in seen:
+                seen.add(identity)
+                files.append(path)
+    if not files:
+        raise UserError(f"{flag} {' '.join(map(str, entries))}: no .png/.jpg images found")
+    return files
+
+
 def image_labels(data_dir, split):
     """{image name: (14,) float multi-hot of the lesion classes present}."""
     coco = load_coco(Path(data_dir) / f"{split}_annotations.json")

@@ -4,6 +4,7 @@ from the SSL backbone AND from a random one -> mAP -> pictures -> report.
     python -m cxr.experiment                                   # CPU-sized, synthetic data (< 20 min on 2 cores)
     python -m cxr.experiment --ssl-fractions 0.2,0.4,0.6,0.8   # the paper's sweep
     python -m cxr.experiment --preset paper --vinbig vinbigdata --nproc-per-node 8 --out paper_run
+    python -m cxr.experiment --nih nih --extra-images nih_unlabeled --out nih_run   # NIH ChestX-ray14
 
 Every stage is one of the project's own command lines (python -m
 cxr.synthetic, python -m cxr.prepare, train_ssl.py, train_det.py,
@@ -45,6 +46,7 @@ from .outputs import atomic_write_json, check_output_folder, make_folder, mark_a
 from .report import percent, run_name, write_report
 
 REPO = Path(__file__).resolve().parents[1]
+NIH_BOX_FILE = "BBox_List_2017.csv"
 
 
 def _setting(text):
@@ -127,8 +129,11 @@ def plan_stages(args, settings, out):
     device = ["--device", args.device] if args.device else []
     s = settings
     stages = []
+    data_format = ["--format", "nih"] if args.nih else []
     if args.vinbig:
         csv, images = Path(args.vinbig) / "train.csv", Path(args.vinbig) / "train"
+    elif args.nih:
+        csv, images = Path(args.nih) / NIH_BOX_FILE, Path(args.nih) / "images"
     else:
         csv, images = out / "vinbigdata" / "train.csv", out / "vinbigdata" / "train"
         stages.append(Stage("synthetic", f"synthetic VinBigData: {s.synthetic_images} images at {s.synthetic_size} px",
@@ -136,12 +141,14 @@ def plan_stages(args, settings, out):
                              str(s.synthetic_images), "--size", str(s.synthetic_size), "--seed", str(args.seed),
                              "--replace"]))
     stages.append(Stage("prepare", "prepare: validate, fuse the readers' boxes (WBF), split train/test",
-                        [python, "-m", "cxr.prepare", "--csv", str(csv), "--images", str(images), "--out", str(data),
+                        [python, "-m", "cxr.prepare", *data_format, "--csv", str(csv), "--images", str(images),
+                         "--out", str(data),
                          "--keep-normal", *(["--normal-in-test"] if args.normal_in_test else []), "--replace"]))
     common = ["--data-dir", str(data), "--output-dir", str(runs), "--arch", s.arch, "--workers", str(s.workers),
               *device]
     evaluation = ["--data-dir", str(data), "--output-dir", str(runs), "--workers", str(s.workers), "--replace",
                   *device]
+    extra = ["--extra-images", *map(str, args.extra_images)] if args.extra_images else []
 
     def detector(name, init, labeled_fraction, seed):
         """The one fine-tuning command: the arms differ in --experiment-name and --init only."""
@@ -162,7 +169,7 @@ def plan_stages(args, settings, out):
                                  "--image-size", str(s.ssl_image_size), "--epochs", str(s.ssl_epochs),
                                  "--batch-size", str(s.ssl_batch_size), "--lr", str(s.ssl_lr), "--warmup-epochs",
                                  str(s.ssl_warmup_epochs), "--views", s.ssl_views, "--temperature",
-                                 str(s.ssl_temperature), "--seed", str(seed), "--print-freq", "5"],
+                                 str(s.ssl_temperature), "--seed", str(seed), "--print-freq", "5", *extra],
                                 runs / ssl / "pretrain"))
             stages.append(Stage(f"probe-{ssl}", f"linear probe of the {ssl} backbone",
                                 [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", ssl]))
@@ -266,6 +273,8 @@ def open_experiment(args, settings):
     config = {"preset": args.preset, "settings": asdict(settings), "ssl_fractions": args.fractions,
               "seed": args.seed, "train_seeds": args.train_seeds, "normal_in_test": args.normal_in_test,
               "vinbig": str(Path(args.vinbig).resolve()) if args.vinbig else None,
+              "nih": str(Path(args.nih).resolve()) if args.nih else None,
+              "extra_images": [str(Path(p).resolve()) for p in args.extra_images or []],
               "nproc_per_node": args.nproc_per_node, "device": args.device}
     record_path = out / "experiment.json"
     if args.resume:
@@ -277,7 +286,7 @@ def open_experiment(args, settings):
             raise UserError(f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
                             "rerun with the same flags, or --replace to start over")
         return Experiment(out, record)
-    inputs = [args.vinbig] if args.vinbig else []
+    inputs = [p for p in (args.vinbig, args.nih, *(args.extra_images or [])) if p]
     if out.is_dir() and any(out.iterdir()) and not args.replace:
         raise UserError(f"{out} already holds an experiment; pass --resume to finish it, --replace to start "
                         "over, or choose another --out")
@@ -302,8 +311,14 @@ def get_args_parser():
     p.add_argument("--out", default="experiment", help="folder for everything the run makes")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="cpu: small, synthetic, under 20 min on 2 cores; paper: the real settings, for GPUs")
-    p.add_argument("--vinbig", default=None,
-                   help="the real 512 px download (train.csv, train/); default: synthetic data")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--vinbig", default=None,
+                        help="the real 512 px download (train.csv, train/); default: synthetic data")
+    source.add_argument("--nih", default=None,
+                        help=f"NIH ChestX-ray14 ({NIH_BOX_FILE} and images/) instead of synthetic data "
+                             "(default: none)")
+    p.add_argument("--extra-images", nargs="+", default=None, metavar="DIR",
+                   help="unlabeled images added to every SSL pool (train_ssl.py --extra-images; default: none)")
     p.add_argument("--ssl-fractions", default="0.6",
                    help="shares of the training images to pretrain on, e.g. 0.1,0.2,...,0.9 for the paper's sweep")
     p.add_argument("--seed", type=int, default=0,
@@ -340,6 +355,8 @@ def main(argv=None):
         raise UserError("--resume and --replace contradict each other; pick one")
     if args.vinbig and not (Path(args.vinbig) / "train.csv").is_file():
         raise UserError(f"--vinbig {args.vinbig}: no train.csv there (expected the 512 px download's layout)")
+    if args.nih and not ((Path(args.nih) / NIH_BOX_FILE).is_file() and (Path(args.nih) / "images").is_dir()):
+        raise UserError(f"--nih {args.nih}: expected {NIH_BOX_FILE} and images/ there (NIH's download layout)")
     settings = settings_from(args)
     experiment = open_experiment(args, settings)
     stages = plan_stages(args, settings, experiment.out)

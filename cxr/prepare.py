@@ -1,6 +1,8 @@
-"""VinBigData train.csv -> fused COCO ground truth and a seeded train/test split.
+"""VinBigData train.csv (or NIH's box file) -> fused COCO ground truth and a
+seeded train/test split.
 
     python -m cxr.prepare --csv vinbigdata/train.csv --images vinbigdata/train --out data
+    python -m cxr.prepare --format nih --csv BBox_List_2017.csv --images images --out data
 
 Writes data/train/, data/test/ (hard links to the PNGs, copies where linking
 is impossible), data/train_annotations.json, data/test_annotations.json,
@@ -20,6 +22,13 @@ rescaled from the original DICOM width/height columns to the PNG's own size
 (read from its header); x and y scale differently because the 512 px PNGs
 were squashed to a square. COCO category_id = class_id + 1.
 
+With --format nih the rows are NIH ChestX-ray14's boxes (`cxr.nih`): one
+radiologist per image, so boxes are only checked (swapped, clipped, empty
+ones dropped), not fused; they are rescaled from --original-size (1024) to
+the PNG's size; findings map to VinBigData classes by
+`cxr.classes.NIH_FINDINGS`; and the test split is drawn by patient, so no
+patient has images on both sides.
+
 The whole output folder is built under a temporary name and renamed into
 place when complete; an existing one is refused unless --replace.
 Preparation needs numpy only: torch is not imported.
@@ -38,8 +47,10 @@ import numpy as np
 from PIL import Image
 
 from . import cli
-from .classes import CLASS_NAMES, NO_FINDING_ID, NO_FINDING_NAME, NUM_CLASSES, category_id, coco_categories
+from .classes import (CLASS_NAMES, NIH_FINDINGS, NO_FINDING_ID, NO_FINDING_NAME, NUM_CLASSES, category_id,
+                      coco_categories)
 from .errors import UserError, exit_on_user_error
+from .nih import patient_of, read_nih_table
 from .outputs import atomic_write_json, check_output_folder, staged_directory
 from .splits import split_test
 from .wbf import fuse_box_groups
@@ -47,6 +58,7 @@ from .wbf import fuse_box_groups
 REQUIRED_COLUMNS = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
 SIZE_COLUMNS = ("width", "height")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FORMATS = ("vinbigdata", "nih")
 
 
 @dataclass
@@ -226,8 +238,10 @@ def locate_images(names, images_dir, skip_missing, log, decode=False):
     return sizes, len(problems)
 
 
-def fuse_annotations(table, png_sizes, iou_thr, skip_box_thr):
-    """Fused boxes per (image, class), in PNG pixels.
+def fuse_annotations(table, png_sizes, iou_thr, skip_box_thr, fuse=True):
+    """Fused boxes per (image, class), in PNG pixels; with fuse=False (one reader
+    per image, as NIH's) every box stays its own group, and only the input
+    checks (swap, clip, drop empty) apply.
 
     Returns ({image name: [(class_id, xyxy, readers)]}, CleaningReport)."""
     png = np.zeros((len(table.image_names), 2))
@@ -240,12 +254,16 @@ def fuse_annotations(table, png_sizes, iou_thr, skip_box_thr):
     scale = png if table.original_sizes is None else table.original_sizes.astype(np.float64)
     normalized = table.boxes[keep] / np.tile(scale[image_index], 2)
 
-    fusion = fuse_box_groups(normalized, np.ones(len(normalized)), image_index * NUM_CLASSES + class_ids,
-                             iou_thr=iou_thr, skip_box_thr=skip_box_thr)
-    cluster_image = fusion.groups // NUM_CLASSES
+    groups = image_index * NUM_CLASSES + class_ids if fuse else np.arange(len(image_index))
+    fusion = fuse_box_groups(normalized, np.ones(len(normalized)), groups, iou_thr=iou_thr,
+                             skip_box_thr=skip_box_thr)
+    if fuse:
+        cluster_image, cluster_class = fusion.groups // NUM_CLASSES, fusion.groups % NUM_CLASSES
+    else:
+        cluster_image, cluster_class = image_index[fusion.groups], class_ids[fusion.groups]
     pixels = fusion.boxes * np.tile(png[cluster_image], 2)
     annotations = {table.image_names[i]: [] for i in np.unique(image_index)}
-    for index, class_id, box, readers in zip(cluster_image.tolist(), (fusion.groups % NUM_CLASSES).tolist(),
+    for index, class_id, box, readers in zip(cluster_image.tolist(), cluster_class.tolist(),
                                              pixels.tolist(), fusion.sizes.tolist()):
         annotations[table.image_names[index]].append((class_id, box, readers))
     return annotations, fusion.report
@@ -313,16 +331,31 @@ def format_class_table(rows):
     return "\n".join([line(keys)] + [line([r[k] for k in keys]) for r in rows])
 
 
+def read_nih(path, original_size):
+    """NIH's BBox_List_2017.csv as a Table (`cxr.nih`)."""
+    names, image_index, class_ids, boxes, sizes = read_nih_table(path, original_size)
+    return Table(Path(path), names, image_index, class_ids, boxes, sizes)
+
+
 def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_fraction=0.2, seed=1,
             keep_normal=False, skip_missing=False, replace=False, normal_in_test=False, verify_pixels=False,
-            log=print):
-    """Run the whole preparation; returns the summary dict also written to disk."""
+            data_format="vinbigdata", original_size=1024, log=print):
+    """Run the whole preparation; returns the summary dict also written to disk.
+
+    data_format 'nih' reads NIH's box file (`cxr.nih`): one reader per image,
+    so boxes are not fused, and the train/test split keeps each patient's
+    images on one side."""
     start = time.perf_counter()
+    if data_format not in FORMATS:
+        raise UserError(f"--format {data_format}: expected one of {', '.join(FORMATS)}")
     if not Path(images_dir).is_dir():
         raise UserError(f"--images {images_dir} is not a folder")
     check_output_folder(out, replace, inputs=(csv_path, images_dir))
-    table = read_table(csv_path)
-    if table.original_sizes is None:
+    nih = data_format == "nih"
+    table = read_nih(csv_path, original_size) if nih else read_table(csv_path)
+    if nih:
+        log("NIH findings as VinBigData classes: " + ", ".join(f"{k} -> {v}" for k, v in NIH_FINDINGS.items()))
+    elif table.original_sizes is None:
         log(f"{csv_path} has no width/height columns: boxes are taken to be in PNG pixels already")
     has_finding = np.zeros(len(table.image_names), dtype=bool)
     has_finding[table.image_index[table.class_ids != NO_FINDING_ID]] = True
@@ -338,20 +371,22 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
     original_sizes = (None if table.original_sizes is None
                       else dict(zip(table.image_names, table.original_sizes.tolist())))
 
-    annotations, report = fuse_annotations(table, png_sizes, iou_thr, skip_box_thr)
-    train_names, test_names = split_test(finding_names, test_fraction, seed)
+    annotations, report = fuse_annotations(table, png_sizes, iou_thr, skip_box_thr, fuse=not nih)
+    train_names, test_names = split_test(finding_names, test_fraction, seed, group_of=patient_of if nih else None)
     normal_names, test_normal = split_test(normal_names, test_fraction, seed) if normal_in_test else (normal_names, [])
     normal_names = normal_names if keep_normal else []
     split = {"seed": seed, "test_fraction": test_fraction, "train": train_names, "test": test_names,
              "test_normal": test_normal, "normal": sorted(normal_names)}
-    info = {"description": "VinBigData boxes fused per image and class with WBF", "source_csv": str(csv_path),
-            "iou_thr": iou_thr, "skip_box_thr": skip_box_thr, "seed": seed, "test_fraction": test_fraction}
+    info = {"description": ("NIH ChestX-ray14 boxes, one reader per image, split by patient" if nih else
+                            "VinBigData boxes fused per image and class with WBF"), "source_csv": str(csv_path),
+            "format": data_format, "iou_thr": iou_thr, "skip_box_thr": skip_box_thr, "seed": seed,
+            "test_fraction": test_fraction}
     split_annotations = {"train": {n: annotations.get(n, []) for n in train_names},
                          "test": {n: annotations.get(n, []) for n in test_names}}
     per_class = class_table(split_annotations, table, png_sizes)
     box_free = [n for n in finding_names if not annotations.get(n)]
     summary = {
-        "csv_rows": len(table.image_index), "csv_images": len(table.image_names),
+        "format": data_format, "csv_rows": len(table.image_index), "csv_images": len(table.image_names),
         "finding_images": len(finding_names), "normal_images_kept": len(normal_names),
         "missing_images": num_missing, "train_images": len(train_names), "test_images": len(test_names),
         "test_normal_images": len(test_normal),
@@ -379,10 +414,12 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
     log(f"read {summary['csv_rows']} rows on {summary['csv_images']} images from {csv_path}: "
         f"{len(finding_names)} with findings, {num_missing} missing")
     log(format_class_table(per_class))
-    log(f"boxes: {summary['csv_boxes']} drawn -> {summary['fused_boxes']} after WBF (iou_thr {iou_thr}); "
-        f"{report.swapped} swapped, {report.clipped} clipped, {report.zero_area} zero-area dropped, "
+    log(f"boxes: {summary['csv_boxes']} drawn -> {summary['fused_boxes']} "
+        + ("(one reader, not fused); " if nih else f"after WBF (iou_thr {iou_thr}); ")
+        + f"{report.swapped} swapped, {report.clipped} clipped, {report.zero_area} zero-area dropped, "
         f"{report.below_threshold} below skip_box_thr; {len(box_free)} finding images left without boxes")
-    log(f"split (seed {seed}, test fraction {test_fraction}): {len(train_names)} train, {len(test_names)} test"
+    log(f"split (seed {seed}, test fraction {test_fraction}{' of the patients' if nih else ''}): "
+        f"{len(train_names)} train, {len(test_names)} test"
         + (f" + {len(test_normal)} normal test images" if normal_in_test else "")
         + (f", {len(normal_names)} normal" if keep_normal else "") + f"; wrote {out} in {summary['seconds']} s")
     return summary
@@ -391,8 +428,12 @@ def prepare(csv_path, images_dir, out, iou_thr=0.2, skip_box_thr=1e-4, test_frac
 def get_args_parser():
     parser = cli.parser("python -m cxr.prepare", "Fuse VinBigData radiologist boxes into COCO ground truth "
                         "and split the images with findings into train/test.")
-    parser.add_argument("--csv", required=True, help="VinBigData train.csv")
+    parser.add_argument("--format", default="vinbigdata", choices=FORMATS, dest="data_format",
+                        help="vinbigdata: the competition's train.csv; nih: NIH ChestX-ray14's BBox_List_2017.csv")
+    parser.add_argument("--csv", required=True, help="VinBigData's train.csv, or NIH's BBox_List_2017.csv")
     parser.add_argument("--images", required=True, help="folder of <image_id>.png")
+    parser.add_argument("--original-size", type=int, default=1024,
+                        help="nih: side in pixels of the images NIH's box coordinates refer to")
     parser.add_argument("--out", required=True, help="output folder (refused if it exists, unless --replace)")
     parser.add_argument("--iou-thr", type=float, default=0.2, help="WBF IoU threshold (paper: 0.2)")
     parser.add_argument("--skip-box-thr", type=float, default=1e-4, help="WBF score threshold")
@@ -420,7 +461,8 @@ def main(argv=None):
     if not 0.0 <= args.iou_thr <= 1.0:
         parser.error(f"--iou-thr must be in [0, 1], got {args.iou_thr}")
     prepare(args.csv, args.images, Path(args.out), args.iou_thr, args.skip_box_thr, args.test_fraction,
-            args.seed, args.keep_normal, args.skip_missing, args.replace, args.normal_in_test, args.verify_pixels)
+            args.seed, args.keep_normal, args.skip_missing, args.replace, args.normal_in_test, args.verify_pixels,
+            args.data_format, args.original_size)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,23 @@ def seeded_permutation(image_ids, seed):
     return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
 
 
-def split_test(image_ids, test_fraction, seed):
+def split_test(image_ids, test_fraction, seed, group_of=None):
     """(train_ids, test_ids): the test split is the first round(n * test_fraction)
-    of the seeded permutation. Both lists are returned sorted."""
+    of the seeded permutation. Both lists are returned sorted.
+
+    With group_of (image id -> group, e.g. its patient) the groups are permuted
+    and the test split takes the first round(groups * test_fraction) of them
+    whole, so no group has images on both sides."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    order = seeded_permutation(image_ids, seed)
-    num_test = round(len(order) * test_fraction)
-    return sorted(order[num_test:]), sorted(order[:num_test])
+    if group_of is None:
+        order = seeded_permutation(image_ids, seed)
+        num_test = round(len(order) * test_fraction)
+        return sorted(order[num_test:]), sorted(order[:num_test])
+    _, test_groups = split_test({group_of(i) for i in image_ids}, test_fraction, seed)
+    test_groups = set(test_groups)
+    return (sorted(i for i in image_ids if group_of(i) not in test_groups),
+            sorted(i for i in image_ids if group_of(i) in test_groups))
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,22 @@ def test_torchrun_and_preset_overrides_reach_the_commands(tmp_path):
     assert cpu[cpu.index("--temperature") + 1] == "0.3"
 
 
+def test_nih_data_and_extra_images_reach_prepare_and_every_pretraining(tmp_path):
+    nih, archive = tmp_path / "nih", tmp_path / "archive"
+    (nih / "images").mkdir(parents=True)
+    (nih / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
+    archive.mkdir()
+    stages = {s.name: s for s in planned(tmp_path / "out", "--nih", str(nih), "--extra-images", str(archive),
+                                         "--train-seeds", "0,1")}
+    assert "synthetic" not in stages
+    prepare = flag_values(stages["prepare"].command)
+    assert prepare["--format"] == "nih" and prepare["--csv"] == str(nih / "BBox_List_2017.csv")
+    for seed in (0, 1):
+        assert flag_values(stages[f"pretrain-ssl60-s{seed}"].command)["--extra-images"] == str(archive)
+    with pytest.raises(SystemExit):
+        experiment.parse_args(["--nih", str(nih), "--vinbig", str(nih)])
+
+
 def test_bad_fractions_are_refused():
     for text in ("0", "0.5,1.0", "a,b", "0.5,0.501"):
         with pytest.raises(UserError, match="--ssl-fractions"):

@@ -3,15 +3,18 @@
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
 import train_ssl
@@ -115,6 +118,30 @@ def test_auto_resume_starts_a_new_run_and_continues_a_stopped_one(data_dir, tmp_
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     events = [json.loads(line)["event"] for line in (tmp_path / "auto" / "pretrain" / "log.jsonl").open()]
     assert events.count("resume") == 1 and events.count("start") == 2
+
+
+@pytest.mark.slow
+def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_data(data_dir, tmp_path):
+    extra = tmp_path / "archive"
+    extra.mkdir()
+    for i, size in enumerate([(70, 50), (40, 40), (33, 90)]):
+        Image.new("L", size, 30 * i).save(extra / f"unlabeled{i}.png")
+    Image.fromarray(np.full((40, 40), 4000, dtype=np.uint16)).save(extra / "sixteen.png")
+    train_ssl.main(tiny_args(data_dir, tmp_path, "extra", "--epochs", "1", "--extra-images", str(extra), str(extra),
+                             str(extra / "unlabeled0.png")))
+    run = tmp_path / "extra" / "pretrain"
+    listed = (run / "ssl_images.txt").read_text().split()
+    assert sorted(n for n in listed if "/" in n) == sorted(str(p) for p in extra.iterdir())   # once each
+    assert json.loads((run / "pretrained-backbone.json").read_text())["extra_images"] == 4
+    test_image = next((data_dir / "test").glob("*.png"))
+    os.link(test_image, extra / "renamed.png")                        # the same file under another name
+    with pytest.raises(UserError, match="1 of the 5 --extra-images are also in the prepared data"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra)))
+    (extra / "renamed.png").unlink()
+    shutil.copy(next((data_dir / "train").glob("*.png")), extra)          # a copy under its own name
+    with pytest.raises(UserError, match="are also in the prepared data"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra)))
+    assert not (tmp_path / "leak").exists()
 
 
 def test_out_of_range_fractions_are_refused_by_the_parser(capsys):

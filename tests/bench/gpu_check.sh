@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
-# The CUDA checks of issue 3 in one run, for a session lent a GPU (device tool):
-# nccl under torchrun (python -m torch.distributed.run), SimCLR with fp16 + GradScaler and
-# with bf16, channels_last, the views on the device, the engine's overhead and the throughput
-# at 512 px, and a Faster R-CNN fine-tuning from the SSL backbone with fp16.
+# The CUDA checks in one run, for a machine with a GPU: nccl under torchrun
+# (python -m torch.distributed.run), SimCLR with fp16 + GradScaler and with bf16, channels_last,
+# the views on the device, the engine's overhead and the throughput at 512 px, a Faster R-CNN
+# fine-tuning from the SSL backbone with fp16, and the multi-process path (global BatchNorm,
+# gathered negatives): two NCCL ranks when there are two GPUs; on one GPU two NCCL ranks cannot
+# share the device, so the two-process run uses gloo on the CPU instead and says so.
 #
-# The device machine has torch and torchvision but not pycocotools; carry its wheel:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pycocotools
-#   run(command="bash tests/bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
-# Logs and summary.txt go to $OUT (the device tool's folder), else ./gpu_check_out. Each step is
-# limited to $STEP_LIMIT s (120), the most important first; on an H100 the whole run should take
-# about 5 minutes (an estimate: it has not run on a GPU yet).
+# If pycocotools is missing on that machine, put its wheel in .whl/ (installed from there).
+# Logs and summary.txt go to $OUT, else ./gpu_check_out. Each step is limited to $STEP_LIMIT s
+# (120), the most important first.
 # The sizes are environment variables, so the wiring can be smoke-tested on a CPU:
 #   ARCH=resnet18 SIZE=64 IMAGES=40 SSL_BATCH=8 DET_BATCH=2 AMPS=bf16 DET_AMP=bf16 bash tests/bench/gpu_check.sh
 
@@ -53,11 +50,23 @@ for amp in $amps; do
         --batch-size "$ssl_batch" --epochs 2 --warmup-epochs 1 --lr 0.3 --ssl-fraction 0.5 --include-normal \
         --amp "$amp" --workers 8 --print-freq 5 --precise-bn-images 256
 done
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c GPU)
+if [ "$gpus" -ge 2 ]; then
+    two=(--amp bf16 --device cuda)
+else
+    echo "== $gpus GPU: the two-process run uses gloo on the CPU (two NCCL ranks cannot share one GPU)" \
+        | tee -a "$out/summary.txt"
+    two=(--device cpu)
+fi
+step ssl_two_processes $py -m torch.distributed.run --standalone --nproc_per_node=2 train_ssl.py \
+    --data-dir "$work/data" --output-dir "$work/out" --experiment-name two --arch "$arch" --image-size 128 \
+    --batch-size 8 --epochs 1 --warmup-epochs 0 --ssl-fraction 0.5 --include-normal --workers 2 --print-freq 5 \
+    --precise-bn-images 64 "${two[@]}"
 step bench_ssl $py tests/bench/bench_ssl.py --size "$size" --arch "$arch" --step-size "$size" \
     --step-batch "$((ssl_batch / 2))" --steps 10 --rounds 3
 last=$(echo "$amps" | awk '{print $NF}')
 step "det_$det_amp" $py -m torch.distributed.run --standalone --nproc_per_node=1 train_det.py \
     --data-dir "$work/data" --output-dir "$work/out" --experiment-name "ssl_$last" --arch "$arch" --image-size "$size" \
-    --batch-size "$det_batch" --epochs 2 --warmup-iters 10 --amp "$det_amp" --workers 8 --print-freq 5
+    --batch-size "$det_batch" --epochs 2 --warmup-iters 2 --amp "$det_amp" --workers 8 --print-freq 5
 step bench_det $py tests/bench/bench_det.py --arch "$arch" --size "$size" --batch "$det_batch" --steps 10
 rm -rf "$work"
