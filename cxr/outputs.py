@@ -87,7 +87,9 @@ def make_folder(path):
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create the folder {path}: {error.strerror or error}") from None
+        blocking = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file" if blocking else error.strerror or str(error)
+        raise UserError(f"cannot create the folder {path}: {why}") from None
 
 
 def mark_as_ours(folder, command):

@@ -1,12 +1,14 @@
-"""Which SimCLR views can be learned on the synthetic data within a CPU budget?
+"""Which SimCLR views can be learned within a CPU budget?
 
 Trains a fresh resnet18 SimCLR model for --steps SGD steps (lr 0.05,
-momentum 0.9, wd 5e-4, temperature 0.5) on one fixed batch of 64 normal
-images (synthetic set: 1,500 images at 128 px, seed 0, read at 64 px) with
-each view configuration, printing the NT-Xent loss every 5 steps. Chance
-level is ln(2 * 64 - 1) = 4.844: a loss that stays there has learned nothing.
+momentum 0.9, wd 5e-4, temperature 0.5) on one fixed batch of 64 images
+read at 64 px, with each view configuration, printing the NT-Xent loss every
+5 steps. The images are the first 64 (sorted) of --images, real radiographs
+such as NIH ChestX-ray14's, or by default 64 normal images of a synthetic set
+(1,500 images at 128 px, seed 0). Chance level is ln(2 * 64 - 1) = 4.844: a
+loss that stays there has learned nothing.
 
-    python tests/bench/ablate_ssl_views.py [--steps 25] [--configs seed no_jitter ...]
+    python tests/studies/ablate_ssl_views.py [--steps 25] [--configs seed no_jitter ...] [--images DIR]
 """
 
 import argparse
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views  # noqa: E402
 from cxr.backbone import build_resnet  # noqa: E402
-from cxr.data import ImageList, split_images, to_network_input  # noqa: E402
+from cxr.data import ImageList, list_images, split_images, to_network_input  # noqa: E402
 from cxr.prepare import prepare  # noqa: E402
 from cxr.simclr import SimCLR, nt_xent  # noqa: E402
 from cxr.synthetic import generate  # noqa: E402
@@ -63,17 +65,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--images", default=None, help="a folder of real images (default: synthetic ones)")
     args = parser.parse_args()
+    if args.images:
+        images = torch.stack([image for image in ImageList(list_images([args.images], "--images")[:64], 64)])
+    else:
+        images = synthetic_batch()
+    print(f"chance: {math.log(2 * 64 - 1):.3f}; loss at steps 0, 5, 10, ...")
+    for name in args.configs:
+        print(f"| {name} | {' '.join(f'{x:.3f}' for x in losses(images, CONFIGS[name], args.steps))} |", flush=True)
+
+
+def synthetic_batch():
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         generate(root / "vin", num_images=1500, size=128, seed=0, test_images=0, log=lambda *_: None)
         prepare(root / "vin" / "train.csv", root / "vin" / "train", root / "data", keep_normal=True,
                 log=lambda *_: None)
         paths = list(split_images(root / "data", "normal").values())[:64]
-        images = torch.stack([image for image in ImageList(paths, 64)])
-    print(f"chance: {math.log(2 * 64 - 1):.3f}; loss at steps 0, 5, 10, ...")
-    for name in args.configs:
-        print(f"| {name} | {' '.join(f'{x:.3f}' for x in losses(images, CONFIGS[name], args.steps))} |", flush=True)
+        return torch.stack([image for image in ImageList(paths, 64)])
 
 
 if __name__ == "__main__":

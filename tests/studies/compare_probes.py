@@ -15,7 +15,7 @@ another seed:
 
     python -m cxr.synthetic --out /tmp/probe_vin --images 6000 --size 128 --seed 1 --test-images 0
     python -m cxr.prepare --csv /tmp/probe_vin/train.csv --images /tmp/probe_vin/train --out /tmp/probe_data
-    python tests/bench/compare_probes.py --data-dir /tmp/probe_data --backbones RUN/pretrain/pretrained-backbone.pth
+    python tests/studies/compare_probes.py --data-dir /tmp/probe_data --backbones RUN/pretrain/pretrained-backbone.pth
 """
 
 import argparse

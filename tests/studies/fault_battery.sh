@@ -1,0 +1,59 @@
+#!/bin/bash
+# The fault battery of docs/reliability.md: bad inputs and dangerous flags as a new user would
+# meet them, with tiny settings (a few minutes on a CPU). Prints each case's exit status and the
+# last line it wrote to stderr, and what is left of the user's files.
+#   bash tests/studies/fault_battery.sh [WORK_FOLDER]
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-.venv/bin/python}
+B=${1:-$(mktemp -d)}/battery; rm -rf "$B"; mkdir -p "$B"
+$PY -m cxr.synthetic --out $B/vin --images 40 --size 64 --seed 3 > /dev/null
+case_() { local name=$1; shift; "$@" > $B/out.txt 2> $B/err.txt; local rc=$?; printf '%s\t%s\t%s\n' "$name" "$rc" "$(grep -v '^\s*$' $B/err.txt | tail -n 1 | cut -c1-400)"; }
+before=$(find $B/vin | wc -l)
+case_ "prepare --out holding the inputs, --replace" $PY -m cxr.prepare --csv $B/vin/train.csv --images $B/vin/train --out $B/vin --replace
+echo "files in vin before/after: $before/$(find $B/vin | wc -l)"
+mkdir -p $B/mine/sub; echo notes > $B/mine/notes.txt
+case_ "experiment --replace on a folder cxr did not make" $PY -m cxr.experiment --out $B/mine --replace
+echo "mine still holds: $(ls $B/mine | tr '\n' ' ')"
+case_ "prepare --out under a file" $PY -m cxr.prepare --csv $B/vin/train.csv --images $B/vin/train --out $B/mine/notes.txt/data
+case_ "prepare --out under /proc" $PY -m cxr.prepare --csv $B/vin/train.csv --images $B/vin/train --out /proc/cxr/data
+head -1 $B/vin/train.csv > $B/header.csv
+case_ "header-only CSV" $PY -m cxr.prepare --csv $B/header.csv --images $B/vin/train --out $B/d0
+printf '\xef\xbb\xbf' > $B/bom.csv; cat $B/vin/train.csv >> $B/bom.csv
+case_ "CSV with a UTF-8 byte-order mark" $PY -m cxr.prepare --csv $B/bom.csv --images $B/vin/train --out $B/d1 --keep-normal
+cp -r $B/vin/train $B/cut; f=$B/cut/$(grep -v ",No finding," $B/vin/train.csv | sed -n 2p | cut -d, -f1).png; head -c 300 $f > $f.tmp; mv $f.tmp $f
+case_ "a PNG cut short (header intact)" $PY -m cxr.prepare --csv $B/vin/train.csv --images $B/cut --out $B/d2
+$PY -m cxr.prepare --csv $B/vin/train.csv --images $B/vin/train --out $B/data --keep-normal > /dev/null
+case_ "--ssl-fraction 1.5" $PY train_ssl.py --data-dir $B/data --ssl-fraction 1.5
+case_ "--labeled-fraction -0.1" $PY train_det.py --data-dir $B/data --labeled-fraction -0.1
+echo "not weights" > $B/notes.pth
+case_ "a text file as --init" $PY train_det.py --data-dir $B/data --output-dir $B/out --experiment-name t --init $B/notes.pth --device cpu
+$PY -c "
+import torch
+class E:
+    def __reduce__(self): return (print, ('pwned',))
+torch.save({'model': E()}, '$B/pickled.pth')"
+case_ "a checkpoint holding pickled code" $PY evaluate.py --mode map --data-dir $B/data --checkpoint $B/pickled.pth --device cpu --output-dir $B/out --experiment-name t
+case_ "a warmup longer than the run" $PY train_ssl.py --data-dir $B/data --output-dir $B/out --experiment-name w --arch resnet18 --image-size 32 --batch-size 8 --epochs 1 --warmup-epochs 2 --include-normal --device cpu --workers 0
+echo "run folder after the refused start: $(ls $B/out 2>/dev/null | tr '\n' ' ')"
+$PY -c "
+import torch, torchvision
+torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith('fc.')}, '$B/r18.pth')"
+case_ "--init of a resnet18 file without --arch" $PY train_det.py --data-dir $B/data --output-dir $B/out --experiment-name r18 --init $B/r18.pth --image-size 64 --epochs 1 --batch-size 4 --warmup-iters 1 --roi-batch-size 16 --workers 0 --device cpu --eval-every 0
+grep -o "loaded [0-9]*/[0-9]* tensors" $B/out.txt | head -1
+case_ "--submission without --original-sizes" $PY evaluate.py --mode predict --experiment-name r18 --output-dir $B/out --images $B/data/test --submission --device cpu
+$PY - <<PYEOF
+import json
+coco = json.load(open("$B/data/test_annotations.json"))
+coco["annotations"][0]["category_id"] = 17
+json.dump(coco, open("$B/ids.json", "w"))
+PYEOF
+case_ "ground truth with an unknown category id" $PY evaluate.py --mode map --experiment-name r18 --output-dir $B/out --data-dir $B/data --test-ann-file $B/ids.json --device cpu
+cp -r $B/data $B/broken; f=$(ls $B/broken/train/*.png | head -1); rm $f; echo junk > $f
+case_ "a corrupt image met by a DataLoader worker" $PY train_det.py --data-dir $B/broken --output-dir $B/out --experiment-name bad --init random --arch resnet18 --image-size 64 --epochs 1 --batch-size 4 --warmup-iters 1 --workers 1 --device cpu --labeled-fraction 1
+echo "stderr lines: $(wc -l < $B/err.txt)"
+case_ "--resume after changing the temperature" $PY train_ssl.py --data-dir $B/data --output-dir $B/out --experiment-name w2 --arch resnet18 --image-size 32 --batch-size 8 --epochs 1 --warmup-epochs 0 --include-normal --device cpu --workers 0
+case_ "  (then --resume --temperature 0.2)" $PY train_ssl.py --data-dir $B/data --output-dir $B/out --experiment-name w2 --arch resnet18 --image-size 32 --batch-size 8 --epochs 1 --warmup-epochs 0 --include-normal --device cpu --workers 0 --resume --temperature 0.2
+echo "notes" > $B/out/w2/pretrain/notes.txt
+case_ "train_ssl --replace with a file of the user's in the run folder" $PY train_ssl.py --data-dir $B/data --output-dir $B/out --experiment-name w2 --arch resnet18 --image-size 32 --batch-size 8 --epochs 1 --warmup-epochs 0 --include-normal --device cpu --workers 0 --replace
+echo "run folder keeps: $(ls $B/out/w2/pretrain | grep notes)"
+stat -c '%a %n' $B/data $B/out/w2/pretrain
