@@ -80,6 +80,9 @@ def get_args_parser():
     p.add_argument("--roi-batch-size", type=int, default=512,
                    help="proposals sampled per image to train the box head (torchvision: 512); "
                         "lower it to train faster on a CPU")
+    p.add_argument("--rpn-proposals", type=int, default=2000,
+                   help="proposals the RPN keeps per image in training (torchvision: 2000); lower it to train "
+                        "faster on a CPU")
     p.add_argument("--batch-size", type=int, default=4, help="images per process")
     p.add_argument("--epochs", type=int, default=26, help="passes over the oversampled labeled set")
     p.add_argument("--lr", type=float, default=0.01, help="absolute peak learning rate")
@@ -247,7 +250,7 @@ def run(args, dist_info):
     eval_dataset, ground_truth = evaluation_ground_truth(args, held_out)
     torch.manual_seed(args.seed)
     model = build_detector(args.arch, args.image_size, args.norm, args.trainable_layers, args.roi_batch_size,
-                           args.anchors)
+                           args.anchors, args.rpn_proposals)
     message = initialize_backbone(model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth")
     config = run_config(args, dist_info)
     resume = resuming(args, experiment_dir / "checkpoint.pth")

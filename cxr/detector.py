@@ -76,11 +76,14 @@ def _freeze_norms_of_frozen_layers(module):
 
 
 def build_detector(arch, image_size, norm="syncbn", trainable_layers=5, roi_batch_size=512,
-                   anchors="torchvision"):
+                   anchors="torchvision", rpn_proposals=2000):
     """Faster R-CNN with a randomly initialized `arch`-FPN backbone.
 
     roi_batch_size: proposals sampled per image to train the box head
-    (torchvision's default 512); the box head's cost grows with it."""
+    (torchvision's default 512); rpn_proposals: proposals the RPN keeps per
+    image in training, before and after NMS (torchvision's 2000; inference
+    keeps torchvision's 1000). Both are sized for 800 px COCO images and
+    dominate a CPU step at small sizes (tests/bench/bench_det.py)."""
     if arch not in FEATURE_DIMS:
         raise UserError(f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}")
     if norm not in NORMS:
@@ -95,7 +98,8 @@ def build_detector(arch, image_size, norm="syncbn", trainable_layers=5, roi_batc
     anchor_generator = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     return FasterRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=image_size, max_size=image_size,
                       image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD),
-                      rpn_anchor_generator=anchor_generator, box_batch_size_per_image=roi_batch_size)
+                      rpn_anchor_generator=anchor_generator, box_batch_size_per_image=roi_batch_size,
+                      rpn_pre_nms_top_n_train=rpn_proposals, rpn_post_nms_top_n_train=rpn_proposals)
 
 
 def transfer_trunk(detector, state, arch, source):

@@ -90,6 +90,16 @@ def test_the_real_training_set_size_splits_cleanly(fraction):
     assert len(default.ssl) + len(default.labeled) == 3515
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_grouped_test_split_keeps_every_patient_on_one_side(seed):
+    rng = np.random.default_rng(seed)
+    ids = [f"{patient:05d}_{visit:03d}" for patient in range(60) for visit in range(rng.integers(1, 6))]
+    train, test = split_test(ids, 0.25, seed, group_of=lambda name: name.split("_")[0])
+    patients = [{name.split("_")[0] for name in side} for side in (train, test)]
+    assert not patients[0] & patients[1] and sorted(train + test) == sorted(ids)
+    assert len(patients[1]) == 15                                      # a quarter of the 60 patients
+
+
 def test_split_test_fraction_bounds():
     assert split_test(["a", "b", "c", "d"], 0.25, 0)[1] and len(split_test(["a", "b"], 0.0, 0)[1]) == 0
     with pytest.raises(ValueError):
