@@ -170,7 +170,7 @@ def _data_section(folder):
     settings = folder.config["settings"]
     if folder.config["vinbig"]:
         source = f"the real VinBigData download in `{folder.config['vinbig']}`"
-    elif folder.config["nih"]:
+    elif folder.config.get("nih"):
         source = (f"real radiographs: NIH ChestX-ray14 boxes and images in `{folder.config['nih']}` (Wang et al., "
                   "2017, 'ChestX-ray8'), one radiologist per image, train/test split by patient, NIH's findings "
                   "mapped to VinBigData classes (`cxr.classes.NIH_FINDINGS`)")
@@ -178,7 +178,7 @@ def _data_section(folder):
         source = (f"synthetic VinBigData from `python -m cxr.synthetic` ({settings['synthetic_images']} images at "
                   f"{settings['synthetic_size']} px, seed {folder.config['seed']}): a stand-in with the real layout "
                   "and statistics, so its numbers test the machinery, not the method on real radiographs")
-    if folder.config["extra_images"]:
+    if folder.config.get("extra_images"):
         source += f"; unlabeled images for SimCLR from {', '.join(f'`{p}`' for p in folder.config['extra_images'])}"
     normal_test = summary.get("test_normal_images", 0)
     lines = [f"Data: {source}. After `cxr.prepare` (readers' boxes fused by WBF at IoU 0.2): "

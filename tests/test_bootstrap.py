@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxr.bootstrap import paired_bootstrap
+from cxr.bootstrap import STANDARD_NORMAL, bias_corrected_interval, paired_bootstrap
 
 
 def weighted_mean(values, counts):
@@ -27,6 +27,18 @@ def test_interval_of_a_mean_has_the_normal_theory_width():
     assert first.high - first.low == pytest.approx(2 * 1.645 * values.std() / 20, rel=0.1)
     assert first.low < values.mean() < first.high
     assert result["second"].low == result["second"].high == 0.0
+
+
+@pytest.mark.parametrize("bias", [0.0, 0.1, -0.15])
+def test_bias_corrected_interval_of_shifted_normal_replicates(bias):
+    """Replicates N(estimate + b, s^2), s = 0.2: the interval is estimate - b -+ 1.645 s."""
+    estimate, spread = 1.0, 0.2
+    quantiles = (np.arange(20000) + 0.5) / 20000
+    replicates = estimate + bias + spread * np.array([STANDARD_NORMAL.inv_cdf(q) for q in quantiles])
+    interval = bias_corrected_interval(replicates, estimate, level=0.9)
+    assert interval.estimate == estimate
+    assert interval.low == pytest.approx(estimate - bias - 1.645 * spread, abs=2e-3)
+    assert interval.high == pytest.approx(estimate - bias + 1.645 * spread, abs=2e-3)
 
 
 def test_seeds_that_disagree_widen_the_interval_to_both_signs():
