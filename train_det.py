@@ -34,14 +34,14 @@ from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
 from cxr.distributed import process_group
 from cxr.checkpoint_io import atomic_torch_save
-from cxr.cli import fraction_arg, parser
-from cxr.engine import (RunLogger, check_amp, fit, prepare_run_dir, read_resumable, restore, resuming,
-                        run_config, write_run_header)
+from cxr.cli import add_run_flags, fraction_arg, parser
+from cxr.engine import check_amp, fit, restore
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import coco_ground_truth, coco_metrics, detection_collate, gather_to_main, predict
 from cxr.global_batchnorm import convert_to_global_batchnorm
 from cxr.optim import build_optimizer, check_warmup, step_schedule, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
+from cxr.run_folder import open_run
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
 from cxr.splits import partition, seeded_permutation
 # The files a run writes in its folder: --replace deletes these and nothing else.
@@ -112,16 +112,7 @@ def get_args_parser():
                    help="seed of the head weights, the epoch order and the augmentations")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--print-freq", type=int, default=20, help="iterations between progress lines")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
-                        "default: run to --epochs")
-    p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint.pth")
-    p.add_argument("--auto-resume", action="store_true",
-                   help="continue from checkpoint.pth if there is one, else start: for torchrun --max-restarts, "
-                        "which restarts the group with the same arguments")
-    p.add_argument("--replace", action="store_true",
-                   help="delete this run's outputs (RUN_OUTPUTS in train_det.py; never pretrain/, eval/ or "
-                        "anything else) and start over")
+    add_run_flags(p, "train_det.py; never pretrain/ or eval/")
     return p
 
 
@@ -252,15 +243,8 @@ def run(args, dist_info):
     model = build_detector(args.arch, args.image_size, args.norm, args.trainable_layers, args.roi_batch_size,
                            args.anchors, args.rpn_proposals)
     message = initialize_backbone(model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth")
-    config = run_config(args, dist_info)
-    resume = resuming(args, experiment_dir / "checkpoint.pth")
-    resumed = read_resumable(experiment_dir / "checkpoint.pth", config) if resume else None
-
-    checkpoint_path = prepare_run_dir(experiment_dir, RUN_OUTPUTS, resume, args.replace, dist_info)
-    logger = RunLogger(experiment_dir, dist_info.is_main)
-    write_run_header(logger, experiment_dir, args, dist_info)
-    if dist_info.is_main:
-        (experiment_dir / "labeled_images.txt").write_text("".join(f"{name}\n" for name in labeled))
+    run = open_run(experiment_dir, RUN_OUTPUTS, args, dist_info, ("labeled_images.txt", labeled))
+    logger = run.logger
     logger.log(message, event="init")
     if args.init == "random" and args.norm == "frozen":
         logger.log("warning: --init random with --norm frozen normalizes nothing (identity statistics) and "
@@ -273,8 +257,8 @@ def run(args, dist_info):
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
     start_epoch = start_step = 0
     history = []
-    if resumed is not None:
-        start_epoch, start_step = restore(resumed, model, optimizer, scaler, logger, checkpoint_path)
+    if run.resumed is not None:
+        start_epoch, start_step = restore(run.resumed, model, optimizer, scaler, logger, run.checkpoint)
         history_path = experiment_dir / "eval_history.json"
         history = json.loads(history_path.read_text()) if history_path.is_file() else []
 
@@ -306,9 +290,9 @@ def run(args, dist_info):
                     task=DetectionTask(dist_info.device), optimizer=optimizer, scaler=scaler, schedule=schedule,
                     epochs=args.epochs, amp=args.amp,
                     device=dist_info.device, seed=args.seed, dist_info=dist_info, logger=logger,
-                    checkpoint_path=checkpoint_path, start_epoch=start_epoch, start_step=start_step,
+                    checkpoint_path=run.checkpoint, start_epoch=start_epoch, start_step=start_step,
                     stop_after=args.stop_after, clip_grad=args.clip_grad, print_freq=args.print_freq,
-                    checkpoint_extra={"config": config}, after_epoch=evaluate)
+                    checkpoint_extra={"config": run.config}, after_epoch=evaluate)
     if completed < args.epochs:
         logger.log(f"stopped after epoch {completed} of {args.epochs}; continue with --resume", event="stop")
         return

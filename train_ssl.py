@@ -33,13 +33,13 @@ from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statist
 from cxr.data import ImageList, list_images, split_images, to_network_input
 from cxr.distributed import process_group
 from cxr.checkpoint_io import atomic_torch_save
-from cxr.cli import fraction_arg, parser
-from cxr.engine import (RunLogger, check_amp, fit, prepare_run_dir, read_resumable, restore, resuming,
-                        run_config, write_run_header)
+from cxr.cli import add_run_flags, fraction_arg, parser
+from cxr.engine import check_amp, fit, restore
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
 from cxr.optim import build_optimizer, check_warmup, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
+from cxr.run_folder import open_run
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
 # The files a run writes in its folder: --replace deletes these and nothing else.
@@ -92,18 +92,10 @@ def get_args_parser():
                    help="accepted for the seed project's command lines: 'auto' or 1 runs one process "
                         "here; for N GPUs launch with torchrun --nproc_per_node=N instead")
     p.add_argument("--print-freq", type=int, default=10, help="iterations between progress lines")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
-                        "default: run to --epochs")
     p.add_argument("--precise-bn-images", type=int, default=1024,
                    help="recompute the trunk's BatchNorm statistics on this many un-augmented SSL images before "
                         "saving the backbone (0: keep the running averages of training)")
-    p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint.pth")
-    p.add_argument("--auto-resume", action="store_true",
-                   help="continue from checkpoint.pth if there is one, else start: for torchrun --max-restarts, "
-                        "which restarts the group with the same arguments")
-    p.add_argument("--replace", action="store_true",
-                   help="delete this run's outputs (RUN_OUTPUTS in train_ssl.py, nothing else) and start over")
+    add_run_flags(p, "train_ssl.py")
     return p
 
 
@@ -197,16 +189,9 @@ def run(args, dist_info):
     warmup_steps, total_steps = round(args.warmup_epochs * len(loader)), args.epochs * len(loader)
     check_warmup(warmup_steps, total_steps, f"--warmup-epochs {args.warmup_epochs:g}")
     schedule = warmup_cosine_schedule(args.lr, total_steps, warmup_steps)
-    config = run_config(args, dist_info)
     run_dir = Path(args.output_dir) / args.experiment_name / "pretrain"
-    resume = resuming(args, run_dir / "checkpoint.pth")
-    resumed = read_resumable(run_dir / "checkpoint.pth", config) if resume else None
-
-    checkpoint_path = prepare_run_dir(run_dir, RUN_OUTPUTS, resume, args.replace, dist_info)
-    logger = RunLogger(run_dir, dist_info.is_main)
-    write_run_header(logger, run_dir, args, dist_info)
-    if dist_info.is_main:
-        (run_dir / "ssl_images.txt").write_text("".join(f"{name}\n" for name in sorted(paths)))
+    run = open_run(run_dir, RUN_OUTPUTS, args, dist_info, ("ssl_images.txt", sorted(paths)))
+    logger = run.logger
 
     torch.manual_seed(args.seed)
     model = SimCLR(build_resnet(args.arch), FEATURE_DIMS[args.arch], args.projection_dim)
@@ -218,8 +203,8 @@ def run(args, dist_info):
     optimizer = build_optimizer(args.optimizer, model, args.lr, args.weight_decay)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
     start_epoch = start_step = 0
-    if resumed is not None:
-        start_epoch, start_step = restore(resumed, model, optimizer, scaler, logger, checkpoint_path)
+    if run.resumed is not None:
+        start_epoch, start_step = restore(run.resumed, model, optimizer, scaler, logger, run.checkpoint)
 
     ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     normalization = f"global over {dist_info.world_size} processes" if global_bn else "per process"
@@ -232,9 +217,9 @@ def run(args, dist_info):
     completed = fit(model=ddp_model, unwrapped=model, loader=loader, sampler=sampler, task=task,
                     optimizer=optimizer, scaler=scaler, schedule=schedule, epochs=args.epochs, amp=args.amp,
                     device=dist_info.device, seed=args.seed, dist_info=dist_info, logger=logger,
-                    checkpoint_path=checkpoint_path, start_epoch=start_epoch, start_step=start_step,
+                    checkpoint_path=run.checkpoint, start_epoch=start_epoch, start_step=start_step,
                     stop_after=args.stop_after, clip_grad=args.clip_grad, print_freq=args.print_freq,
-                    checkpoint_extra={"config": config})
+                    checkpoint_extra={"config": run.config})
     if completed < args.epochs:
         logger.log(f"stopped after epoch {completed} of {args.epochs}; continue with --resume", event="stop")
         return

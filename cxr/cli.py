@@ -22,6 +22,19 @@ def parser(prog, description):
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
+def add_run_flags(parser, script):
+    """The flags that start, stop, continue or replace a training run."""
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
+                             "default: run to --epochs")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its checkpoint.pth")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="continue from checkpoint.pth if there is one, else start: for torchrun "
+                             "--max-restarts, which restarts the group with the same arguments")
+    parser.add_argument("--replace", action="store_true",
+                        help=f"delete this run's outputs (RUN_OUTPUTS in {script}, nothing else) and start over")
+
+
 def fraction_arg(text):
     """argparse type of a share of the images: a number in [0, 1]."""
     try:

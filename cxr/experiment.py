@@ -140,7 +140,8 @@ def plan_stages(args, settings, out):
                             [python, "-m", "cxr.synthetic", "--out", str(out / "vinbigdata"), "--images",
                              str(s.synthetic_images), "--size", str(s.synthetic_size), "--seed", str(args.seed),
                              "--replace"]))
-    stages.append(Stage("prepare", "prepare: validate, fuse the readers' boxes (WBF), split train/test",
+    stages.append(Stage("prepare", ("prepare: validate NIH's boxes, split train/test by patient" if args.nih else
+                                    "prepare: validate, fuse the readers' boxes (WBF), split train/test"),
                         [python, "-m", "cxr.prepare", *data_format, "--csv", str(csv), "--images", str(images),
                          "--out", str(data),
                          "--keep-normal", *(["--normal-in-test"] if args.normal_in_test else []), "--replace"]))

@@ -20,7 +20,8 @@ from torch import nn
 import train_ssl
 from conftest import prepared_synthetic
 from cxr.distributed import DistInfo
-from cxr.engine import RunLogger, TrainingDiverged, fit, train_one_epoch
+from cxr.engine import TrainingDiverged, fit, train_one_epoch
+from cxr.run_folder import RunLogger
 from cxr.errors import UserError
 from cxr.optim import warmup_cosine_schedule
 

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.augment import ViewConfig, simclr_views  # noqa: E402
 from cxr.backbone import FEATURE_DIMS, build_resnet  # noqa: E402
-from cxr.engine import RunLogger, train_one_epoch  # noqa: E402
+from cxr.engine import train_one_epoch  # noqa: E402
+from cxr.run_folder import RunLogger  # noqa: E402
 from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
 from cxr.simclr import SimCLR, nt_xent  # noqa: E402
 from train_ssl import SimCLRTask  # noqa: E402
