@@ -1,0 +1,62 @@
+"""What AP a detector gets without looking at the image: the "prior" baseline.
+
+For each class, the mean box of its training annotations (in fractions of
+the image) is predicted on every test image, scored by the class's share of
+training images (one box per class and image; different scores per class
+do not matter to a per-class AP). Its mAP50 is the level that a trained
+detector must clear to have learned anything about where lesions are; the
+boxes of large classes at fixed places (cardiomegaly, effusion) score above
+zero by location alone.
+
+    python tests/studies/prior_boxes.py --data-dir data
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cxr.classes import CLASS_NAMES  # noqa: E402
+from cxr.data import load_coco  # noqa: E402
+from cxr.evaluation import coco_ground_truth, coco_metrics, competition_metrics  # noqa: E402
+
+
+def prior_predictions(train, test):
+    sizes = {image["id"]: (image["width"], image["height"]) for image in train["images"]}
+    boxes, images_with = {}, {}
+    for a in train["annotations"]:
+        width, height = sizes[a["image_id"]]
+        x, y, w, h = a["bbox"]
+        boxes.setdefault(a["category_id"], []).append((x / width, y / height, w / width, h / height))
+        images_with.setdefault(a["category_id"], set()).add(a["image_id"])
+    results = []
+    for image in test["images"]:
+        for category, fractions in boxes.items():
+            x, y, w, h = np.mean(fractions, axis=0)
+            results.append({"image_id": image["id"], "category_id": category,
+                            "bbox": [x * image["width"], y * image["height"], w * image["width"],
+                                     h * image["height"]],
+                            "score": len(images_with[category]) / len(train["images"])})
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="a folder written by python -m cxr.prepare")
+    args = parser.parse_args()
+    train = load_coco(Path(args.data_dir) / "train_annotations.json")
+    test = load_coco(Path(args.data_dir) / "test_annotations.json")
+    results = prior_predictions(train, test)
+    metrics = coco_metrics(coco_ground_truth(test), results)
+    print(f"prior boxes on {len(test['images'])} test images: mAP {metrics['AP']:.4f}, mAP50 {metrics['AP50']:.4f}, "
+          f"AP@0.4 {metrics['AP40']:.4f}, competition mAP@0.4 {competition_metrics(test, results)['mAP40']:.4f}")
+    for row in metrics["per_class"]:
+        if row["gt_boxes"]:
+            print(f"  {CLASS_NAMES[row['category_id'] - 1]:<20} {row['gt_boxes']:>4} boxes  AP50 {row['AP50']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
