@@ -1,16 +1,22 @@
-"""Faster R-CNN fine-tuning on the labeled set, from the SSL backbone.
+"""Faster R-CNN fine-tuning on the labeled set, from the SSL backbone or a random one.
 
 One process:
     python train_det.py --data-dir data --experiment-name simclr_40pct
-Several GPUs / nodes (DDP):
-    torchrun --nproc_per_node=8 train_det.py --data-dir data --experiment-name simclr_40pct
+Several GPUs / nodes (DDP), surviving a lost worker:
+    torchrun --nproc_per_node=8 --max-restarts=3 train_det.py --data-dir data --experiment-name simclr_40pct \
+        --auto-resume
 
 The labeled set is the last --labeled-fraction of the seeded permutation of
 the training images (`cxr.splits.partition`, the split seed recorded by
 train_ssl.py); if it overlaps the SSL pool recorded in the experiment's
-pretrain folder the run stops, unless --allow-overlap. Training oversamples
-images with rare classes by repeat factors (LVIS) and augments each image
-online with box-aware transforms (`cxr.box_augment`). Every --eval-every
+pretrain folder the run stops, unless --allow-overlap. By default all five
+ResNet stages train, with BatchNorm global across processes, so that a
+random start trains as well as a pretrained one: an SSL-vs-random comparison
+changes --init and nothing else. Training oversamples images with rare
+classes by repeat factors (LVIS) and augments each image online with
+box-aware transforms (`cxr.box_augment`), every item with its own seed from
+the sampler, so ranks never share draws; the learning-rate schedule counts
+the steps of every (variable-length) epoch. Every --eval-every
 epochs the model is evaluated (COCO mAP with pycocotools) on the test split,
 or on a held-out --val-fraction of the labeled images, with exact shards
 under DDP. Writes into <output-dir>/<experiment-name>/: args.json,

@@ -2,13 +2,18 @@
 
 One process (CPU or one GPU):
     python train_ssl.py --data-dir data --experiment-name simclr_40pct
-Several GPUs / nodes (DDP; nccl on CUDA, gloo on CPU):
+Several GPUs / nodes (DDP; nccl on CUDA, gloo on CPU), surviving a lost worker:
     torchrun --nproc_per_node=4 train_ssl.py --data-dir data --experiment-name simclr_40pct
-    torchrun --nnodes=2 --node_rank=R --rdzv_endpoint=HOST:29400 --nproc_per_node=8 train_ssl.py ...
+    torchrun --nnodes=2 --node_rank=R --rdzv_endpoint=HOST:29400 --nproc_per_node=8 \
+        --max-restarts=3 train_ssl.py ... --auto-resume
 
 The SSL pool is the first --ssl-fraction of a seeded permutation of the
-training images (`cxr.splits.partition`); train_det.py fine-tunes on the
-last --labeled-fraction, disjoint by construction. Writes, under
+training images (`cxr.splits.partition`), plus the normal images with
+--include-normal and unlabeled --extra-images; train_det.py fine-tunes on the
+last --labeled-fraction, disjoint by construction. Under torchrun BatchNorm
+normalizes with the global batch's statistics (`cxr.global_batchnorm`), as
+SimCLR does, so that N processes train like one with the whole batch.
+Writes, under
 <output-dir>/<experiment-name>/pretrain/: args.json, log.jsonl,
 ssl_images.txt, checkpoint.pth (each epoch; --resume continues it) and, at
 the end, pretrained-backbone.pth (torchvision ResNet keys, no fc) with
