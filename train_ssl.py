@@ -13,11 +13,10 @@ training images (`cxr.splits.partition`), plus the normal images with
 last --labeled-fraction, disjoint by construction. Under torchrun BatchNorm
 normalizes with the global batch's statistics (`cxr.global_batchnorm`), as
 SimCLR does, so that N processes train like one with the whole batch.
-Writes, under
-<output-dir>/<experiment-name>/pretrain/: args.json, log.jsonl,
-ssl_images.txt, checkpoint.pth (each epoch; --resume continues it) and, at
-the end, pretrained-backbone.pth (torchvision ResNet keys, no fc) with
-pretrained-backbone.json. Before saving, the trunk's BatchNorm statistics are
+Writes, under <output-dir>/<experiment-name>/pretrain/: args.json,
+log.jsonl, ssl_images.txt, checkpoint.pth (each epoch; --resume continues
+it) and, at the end, pretrained-backbone.pth (torchvision ResNet keys, no
+fc) with pretrained-backbone.json. Before saving, the trunk's BatchNorm statistics are
 recomputed on --precise-bn-images un-augmented images of the pool (precise
 BN): the running averages of training follow augmented views and lag behind
 the weights, and a detector with frozen norms would inherit them. --lr is the
