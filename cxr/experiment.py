@@ -27,7 +27,10 @@ arms with paired bootstrap intervals over the test images and the seeds.
 
 Everything goes into --out. A rerun refuses an existing folder unless
 --replace (start over) or --resume (skip the stages that completed; a
-training stage that was interrupted continues from its checkpoint).
+training stage that was interrupted continues from its checkpoint). A
+--resume may add training seeds after the old ones (--train-seeds 0 ->
+0,1,2) when the intervals are too wide: only the new seeds' runs and the
+report are computed.
 """
 
 import argparse
@@ -268,6 +271,11 @@ class Experiment:
             print(f"  {stage.name} done in {entry['seconds']:.0f} s", flush=True)
 
 
+def adds_seeds(old, new):
+    """True if the seed list new continues old: the finished seeds' runs stay valid, the report is redone."""
+    return len(new) > len(old) and new[:len(old)] == old
+
+
 def open_experiment(args, settings):
     """Create, replace or reopen --out; returns the Experiment."""
     out = Path(args.out).resolve()
@@ -282,10 +290,14 @@ def open_experiment(args, settings):
         if not record_path.is_file():
             raise UserError(f"--resume: {record_path} not found; start without --resume")
         record = json.loads(record_path.read_text())
-        if record["config"] != config:
-            changed = sorted(k for k in config if record["config"].get(k) != config[k])
+        changed = sorted(k for k in config if record["config"].get(k) != config[k])
+        if changed == ["train_seeds"] and adds_seeds(record["config"]["train_seeds"], args.train_seeds):
+            record["config"]["train_seeds"] = args.train_seeds
+            record["stages"].pop("report", None)
+        elif changed:
             raise UserError(f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
-                            "rerun with the same flags, or --replace to start over")
+                            "rerun with the same flags (--train-seeds may add seeds after the old ones), "
+                            "or --replace to start over")
         return Experiment(out, record)
     inputs = [p for p in (args.vinbig, args.nih, *(args.extra_images or [])) if p]
     if out.is_dir() and any(out.iterdir()) and not args.replace:
@@ -331,7 +343,7 @@ def get_args_parser():
                    help="prepare --normal-in-test: normal films in the test split, competition-like mAP")
     p.add_argument("--nproc-per-node", type=int, default=1, help="run training and mAP under torchrun with N")
     p.add_argument("--device", default=None, help="cpu or cuda (None: cuda if available)")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out, or add --train-seeds after its old ones")
     p.add_argument("--replace", action="store_true", help="delete --out and start over")
     overrides = p.add_argument_group("overrides of the preset (default: the preset's value)")
     for setting in fields(Settings):

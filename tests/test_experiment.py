@@ -104,6 +104,23 @@ def test_replace_never_deletes_a_folder_cxr_did_not_make_or_the_inputs(tmp_path)
     assert (vin / "train.csv").is_file()
 
 
+def test_resume_may_add_seeds_after_the_old_ones_and_then_redoes_the_report(tmp_path):
+    out = tmp_path / "exp"
+    args = experiment.parse_args(["--out", str(out), "--train-seeds", "0", *TINY])
+    first = experiment.open_experiment(args, experiment.settings_from(args))
+    first.record["stages"] = {"det-ssl60-s0": {"status": "done"}, "report": {"status": "done"}}
+    first.save()
+
+    for seeds in ("1", "1,0", "2,0"):
+        with pytest.raises(UserError, match="settings differ.*train_seeds"):
+            again = experiment.parse_args(["--out", str(out), "--resume", "--train-seeds", seeds, *TINY])
+            experiment.open_experiment(again, experiment.settings_from(again))
+    more = experiment.parse_args(["--out", str(out), "--resume", "--train-seeds", "0,1,2", *TINY])
+    resumed = experiment.open_experiment(more, experiment.settings_from(more))
+    assert resumed.record["config"]["train_seeds"] == [0, 1, 2]
+    assert resumed.done("det-ssl60-s0") and not resumed.done("report")
+
+
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     out = tmp_path / "exp"
