@@ -5,7 +5,8 @@ three readers each, about 68k rows) with the synthetic generator's planner,
 and a real 512 x 512 PNG hard-linked under every image id. Then:
 
 1. times the whole command (process start, CSV, PNG headers, fusion, links,
-   JSON), best of --repeats runs;
+   JSON), best of --repeats runs, and once with --verify-pixels, which decodes every image instead of
+   checking its PNG header and end chunk;
 2. if ensemble-boxes is installed (requirements-bench.txt), times the fusion
    the way a user of that package writes it: pandas groupby per image, per
    image one `weighted_boxes_fusion` call with each class's boxes as one
@@ -27,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -42,20 +43,21 @@ def build_table(root):
     num_rows = write_csv(root / "train.csv", plans, seed=0)
     (root / "train").mkdir()
     template = root / "template.png"
-    Image.new("L", (PNG_SIZE, PNG_SIZE), 128).save(template)
+    noise = np.random.default_rng(0).normal(128, 40, (PNG_SIZE, PNG_SIZE)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(noise).filter(ImageFilter.GaussianBlur(2)).save(template)
     for plan in plans:
         (root / "train" / f"{plan.image_id}.png").hardlink_to(template)
     return num_rows, sum(bool(p.lesions) for p in plans)
 
 
-def time_prepare(root, repeats):
-    """Best wall time of `repeats` runs, each into a fresh folder; the last is root/data."""
+def time_prepare(root, repeats, *flags, name="data"):
+    """Best wall time of `repeats` runs, each into a fresh folder; the last is root/name."""
     times = []
     for run in range(repeats):
-        out = root / ("data" if run == repeats - 1 else f"data{run}")
+        out = root / (name if run == repeats - 1 else f"{name}{run}")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cxr.prepare", "--csv", str(root / "train.csv"),
-                        "--images", str(root / "train"), "--out", str(out)],
+                        "--images", str(root / "train"), "--out", str(out), *flags],
                        check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
     return min(times)
@@ -123,6 +125,8 @@ def main():
               f"{PNG_SIZE} px PNGs (built in {time.perf_counter() - start:.1f} s)")
         ours_s = time_prepare(root, args.repeats)
         print(f"cxr.prepare, whole command (best of {args.repeats}): {ours_s:.3f} s")
+        decoding_s = time_prepare(root, 1, "--verify-pixels", name="data_decoded")
+        print(f"cxr.prepare --verify-pixels (every image decoded), one run: {decoding_s:.3f} s")
         if importlib.util.find_spec("ensemble_boxes") is None:
             print("ensemble-boxes not installed: pip install -r requirements-bench.txt for the comparison")
             return
