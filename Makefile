@@ -1,5 +1,5 @@
-# The two commands of the README (experiment, test), a one-minute demo, and the benchmarks. Each target creates the
-# virtual environment it needs on first use.
+# The two commands of the README (experiment, test), a one-minute demo, and the benchmarks.
+# Each target creates the virtual environment it needs on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +15,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
-# The README's main command: the whole experiment, CPU preset (about 20 min on 2 cores).
+# The README's main command: the whole experiment, CPU preset (about 15 min on 2 cores).
 experiment: $(VENV)/.installed
 	$(PY) -m cxr.experiment --out experiment
 
@@ -25,7 +25,10 @@ demo: $(VENV)/.installed
 		--ssl-image-size 64 --det-image-size 64 --ssl-epochs 1 --det-epochs 1 --ssl-batch-size 16 \
 		--det-roi-batch-size 32 --det-warmup-iters 2 --pictures 2 --workers 0
 
+# Lint (ruff: pyproject.toml), then every test.
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 bench: $(VENV)/.bench-installed

@@ -3,11 +3,14 @@
     python evaluate.py --mode map --data-dir data --experiment-name simclr_40pct
     python evaluate.py --mode map --checkpoint fasterrcnn_final.pth --experiment-name simclr_60pct \
         --test-data-dir data/test --test-ann-file data/test_annotations.json --device cuda:0
-    torchrun --nproc_per_node=4 evaluate.py --mode map --data-dir data --experiment-name simclr_40pct
-    python evaluate.py --mode visualize --data-dir data --experiment-name simclr_40pct --num-images 8
+    torchrun --nproc_per_node=4 evaluate.py --mode map --data-dir data \
+        --experiment-name simclr_40pct
+    python evaluate.py --mode visualize --data-dir data --experiment-name simclr_40pct \
+        --num-images 8
     python evaluate.py --mode predict --experiment-name simclr_40pct --images vinbigdata/test \
         --original-sizes vinbigdata/test_meta.csv --submission
-    python evaluate.py --mode probe --data-dir data --experiment-name simclr_40pct [--backbone random]
+    python evaluate.py --mode probe --data-dir data --experiment-name simclr_40pct \
+        [--backbone random]
 
 --mode map runs the detector (a bare --checkpoint name is looked up in the
 experiment folder; architecture and image size come from the JSON train_det.py
@@ -50,65 +53,142 @@ import torch
 from PIL import Image
 
 from cxr.backbone import headless_resnet, pretrained_trunk
-from cxr.cli import parser
 from cxr.classes import CLASS_NAMES, NUM_CLASSES, class_id, coco_categories
-from cxr.data import DetectionDataset, check_images_exist, list_images, load_coco, open_grayscale, xyxy
+from cxr.cli import parser
+from cxr.data import (
+    DetectionDataset,
+    check_images_exist,
+    list_images,
+    load_coco,
+    open_grayscale,
+    xyxy,
+)
 from cxr.detector import load_detector
 from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
-from cxr.evaluation import STAT_NAMES, coco_ground_truth, coco_metrics, competition_metrics, gather_to_main, predict
-from cxr.outputs import (atomic_write_json, atomic_write_text, check_output_folder, make_folder, refuse_existing,
-                         staged_directory)
+from cxr.evaluation import (
+    STAT_NAMES,
+    coco_ground_truth,
+    coco_metrics,
+    competition_metrics,
+    gather_to_main,
+    predict,
+)
+from cxr.outputs import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_folder,
+    make_folder,
+    refuse_existing,
+    staged_directory,
+)
 from cxr.probe import macro_auroc, probe_test_scores, split_features
 from cxr.samplers import inference_shard
 from cxr.submission import prediction_string, read_original_sizes, write_submission
 from cxr.visualize import contact_sheet, draw_detections
 
 
-
 def get_args_parser():
     p = parser("evaluate.py", "Evaluate cxr models (torchrun-able for map and predict).")
-    p.add_argument("--mode", required=True, choices=["map", "visualize", "predict", "probe"],
-                   help="map: COCO mAP on test images; visualize: pictures; predict: unlabeled images; "
-                        "probe: linear probe of a backbone")
+    p.add_argument(
+        "--mode",
+        required=True,
+        choices=["map", "visualize", "predict", "probe"],
+        help="map: COCO mAP on test images; visualize: pictures; predict: unlabeled images; "
+        "probe: linear probe of a backbone",
+    )
     p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
-    p.add_argument("--experiment-name", default="simclr",
-                   help="the experiment folder: its detector, backbone and eval/")
-    p.add_argument("--data-dir", default="data",
-                   help="prepared data root: its test/ and test_annotations.json (map, visualize), "
-                        "its train and test splits (probe)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 8 for map, 32 for probe)")
+    p.add_argument(
+        "--experiment-name",
+        default="simclr",
+        help="the experiment folder: its detector, backbone and eval/",
+    )
+    p.add_argument(
+        "--data-dir",
+        default="data",
+        help="prepared data root: its test/ and test_annotations.json (map, visualize), "
+        "its train and test splits (probe)",
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: 8 for map, 32 for probe)",
+    )
     p.add_argument("--workers", type=int, default=2, help="data loader processes")
     p.add_argument("--replace", action="store_true", help="overwrite existing results")
     detector = p.add_argument_group("map, visualize, predict")
-    detector.add_argument("--checkpoint", default="fasterrcnn_final.pth",
-                          help="detector weights; a bare file name is looked up in the experiment folder")
-    detector.add_argument("--test-data-dir", default=None, help="image folder (default: DATA_DIR/test)")
-    detector.add_argument("--test-ann-file", default=None,
-                          help="COCO annotations of those images (default: DATA_DIR/test_annotations.json)")
-    detector.add_argument("--eval-dir", default=None, help="where results go (default: the experiment's eval/)")
-    detector.add_argument("--score-threshold", type=float, default=None,
-                          help="lowest detection score kept (map, predict: 0.05, torchvision's default) "
-                               "or drawn (visualize: 0.3)")
-    detector.add_argument("--num-images", type=int, default=8, help="visualize: how many test images")
-    detector.add_argument("--image-ids", default=None, help="visualize: comma-separated image ids (default: a seeded sample of --num-images)")
-    detector.add_argument("--images", nargs="+", default=None, help="predict: image folders or files")
-    detector.add_argument("--original-sizes", default=None,
-                          help="predict: CSV image_id,width,height (or dim0,dim1) or a prepare COCO JSON, "
-                               "to write submission boxes in original pixels (default: none; --submission then "
-                               "needs --png-pixels)")
-    detector.add_argument("--submission", action="store_true", help="predict: also write submission.csv")
-    detector.add_argument("--png-pixels", action="store_true",
-                          help="predict --submission without --original-sizes: write boxes in the PNGs' pixels "
-                               "(the competition scores original DICOM pixels)")
+    detector.add_argument(
+        "--checkpoint",
+        default="fasterrcnn_final.pth",
+        help="detector weights; a bare file name is looked up in the experiment folder",
+    )
+    detector.add_argument(
+        "--test-data-dir", default=None, help="image folder (default: DATA_DIR/test)"
+    )
+    detector.add_argument(
+        "--test-ann-file",
+        default=None,
+        help="COCO annotations of those images (default: DATA_DIR/test_annotations.json)",
+    )
+    detector.add_argument(
+        "--eval-dir", default=None, help="where results go (default: the experiment's eval/)"
+    )
+    detector.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="lowest detection score kept (map, predict: 0.05, torchvision's default) "
+        "or drawn (visualize: 0.3)",
+    )
+    detector.add_argument(
+        "--num-images", type=int, default=8, help="visualize: how many test images"
+    )
+    detector.add_argument(
+        "--image-ids",
+        default=None,
+        help="visualize: comma-separated image ids (default: a seeded sample of --num-images)",
+    )
+    detector.add_argument(
+        "--images", nargs="+", default=None, help="predict: image folders or files"
+    )
+    detector.add_argument(
+        "--original-sizes",
+        default=None,
+        help="predict: CSV image_id,width,height (or dim0,dim1) or a prepare COCO JSON, "
+        "to write submission boxes in original pixels (default: none; --submission then "
+        "needs --png-pixels)",
+    )
+    detector.add_argument(
+        "--submission", action="store_true", help="predict: also write submission.csv"
+    )
+    detector.add_argument(
+        "--png-pixels",
+        action="store_true",
+        help="predict --submission without --original-sizes: write boxes in the PNGs' pixels "
+        "(the competition scores original DICOM pixels)",
+    )
     probe = p.add_argument_group("probe")
-    probe.add_argument("--backbone", default=None,
-                       help="'random', or a ResNet state dict (default: the experiment's pretrained-backbone.pth)")
-    probe.add_argument("--arch", default=None, help="default: from the backbone's JSON, else resnet50")
-    probe.add_argument("--image-size", type=int, default=None, help="default: from the backbone's JSON, else 512")
-    probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random backbone and of the pictured images")
+    probe.add_argument(
+        "--backbone",
+        default=None,
+        help="'random', or a ResNet state dict (default: the experiment's pretrained-backbone.pth)",
+    )
+    probe.add_argument(
+        "--arch", default=None, help="default: from the backbone's JSON, else resnet50"
+    )
+    probe.add_argument(
+        "--image-size", type=int, default=None, help="default: from the backbone's JSON, else 512"
+    )
+    probe.add_argument(
+        "--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the random backbone and of the pictured images"
+    )
     return p
 
 
@@ -117,8 +197,10 @@ def resolve_checkpoint(args, experiment_dir):
     if path.parent == Path(".") and not path.is_file():
         path = experiment_dir / path
     if not path.is_file():
-        raise UserError(f"--checkpoint {path} not found; train it with train_det.py --experiment-name "
-                        f"{args.experiment_name}, or pass the path of a detector")
+        raise UserError(
+            f"--checkpoint {path} not found; train it with train_det.py --experiment-name "
+            f"{args.experiment_name}, or pass the path of a detector"
+        )
     return path
 
 
@@ -130,19 +212,26 @@ def labeled_test_set(args):
     ours = {(c["id"], c["name"]) for c in coco_categories()}
     theirs = {(c["id"], c["name"]) for c in coco.get("categories", [])}
     if theirs != ours:
-        raise UserError(f"{ann_file}: its categories do not match cxr's 14 lesion classes (ids 1..14 with the "
-                        f"VinBigData names); differing: {sorted(theirs ^ ours)[:3]}")
-    unknown = sorted({a["category_id"] for a in coco["annotations"]} - {c["id"] for c in coco_categories()})
+        raise UserError(
+            f"{ann_file}: its categories do not match cxr's 14 lesion classes (ids 1..14 with the "
+            f"VinBigData names); differing: {sorted(theirs ^ ours)[:3]}"
+        )
+    unknown = sorted(
+        {a["category_id"] for a in coco["annotations"]} - {c["id"] for c in coco_categories()}
+    )
     if unknown:
         count = sum(a["category_id"] in unknown for a in coco["annotations"])
-        raise UserError(f"{ann_file}: {count} boxes have category ids {unknown[:5]}, not one of cxr's 1..14; "
-                        "pycocotools would silently leave them out of mAP. Fix their category_id")
+        raise UserError(
+            f"{ann_file}: {count} boxes have category ids {unknown[:5]}, not one of cxr's 1..14; "
+            "pycocotools would silently leave them out of mAP. Fix their category_id"
+        )
     check_images_exist(coco, image_dir, ann_file)
     return coco, image_dir, ann_file
 
 
 def detector_for(args, dist_info, experiment_dir, score_threshold=0.05):
-    """(model on the device, metadata, checkpoint path); the model keeps detections >= score_threshold."""
+    """(model on the device, metadata, checkpoint path); the model keeps detections
+    >= score_threshold."""
     checkpoint = resolve_checkpoint(args, experiment_dir)
     model, meta = load_detector(checkpoint)
     model.roi_heads.score_thresh = score_threshold
@@ -154,7 +243,9 @@ def detector_for(args, dist_info, experiment_dir, score_threshold=0.05):
 def predict_all(model, dataset, args, dist_info):
     """COCO results of every image of dataset, gathered on rank 0 (None elsewhere)."""
     shard = inference_shard(len(dataset), dist_info.world_size, dist_info.rank)
-    return gather_to_main(predict(model, dataset, shard, dist_info.device, args.batch_size or 8, args.workers))
+    return gather_to_main(
+        predict(model, dataset, shard, dist_info.device, args.batch_size or 8, args.workers)
+    )
 
 
 def _fmt(value, digits=4):
@@ -162,9 +253,17 @@ def _fmt(value, digits=4):
 
 
 def per_class_rows(metrics):
-    return [{"class_id": class_id(row["category_id"]), "class_name": CLASS_NAMES[class_id(row["category_id"])],
-             "gt_boxes": row["gt_boxes"], "AP": row["AP"], "AP50": row["AP50"], "AP40": row["AP40"]}
-            for row in metrics["per_class"]]
+    return [
+        {
+            "class_id": class_id(row["category_id"]),
+            "class_name": CLASS_NAMES[class_id(row["category_id"])],
+            "gt_boxes": row["gt_boxes"],
+            "AP": row["AP"],
+            "AP50": row["AP50"],
+            "AP40": row["AP40"],
+        }
+        for row in metrics["per_class"]
+    ]
 
 
 def metrics_tables(metrics):
@@ -174,15 +273,21 @@ def metrics_tables(metrics):
     lines.append("")
     lines.append(f"{'class':<20} {'gt boxes':>8} {'AP':>7} {'AP50':>7} {'AP@0.4':>7}")
     for row in per_class_rows(metrics):
-        lines.append(f"{row['class_name']:<20} {row['gt_boxes']:>8} {_fmt(row['AP']):>7} {_fmt(row['AP50']):>7} "
-                     f"{_fmt(row['AP40']):>7}")
+        lines.append(
+            f"{row['class_name']:<20} {row['gt_boxes']:>8} {_fmt(row['AP']):>7} "
+            f"{_fmt(row['AP50']):>7} "
+            f"{_fmt(row['AP40']):>7}"
+        )
     return "\n".join(lines)
 
 
 def per_class_csv(metrics):
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["class_id", "class_name", "gt_boxes", "AP", "AP50", "AP40"],
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer,
+        fieldnames=["class_id", "class_name", "gt_boxes", "AP", "AP50", "AP40"],
+        lineterminator="\n",
+    )
     writer.writeheader()
     for row in per_class_rows(metrics):
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
@@ -204,18 +309,36 @@ def run_map(args, dist_info):
     competition = competition_metrics(coco, results)
     normal_films = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]})
     print(metrics_tables(metrics))
-    print("AP40 is AP at IoU 0.4 (the VinBigData competition's threshold) with COCO's 101-point interpolation")
-    print(f"competition mAP@0.4 (VOC all-point, lesions + 'No finding' scored 1 - the top lesion score): "
-          f"{_fmt(competition['mAP40'])}; 'No finding' AP {_fmt(competition['per_class'][NUM_CLASSES + 1])} "
-          f"on {normal_films} test images without boxes"
-          + ("" if normal_films else " (prepare --normal-in-test adds normal films)"))
-    summary = {"checkpoint": str(checkpoint), "arch": meta["arch"], "image_size": meta["image_size"],
-               "test_images": len(coco["images"]), "test_boxes": len(coco["annotations"]),
-               "annotation_file": str(ann_file), "image_dir": str(image_dir),
-               "score_threshold": threshold, "world_size": dist_info.world_size,
-               "seconds": round(time.perf_counter() - start, 1), **metrics,
-               "competition": {"mAP40": competition["mAP40"], "no_finding_AP40": competition["per_class"][
-                   NUM_CLASSES + 1], "test_images_without_boxes": normal_films}}
+    print(
+        "AP40 is AP at IoU 0.4 (the VinBigData competition's threshold) with COCO's 101-point "
+        "interpolation"
+    )
+    print(
+        "competition mAP@0.4 (VOC all-point, lesions + 'No finding' scored 1 - the top lesion "
+        "score): "
+        f"{_fmt(competition['mAP40'])}; 'No finding' AP "
+        f"{_fmt(competition['per_class'][NUM_CLASSES + 1])} "
+        f"on {normal_films} test images without boxes"
+        + ("" if normal_films else " (prepare --normal-in-test adds normal films)")
+    )
+    summary = {
+        "checkpoint": str(checkpoint),
+        "arch": meta["arch"],
+        "image_size": meta["image_size"],
+        "test_images": len(coco["images"]),
+        "test_boxes": len(coco["annotations"]),
+        "annotation_file": str(ann_file),
+        "image_dir": str(image_dir),
+        "score_threshold": threshold,
+        "world_size": dist_info.world_size,
+        "seconds": round(time.perf_counter() - start, 1),
+        **metrics,
+        "competition": {
+            "mAP40": competition["mAP40"],
+            "no_finding_AP40": competition["per_class"][NUM_CLASSES + 1],
+            "test_images_without_boxes": normal_films,
+        },
+    }
     make_folder(eval_dir)
     atomic_write_json(eval_dir / "test_predictions.json", results)
     atomic_write_text(eval_dir / "per_class.csv", per_class_csv(metrics))
@@ -227,7 +350,9 @@ def run_map(args, dist_info):
 def _detections_by_image(results):
     by_image = {}
     for r in results:
-        by_image.setdefault(r["image_id"], []).append((r["category_id"], r["score"], xyxy(r["bbox"])))
+        by_image.setdefault(r["image_id"], []).append(
+            (r["category_id"], r["score"], xyxy(r["bbox"]))
+        )
     return by_image
 
 
@@ -240,7 +365,7 @@ def choose_pictured(coco, args):
         if unknown:
             raise UserError(f"--image-ids: {', '.join(unknown[:3])} not in the test annotations")
         return [by_name[name] for name in wanted]
-    order = np.random.default_rng(args.seed).permutation(len(coco["images"]))[:args.num_images]
+    order = np.random.default_rng(args.seed).permutation(len(coco["images"]))[: args.num_images]
     return [coco["images"][i] for i in sorted(order)]
 
 
@@ -250,8 +375,13 @@ def run_visualize(args, dist_info):
     check_output_folder(out, args.replace)
     coco, image_dir, _ = labeled_test_set(args)
     chosen = choose_pictured(coco, args)
-    subset = {**coco, "images": chosen,
-              "annotations": [a for a in coco["annotations"] if a["image_id"] in {i["id"] for i in chosen}]}
+    subset = {
+        **coco,
+        "images": chosen,
+        "annotations": [
+            a for a in coco["annotations"] if a["image_id"] in {i["id"] for i in chosen}
+        ],
+    }
     threshold = 0.3 if args.score_threshold is None else args.score_threshold
     model, _, _ = detector_for(args, dist_info, experiment_dir, threshold)
     results = predict_all(model, DetectionDataset(subset, image_dir), args, dist_info)
@@ -264,8 +394,12 @@ def run_visualize(args, dist_info):
     pictures, captions = [], []
     with staged_directory(out, args.replace, command="evaluate.py --mode visualize") as staging:
         for image in chosen:
-            picture = draw_detections(open_grayscale(image_dir / image["file_name"]), truth.get(image["id"], []),
-                                      detections.get(image["id"], []), threshold)
+            picture = draw_detections(
+                open_grayscale(image_dir / image["file_name"]),
+                truth.get(image["id"], []),
+                detections.get(image["id"], []),
+                threshold,
+            )
             name = Path(image["file_name"]).stem
             picture.save(staging / f"{name}.png")
             pictures.append(picture)
@@ -280,9 +414,11 @@ def run_predict(args, dist_info):
     if not args.images:
         raise UserError("--mode predict needs --images DIR_OR_FILES")
     if args.submission and not args.original_sizes and not args.png_pixels:
-        raise UserError("--submission without --original-sizes would write boxes in PNG pixels, which the "
-                        "competition scores against the original DICOM sizes; pass --original-sizes "
-                        "(e.g. the 512 px download's test_meta.csv), or --png-pixels if PNG pixels are wanted")
+        raise UserError(
+            "--submission without --original-sizes would write boxes in PNG pixels, which the "
+            "competition scores against the original DICOM sizes; pass --original-sizes "
+            "(e.g. the 512 px download's test_meta.csv), or --png-pixels if PNG pixels are wanted"
+        )
     experiment_dir = Path(args.output_dir) / args.experiment_name
     eval_dir = Path(args.eval_dir or experiment_dir / "eval")
     refuse_existing(eval_dir / "predictions.json", args.replace)
@@ -291,19 +427,26 @@ def run_predict(args, dist_info):
     if sizes is not None:
         missing = [f.stem for f in files if f.stem not in sizes]
         if missing:
-            raise UserError(f"--original-sizes {args.original_sizes}: no size for {len(missing)} images "
-                            f"(e.g. {missing[0]})")
+            raise UserError(
+                f"--original-sizes {args.original_sizes}: no size for {len(missing)} images "
+                f"(e.g. {missing[0]})"
+            )
     threshold = 0.05 if args.score_threshold is None else args.score_threshold
     model, _, _ = detector_for(args, dist_info, experiment_dir, threshold)
-    unlabeled = {"images": [{"id": i, "file_name": str(f)} for i, f in enumerate(files)], "annotations": []}
+    unlabeled = {
+        "images": [{"id": i, "file_name": str(f)} for i, f in enumerate(files)],
+        "annotations": [],
+    }
     results = predict_all(model, DetectionDataset(unlabeled, ""), args, dist_info)
     if not dist_info.is_main:
         return None
     results = [{**r, "file_name": files[r["image_id"]].name} for r in results]
     make_folder(eval_dir)
     atomic_write_json(eval_dir / "predictions.json", results)
-    print(f"wrote {len(results)} detections (score >= {threshold:g}) on {len(files)} images to "
-          f"{eval_dir / 'predictions.json'}")
+    print(
+        f"wrote {len(results)} detections (score >= {threshold:g}) on {len(files)} images to "
+        f"{eval_dir / 'predictions.json'}"
+    )
     if args.submission:
         detections = _detections_by_image(results)
         rows = []
@@ -311,11 +454,23 @@ def run_predict(args, dist_info):
             with Image.open(f) as image:
                 width, height = image.size
             original = sizes[f.stem] if sizes else (width, height)
-            rows.append((f.stem, prediction_string(detections.get(i, []), original[0] / width,
-                                                   original[1] / height, threshold)))
+            rows.append(
+                (
+                    f.stem,
+                    prediction_string(
+                        detections.get(i, []), original[0] / width, original[1] / height, threshold
+                    ),
+                )
+            )
         write_submission(eval_dir / "submission.csv", rows)
-        print(f"wrote {eval_dir / 'submission.csv'} (boxes in "
-              f"{'original pixels' if sizes else 'PNG pixels: pass --original-sizes for original ones'})")
+        print(
+            f"wrote {eval_dir / 'submission.csv'} (boxes in "
+            + (
+                "original pixels)"
+                if sizes
+                else "PNG pixels: pass --original-sizes for original ones)"
+            )
+        )
     return results
 
 
@@ -323,17 +478,27 @@ def resolve_backbone(args, experiment_dir):
     """(name, trunk, arch, image_size, message) for the probe's backbone."""
     default = experiment_dir / "pretrain" / "pretrained-backbone.pth"
     path = default if args.backbone in (None, "ssl") else Path(args.backbone)
-    meta_path = default.with_suffix(".json") if args.backbone == "random" else path.with_suffix(".json")
+    meta_path = (
+        default.with_suffix(".json") if args.backbone == "random" else path.with_suffix(".json")
+    )
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     arch = args.arch or meta.get("arch", "resnet50")
     image_size = args.image_size or meta.get("image_size", 512)
     if args.backbone == "random":
         torch.manual_seed(args.seed)
         trunk = headless_resnet(arch)
-        return f"random-seed{args.seed}", trunk, arch, image_size, f"random {arch} (seed {args.seed})"
+        return (
+            f"random-seed{args.seed}",
+            trunk,
+            arch,
+            image_size,
+            f"random {arch} (seed {args.seed})",
+        )
     if not path.is_file():
-        raise UserError(f"backbone {path} not found; train it with train_ssl.py "
-                        f"--experiment-name {args.experiment_name}, or pass --backbone PATH|random")
+        raise UserError(
+            f"backbone {path} not found; train it with train_ssl.py "
+            f"--experiment-name {args.experiment_name}, or pass --backbone PATH|random"
+        )
     trunk, message = pretrained_trunk(arch, path)
     return ("ssl" if path == default else path.stem), trunk, arch, image_size, message
 
@@ -348,25 +513,50 @@ def run_probe(args, dist_info):
     start = time.perf_counter()
     splits = {}
     for split in ("train", "test"):
-        splits[split] = split_features(trunk, args.data_dir, split, image_size, args.batch_size or 32, device,
-                                       args.workers)
-        print(f"{split}: {len(splits[split][1])} images -> features {tuple(splits[split][0].shape)}")
+        splits[split] = split_features(
+            trunk, args.data_dir, split, image_size, args.batch_size or 32, device, args.workers
+        )
+        print(
+            f"{split}: {len(splits[split][1])} images -> features {tuple(splits[split][0].shape)}"
+        )
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
     macro, per_class = macro_auroc(probe_test_scores(train_x, train_y, test_x, C=args.C), test_y)
-    rows = [{"class_id": k, "class_name": CLASS_NAMES[k], "auroc": per_class[k],
-             "train_positives": int(train_y[:, k].sum()), "test_positives": int(test_y[:, k].sum())}
-            for k in range(len(CLASS_NAMES))]
+    rows = [
+        {
+            "class_id": k,
+            "class_name": CLASS_NAMES[k],
+            "auroc": per_class[k],
+            "train_positives": int(train_y[:, k].sum()),
+            "test_positives": int(test_y[:, k].sum()),
+        }
+        for k in range(len(CLASS_NAMES))
+    ]
     print(f"{'class':<20} {'train+':>6} {'test+':>6} {'AUROC':>7}")
     for row in rows:
         auroc = "n/a" if row["auroc"] is None else f"{row['auroc']:.4f}"
-        print(f"{row['class_name']:<20} {row['train_positives']:>6} {row['test_positives']:>6} {auroc:>7}")
+        print(
+            f"{row['class_name']:<20} {row['train_positives']:>6} {row['test_positives']:>6} "
+            f"{auroc:>7}"
+        )
     excluded = [r["class_name"] for r in rows if r["auroc"] is None]
-    print(f"macro-AUROC {macro:.4f} over {len(rows) - len(excluded)} classes"
-          + (f" (undefined, left out: {', '.join(excluded)})" if excluded else "") + f" [{name}: {message}]")
-    result = {"backbone": name, "source": message, "arch": arch, "image_size": image_size, "C": args.C,
-              "macro_auroc": macro, "per_class": rows, "excluded_classes": excluded,
-              "train_images": len(train_y), "test_images": len(test_y),
-              "seconds": round(time.perf_counter() - start, 1)}
+    print(
+        f"macro-AUROC {macro:.4f} over {len(rows) - len(excluded)} classes"
+        + (f" (undefined, left out: {', '.join(excluded)})" if excluded else "")
+        + f" [{name}: {message}]"
+    )
+    result = {
+        "backbone": name,
+        "source": message,
+        "arch": arch,
+        "image_size": image_size,
+        "C": args.C,
+        "macro_auroc": macro,
+        "per_class": rows,
+        "excluded_classes": excluded,
+        "train_images": len(train_y),
+        "test_images": len(test_y),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     make_folder(out.parent)
     atomic_write_json(out, result, indent=1)
     print(f"wrote {out}")

@@ -3,8 +3,8 @@
 One process:
     python train_det.py --data-dir data --experiment-name simclr_40pct
 Several GPUs / nodes (DDP), surviving a lost worker:
-    torchrun --nproc_per_node=8 --max-restarts=3 train_det.py --data-dir data --experiment-name simclr_40pct \
-        --auto-resume
+    torchrun --nproc_per_node=8 --max-restarts=3 train_det.py --data-dir data \
+        --experiment-name simclr_40pct --auto-resume
 
 The labeled set is the last --labeled-fraction of the seeded permutation of
 the training images (`cxr.splits.partition`, the split seed recorded by
@@ -35,87 +35,189 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cxr.backbone import infer_arch, load_trunk_weights
 from cxr.box_augment import BoxAugment
+from cxr.checkpoint_io import atomic_torch_save
 from cxr.classes import CLASS_NAMES
+from cxr.cli import add_run_flags, fraction_arg, parser
 from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
 from cxr.distributed import process_group
-from cxr.checkpoint_io import atomic_torch_save
-from cxr.cli import add_run_flags, fraction_arg, parser
 from cxr.engine import check_amp, fit, restore
 from cxr.errors import UserError, exit_on_user_error
-from cxr.evaluation import coco_ground_truth, coco_metrics, detection_collate, gather_to_main, predict
+from cxr.evaluation import (
+    coco_ground_truth,
+    coco_metrics,
+    detection_collate,
+    gather_to_main,
+    predict,
+)
 from cxr.global_batchnorm import convert_to_global_batchnorm
 from cxr.optim import build_optimizer, check_warmup, step_schedule, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
 from cxr.splits import partition, seeded_permutation
+
 # The files a run writes in its folder: --replace deletes these and nothing else.
-RUN_OUTPUTS = ("args.json", "log.jsonl", "labeled_images.txt", "checkpoint.pth", "eval_history.json",
-               "fasterrcnn_final.pth", "fasterrcnn_final.json")
+RUN_OUTPUTS = (
+    "args.json",
+    "log.jsonl",
+    "labeled_images.txt",
+    "checkpoint.pth",
+    "eval_history.json",
+    "fasterrcnn_final.pth",
+    "fasterrcnn_final.json",
+)
 
 
 def get_args_parser():
     p = parser("train_det.py", "Faster R-CNN fine-tuning (torchrun-able).")
     p.add_argument("--data-dir", default="data", help="folder written by python -m cxr.prepare")
     p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
-    p.add_argument("--experiment-name", default="simclr",
-                   help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/, beside pretrain/")
-    p.add_argument("--init", default="ssl",
-                   help="ssl (the experiment's pretrain/pretrained-backbone.pth), random, or a path to any "
-                        "torchvision ResNet state dict (e.g. ImageNet weights)")
-    p.add_argument("--arch", default=None,
-                   help="default: the SSL backbone's, or the architecture of the --init file's tensors; "
-                        "resnet50 for --init random")
-    p.add_argument("--image-size", type=int, default=512, help="images are read at this size, not upscaled")
-    p.add_argument("--labeled-fraction", "--labeled-dataset-percent", dest="labeled_fraction", type=fraction_arg,
-                   default=None, help="share of the training images with labels used here (default: "
-                                      "1 - the SSL fraction recorded in pretrain/, else 1)")
-    p.add_argument("--split-seed", type=int, default=None, help="default: the one pretraining used, else 0")
-    p.add_argument("--allow-overlap", action="store_true",
-                   help="allow labeled images that were also in the SSL pool")
-    p.add_argument("--trainable-layers", type=int, default=5,
-                   help="ResNet stages trained, 0-5; 5 (all) trains a random start too (torchvision's "
-                        "fine-tuning recipe for ImageNet weights is 3 with --norm frozen)")
-    p.add_argument("--norm", default="syncbn", choices=["frozen", "bn", "syncbn"],
-                   help="syncbn: BatchNorm with statistics over all processes' batches (cxr.global_batchnorm; "
-                        "plain BatchNorm on one process); bn: per process; frozen: FrozenBatchNorm2d")
-    p.add_argument("--anchors", default="torchvision", choices=list(ANCHORS),
-                   help="torchvision: 32-512 px (8 strides per FPN level) whatever the image size; scaled: "
-                        "times image-size / 800 (measured worse: half the mAP at 128 px)")
-    p.add_argument("--roi-batch-size", type=int, default=512,
-                   help="proposals sampled per image to train the box head (torchvision: 512); "
-                        "lower it to train faster on a CPU")
-    p.add_argument("--rpn-proposals", type=int, default=2000,
-                   help="proposals the RPN keeps per image in training (torchvision: 2000); lower it to train "
-                        "faster on a CPU")
+    p.add_argument(
+        "--experiment-name",
+        default="simclr",
+        help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/, beside pretrain/",
+    )
+    p.add_argument(
+        "--init",
+        default="ssl",
+        help="ssl (the experiment's pretrain/pretrained-backbone.pth), random, or a path to any "
+        "torchvision ResNet state dict (e.g. ImageNet weights)",
+    )
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="default: the SSL backbone's, or the architecture of the --init file's tensors; "
+        "resnet50 for --init random",
+    )
+    p.add_argument(
+        "--image-size", type=int, default=512, help="images are read at this size, not upscaled"
+    )
+    p.add_argument(
+        "--labeled-fraction",
+        "--labeled-dataset-percent",
+        dest="labeled_fraction",
+        type=fraction_arg,
+        default=None,
+        help="share of the training images with labels used here (default: "
+        "1 - the SSL fraction recorded in pretrain/, else 1)",
+    )
+    p.add_argument(
+        "--split-seed", type=int, default=None, help="default: the one pretraining used, else 0"
+    )
+    p.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="allow labeled images that were also in the SSL pool",
+    )
+    p.add_argument(
+        "--trainable-layers",
+        type=int,
+        default=5,
+        help="ResNet stages trained, 0-5; 5 (all) trains a random start too (torchvision's "
+        "fine-tuning recipe for ImageNet weights is 3 with --norm frozen)",
+    )
+    p.add_argument(
+        "--norm",
+        default="syncbn",
+        choices=["frozen", "bn", "syncbn"],
+        help="syncbn: BatchNorm with statistics over all processes' batches (cxr.global_batchnorm; "
+        "plain BatchNorm on one process); bn: per process; frozen: FrozenBatchNorm2d",
+    )
+    p.add_argument(
+        "--anchors",
+        default="torchvision",
+        choices=list(ANCHORS),
+        help="torchvision: 32-512 px (8 strides per FPN level) whatever the image size; scaled: "
+        "times image-size / 800 (measured worse: half the mAP at 128 px)",
+    )
+    p.add_argument(
+        "--roi-batch-size",
+        type=int,
+        default=512,
+        help="proposals sampled per image to train the box head (torchvision: 512); "
+        "lower it to train faster on a CPU",
+    )
+    p.add_argument(
+        "--rpn-proposals",
+        type=int,
+        default=2000,
+        help="proposals the RPN keeps per image in training (torchvision: 2000); lower it to train "
+        "faster on a CPU",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="images per process")
     p.add_argument("--epochs", type=int, default=26, help="passes over the oversampled labeled set")
     p.add_argument("--lr", type=float, default=0.01, help="absolute peak learning rate")
-    p.add_argument("--warmup-iters", type=int, default=500,
-                   help="iterations of linear warmup; refused if longer than the run")
-    p.add_argument("--lr-schedule", default="step", choices=["step", "cosine"],
-                   help="after warmup: x0.1 at each of --lr-steps, or cosine decay to 0")
-    p.add_argument("--lr-steps", default="0.67,0.89", help="step schedule: fractions of training to decay x0.1")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="on weights; biases and norms are exempt")
-    p.add_argument("--repeat-threshold", type=float, default=0.4, help="LVIS repeat-factor threshold t")
-    p.add_argument("--repeat-rounding", default="stochastic", choices=["stochastic", "ceil"],
-                   help="stochastic (detectron2) or ceil (the seed project / mmdetection)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="box-aware online augmentation (--no-augment to turn off)")
-    p.add_argument("--negatives", type=float, default=0.0,
-                   help="add this many normal images per labeled image as box-free negatives "
-                        "(needs prepare --keep-normal)")
-    p.add_argument("--val-fraction", type=fraction_arg, default=0.0,
-                   help="evaluate on this held-out share of the labeled images instead of the test split")
-    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (0: only at the end)")
-    p.add_argument("--eval-batch-size", type=int, default=8, help="images per forward pass when evaluating")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                   help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)")
-    p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (off by default)")
-    p.add_argument("--workers", type=int, default=4, help="data loader processes per training process")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the head weights, the epoch order and the augmentations")
+    p.add_argument(
+        "--warmup-iters",
+        type=int,
+        default=500,
+        help="iterations of linear warmup; refused if longer than the run",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default="step",
+        choices=["step", "cosine"],
+        help="after warmup: x0.1 at each of --lr-steps, or cosine decay to 0",
+    )
+    p.add_argument(
+        "--lr-steps", default="0.67,0.89", help="step schedule: fractions of training to decay x0.1"
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=1e-4, help="on weights; biases and norms are exempt"
+    )
+    p.add_argument(
+        "--repeat-threshold", type=float, default=0.4, help="LVIS repeat-factor threshold t"
+    )
+    p.add_argument(
+        "--repeat-rounding",
+        default="stochastic",
+        choices=["stochastic", "ceil"],
+        help="stochastic (detectron2) or ceil (the seed project / mmdetection)",
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="box-aware online augmentation (--no-augment to turn off)",
+    )
+    p.add_argument(
+        "--negatives",
+        type=float,
+        default=0.0,
+        help="add this many normal images per labeled image as box-free negatives "
+        "(needs prepare --keep-normal)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=fraction_arg,
+        default=0.0,
+        help="evaluate on this held-out share of the labeled images instead of the test split",
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=1, help="epochs between evaluations (0: only at the end)"
+    )
+    p.add_argument(
+        "--eval-batch-size", type=int, default=8, help="images per forward pass when evaluating"
+    )
+    p.add_argument(
+        "--amp",
+        default="none",
+        choices=["none", "bf16", "fp16"],
+        help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)",
+    )
+    p.add_argument(
+        "--clip-grad", type=float, default=None, help="max gradient norm (off by default)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=4, help="data loader processes per training process"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the head weights, the epoch order and the augmentations",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--print-freq", type=int, default=20, help="iterations between progress lines")
     add_run_flags(p, "train_det.py; never pretrain/ or eval/")
@@ -136,21 +238,28 @@ def choose_images(args, meta, ssl_pool):
     labeled_fraction = args.labeled_fraction
     if labeled_fraction is None:
         labeled_fraction = 1.0 - meta.get("ssl_fraction", 0.0)
-    labeled = partition(list(train), meta.get("ssl_fraction", 0.0), labeled_fraction, args.split_seed).labeled
+    labeled = partition(
+        list(train), meta.get("ssl_fraction", 0.0), labeled_fraction, args.split_seed
+    ).labeled
     overlap = sorted(set(labeled) & set(ssl_pool or ()))
     if overlap and not args.allow_overlap:
-        raise UserError(f"{len(overlap)} of the {len(labeled)} labeled images (e.g. {overlap[0]}) were in the SSL "
-                        f"pool of {args.experiment_name}/pretrain; lower --labeled-fraction to at most "
-                        f"{1 - meta.get('ssl_fraction', 0.0):.3f}, or pass --allow-overlap")
+        raise UserError(
+            f"{len(overlap)} of the {len(labeled)} labeled images (e.g. {overlap[0]}) were in the "
+            "SSL "
+            f"pool of {args.experiment_name}/pretrain; lower --labeled-fraction to at most "
+            f"{1 - meta.get('ssl_fraction', 0.0):.3f}, or pass --allow-overlap"
+        )
     held_out = None
     if args.val_fraction:
         order = seeded_permutation(labeled, args.split_seed + 1)
-        held_out = sorted(order[:round(len(order) * args.val_fraction)])
+        held_out = sorted(order[: round(len(order) * args.val_fraction)])
         labeled = sorted(set(labeled) - set(held_out))
     negatives = []
     if args.negatives:
         normal = split_images(args.data_dir, "normal")
-        chosen = seeded_permutation(list(normal), args.split_seed)[:round(args.negatives * len(labeled))]
+        chosen = seeded_permutation(list(normal), args.split_seed)[
+            : round(args.negatives * len(labeled))
+        ]
         negatives = [normal[name] for name in sorted(chosen)]
     if not labeled:
         raise UserError("no labeled images: raise --labeled-fraction")
@@ -174,8 +283,11 @@ def evaluation_ground_truth(args, held_out):
     coco = load_coco(Path(args.data_dir) / f"{split}_annotations.json")
     if held_out is not None:
         keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in names}
-        coco = {**coco, "images": [i for i in coco["images"] if i["id"] in keep],
-                "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
+        coco = {
+            **coco,
+            "images": [i for i in coco["images"] if i["id"] in keep],
+            "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
+        }
     dataset = DetectionDataset(coco, Path(args.data_dir) / split)
     return dataset, coco_ground_truth(coco)
 
@@ -189,7 +301,10 @@ class DetectionTask:
     def inputs(self, batch, generator):
         images, targets = batch
         images = [image.to(self.device, non_blocking=True).expand(3, -1, -1) for image in images]
-        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        targets = [
+            {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
+            for t in targets
+        ]
         return images, targets
 
     def loss(self, model, inputs):
@@ -202,11 +317,17 @@ class DetectionTask:
 
 def training_loader(dataset, factors, args, dist_info):
     """(sampler, loader) of the oversampled, sharded, per-item-seeded training epochs."""
-    sampler = RepeatFactorSampler(factors, dist_info.world_size, dist_info.rank, seed=args.seed,
-                                  rounding=args.repeat_rounding)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.workers, collate_fn=detection_collate,
-                                         pin_memory=dist_info.device.type == "cuda")
+    sampler = RepeatFactorSampler(
+        factors, dist_info.world_size, dist_info.rank, seed=args.seed, rounding=args.repeat_rounding
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=detection_collate,
+        pin_memory=dist_info.device.type == "cuda",
+    )
     return sampler, loader
 
 
@@ -238,24 +359,42 @@ def run(args, dist_info):
     args.arch = args.arch or default_arch(args.init, meta)
     args.split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
     labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
-    dataset = DetectionDataset.split(args.data_dir, "train", names=set(labeled), negatives=negatives,
-                                     augment=BoxAugment() if args.augment else None)
+    dataset = DetectionDataset.split(
+        args.data_dir,
+        "train",
+        names=set(labeled),
+        negatives=negatives,
+        augment=BoxAugment() if args.augment else None,
+    )
     factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
     sampler, loader = training_loader(dataset, factors, args, dist_info)
     steps = epoch_steps(sampler, args.batch_size, args.epochs)
     schedule = learning_rates(args, sum(steps))
     eval_dataset, ground_truth = evaluation_ground_truth(args, held_out)
     torch.manual_seed(args.seed)
-    model = build_detector(args.arch, args.image_size, args.norm, args.trainable_layers, args.roi_batch_size,
-                           args.anchors, args.rpn_proposals)
-    message = initialize_backbone(model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth")
+    model = build_detector(
+        args.arch,
+        args.image_size,
+        args.norm,
+        args.trainable_layers,
+        args.roi_batch_size,
+        args.anchors,
+        args.rpn_proposals,
+    )
+    message = initialize_backbone(
+        model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth"
+    )
     run = open_run(experiment_dir, RUN_OUTPUTS, args, dist_info, ("labeled_images.txt", labeled))
     logger = run.logger
     logger.log(message, event="init")
     if args.init == "random" and args.norm == "frozen":
-        logger.log("warning: --init random with --norm frozen normalizes nothing (identity statistics) and "
-                   f"keeps the {5 - args.trainable_layers} first stages at random weights; the fair "
-                   "random baseline is --norm syncbn --trainable-layers 5", event="warning")
+        logger.log(
+            "warning: --init random with --norm frozen normalizes nothing (identity statistics) "
+            "and "
+            f"keeps the {5 - args.trainable_layers} first stages at random weights; the fair "
+            "random baseline is --norm syncbn --trainable-layers 5",
+            event="warning",
+        )
     if args.norm == "syncbn" and dist_info.world_size > 1:
         model = convert_to_global_batchnorm(model)
     model.to(dist_info.device)
@@ -264,27 +403,41 @@ def run(args, dist_info):
     start_epoch = start_step = 0
     history = []
     if run.resumed is not None:
-        start_epoch, start_step = restore(run.resumed, model, optimizer, scaler, logger, run.checkpoint)
+        start_epoch, start_step = restore(
+            run.resumed, model, optimizer, scaler, logger, run.checkpoint
+        )
         history_path = experiment_dir / "eval_history.json"
         history = json.loads(history_path.read_text()) if history_path.is_file() else []
 
     ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
-    logger.log(f"Faster R-CNN {args.arch}-FPN at {args.image_size} px (anchors "
-               f"{', '.join(str(s[0]) for s in anchor_sizes(args.image_size, args.anchors))} px, norm {args.norm}, "
-               f"{args.trainable_layers} stages trained): {len(labeled)} labeled images, {len(negatives)} negatives, "
-               f"repeat factors sum {sum(factors):.1f} (t={args.repeat_threshold}, {args.repeat_rounding}), "
-               f"{sum(steps)} iterations of {args.batch_size} x {dist_info.world_size} in {args.epochs} epochs; "
-               f"evaluating on {len(eval_dataset)} {'held-out' if held_out else 'test'} images", event="data",
-               labeled=len(labeled), negatives=len(negatives), repeat_factor_sum=sum(factors),
-               scheduled_steps=sum(steps))
+    logger.log(
+        f"Faster R-CNN {args.arch}-FPN at {args.image_size} px (anchors "
+        f"{', '.join(str(s[0]) for s in anchor_sizes(args.image_size, args.anchors))} px, norm "
+        f"{args.norm}, "
+        f"{args.trainable_layers} stages trained): {len(labeled)} labeled images, {len(negatives)} "
+        "negatives, "
+        f"repeat factors sum {sum(factors):.1f} (t={args.repeat_threshold}, "
+        f"{args.repeat_rounding}), "
+        f"{sum(steps)} iterations of {args.batch_size} x {dist_info.world_size} in {args.epochs} "
+        "epochs; "
+        f"evaluating on {len(eval_dataset)} {'held-out' if held_out else 'test'} images",
+        event="data",
+        labeled=len(labeled),
+        negatives=len(negatives),
+        repeat_factor_sum=sum(factors),
+        scheduled_steps=sum(steps),
+    )
 
     def evaluate(epoch):
         last = epoch + 1 == args.epochs
         if not (last or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
             return {}
         shard = inference_shard(len(eval_dataset), dist_info.world_size, dist_info.rank)
-        results = gather_to_main(predict(model, eval_dataset, shard, dist_info.device, args.eval_batch_size,
-                                         args.workers))
+        results = gather_to_main(
+            predict(
+                model, eval_dataset, shard, dist_info.device, args.eval_batch_size, args.workers
+            )
+        )
         if not dist_info.is_main:
             return {}
         metrics = coco_metrics(ground_truth, results)
@@ -292,27 +445,62 @@ def run(args, dist_info):
         atomic_write_json(experiment_dir / "eval_history.json", history, indent=1)
         return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
 
-    completed = fit(model=ddp_model, unwrapped=model, loader=loader, sampler=sampler,
-                    task=DetectionTask(dist_info.device), optimizer=optimizer, scaler=scaler, schedule=schedule,
-                    epochs=args.epochs, amp=args.amp,
-                    device=dist_info.device, seed=args.seed, dist_info=dist_info, logger=logger,
-                    checkpoint_path=run.checkpoint, start_epoch=start_epoch, start_step=start_step,
-                    stop_after=args.stop_after, clip_grad=args.clip_grad, print_freq=args.print_freq,
-                    checkpoint_extra={"config": run.config}, after_epoch=evaluate)
+    completed = fit(
+        model=ddp_model,
+        unwrapped=model,
+        loader=loader,
+        sampler=sampler,
+        task=DetectionTask(dist_info.device),
+        optimizer=optimizer,
+        scaler=scaler,
+        schedule=schedule,
+        epochs=args.epochs,
+        amp=args.amp,
+        device=dist_info.device,
+        seed=args.seed,
+        dist_info=dist_info,
+        logger=logger,
+        checkpoint_path=run.checkpoint,
+        start_epoch=start_epoch,
+        start_step=start_step,
+        stop_after=args.stop_after,
+        clip_grad=args.clip_grad,
+        print_freq=args.print_freq,
+        checkpoint_extra={"config": run.config},
+        after_epoch=evaluate,
+    )
     if completed < args.epochs:
-        logger.log(f"stopped after epoch {completed} of {args.epochs}; continue with --resume", event="stop")
+        logger.log(
+            f"stopped after epoch {completed} of {args.epochs}; continue with --resume",
+            event="stop",
+        )
         return
     if dist_info.is_main:
         atomic_torch_save(experiment_dir / "fasterrcnn_final.pth", model.state_dict())
-        atomic_write_json(experiment_dir / "fasterrcnn_final.json", {
-            "arch": args.arch, "image_size": args.image_size, "num_classes": len(CLASS_NAMES) + 1,
-            "classes": list(CLASS_NAMES), "label_is": "COCO category_id = class_id + 1 (0 is background)",
-            "init": args.init, "init_message": message, "norm": args.norm,
-            "trainable_layers": args.trainable_layers, "anchors": args.anchors, "data_dir": str(args.data_dir),
-            "labeled_images": len(labeled), "labeled_fraction": args.labeled_fraction, "split_seed": args.split_seed,
-            "negatives": len(negatives), "repeat_threshold": args.repeat_threshold, "epochs": args.epochs,
-            "final_metrics": history[-1] if history else None,
-        }, indent=1)
+        atomic_write_json(
+            experiment_dir / "fasterrcnn_final.json",
+            {
+                "arch": args.arch,
+                "image_size": args.image_size,
+                "num_classes": len(CLASS_NAMES) + 1,
+                "classes": list(CLASS_NAMES),
+                "label_is": "COCO category_id = class_id + 1 (0 is background)",
+                "init": args.init,
+                "init_message": message,
+                "norm": args.norm,
+                "trainable_layers": args.trainable_layers,
+                "anchors": args.anchors,
+                "data_dir": str(args.data_dir),
+                "labeled_images": len(labeled),
+                "labeled_fraction": args.labeled_fraction,
+                "split_seed": args.split_seed,
+                "negatives": len(negatives),
+                "repeat_threshold": args.repeat_threshold,
+                "epochs": args.epochs,
+                "final_metrics": history[-1] if history else None,
+            },
+            indent=1,
+        )
     logger.log(f"wrote {experiment_dir / 'fasterrcnn_final.pth'}", event="done")
 
 

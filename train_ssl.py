@@ -34,10 +34,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
-from cxr.data import ImageList, list_images, split_images, to_network_input
-from cxr.distributed import process_group
 from cxr.checkpoint_io import atomic_torch_save
 from cxr.cli import add_run_flags, fraction_arg, parser
+from cxr.data import ImageList, list_images, split_images, to_network_input
+from cxr.distributed import process_group
 from cxr.engine import check_amp, fit, restore
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
@@ -46,59 +46,131 @@ from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
+
 # The files a run writes in its folder: --replace deletes these and nothing else.
-RUN_OUTPUTS = ("args.json", "log.jsonl", "ssl_images.txt", "checkpoint.pth", "pretrained-backbone.pth",
-               "pretrained-backbone.json")
+RUN_OUTPUTS = (
+    "args.json",
+    "log.jsonl",
+    "ssl_images.txt",
+    "checkpoint.pth",
+    "pretrained-backbone.pth",
+    "pretrained-backbone.json",
+)
 
 
 def get_args_parser():
     p = parser("train_ssl.py", "SimCLR pretraining (torchrun-able).")
     p.add_argument("--data-dir", default="data", help="folder written by python -m cxr.prepare")
     p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
-    p.add_argument("--experiment-name", default="simclr",
-                   help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/pretrain/")
-    p.add_argument("--arch", default="resnet50", choices=sorted(FEATURE_DIMS), help="torchvision ResNet trunk")
+    p.add_argument(
+        "--experiment-name",
+        default="simclr",
+        help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/pretrain/",
+    )
+    p.add_argument(
+        "--arch", default="resnet50", choices=sorted(FEATURE_DIMS), help="torchvision ResNet trunk"
+    )
     p.add_argument("--image-size", type=int, default=512, help="side of the square views in pixels")
-    p.add_argument("--batch-size", type=int, default=32, help="images per process (each gives two views)")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per process (each gives two views)"
+    )
     p.add_argument("--epochs", type=int, default=100, help="passes over the SSL pool")
     p.add_argument("--lr", type=float, default=0.05, help="absolute peak learning rate")
-    p.add_argument("--warmup-epochs", type=float, default=10,
-                   help="linear warmup of the learning rate, then cosine decay to 0")
-    p.add_argument("--weight-decay", type=float, default=5e-4,
-                   help="on weights only; biases and norm parameters are exempt")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "lars"],
-                   help="SGD with momentum 0.9, or LARS (SimCLR's, for large batches)")
-    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature (the paper: 0.5)")
-    p.add_argument("--projection-dim", type=int, default=128, help="output size of the projection head")
-    p.add_argument("--views", default="seed",
-                   help="view augmentations: a preset (" + ", ".join(VIEW_PRESETS) + ") or JSON overriding "
-                        "one, e.g. '{\"preset\": \"cxr\", \"blur_p\": 0.3}'; keys: "
-                        + ", ".join(f.name for f in fields(ViewConfig)))
-    p.add_argument("--ssl-fraction", "--labeled-dataset-percent", dest="ssl_fraction", type=fraction_arg, default=0.4,
-                   help="share of the training images in the SSL pool (the seed project's "
-                        "--labeled-dataset-percent meant this)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the SSL / labeled permutation")
-    p.add_argument("--extra-images", nargs="+", default=None, metavar="DIR_OR_FILE",
-                   help="unlabeled images (PNG/JPEG, any size) added to the SSL pool, e.g. from your own archive; "
-                        "refused if any is also in the prepared data (default: none)")
-    p.add_argument("--include-normal", action="store_true",
-                   help="add the normal images (prepare --keep-normal) to the SSL pool")
-    p.add_argument("--workers", type=int, default=4, help="data loader processes per training process")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                   help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)")
-    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="under torchrun, BatchNorm statistics of the global batch (SimCLR's global BN, "
-                        "cxr.global_batchnorm, any backend); --no-sync-bn normalizes per process")
-    p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (off by default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the views")
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=10,
+        help="linear warmup of the learning rate, then cosine decay to 0",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=5e-4,
+        help="on weights only; biases and norm parameters are exempt",
+    )
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "lars"],
+        help="SGD with momentum 0.9, or LARS (SimCLR's, for large batches)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.5, help="NT-Xent temperature (the paper: 0.5)"
+    )
+    p.add_argument(
+        "--projection-dim", type=int, default=128, help="output size of the projection head"
+    )
+    p.add_argument(
+        "--views",
+        default="seed",
+        help="view augmentations: a preset (" + ", ".join(VIEW_PRESETS) + ") or JSON overriding "
+        'one, e.g. \'{"preset": "cxr", "blur_p": 0.3}\'; keys: '
+        + ", ".join(f.name for f in fields(ViewConfig)),
+    )
+    p.add_argument(
+        "--ssl-fraction",
+        "--labeled-dataset-percent",
+        dest="ssl_fraction",
+        type=fraction_arg,
+        default=0.4,
+        help="share of the training images in the SSL pool (the seed project's "
+        "--labeled-dataset-percent meant this)",
+    )
+    p.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the SSL / labeled permutation"
+    )
+    p.add_argument(
+        "--extra-images",
+        nargs="+",
+        default=None,
+        metavar="DIR_OR_FILE",
+        help="unlabeled images (PNG/JPEG, any size) added to the SSL pool, e.g. from your own "
+        "archive; "
+        "refused if any is also in the prepared data (default: none)",
+    )
+    p.add_argument(
+        "--include-normal",
+        action="store_true",
+        help="add the normal images (prepare --keep-normal) to the SSL pool",
+    )
+    p.add_argument(
+        "--workers", type=int, default=4, help="data loader processes per training process"
+    )
+    p.add_argument(
+        "--amp",
+        default="none",
+        choices=["none", "bf16", "fp16"],
+        help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)",
+    )
+    p.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="under torchrun, BatchNorm statistics of the global batch (SimCLR's global BN, "
+        "cxr.global_batchnorm, any backend); --no-sync-bn normalizes per process",
+    )
+    p.add_argument(
+        "--clip-grad", type=float, default=None, help="max gradient norm (off by default)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights, the data order and the views"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--devices", default="auto",
-                   help="accepted for the seed project's command lines: 'auto' or 1 runs one process "
-                        "here; for N GPUs launch with torchrun --nproc_per_node=N instead")
+    p.add_argument(
+        "--devices",
+        default="auto",
+        help="accepted for the seed project's command lines: 'auto' or 1 runs one process "
+        "here; for N GPUs launch with torchrun --nproc_per_node=N instead",
+    )
     p.add_argument("--print-freq", type=int, default=10, help="iterations between progress lines")
-    p.add_argument("--precise-bn-images", type=int, default=1024,
-                   help="recompute the trunk's BatchNorm statistics on this many un-augmented SSL images before "
-                        "saving the backbone (0: keep the running averages of training)")
+    p.add_argument(
+        "--precise-bn-images",
+        type=int,
+        default=1024,
+        help="recompute the trunk's BatchNorm statistics on this many un-augmented SSL images "
+        "before "
+        "saving the backbone (0: keep the running averages of training)",
+    )
     add_run_flags(p, "train_ssl.py")
     return p
 
@@ -110,10 +182,14 @@ def view_config(text):
     try:
         overrides = json.loads(text)
         base = VIEW_PRESETS[overrides.pop("preset", "seed")]
-        return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+        return replace(
+            base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        )
     except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as error:
-        raise UserError(f"--views {text!r}: expected one of {', '.join(VIEW_PRESETS)} or a JSON object of "
-                        f"ViewConfig fields ({error})") from None
+        raise UserError(
+            f"--views {text!r}: expected one of {', '.join(VIEW_PRESETS)} or a JSON object of "
+            f"ViewConfig fields ({error})"
+        ) from None
 
 
 def ssl_pool(args):
@@ -129,15 +205,22 @@ def ssl_pool(args):
         paths.update(split_images(args.data_dir, "normal"))
     extra = list_images(args.extra_images, "--extra-images") if args.extra_images else []
     if extra:
-        prepared = {name: path for split in ("train", "test", "normal")
-                    if (Path(args.data_dir) / f"{split}_annotations.json").is_file()
-                    for name, path in split_images(args.data_dir, split).items()}
+        prepared = {
+            name: path
+            for split in ("train", "test", "normal")
+            if (Path(args.data_dir) / f"{split}_annotations.json").is_file()
+            for name, path in split_images(args.data_dir, split).items()
+        }
         files = {(p.stat().st_dev, p.stat().st_ino) for p in prepared.values() if p.is_file()}
-        clash = [p for p in extra if p.stem in prepared or (p.stat().st_dev, p.stat().st_ino) in files]
+        clash = [
+            p for p in extra if p.stem in prepared or (p.stat().st_dev, p.stat().st_ino) in files
+        ]
         if clash:
-            raise UserError(f"{len(clash)} of the {len(extra)} --extra-images are also in the prepared data "
-                            f"{args.data_dir} (e.g. {clash[0]}): they may be test or labeled images, which the "
-                            "SSL pool must not see. Remove them from the extra folders")
+            raise UserError(
+                f"{len(clash)} of the {len(extra)} --extra-images are also in the prepared data "
+                f"{args.data_dir} (e.g. {clash[0]}): they may be test or labeled images, which the "
+                "SSL pool must not see. Remove them from the extra folders"
+            )
         paths.update({str(p): p for p in extra})
     return paths, extra
 
@@ -150,8 +233,9 @@ class SimCLRTask:
         self.device, self.channels_last = device, channels_last
 
     def inputs(self, batch, generator):
-        first, second = simclr_views(batch.to(self.device, non_blocking=True), self.image_size, self.views,
-                                     generator)
+        first, second = simclr_views(
+            batch.to(self.device, non_blocking=True), self.image_size, self.views, generator
+        )
         x = to_network_input(torch.cat([first, second]))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -166,8 +250,10 @@ class SimCLRTask:
 
 def check_devices_flag(devices, dist_info):
     if devices not in ("auto", "1") and dist_info.world_size == 1:
-        raise UserError(f"--devices {devices}: cxr runs one process per device; launch with "
-                        f"torchrun --nproc_per_node={devices} train_ssl.py ... instead")
+        raise UserError(
+            f"--devices {devices}: cxr runs one process per device; launch with "
+            f"torchrun --nproc_per_node={devices} train_ssl.py ... instead"
+        )
 
 
 def main(argv=None):
@@ -182,14 +268,23 @@ def run(args, dist_info):
     views = view_config(args.views)
     paths, extra = ssl_pool(args)
     if len(paths) // dist_info.world_size < args.batch_size:
-        raise UserError(f"the SSL pool has {len(paths)} images, fewer than --batch-size {args.batch_size} "
-                        f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction")
+        raise UserError(
+            f"the SSL pool has {len(paths)} images, fewer than --batch-size {args.batch_size} "
+            f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction"
+        )
     dataset = ImageList([paths[name] for name in sorted(paths)], args.image_size)
-    sampler = torch.utils.data.DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True,
-                                                  seed=args.seed, drop_last=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=args.workers, pin_memory=dist_info.device.type == "cuda",
-                                         persistent_workers=args.workers > 0)
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=args.seed, drop_last=True
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=args.workers,
+        pin_memory=dist_info.device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
     warmup_steps, total_steps = round(args.warmup_epochs * len(loader)), args.epochs * len(loader)
     check_warmup(warmup_steps, total_steps, f"--warmup-epochs {args.warmup_epochs:g}")
     schedule = warmup_cosine_schedule(args.lr, total_steps, warmup_steps)
@@ -203,37 +298,78 @@ def run(args, dist_info):
     if global_bn:
         model = convert_to_global_batchnorm(model)
     channels_last = dist_info.device.type == "cuda"
-    model.to(dist_info.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.to(
+        dist_info.device,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
     optimizer = build_optimizer(args.optimizer, model, args.lr, args.weight_decay)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
     start_epoch = start_step = 0
     if run.resumed is not None:
-        start_epoch, start_step = restore(run.resumed, model, optimizer, scaler, logger, run.checkpoint)
+        start_epoch, start_step = restore(
+            run.resumed, model, optimizer, scaler, logger, run.checkpoint
+        )
 
     ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     normalization = f"global over {dist_info.world_size} processes" if global_bn else "per process"
-    logger.log(f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images ({len(extra)} of them "
-               "from --extra-images) "
-               f"({len(loader)} iterations of {args.batch_size} x {dist_info.world_size} per epoch); "
-               f"BatchNorm statistics {normalization}", event="data", images=len(paths),
-               iterations_per_epoch=len(loader), global_batchnorm=global_bn)
+    logger.log(
+        f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images ({len(extra)} of them "
+        "from --extra-images) "
+        f"({len(loader)} iterations of {args.batch_size} x {dist_info.world_size} per epoch); "
+        f"BatchNorm statistics {normalization}",
+        event="data",
+        images=len(paths),
+        iterations_per_epoch=len(loader),
+        global_batchnorm=global_bn,
+    )
     task = SimCLRTask(args.image_size, views, args.temperature, dist_info.device, channels_last)
-    completed = fit(model=ddp_model, unwrapped=model, loader=loader, sampler=sampler, task=task,
-                    optimizer=optimizer, scaler=scaler, schedule=schedule, epochs=args.epochs, amp=args.amp,
-                    device=dist_info.device, seed=args.seed, dist_info=dist_info, logger=logger,
-                    checkpoint_path=run.checkpoint, start_epoch=start_epoch, start_step=start_step,
-                    stop_after=args.stop_after, clip_grad=args.clip_grad, print_freq=args.print_freq,
-                    checkpoint_extra={"config": run.config})
+    completed = fit(
+        model=ddp_model,
+        unwrapped=model,
+        loader=loader,
+        sampler=sampler,
+        task=task,
+        optimizer=optimizer,
+        scaler=scaler,
+        schedule=schedule,
+        epochs=args.epochs,
+        amp=args.amp,
+        device=dist_info.device,
+        seed=args.seed,
+        dist_info=dist_info,
+        logger=logger,
+        checkpoint_path=run.checkpoint,
+        start_epoch=start_epoch,
+        start_step=start_step,
+        stop_after=args.stop_after,
+        clip_grad=args.clip_grad,
+        print_freq=args.print_freq,
+        checkpoint_extra={"config": run.config},
+    )
     if completed < args.epochs:
-        logger.log(f"stopped after epoch {completed} of {args.epochs}; continue with --resume", event="stop")
+        logger.log(
+            f"stopped after epoch {completed} of {args.epochs}; continue with --resume",
+            event="stop",
+        )
         return
     if args.precise_bn_images:
         per_rank = max(1, min(args.precise_bn_images, len(dataset)) // dist_info.world_size)
-        shard = torch.utils.data.Subset(dataset, range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank))
-        batches = recompute_batchnorm_statistics(model.trunk, torch.utils.data.DataLoader(
-            shard, batch_size=args.batch_size, num_workers=args.workers), dist_info.device)
-        logger.log(f"BatchNorm statistics recomputed on {per_rank * dist_info.world_size} un-augmented images "
-                   f"({batches} batches per process)", event="precise_bn")
+        shard = torch.utils.data.Subset(
+            dataset, range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
+        )
+        batches = recompute_batchnorm_statistics(
+            model.trunk,
+            torch.utils.data.DataLoader(
+                shard, batch_size=args.batch_size, num_workers=args.workers
+            ),
+            dist_info.device,
+        )
+        logger.log(
+            f"BatchNorm statistics recomputed on {per_rank * dist_info.world_size} un-augmented "
+            "images "
+            f"({batches} batches per process)",
+            event="precise_bn",
+        )
     if dist_info.is_main:
         save_backbone(run_dir, model, args, len(paths), len(extra), views)
     logger.log(f"wrote {run_dir / 'pretrained-backbone.pth'}", event="done")
@@ -241,14 +377,26 @@ def run(args, dist_info):
 
 def save_backbone(run_dir, model, args, num_images, num_extra, views):
     atomic_torch_save(run_dir / "pretrained-backbone.pth", model.trunk_state_dict())
-    atomic_write_json(run_dir / "pretrained-backbone.json", {
-        "arch": args.arch, "image_size": args.image_size, "epochs": args.epochs,
-        "data_dir": str(args.data_dir), "ssl_images": num_images, "ssl_fraction": args.ssl_fraction,
-        "split_seed": args.split_seed, "include_normal": args.include_normal,
-        "extra_images": num_extra,
-        "temperature": args.temperature, "views": views.to_dict(),
-        "learning_rate": args.lr, "optimizer": args.optimizer, "batch_size": args.batch_size,
-    }, indent=1)
+    atomic_write_json(
+        run_dir / "pretrained-backbone.json",
+        {
+            "arch": args.arch,
+            "image_size": args.image_size,
+            "epochs": args.epochs,
+            "data_dir": str(args.data_dir),
+            "ssl_images": num_images,
+            "ssl_fraction": args.ssl_fraction,
+            "split_seed": args.split_seed,
+            "include_normal": args.include_normal,
+            "extra_images": num_extra,
+            "temperature": args.temperature,
+            "views": views.to_dict(),
+            "learning_rate": args.lr,
+            "optimizer": args.optimizer,
+            "batch_size": args.batch_size,
+        },
+        indent=1,
+    )
 
 
 if __name__ == "__main__":

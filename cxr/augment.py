@@ -33,8 +33,8 @@ class ViewConfig:
     jitter_p: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
-    gamma_p: float = 0.0          # not in the seed's views
-    gamma_std: float = 0.2        # gamma = exp(N(0, gamma_std))
+    gamma_p: float = 0.0  # not in the seed's views
+    gamma_std: float = 0.2  # gamma = exp(N(0, gamma_std))
     equalize_p: float = 0.2
     blur_p: float = 0.5
     blur_sigma: tuple = (0.1, 2.0)
@@ -86,10 +86,18 @@ def affine_resample(images, scale_x, scale_y, centre_x, centre_y, angle, out_siz
 
     scale 1, centre 0, angle 0 is the identity; scale < 1 crops."""
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos * scale_x, -sin * scale_y, centre_x], 1),
-                         torch.stack([sin * scale_x, cos * scale_y, centre_y], 1)], 1)
-    grid = F.affine_grid(theta.to(images.dtype), (images.shape[0], images.shape[1], out_size, out_size),
-                         align_corners=False)
+    theta = torch.stack(
+        [
+            torch.stack([cos * scale_x, -sin * scale_y, centre_x], 1),
+            torch.stack([sin * scale_x, cos * scale_y, centre_y], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(
+        theta.to(images.dtype),
+        (images.shape[0], images.shape[1], out_size, out_size),
+        align_corners=False,
+    )
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -149,13 +157,21 @@ def gaussian_blur(images, sigma, radius=None):
     """Separable Gaussian blur with a per-image sigma (pixels), reflect padding."""
     radius = radius or max(1, math.ceil(3 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernels = torch.exp(-offsets ** 2 / (2 * sigma.view(-1, 1).to(images.dtype) ** 2))
-    kernels = kernels / kernels.sum(1, keepdim=True)                   # (B, K)
+    kernels = torch.exp(-(offsets**2) / (2 * sigma.view(-1, 1).to(images.dtype) ** 2))
+    kernels = kernels / kernels.sum(1, keepdim=True)  # (B, K)
     n, c, h, w = images.shape
     x = images.reshape(1, n * c, h, w)
     weights = kernels.repeat_interleave(c, 0)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), weights.view(n * c, 1, 1, -1), groups=n * c)
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), weights.view(n * c, 1, -1, 1), groups=n * c)
+    x = F.conv2d(
+        F.pad(x, (radius, radius, 0, 0), mode="reflect"),
+        weights.view(n * c, 1, 1, -1),
+        groups=n * c,
+    )
+    x = F.conv2d(
+        F.pad(x, (0, 0, radius, radius), mode="reflect"),
+        weights.view(n * c, 1, -1, 1),
+        groups=n * c,
+    )
     return x.view(n, c, h, w)
 
 
@@ -167,17 +183,29 @@ def gaussian_noise(images, std, generator):
 def simclr_view(images, out_size, config, generator):
     """One random view of each image: (B, 1, H, W) in [0, 1] -> (B, 1, out, out)."""
     n, device = images.shape[0], images.device
-    x = random_resized_crop(images, out_size, config.crop_scale, config.crop_ratio,
-                            config.rotation_degrees, generator)
-    x = flip(x, _chance(config.hflip_p, n, generator, device), _chance(config.vflip_p, n, generator, device))
+    x = random_resized_crop(
+        images, out_size, config.crop_scale, config.crop_ratio, config.rotation_degrees, generator
+    )
+    x = flip(
+        x,
+        _chance(config.hflip_p, n, generator, device),
+        _chance(config.vflip_p, n, generator, device),
+    )
     jitter = _chance(config.jitter_p, n, generator, device)
     brightness = _uniform(1 - config.brightness, 1 + config.brightness, n, generator, device)
     contrast = _uniform(1 - config.contrast, 1 + config.contrast, n, generator, device)
-    x = _where_chosen(jitter, x, lambda chosen, i: brightness_contrast(chosen, brightness[i], contrast[i]))
+    x = _where_chosen(
+        jitter, x, lambda chosen, i: brightness_contrast(chosen, brightness[i], contrast[i])
+    )
     gamma = torch.exp(config.gamma_std * torch.randn(n, generator=generator, device=device))
-    x = _where_chosen(_chance(config.gamma_p, n, generator, device), x,
-                      lambda chosen, i: random_gamma(chosen, gamma[i]))
-    x = _where_chosen(_chance(config.equalize_p, n, generator, device), x, lambda chosen, _: equalize(chosen))
+    x = _where_chosen(
+        _chance(config.gamma_p, n, generator, device),
+        x,
+        lambda chosen, i: random_gamma(chosen, gamma[i]),
+    )
+    x = _where_chosen(
+        _chance(config.equalize_p, n, generator, device), x, lambda chosen, _: equalize(chosen)
+    )
     blur = _chance(config.blur_p, n, generator, device)
     sigma = _uniform(*config.blur_sigma, n, generator, device)
     radius = math.ceil(3 * config.blur_sigma[1])
@@ -191,4 +219,6 @@ def simclr_views(images, out_size, config, generator):
     """Two independent views of a uint8 or float batch (B, 1, H, W)."""
     if images.dtype == torch.uint8:
         images = images.float() / 255
-    return simclr_view(images, out_size, config, generator), simclr_view(images, out_size, config, generator)
+    return simclr_view(images, out_size, config, generator), simclr_view(
+        images, out_size, config, generator
+    )

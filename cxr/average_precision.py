@@ -41,11 +41,11 @@ MAX_DETECTIONS = 100
 @dataclass
 class CategoryMatches:
     category_id: int
-    image: np.ndarray          # (N,) position of each detection's image in image_ids
-    score: np.ndarray          # (N,)
+    image: np.ndarray  # (N,) position of each detection's image in image_ids
+    score: np.ndarray  # (N,)
     true_positive: np.ndarray  # (T, N) bool, per IoU threshold
-    ignored: np.ndarray        # (T, N) bool (matched to an ignored box)
-    ground_truth: np.ndarray   # (I,) non-ignored ground-truth boxes per image
+    ignored: np.ndarray  # (T, N) bool (matched to an ignored box)
+    ground_truth: np.ndarray  # (I,) non-ignored ground-truth boxes per image
 
 
 def _detections(coco_gt, results):
@@ -54,8 +54,11 @@ def _detections(coco_gt, results):
         with contextlib.redirect_stdout(io.StringIO()):
             return coco_gt.loadRes(results)
     empty = COCO()
-    empty.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
-                     "annotations": []}
+    empty.dataset = {
+        "images": coco_gt.dataset["images"],
+        "categories": coco_gt.dataset["categories"],
+        "annotations": [],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         empty.createIndex()
     return empty
@@ -73,7 +76,9 @@ def match_detections(coco_gt, results, iou_thresholds=COCO_IOU_THRESHOLDS):
     categories = []
     for k, category in enumerate(params.catIds):
         # evalImgs is ordered [category][area range][image]; area range 0 is 'all'.
-        per_image = evaluator.evalImgs[k * num_areas * num_images:k * num_areas * num_images + num_images]
+        per_image = evaluator.evalImgs[
+            k * num_areas * num_images : k * num_areas * num_images + num_images
+        ]
         image, score, true_positive, ignored = [], [], [], []
         ground_truth = np.zeros(num_images, dtype=np.int64)
         for i, record in enumerate(per_image):
@@ -86,11 +91,18 @@ def match_detections(coco_gt, results, iou_thresholds=COCO_IOU_THRESHOLDS):
             true_positive.append(record["dtMatches"][:, kept] > 0)
             ignored.append(record["dtIgnore"][:, kept].astype(bool))
             ground_truth[i] = int(np.count_nonzero(record["gtIgnore"] == 0))
-        categories.append(CategoryMatches(
-            int(category), np.concatenate(image) if image else np.zeros(0, np.int64),
-            np.concatenate(score) if score else np.zeros(0),
-            np.concatenate(true_positive, 1) if true_positive else np.zeros((thresholds, 0), bool),
-            np.concatenate(ignored, 1) if ignored else np.zeros((thresholds, 0), bool), ground_truth))
+        categories.append(
+            CategoryMatches(
+                int(category),
+                np.concatenate(image) if image else np.zeros(0, np.int64),
+                np.concatenate(score) if score else np.zeros(0),
+                np.concatenate(true_positive, 1)
+                if true_positive
+                else np.zeros((thresholds, 0), bool),
+                np.concatenate(ignored, 1) if ignored else np.zeros((thresholds, 0), bool),
+                ground_truth,
+            )
+        )
     return list(params.imgIds), categories
 
 
@@ -129,6 +141,9 @@ def average_precision(matches, counts=None, interpolation="coco"):
 def mean_ap(categories, counts=None, interpolation="coco", thresholds=slice(None)):
     """Mean over the categories with boxes of their AP averaged over the IoU
     thresholds selected (all, or e.g. [0] for AP50); None if no category has boxes."""
-    values = [ap[thresholds].mean() for ap in (average_precision(c, counts, interpolation) for c in categories)
-              if ap is not None]
+    values = [
+        ap[thresholds].mean()
+        for ap in (average_precision(c, counts, interpolation) for c in categories)
+        if ap is not None
+    ]
     return float(np.mean(values)) if values else None

@@ -29,7 +29,9 @@ FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 def build_resnet(arch):
     if arch not in FEATURE_DIMS:
-        raise UserError(f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}")
+        raise UserError(
+            f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}"
+        )
     return getattr(torchvision.models, arch)()
 
 
@@ -62,13 +64,17 @@ def check_trunk_state(state, arch, source):
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or misshaped:
+
         def sample(keys):
             return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
+
         raise UserError(
             f"{source} does not hold a torchvision {arch} trunk: {len(missing)} missing "
             f"({sample(missing)}), {len(unexpected)} unexpected ({sample(unexpected)}), "
-            f"{len(misshaped)} of the wrong shape ({sample(misshaped)}). Check --arch, and that the file "
-            "has torchvision ResNet keys (conv1.weight, layer1.0.conv1.weight, ...)")
+            f"{len(misshaped)} of the wrong shape ({sample(misshaped)}). Check --arch, and that "
+            "the file "
+            "has torchvision ResNet keys (conv1.weight, layer1.0.conv1.weight, ...)"
+        )
     return f"loaded {len(state)}/{len(expected)} tensors from {source}"
 
 
@@ -98,7 +104,7 @@ def recompute_batchnorm_statistics(trunk, loader, device):
     momenta = [m.momentum for m in norms]
     for norm in norms:
         norm.reset_running_stats()
-        norm.momentum = None                       # cumulative average over the batches
+        norm.momentum = None  # cumulative average over the batches
     was_training = trunk.training
     trunk.train()
     batches = 0

@@ -65,17 +65,21 @@ def paired_bootstrap(first, second, num_images, statistic, replicates=2000, leve
         for name in names:
             pairs = [(cache[s][0][name], cache[s][1][name]) for s in seeds]
             if any(a is None or b is None for a, b in pairs):
-                continue                         # the drawn images hold no box at all
+                continue  # the drawn images hold no box at all
             draws[name]["first"].append(np.mean([a for a, _ in pairs]))
             draws[name]["second"].append(np.mean([b for _, b in pairs]))
             draws[name]["difference"].append(np.mean([a - b for a, b in pairs]))
     summary = {}
     for name in names:
-        estimates = {"first": np.mean([r[name] for r in real_first]),
-                     "second": np.mean([r[name] for r in real_second])}
+        estimates = {
+            "first": np.mean([r[name] for r in real_first]),
+            "second": np.mean([r[name] for r in real_second]),
+        }
         estimates["difference"] = estimates["first"] - estimates["second"]
-        summary[name] = {arm: bias_corrected_interval(np.asarray(values), float(estimates[arm]), level)
-                         for arm, values in draws[name].items()}
+        summary[name] = {
+            arm: bias_corrected_interval(np.asarray(values), float(estimates[arm]), level)
+            for arm, values in draws[name].items()
+        }
     return summary
 
 

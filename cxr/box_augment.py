@@ -46,7 +46,9 @@ class BoxAugmentConfig:
 def hflip(image, boxes):
     """Mirror left-right; box x0, x1 -> W - x1, W - x0."""
     width = image.shape[-1]
-    return image.flip(-1), torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+    return image.flip(-1), torch.stack(
+        [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1
+    )
 
 
 def shift_scale_rotate(image, boxes, shift_x, shift_y, scale, degrees):
@@ -57,18 +59,28 @@ def shift_scale_rotate(image, boxes, shift_x, shift_y, scale, degrees):
     _, height, width = image.shape
     angle = math.radians(degrees)
     # Forward map in pixel coordinates about the centre, y down: p' = s R p + t.
-    rotation = torch.tensor([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]],
-                            dtype=torch.float64)
+    rotation = torch.tensor(
+        [[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]],
+        dtype=torch.float64,
+    )
     forward = scale * rotation
     translation = torch.tensor([shift_x * width, shift_y * height], dtype=torch.float64)
     half = torch.tensor([width / 2, height / 2], dtype=torch.float64)
     # affine_grid wants the inverse map in normalized coordinates u = p / half.
     inverse = torch.linalg.inv(forward)
-    theta = torch.cat([torch.diag(1 / half) @ inverse @ torch.diag(half),
-                       (-(torch.diag(1 / half) @ inverse @ translation)).view(2, 1)], 1)
-    grid = F.affine_grid(theta.unsqueeze(0).to(image.dtype), (1, 1, height, width), align_corners=False)
-    warped = F.grid_sample(image.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros",
-                           align_corners=False)[0]
+    theta = torch.cat(
+        [
+            torch.diag(1 / half) @ inverse @ torch.diag(half),
+            (-(torch.diag(1 / half) @ inverse @ translation)).view(2, 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(
+        theta.unsqueeze(0).to(image.dtype), (1, 1, height, width), align_corners=False
+    )
+    warped = F.grid_sample(
+        image.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[0]
     corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].view(-1, 4, 2).double() - half
     moved = corners @ forward.T + translation + half
     bounds = torch.cat([moved.min(1).values, moved.max(1).values], 1).to(boxes.dtype)
@@ -76,10 +88,18 @@ def shift_scale_rotate(image, boxes, shift_x, shift_y, scale, degrees):
 
 
 def clip_and_filter(boxes, labels, width, height, min_area, min_visibility):
-    """Clip to the image; drop boxes under min_area px^2 or min_visibility of their unclipped area."""
+    """Clip to the image; drop boxes under min_area px^2 or under min_visibility of their
+    unclipped area."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    clipped = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
-                           boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], 1)
+    clipped = torch.stack(
+        [
+            boxes[:, 0].clamp(0, width),
+            boxes[:, 1].clamp(0, height),
+            boxes[:, 2].clamp(0, width),
+            boxes[:, 3].clamp(0, height),
+        ],
+        1,
+    )
     clipped_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = (clipped_area >= min_area) & (clipped_area >= min_visibility * area)
     return clipped[keep], labels[keep]
@@ -88,8 +108,12 @@ def clip_and_filter(boxes, labels, width, height, min_area, min_visibility):
 def motion_blur(image, direction):
     """3 x 3 line kernel: 0 horizontal, 1 vertical, 2 and 3 the diagonals."""
     kernel = torch.zeros(3, 3, dtype=image.dtype)
-    line = [((1, 0), (1, 1), (1, 2)), ((0, 1), (1, 1), (2, 1)),
-            ((0, 0), (1, 1), (2, 2)), ((0, 2), (1, 1), (2, 0))][direction]
+    line = [
+        ((1, 0), (1, 1), (1, 2)),
+        ((0, 1), (1, 1), (2, 1)),
+        ((0, 0), (1, 1), (2, 2)),
+        ((0, 2), (1, 1), (2, 0)),
+    ][direction]
     for row, column in line:
         kernel[row, column] = 1 / 3
     padded = F.pad(image.unsqueeze(0), (1, 1, 1, 1), mode="replicate")
@@ -105,7 +129,8 @@ def _happens(p, generator):
 
 
 class BoxAugment:
-    """The training-time pipeline: call(image, boxes, labels, generator) -> (image, boxes, labels)."""
+    """The training-time pipeline:
+    call(image, boxes, labels, generator) -> (image, boxes, labels)."""
 
     def __init__(self, config=None):
         self.config = config or BoxAugmentConfig()
@@ -114,15 +139,24 @@ class BoxAugment:
         c, g = self.config, generator
         _, height, width = image.shape
         if _happens(c.geometric_p, g):
-            image, boxes = shift_scale_rotate(image, boxes, _uniform(-c.shift, c.shift, g),
-                                              _uniform(-c.shift, c.shift, g), _uniform(1 - c.scale, 1 + c.scale, g),
-                                              _uniform(-c.rotate_degrees, c.rotate_degrees, g))
-            boxes, labels = clip_and_filter(boxes, labels, width, height, c.min_area, c.min_visibility)
+            image, boxes = shift_scale_rotate(
+                image,
+                boxes,
+                _uniform(-c.shift, c.shift, g),
+                _uniform(-c.shift, c.shift, g),
+                _uniform(1 - c.scale, 1 + c.scale, g),
+                _uniform(-c.rotate_degrees, c.rotate_degrees, g),
+            )
+            boxes, labels = clip_and_filter(
+                boxes, labels, width, height, c.min_area, c.min_visibility
+            )
         if _happens(c.hflip_p, g):
             image, boxes = hflip(image, boxes)
         if _happens(c.brightness_contrast_p, g):
             limit = c.brightness_contrast
-            image = (image * _uniform(1 - limit, 1 + limit, g) + _uniform(-limit, limit, g)).clamp(0, 1)
+            image = (image * _uniform(1 - limit, 1 + limit, g) + _uniform(-limit, limit, g)).clamp(
+                0, 1
+            )
         if _happens(c.gamma_p, g):
             image = image.pow(_uniform(*c.gamma, g))
         if _happens(c.noise_p, g):

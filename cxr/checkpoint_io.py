@@ -27,14 +27,21 @@ def load_torch_file(path, what):
     except IsADirectoryError:
         raise UserError(f"{path} is a folder; expected {what}") from None
     except pickle.UnpicklingError:
-        if zipfile.is_zipfile(path):              # the format torch.save writes
-            raise UserError(f"{path} is not {what}: it holds Python objects besides tensors and plain values, "
-                            "and cxr loads only those (anything else could run code)") from None
-        raise UserError(f"cannot read {path}: it is not a PyTorch file of tensors, or an old-format one holding "
-                        f"Python objects, which cxr never loads; expected {what}") from None
-    except Exception as error:                  # torch.load fails in many ways on foreign bytes
-        raise UserError(f"cannot read {path}: it is not a PyTorch file of tensors ({type(error).__name__}: "
-                        f"{error}); expected {what}") from None
+        if zipfile.is_zipfile(path):  # the format torch.save writes
+            raise UserError(
+                f"{path} is not {what}: it holds Python objects besides tensors and plain values, "
+                "and cxr loads only those (anything else could run code)"
+            ) from None
+        raise UserError(
+            f"cannot read {path}: it is not a PyTorch file of tensors, or an old-format one "
+            "holding "
+            f"Python objects, which cxr never loads; expected {what}"
+        ) from None
+    except Exception as error:  # torch.load fails in many ways on foreign bytes
+        raise UserError(
+            f"cannot read {path}: it is not a PyTorch file of tensors ({type(error).__name__}: "
+            f"{error}); expected {what}"
+        ) from None
 
 
 def atomic_torch_save(path, state):

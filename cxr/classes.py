@@ -29,10 +29,20 @@ NO_FINDING_NAME = "No finding"
 
 # One distinct, colour-blind-friendly-ish RGB colour per class for drawings.
 CLASS_COLORS = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
-    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
-    (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (128, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (128, 0, 0),
 )
 
 
@@ -65,5 +75,7 @@ def class_id(category: int) -> int:
 
 def coco_categories() -> list:
     """The COCO `categories` list: ids 1..14 with the CSV's names."""
-    return [{"id": category_id(i), "name": name, "supercategory": "lesion"}
-            for i, name in enumerate(CLASS_NAMES)]
+    return [
+        {"id": category_id(i), "name": name, "supercategory": "lesion"}
+        for i, name in enumerate(CLASS_NAMES)
+    ]

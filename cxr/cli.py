@@ -19,20 +19,34 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def parser(prog, description):
     """An ArgumentParser whose usage names `prog` and whose help shows defaults."""
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=HelpFormatter
+    )
 
 
 def add_run_flags(parser, script):
     """The flags that start, stop, continue or replace a training run."""
-    parser.add_argument("--stop-after", type=int, default=None,
-                        help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
-                             "default: run to --epochs")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its checkpoint.pth")
-    parser.add_argument("--auto-resume", action="store_true",
-                        help="continue from checkpoint.pth if there is one, else start: for torchrun "
-                             "--max-restarts, which restarts the group with the same arguments")
-    parser.add_argument("--replace", action="store_true",
-                        help=f"delete this run's outputs (RUN_OUTPUTS in {script}, nothing else) and start over")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
+        "default: run to --epochs",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run from its checkpoint.pth"
+    )
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue from checkpoint.pth if there is one, else start: for torchrun "
+        "--max-restarts, which restarts the group with the same arguments",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help=f"delete this run's outputs (RUN_OUTPUTS in {script}, nothing else) and start over",
+    )
 
 
 def fraction_arg(text):
@@ -42,5 +56,7 @@ def fraction_arg(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a share of the images: give a number in [0, 1]")
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a share of the images: give a number in [0, 1]"
+        )
     return value

@@ -35,7 +35,9 @@ def open_grayscale(path):
         with Image.open(path) as image:
             if image.mode in SIXTEEN_BIT_MODES:
                 wide = np.asarray(image, dtype=np.float64)
-                return Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8))
+                return Image.fromarray(
+                    np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8)
+                )
             return image.convert("L")
     except (OSError, ValueError, SyntaxError) as error:
         raise UserError(f"cannot read image {path}: {error}") from None
@@ -65,8 +67,10 @@ def xyxy(bbox):
 def load_coco(path):
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"annotation file {path} not found; run `python -m cxr.prepare` first "
-                        "or check --data-dir")
+        raise UserError(
+            f"annotation file {path} not found; run `python -m cxr.prepare` first "
+            "or check --data-dir"
+        )
     return json.loads(path.read_text())
 
 
@@ -86,7 +90,9 @@ def list_images(entries, flag):
     files, seen = [], set()
     for entry in map(Path, entries):
         if entry.is_dir():
-            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(
+                p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
         elif entry.is_file():
             found = [entry]
         else:
@@ -126,10 +132,17 @@ class ImageList(torch.utils.data.Dataset):
 
 def check_images_exist(coco, image_dir, annotation_source):
     """Raise a UserError naming the first missing images of a COCO dict."""
-    missing = [image["file_name"] for image in coco["images"] if not (Path(image_dir) / image["file_name"]).is_file()]
+    missing = [
+        image["file_name"]
+        for image in coco["images"]
+        if not (Path(image_dir) / image["file_name"]).is_file()
+    ]
     if missing:
-        raise UserError(f"{len(missing)} of the {len(coco['images'])} images of {annotation_source} are not in "
-                        f"{image_dir} (e.g. {', '.join(missing[:3])}); check the image folder and annotation file")
+        raise UserError(
+            f"{len(missing)} of the {len(coco['images'])} images of {annotation_source} are not in "
+            f"{image_dir} (e.g. {', '.join(missing[:3])}); check the image folder and annotation "
+            "file"
+        )
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -154,16 +167,24 @@ class DetectionDataset(torch.utils.data.Dataset):
             if names is not None and Path(image["file_name"]).stem not in names:
                 continue
             annotations = boxes_of[image["id"]]
-            boxes = torch.tensor([xyxy(a["bbox"]) for a in annotations], dtype=torch.float32).view(-1, 4)
+            boxes = torch.tensor([xyxy(a["bbox"]) for a in annotations], dtype=torch.float32).view(
+                -1, 4
+            )
             labels = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
             self.items.append((Path(image_dir) / image["file_name"], boxes, labels, image["id"]))
         for path in negatives:
-            self.items.append((Path(path), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), -1))
+            self.items.append(
+                (Path(path), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), -1)
+            )
         self.augment = augment
 
     @classmethod
     def split(cls, data_dir, split, **kwargs):
-        return cls(load_coco(Path(data_dir) / f"{split}_annotations.json"), Path(data_dir) / split, **kwargs)
+        return cls(
+            load_coco(Path(data_dir) / f"{split}_annotations.json"),
+            Path(data_dir) / split,
+            **kwargs,
+        )
 
     def __len__(self):
         return len(self.items)
@@ -179,5 +200,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             if seed is None:
                 raise TypeError("an augmenting DetectionDataset is indexed by (index, seed) pairs")
-            image, boxes, labels = self.augment(image, boxes, labels, torch.Generator().manual_seed(seed))
+            image, boxes, labels = self.augment(
+                image, boxes, labels, torch.Generator().manual_seed(seed)
+            )
         return image, {"boxes": boxes, "labels": labels, "image_id": image_id}

@@ -35,7 +35,6 @@ that is not a cxr Faster R-CNN of that shape or whose classes differ.
 import json
 from pathlib import Path
 
-
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
@@ -75,8 +74,15 @@ def _freeze_norms_of_frozen_layers(module):
             _freeze_norms_of_frozen_layers(child)
 
 
-def build_detector(arch, image_size, norm="syncbn", trainable_layers=5, roi_batch_size=512,
-                   anchors="torchvision", rpn_proposals=2000):
+def build_detector(
+    arch,
+    image_size,
+    norm="syncbn",
+    trainable_layers=5,
+    roi_batch_size=512,
+    anchors="torchvision",
+    rpn_proposals=2000,
+):
     """Faster R-CNN with a randomly initialized `arch`-FPN backbone.
 
     roi_batch_size: proposals sampled per image to train the box head
@@ -85,21 +91,34 @@ def build_detector(arch, image_size, norm="syncbn", trainable_layers=5, roi_batc
     keeps torchvision's 1000). Both are sized for 800 px COCO images and
     dominate a CPU step at small sizes (tests/bench/bench_det.py)."""
     if arch not in FEATURE_DIMS:
-        raise UserError(f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}")
+        raise UserError(
+            f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}"
+        )
     if norm not in NORMS:
         raise UserError(f"unknown --norm {norm!r}; expected one of {', '.join(NORMS)}")
     if not 0 <= trainable_layers <= 5:
         raise UserError(f"--trainable-layers must be in 0..5, got {trainable_layers}")
-    backbone = resnet_fpn_backbone(backbone_name=arch, weights=None,
-                                   norm_layer=FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d,
-                                   trainable_layers=trainable_layers)
+    backbone = resnet_fpn_backbone(
+        backbone_name=arch,
+        weights=None,
+        norm_layer=FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d,
+        trainable_layers=trainable_layers,
+    )
     _freeze_norms_of_frozen_layers(backbone.body)
     sizes = anchor_sizes(image_size, anchors)
     anchor_generator = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    return FasterRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=image_size, max_size=image_size,
-                      image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD),
-                      rpn_anchor_generator=anchor_generator, box_batch_size_per_image=roi_batch_size,
-                      rpn_pre_nms_top_n_train=rpn_proposals, rpn_post_nms_top_n_train=rpn_proposals)
+    return FasterRCNN(
+        backbone,
+        num_classes=NUM_CLASSES + 1,
+        min_size=image_size,
+        max_size=image_size,
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
+        rpn_anchor_generator=anchor_generator,
+        box_batch_size_per_image=roi_batch_size,
+        rpn_pre_nms_top_n_train=rpn_proposals,
+        rpn_post_nms_top_n_train=rpn_proposals,
+    )
 
 
 def transfer_trunk(detector, state, arch, source):
@@ -107,12 +126,16 @@ def transfer_trunk(detector, state, arch, source):
     check_trunk_state(state, arch, source)
     body = detector.backbone.body
     expected = body.state_dict()
-    incoming = {k: v for k, v in state.items() if k in expected or not k.endswith("num_batches_tracked")}
+    incoming = {
+        k: v for k, v in state.items() if k in expected or not k.endswith("num_batches_tracked")
+    }
     missing = sorted(set(expected) - set(incoming))
     unexpected = sorted(set(incoming) - set(expected))
     if missing or unexpected:
-        raise UserError(f"{source}: cannot map onto the detector's backbone: missing {missing[:4]}, "
-                        f"unexpected {unexpected[:4]}")
+        raise UserError(
+            f"{source}: cannot map onto the detector's backbone: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}"
+        )
     body.load_state_dict(incoming, strict=True)
     return f"loaded {len(incoming)}/{len(expected)} tensors from {source} into backbone.body"
 
@@ -123,15 +146,19 @@ def initialize_backbone(detector, init, arch, ssl_backbone_path):
         return f"backbone: random {arch} initialization (torchvision defaults)"
     path = ssl_backbone_path if init == "ssl" else init
     if init == "ssl" and not path.is_file():
-        raise UserError(f"--init ssl: {path} not found; pretrain with train_ssl.py first, "
-                        "or use --init random or --init PATH")
+        raise UserError(
+            f"--init ssl: {path} not found; pretrain with train_ssl.py first, "
+            "or use --init random or --init PATH"
+        )
     return transfer_trunk(detector, load_trunk_weights(path), arch, path)
 
 
 def changed_backbone_tensors(detector, state):
     """Names of backbone.body tensors that differ from `state` (empty when identical)."""
     body = detector.backbone.body.state_dict()
-    return sorted(k for k, v in body.items() if k in state and not torch.equal(v.cpu(), state[k].cpu()))
+    return sorted(
+        k for k, v in body.items() if k in state and not torch.equal(v.cpu(), state[k].cpu())
+    )
 
 
 def _read_detector_file(path):
@@ -141,8 +168,10 @@ def _read_detector_file(path):
         return saved["model"], saved["config"]
     meta_path = Path(path).with_suffix(".json")
     if not meta_path.is_file():
-        raise UserError(f"{meta_path} not found: train_det.py writes it beside {Path(path).name} with the "
-                        "architecture and image size the weights need")
+        raise UserError(
+            f"{meta_path} not found: train_det.py writes it beside {Path(path).name} with the "
+            "architecture and image size the weights need"
+        )
     return saved, json.loads(meta_path.read_text())
 
 
@@ -153,19 +182,33 @@ def load_detector(path):
         raise UserError(f"{path} is not a state dict of tensors")
     classes = meta.get("classes", list(CLASS_NAMES))
     head = state.get("roi_heads.box_predictor.cls_score.weight")
-    if list(classes) != list(CLASS_NAMES) or (head is not None and head.shape[0] != NUM_CLASSES + 1):
+    if list(classes) != list(CLASS_NAMES) or (
+        head is not None and head.shape[0] != NUM_CLASSES + 1
+    ):
         found = head.shape[0] if head is not None else len(classes) + 1
-        raise UserError(f"{path}: its classes do not match cxr's: it predicts {found} labels, cxr has "
-                        f"{NUM_CLASSES + 1} (background + the 14 VinBigData lesions in cxr/classes.py)")
+        raise UserError(
+            f"{path}: its classes do not match cxr's: it predicts {found} labels, cxr has "
+            f"{NUM_CLASSES + 1} (background + the 14 VinBigData lesions in cxr/classes.py)"
+        )
     # Files written before anchors and norms were recorded were trained with these defaults.
     norm = "bn" if meta.get("norm") == "syncbn" else meta.get("norm", "frozen")
-    model = build_detector(meta["arch"], meta["image_size"], norm, meta.get("trainable_layers", 3),
-                           anchors=meta.get("anchors", "torchvision"))
+    model = build_detector(
+        meta["arch"],
+        meta["image_size"],
+        norm,
+        meta.get("trainable_layers", 3),
+        anchors=meta.get("anchors", "torchvision"),
+    )
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    wrong_shape = sorted(
+        k for k in set(expected) & set(state) if expected[k].shape != state[k].shape
+    )
     if missing or unexpected or wrong_shape:
-        raise UserError(f"{path} is not a cxr Faster R-CNN {meta['arch']}-FPN ({meta.get('norm', 'frozen')} norm): "
-                        f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]}")
+        raise UserError(
+            f"{path} is not a cxr Faster R-CNN {meta['arch']}-FPN ({meta.get('norm', 'frozen')} "
+            "norm): "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]}"
+        )
     model.load_state_dict(state)
     return model.eval(), meta

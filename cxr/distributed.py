@@ -66,11 +66,20 @@ def _join_process_group(backend, rank, world_size):
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         dist.init_process_group(backend=backend)
         return
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
-                          timeout=dist.default_pg_timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=False,
+        timeout=dist.default_pg_timeout,
+    )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cxr/attempt_{attempt}", store), rank=rank,
-                            world_size=world_size)
+    dist.init_process_group(
+        backend=backend,
+        store=dist.PrefixStore(f"cxr/attempt_{attempt}", store),
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def teardown():
@@ -109,7 +118,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad[start : start + ctx.rows]
 
 
 def gather_with_grad(tensor):

@@ -47,8 +47,10 @@ def check_amp(amp, device):
     if amp not in ("none", *AMP_DTYPES):
         raise UserError(f"--amp {amp}: expected none, bf16 or fp16")
     if amp == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a CUDA device (it trains with a GradScaler); "
-                        "use --amp bf16 on CPU, or --amp none")
+        raise UserError(
+            "--amp fp16 needs a CUDA device (it trains with a GradScaler); "
+            "use --amp bf16 on CPU, or --amp none"
+        )
 
 
 def autocast(amp, device):
@@ -62,7 +64,11 @@ def restore(state, model, optimizer, scaler, logger, checkpoint_path):
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    logger.log(f"resumed from {checkpoint_path} after epoch {state['epoch']}", event="resume", epoch=state["epoch"])
+    logger.log(
+        f"resumed from {checkpoint_path} after epoch {state['epoch']}",
+        event="resume",
+        epoch=state["epoch"],
+    )
     return state["epoch"], state["step"]
 
 
@@ -85,8 +91,24 @@ def _eta(seconds):
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
-def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs, amp, device,
-                    clip_grad, logger, print_freq, generator, world_size):
+def train_one_epoch(
+    model,
+    loader,
+    task,
+    optimizer,
+    scaler,
+    schedule,
+    step,
+    epoch,
+    epochs,
+    amp,
+    device,
+    clip_grad,
+    logger,
+    print_freq,
+    generator,
+    world_size,
+):
     """One pass over `loader`; returns (next global step, mean loss)."""
     model.train()
     total_steps = len(schedule)
@@ -104,9 +126,11 @@ def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoc
         mean_loss = all_reduce_mean(loss.detach().float()).item()
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
-                f"loss is {mean_loss} at epoch {epoch + 1}, iteration {iteration + 1} (step {step}); "
+                f"loss is {mean_loss} at epoch {epoch + 1}, iteration {iteration + 1} (step "
+                f"{step}); "
                 "stopped before the optimizer step. "
-                "Try a lower --lr, --clip-grad, or --amp none / bf16 instead of fp16.")
+                "Try a lower --lr, --clip-grad, or --amp none / bf16 instead of fp16."
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad:
@@ -121,19 +145,52 @@ def train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoc
         if (iteration + 1) % print_freq == 0 or last:
             elapsed = tick - started
             seconds_per_step = elapsed / (iteration + 1)
-            record = {"epoch": epoch + 1, "iteration": iteration + 1, "step": step, "loss": mean_loss,
-                      "lr": lr, "images_per_s": images_seen / elapsed,
-                      "data_s": data_time / (iteration + 1),
-                      **{k: all_reduce_mean(v.detach().float()).item() for k, v in logs.items()}}
-            logger.log(f"epoch {epoch + 1}/{epochs} iter {iteration + 1}/{len(loader)} loss {mean_loss:.4f} "
-                       f"lr {lr:.5f} img/s {record['images_per_s']:.1f} data {record['data_s']:.3f}s "
-                       f"eta {_eta(seconds_per_step * max(total_steps - step, 0))}", event="train", **record)
+            record = {
+                "epoch": epoch + 1,
+                "iteration": iteration + 1,
+                "step": step,
+                "loss": mean_loss,
+                "lr": lr,
+                "images_per_s": images_seen / elapsed,
+                "data_s": data_time / (iteration + 1),
+                **{k: all_reduce_mean(v.detach().float()).item() for k, v in logs.items()},
+            }
+            logger.log(
+                f"epoch {epoch + 1}/{epochs} iter {iteration + 1}/{len(loader)} loss "
+                f"{mean_loss:.4f} "
+                f"lr {lr:.5f} img/s {record['images_per_s']:.1f} data {record['data_s']:.3f}s "
+                f"eta {_eta(seconds_per_step * max(total_steps - step, 0))}",
+                event="train",
+                **record,
+            )
     return step, sum(losses) / max(len(losses), 1)
 
 
-def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule, epochs, amp, device, seed,
-        dist_info, logger, checkpoint_path, start_epoch=0, start_step=0, stop_after=None, clip_grad=None,
-        print_freq=10, checkpoint_extra=None, after_epoch=None):
+def fit(
+    *,
+    model,
+    unwrapped,
+    loader,
+    sampler,
+    task,
+    optimizer,
+    scaler,
+    schedule,
+    epochs,
+    amp,
+    device,
+    seed,
+    dist_info,
+    logger,
+    checkpoint_path,
+    start_epoch=0,
+    start_step=0,
+    stop_after=None,
+    clip_grad=None,
+    print_freq=10,
+    checkpoint_extra=None,
+    after_epoch=None,
+):
     """Train epochs start_epoch..epochs-1 (at most stop_after of them in this run),
     saving checkpoint_path after each, with checkpoint_extra added to it.
     after_epoch(epoch), e.g. an evaluation, may return a dict of numbers to log.
@@ -145,20 +202,50 @@ def fit(*, model, unwrapped, loader, sampler, task, optimizer, scaler, schedule,
             sampler.set_epoch(epoch)
         generator = seed_epoch(seed, epoch, dist_info.rank, device)
         try:
-            step, mean_loss = train_one_epoch(model, loader, task, optimizer, scaler, schedule, step, epoch, epochs,
-                                              amp, device, clip_grad, logger, print_freq, generator,
-                                              dist_info.world_size)
+            step, mean_loss = train_one_epoch(
+                model,
+                loader,
+                task,
+                optimizer,
+                scaler,
+                schedule,
+                step,
+                epoch,
+                epochs,
+                amp,
+                device,
+                clip_grad,
+                logger,
+                print_freq,
+                generator,
+                dist_info.world_size,
+            )
         except TrainingDiverged as error:
-            kept = (f"{checkpoint_path} (after epoch {epoch}) is kept"
-                    if Path(checkpoint_path).is_file() else "no checkpoint was written before it")
+            kept = (
+                f"{checkpoint_path} (after epoch {epoch}) is kept"
+                if Path(checkpoint_path).is_file()
+                else "no checkpoint was written before it"
+            )
             raise TrainingDiverged(f"{error} {kept}.") from None
         extra = (after_epoch(epoch) if after_epoch else None) or {}
-        logger.log(f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}"
-                   + "".join(f", {k} {v:.4f}" for k, v in extra.items()),
-                   event="epoch", epoch=epoch + 1, mean_loss=mean_loss, **extra)
+        logger.log(
+            f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}"
+            + "".join(f", {k} {v:.4f}" for k, v in extra.items()),
+            event="epoch",
+            epoch=epoch + 1,
+            mean_loss=mean_loss,
+            **extra,
+        )
         if dist_info.is_main:
-            atomic_torch_save(checkpoint_path, {
-                "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
-                **(checkpoint_extra or {})})
+            atomic_torch_save(
+                checkpoint_path,
+                {
+                    "model": unwrapped.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    **(checkpoint_extra or {}),
+                },
+            )
     return max(start_epoch, last_epoch)

@@ -33,8 +33,20 @@ from .average_precision import average_precision, match_detections
 from .classes import NO_FINDING_NAME, NUM_CLASSES, coco_categories
 from .distributed import world_size
 
-STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
 
 
 def detection_collate(batch):
@@ -45,17 +57,29 @@ def detection_collate(batch):
 def predict(model, dataset, indices, device, batch_size=8, workers=0):
     """COCO results for dataset[i], i in indices; the dataset yields (image, target)."""
     model.eval()
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=detection_collate)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, list(indices)),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=detection_collate,
+    )
     results = []
     for images, targets in loader:
         outputs = model([image.to(device).expand(3, -1, -1) for image in images])
         for output, target in zip(outputs, targets):
             boxes = output["boxes"].cpu()
             xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
-            for box, score, label in zip(xywh.tolist(), output["scores"].tolist(), output["labels"].tolist()):
-                results.append({"image_id": int(target["image_id"]), "category_id": int(label),
-                                "bbox": box, "score": score})
+            for box, score, label in zip(
+                xywh.tolist(), output["scores"].tolist(), output["labels"].tolist()
+            ):
+                results.append(
+                    {
+                        "image_id": int(target["image_id"]),
+                        "category_id": int(label),
+                        "bbox": box,
+                        "score": score,
+                    }
+                )
     return results
 
 
@@ -102,9 +126,21 @@ def coco_metrics(coco_gt, results):
     gt_counts = {c: len(coco_gt.getAnnIds(catIds=[c], iscrowd=None)) for c in category_ids}
     if not results:
         zero = {c: (0.0 if gt_counts[c] else None) for c in category_ids}
-        return {**{name: 0.0 for name in STAT_NAMES}, "AP40": 0.0, "detections": 0,
-                "per_class": [{"category_id": c, "AP": zero[c], "AP50": zero[c], "AP40": zero[c],
-                               "gt_boxes": gt_counts[c]} for c in category_ids]}
+        return {
+            **{name: 0.0 for name in STAT_NAMES},
+            "AP40": 0.0,
+            "detections": 0,
+            "per_class": [
+                {
+                    "category_id": c,
+                    "AP": zero[c],
+                    "AP50": zero[c],
+                    "AP40": zero[c],
+                    "gt_boxes": gt_counts[c],
+                }
+                for c in category_ids
+            ],
+        }
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(results)
     standard = _run_cocoeval(coco_gt, coco_dt)
@@ -113,14 +149,24 @@ def coco_metrics(coco_gt, results):
     precision, precision_04 = standard.eval["precision"], at_04.eval["precision"]
     per_class = []
     for k, category in enumerate(standard.params.catIds):
-        per_class.append({"category_id": int(category),
-                          "AP": _mean_precision(precision[:, :, k, 0, -1]),
-                          "AP50": _mean_precision(precision[0, :, k, 0, -1]),
-                          "AP40": _mean_precision(precision_04[0, :, k, 0, -1]),
-                          "gt_boxes": gt_counts[category]})
-    return {**{name: (float(value) if value > -1 else None) for name, value in zip(STAT_NAMES, standard.stats)},
-            "AP40": _mean_precision(precision_04[0, :, :, 0, -1]), "detections": len(results),
-            "per_class": per_class}
+        per_class.append(
+            {
+                "category_id": int(category),
+                "AP": _mean_precision(precision[:, :, k, 0, -1]),
+                "AP50": _mean_precision(precision[0, :, k, 0, -1]),
+                "AP40": _mean_precision(precision_04[0, :, k, 0, -1]),
+                "gt_boxes": gt_counts[category],
+            }
+        )
+    return {
+        **{
+            name: (float(value) if value > -1 else None)
+            for name, value in zip(STAT_NAMES, standard.stats)
+        },
+        "AP40": _mean_precision(precision_04[0, :, :, 0, -1]),
+        "detections": len(results),
+        "per_class": per_class,
+    }
 
 
 def competition_metrics(dataset, results):
@@ -128,19 +174,40 @@ def competition_metrics(dataset, results):
     on a COCO dict; {"mAP40": value, "per_class": {category id: AP or None}}."""
     no_finding = NUM_CLASSES + 1
     boxed = {a["image_id"] for a in dataset["annotations"]}
-    first_id = 1 + max((a["id"] for a in dataset["annotations"]), default=0)     # pycocotools: ids > 0
-    normal_boxes = [{"id": first_id + n, "image_id": image["id"], "category_id": no_finding,
-                     "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}
-                    for n, image in enumerate(i for i in dataset["images"] if i["id"] not in boxed)]
-    ground_truth = coco_ground_truth({**dataset, "annotations": dataset["annotations"] + normal_boxes,
-                                      "categories": coco_categories() + [{"id": no_finding,
-                                                                          "name": NO_FINDING_NAME}]})
+    first_id = 1 + max((a["id"] for a in dataset["annotations"]), default=0)  # pycocotools: ids > 0
+    normal_boxes = [
+        {
+            "id": first_id + n,
+            "image_id": image["id"],
+            "category_id": no_finding,
+            "bbox": [0, 0, 1, 1],
+            "area": 1,
+            "iscrowd": 0,
+        }
+        for n, image in enumerate(i for i in dataset["images"] if i["id"] not in boxed)
+    ]
+    ground_truth = coco_ground_truth(
+        {
+            **dataset,
+            "annotations": dataset["annotations"] + normal_boxes,
+            "categories": coco_categories() + [{"id": no_finding, "name": NO_FINDING_NAME}],
+        }
+    )
     highest = {}
     for r in results:
         highest[r["image_id"]] = max(highest.get(r["image_id"], 0.0), r["score"])
-    normal_predictions = [{"image_id": image["id"], "category_id": no_finding, "bbox": [0, 0, 1, 1],
-                           "score": 1.0 - highest.get(image["id"], 0.0)} for image in dataset["images"]]
-    _, categories = match_detections(ground_truth, results + normal_predictions, iou_thresholds=[0.4])
+    normal_predictions = [
+        {
+            "image_id": image["id"],
+            "category_id": no_finding,
+            "bbox": [0, 0, 1, 1],
+            "score": 1.0 - highest.get(image["id"], 0.0),
+        }
+        for image in dataset["images"]
+    ]
+    _, categories = match_detections(
+        ground_truth, results + normal_predictions, iou_thresholds=[0.4]
+    )
     per_class = {}
     for matches in categories:
         ap = average_precision(matches, interpolation="voc")

@@ -1,10 +1,10 @@
 """The paper's experiment in one command: data -> SimCLR -> probe -> Faster R-CNN
 from the SSL backbone AND from a random one -> mAP -> pictures -> report.
 
-    python -m cxr.experiment                                   # CPU-sized, synthetic data (< 20 min on 2 cores)
-    python -m cxr.experiment --ssl-fractions 0.2,0.4,0.6,0.8   # the paper's sweep
+    python -m cxr.experiment                           # CPU preset, synthetic data (15 min)
+    python -m cxr.experiment --ssl-fractions 0.2,0.4,0.6,0.8           # the paper's sweep
     python -m cxr.experiment --preset paper --vinbig vinbigdata --nproc-per-node 8 --out paper_run
-    python -m cxr.experiment --nih nih --extra-images nih_unlabeled --out nih_run   # NIH ChestX-ray14
+    python -m cxr.experiment --nih nih --extra-images nih_unlabeled --out nih_run   # NIH images
 
 Every stage is one of the project's own command lines (python -m
 cxr.synthetic, python -m cxr.prepare, train_ssl.py, train_det.py,
@@ -84,15 +84,47 @@ PRESETS = {
     # Sized for a 2-core CPU: about 20 minutes for one SSL fraction. SimCLR
     # runs 210 steps of 32 images (it ran 50 of 64): more steps lifted the
     # linear probe (docs/experiments.md).
-    "cpu": Settings(synthetic_images=800, synthetic_size=128, arch="resnet18", ssl_image_size=128, ssl_epochs=10,
-                    ssl_batch_size=32, ssl_lr=0.05, ssl_warmup_epochs=1, ssl_views="cxr", ssl_temperature=0.2,
-                    det_image_size=128, det_epochs=4, det_batch_size=4, det_lr=0.01, det_warmup_iters=20,
-                    det_roi_batch_size=64, workers=1, pictures=4),
+    "cpu": Settings(
+        synthetic_images=800,
+        synthetic_size=128,
+        arch="resnet18",
+        ssl_image_size=128,
+        ssl_epochs=10,
+        ssl_batch_size=32,
+        ssl_lr=0.05,
+        ssl_warmup_epochs=1,
+        ssl_views="cxr",
+        ssl_temperature=0.2,
+        det_image_size=128,
+        det_epochs=4,
+        det_batch_size=4,
+        det_lr=0.01,
+        det_warmup_iters=20,
+        det_roi_batch_size=64,
+        workers=1,
+        pictures=4,
+    ),
     # The seed project's published commands (ResNet-50, 512 px), for GPUs.
-    "paper": Settings(synthetic_images=15000, synthetic_size=512, arch="resnet50", ssl_image_size=512,
-                      ssl_epochs=100, ssl_batch_size=8, ssl_lr=0.05, ssl_warmup_epochs=10, ssl_views="seed",
-                      ssl_temperature=0.5, det_image_size=512, det_epochs=100, det_batch_size=8, det_lr=0.01,
-                      det_warmup_iters=500, det_roi_batch_size=512, workers=8, pictures=8),
+    "paper": Settings(
+        synthetic_images=15000,
+        synthetic_size=512,
+        arch="resnet50",
+        ssl_image_size=512,
+        ssl_epochs=100,
+        ssl_batch_size=8,
+        ssl_lr=0.05,
+        ssl_warmup_epochs=10,
+        ssl_views="seed",
+        ssl_temperature=0.5,
+        det_image_size=512,
+        det_epochs=100,
+        det_batch_size=8,
+        det_lr=0.01,
+        det_warmup_iters=500,
+        det_roi_batch_size=512,
+        workers=8,
+        pictures=8,
+    ),
 }
 
 
@@ -100,15 +132,17 @@ PRESETS = {
 class Stage:
     name: str
     description: str
-    command: list = None          # a subprocess, run from the repository root
-    run_dir: Path = None          # a training run: resumable from run_dir/checkpoint.pth
+    command: list = None  # a subprocess, run from the repository root
+    run_dir: Path = None  # a training run: resumable from run_dir/checkpoint.pth
 
 
 def parse_seeds(text):
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"--train-seeds {text!r}: expected comma-separated whole numbers like 0,1,2") from None
+        raise UserError(
+            f"--train-seeds {text!r}: expected comma-separated whole numbers like 0,1,2"
+        ) from None
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise UserError(f"--train-seeds {text!r}: give distinct non-negative seeds")
     return seeds
@@ -118,17 +152,34 @@ def parse_fractions(text):
     try:
         fractions = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"--ssl-fractions {text!r}: expected comma-separated numbers like 0.2,0.4,0.6") from None
-    if not fractions or not all(0 < f < 1 for f in fractions) or len(set(map(percent, fractions))) != len(fractions):
-        raise UserError(f"--ssl-fractions {text!r}: each must be in (0, 1) and distinct to the percent")
+        raise UserError(
+            f"--ssl-fractions {text!r}: expected comma-separated numbers like 0.2,0.4,0.6"
+        ) from None
+    if (
+        not fractions
+        or not all(0 < f < 1 for f in fractions)
+        or len(set(map(percent, fractions))) != len(fractions)
+    ):
+        raise UserError(
+            f"--ssl-fractions {text!r}: each must be in (0, 1) and distinct to the percent"
+        )
     return fractions
 
 
 def plan_stages(args, settings, out):
     """Every stage of the experiment, in order."""
     python, data, runs = sys.executable, out / "data", out / "runs"
-    launcher = [python] if args.nproc_per_node == 1 else [
-        python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc_per_node}"]
+    launcher = (
+        [python]
+        if args.nproc_per_node == 1
+        else [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={args.nproc_per_node}",
+        ]
+    )
     device = ["--device", args.device] if args.device else []
     s = settings
     stages = []
@@ -139,74 +190,257 @@ def plan_stages(args, settings, out):
         csv, images = Path(args.nih) / NIH_BOX_FILE, Path(args.nih) / "images"
     else:
         csv, images = out / "vinbigdata" / "train.csv", out / "vinbigdata" / "train"
-        stages.append(Stage("synthetic", f"synthetic VinBigData: {s.synthetic_images} images at {s.synthetic_size} px",
-                            [python, "-m", "cxr.synthetic", "--out", str(out / "vinbigdata"), "--images",
-                             str(s.synthetic_images), "--size", str(s.synthetic_size), "--seed", str(args.seed),
-                             "--replace"]))
-    stages.append(Stage("prepare", ("prepare: validate NIH's boxes, split train/test by patient" if args.nih else
-                                    "prepare: validate, fuse the readers' boxes (WBF), split train/test"),
-                        [python, "-m", "cxr.prepare", *data_format, "--csv", str(csv), "--images", str(images),
-                         "--out", str(data),
-                         "--keep-normal", *(["--normal-in-test"] if args.normal_in_test else []), "--replace"]))
-    common = ["--data-dir", str(data), "--output-dir", str(runs), "--arch", s.arch, "--workers", str(s.workers),
-              *device]
-    evaluation = ["--data-dir", str(data), "--output-dir", str(runs), "--workers", str(s.workers), "--replace",
-                  *device]
+        stages.append(
+            Stage(
+                "synthetic",
+                f"synthetic VinBigData: {s.synthetic_images} images at {s.synthetic_size} px",
+                [
+                    python,
+                    "-m",
+                    "cxr.synthetic",
+                    "--out",
+                    str(out / "vinbigdata"),
+                    "--images",
+                    str(s.synthetic_images),
+                    "--size",
+                    str(s.synthetic_size),
+                    "--seed",
+                    str(args.seed),
+                    "--replace",
+                ],
+            )
+        )
+    stages.append(
+        Stage(
+            "prepare",
+            (
+                "prepare: validate NIH's boxes, split train/test by patient"
+                if args.nih
+                else "prepare: validate, fuse the readers' boxes (WBF), split train/test"
+            ),
+            [
+                python,
+                "-m",
+                "cxr.prepare",
+                *data_format,
+                "--csv",
+                str(csv),
+                "--images",
+                str(images),
+                "--out",
+                str(data),
+                "--keep-normal",
+                *(["--normal-in-test"] if args.normal_in_test else []),
+                "--replace",
+            ],
+        )
+    )
+    common = [
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(runs),
+        "--arch",
+        s.arch,
+        "--workers",
+        str(s.workers),
+        *device,
+    ]
+    evaluation = [
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(runs),
+        "--workers",
+        str(s.workers),
+        "--replace",
+        *device,
+    ]
     extra = ["--extra-images", *map(str, args.extra_images)] if args.extra_images else []
 
     def detector(name, init, labeled_fraction, seed):
         """The one fine-tuning command: the arms differ in --experiment-name and --init only."""
-        return [*launcher, "train_det.py", *common, "--experiment-name", name, "--init", init,
-                "--labeled-fraction", str(labeled_fraction), "--split-seed", str(args.seed),
-                "--image-size", str(s.det_image_size), "--epochs", str(s.det_epochs), "--batch-size",
-                str(s.det_batch_size), "--lr", str(s.det_lr), "--warmup-iters", str(s.det_warmup_iters),
-                "--roi-batch-size", str(s.det_roi_batch_size), "--seed", str(seed), "--print-freq", "5"]
+        return [
+            *launcher,
+            "train_det.py",
+            *common,
+            "--experiment-name",
+            name,
+            "--init",
+            init,
+            "--labeled-fraction",
+            str(labeled_fraction),
+            "--split-seed",
+            str(args.seed),
+            "--image-size",
+            str(s.det_image_size),
+            "--epochs",
+            str(s.det_epochs),
+            "--batch-size",
+            str(s.det_batch_size),
+            "--lr",
+            str(s.det_lr),
+            "--warmup-iters",
+            str(s.det_warmup_iters),
+            "--roi-batch-size",
+            str(s.det_roi_batch_size),
+            "--seed",
+            str(seed),
+            "--print-freq",
+            "5",
+        ]
 
     for i, fraction in enumerate(args.fractions):
         p = percent(fraction)
         for seed in args.train_seeds:
             ssl, random = run_name("ssl", p, seed), run_name("random", p, seed)
-            stages.append(Stage(f"pretrain-{ssl}", f"SimCLR pretraining on {p}% of the training images "
-                                f"(+ normal images), seed {seed}",
-                                [*launcher, "train_ssl.py", *common, "--experiment-name", ssl, "--ssl-fraction",
-                                 str(fraction), "--split-seed", str(args.seed), "--include-normal",
-                                 "--image-size", str(s.ssl_image_size), "--epochs", str(s.ssl_epochs),
-                                 "--batch-size", str(s.ssl_batch_size), "--lr", str(s.ssl_lr), "--warmup-epochs",
-                                 str(s.ssl_warmup_epochs), "--views", s.ssl_views, "--temperature",
-                                 str(s.ssl_temperature), "--seed", str(seed), "--print-freq", "5", *extra],
-                                runs / ssl / "pretrain"))
-            stages.append(Stage(f"probe-{ssl}", f"linear probe of the {ssl} backbone",
-                                [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", ssl]))
+            stages.append(
+                Stage(
+                    f"pretrain-{ssl}",
+                    f"SimCLR pretraining on {p}% of the training images "
+                    f"(+ normal images), seed {seed}",
+                    [
+                        *launcher,
+                        "train_ssl.py",
+                        *common,
+                        "--experiment-name",
+                        ssl,
+                        "--ssl-fraction",
+                        str(fraction),
+                        "--split-seed",
+                        str(args.seed),
+                        "--include-normal",
+                        "--image-size",
+                        str(s.ssl_image_size),
+                        "--epochs",
+                        str(s.ssl_epochs),
+                        "--batch-size",
+                        str(s.ssl_batch_size),
+                        "--lr",
+                        str(s.ssl_lr),
+                        "--warmup-epochs",
+                        str(s.ssl_warmup_epochs),
+                        "--views",
+                        s.ssl_views,
+                        "--temperature",
+                        str(s.ssl_temperature),
+                        "--seed",
+                        str(seed),
+                        "--print-freq",
+                        "5",
+                        *extra,
+                    ],
+                    runs / ssl / "pretrain",
+                )
+            )
+            stages.append(
+                Stage(
+                    f"probe-{ssl}",
+                    f"linear probe of the {ssl} backbone",
+                    [
+                        python,
+                        "evaluate.py",
+                        "--mode",
+                        "probe",
+                        *evaluation,
+                        "--experiment-name",
+                        ssl,
+                    ],
+                )
+            )
             if i == 0:
                 name = run_name("random", None, seed)
-                stages.append(Stage(f"probe-{name}", f"linear probe of a random backbone, seed {seed} (the baseline)",
-                                    [python, "evaluate.py", "--mode", "probe", *evaluation, "--experiment-name", name,
-                                     "--backbone", "random", "--seed", str(seed), "--arch", s.arch,
-                                     "--image-size", str(s.ssl_image_size)]))
+                stages.append(
+                    Stage(
+                        f"probe-{name}",
+                        f"linear probe of a random backbone, seed {seed} (the baseline)",
+                        [
+                            python,
+                            "evaluate.py",
+                            "--mode",
+                            "probe",
+                            *evaluation,
+                            "--experiment-name",
+                            name,
+                            "--backbone",
+                            "random",
+                            "--seed",
+                            str(seed),
+                            "--arch",
+                            s.arch,
+                            "--image-size",
+                            str(s.ssl_image_size),
+                        ],
+                    )
+                )
             labeled = round(1 - fraction, 6)
-            stages.append(Stage(f"det-{ssl}", f"Faster R-CNN from the SSL backbone on the labeled {100 - p}%, "
-                                f"seed {seed}", detector(ssl, "ssl", labeled, seed), runs / ssl))
-            stages.append(Stage(f"det-{random}", f"Faster R-CNN from a random backbone on the labeled {100 - p}%, "
-                                f"seed {seed}", detector(random, "random", labeled, seed), runs / random))
+            stages.append(
+                Stage(
+                    f"det-{ssl}",
+                    f"Faster R-CNN from the SSL backbone on the labeled {100 - p}%, seed {seed}",
+                    detector(ssl, "ssl", labeled, seed),
+                    runs / ssl,
+                )
+            )
+            stages.append(
+                Stage(
+                    f"det-{random}",
+                    f"Faster R-CNN from a random backbone on the labeled {100 - p}%, seed {seed}",
+                    detector(random, "random", labeled, seed),
+                    runs / random,
+                )
+            )
     if len(args.fractions) > 1:
         for seed in args.train_seeds:
             name = run_name("random", 100, seed)
-            stages.append(Stage(f"det-{name}", f"Faster R-CNN from a random backbone on all labeled images, "
-                                f"seed {seed}", detector(name, "random", 1.0, seed), runs / name))
+            stages.append(
+                Stage(
+                    f"det-{name}",
+                    f"Faster R-CNN from a random backbone on all labeled images, seed {seed}",
+                    detector(name, "random", 1.0, seed),
+                    runs / name,
+                )
+            )
     for name in detector_runs(args.fractions, args.train_seeds):
-        stages.append(Stage(f"map-{name}", f"COCO mAP of {name} on the test split",
-                            [*launcher, "evaluate.py", "--mode", "map", *evaluation, "--experiment-name", name]))
+        stages.append(
+            Stage(
+                f"map-{name}",
+                f"COCO mAP of {name} on the test split",
+                [*launcher, "evaluate.py", "--mode", "map", *evaluation, "--experiment-name", name],
+            )
+        )
     for init in ("ssl", "random"):
         name = run_name(init, percent(args.fractions[0]), args.train_seeds[0])
-        stages.append(Stage(f"pictures-{name}", f"pictures of {name}'s detections",
-                            [python, "evaluate.py", "--mode", "visualize", *evaluation, "--experiment-name", name,
-                             "--num-images", str(s.pictures), "--seed", str(args.seed)]))
+        stages.append(
+            Stage(
+                f"pictures-{name}",
+                f"pictures of {name}'s detections",
+                [
+                    python,
+                    "evaluate.py",
+                    "--mode",
+                    "visualize",
+                    *evaluation,
+                    "--experiment-name",
+                    name,
+                    "--num-images",
+                    str(s.pictures),
+                    "--seed",
+                    str(args.seed),
+                ],
+            )
+        )
     stages.append(Stage("report", "report.md with tables and charts"))
     return stages
 
 
 def detector_runs(fractions, seeds):
-    names = [run_name(init, percent(f), seed) for f in fractions for seed in seeds for init in ("ssl", "random")]
+    names = [
+        run_name(init, percent(f), seed)
+        for f in fractions
+        for seed in seeds
+        for init in ("ssl", "random")
+    ]
     return names + ([run_name("random", 100, seed) for seed in seeds] if len(fractions) > 1 else [])
 
 
@@ -214,11 +448,15 @@ def run_command(stage, log_path, resuming):
     """Run a stage's command, echoing its output indented and keeping it in log_path."""
     command = list(stage.command)
     if stage.run_dir is not None:
-        command.append("--resume" if resuming and (stage.run_dir / "checkpoint.pth").is_file() else "--replace")
+        command.append(
+            "--resume" if resuming and (stage.run_dir / "checkpoint.pth").is_file() else "--replace"
+        )
     print(f"  $ {shlex.join(command)}", flush=True)
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(command)}\n")
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for line in process.stdout:
             print(f"    {line}", end="", flush=True)
             log.write(line)
@@ -246,7 +484,10 @@ class Experiment:
         make_folder(self.out / "logs")
         for number, stage in enumerate(stages, 1):
             if resuming and self.done(stage.name):
-                print(f"[{number}/{len(stages)}] {stage.description}: done before, skipped", flush=True)
+                print(
+                    f"[{number}/{len(stages)}] {stage.description}: done before, skipped",
+                    flush=True,
+                )
                 continue
             print(f"[{number}/{len(stages)}] {stage.description}", flush=True)
             start = time.perf_counter()
@@ -255,102 +496,175 @@ class Experiment:
             self.save()
             if stage.command is None:
                 path = write_report(self.out)
-                entry["command"] = "python -c 'from cxr.report import write_report; write_report(OUT)'"
+                entry["command"] = (
+                    "python -c 'from cxr.report import write_report; write_report(OUT)'"
+                )
                 print(f"  wrote {path}", flush=True)
             else:
                 log_path = self.out / "logs" / f"{number:02d}-{stage.name}.log"
                 command, code = run_command(stage, log_path, resuming)
                 entry["command"] = shlex.join(command)
                 if code != 0:
-                    entry.update(status="failed", exit_code=code, seconds=round(time.perf_counter() - start, 1))
+                    entry.update(
+                        status="failed",
+                        exit_code=code,
+                        seconds=round(time.perf_counter() - start, 1),
+                    )
                     self.save()
-                    raise UserError(f"stage {stage.name} failed (exit {code}); its output is in {log_path}. "
-                                    f"Fix the cause and rerun with --resume to continue from this stage.")
+                    raise UserError(
+                        f"stage {stage.name} failed (exit {code}); its output is in {log_path}. "
+                        f"Fix the cause and rerun with --resume to continue from this stage."
+                    )
             entry.update(status="done", seconds=round(time.perf_counter() - start, 1))
             self.save()
             print(f"  {stage.name} done in {entry['seconds']:.0f} s", flush=True)
 
 
 def adds_seeds(old, new):
-    """True if the seed list new continues old: the finished seeds' runs stay valid, the report is redone."""
-    return len(new) > len(old) and new[:len(old)] == old
+    """True if the seed list new continues old: the finished seeds' runs stay valid."""
+    return len(new) > len(old) and new[: len(old)] == old
 
 
 def open_experiment(args, settings):
     """Create, replace or reopen --out; returns the Experiment."""
     out = Path(args.out).resolve()
-    config = {"preset": args.preset, "settings": asdict(settings), "ssl_fractions": args.fractions,
-              "seed": args.seed, "train_seeds": args.train_seeds, "normal_in_test": args.normal_in_test,
-              "vinbig": str(Path(args.vinbig).resolve()) if args.vinbig else None,
-              "nih": str(Path(args.nih).resolve()) if args.nih else None,
-              "extra_images": [str(Path(p).resolve()) for p in args.extra_images or []],
-              "nproc_per_node": args.nproc_per_node, "device": args.device}
+    config = {
+        "preset": args.preset,
+        "settings": asdict(settings),
+        "ssl_fractions": args.fractions,
+        "seed": args.seed,
+        "train_seeds": args.train_seeds,
+        "normal_in_test": args.normal_in_test,
+        "vinbig": str(Path(args.vinbig).resolve()) if args.vinbig else None,
+        "nih": str(Path(args.nih).resolve()) if args.nih else None,
+        "extra_images": [str(Path(p).resolve()) for p in args.extra_images or []],
+        "nproc_per_node": args.nproc_per_node,
+        "device": args.device,
+    }
     record_path = out / "experiment.json"
     if args.resume:
         if not record_path.is_file():
             raise UserError(f"--resume: {record_path} not found; start without --resume")
         record = json.loads(record_path.read_text())
         changed = sorted(k for k in config if record["config"].get(k) != config[k])
-        if changed == ["train_seeds"] and adds_seeds(record["config"]["train_seeds"], args.train_seeds):
+        if changed == ["train_seeds"] and adds_seeds(
+            record["config"]["train_seeds"], args.train_seeds
+        ):
             record["config"]["train_seeds"] = args.train_seeds
             record["stages"].pop("report", None)
         elif changed:
-            raise UserError(f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
-                            "rerun with the same flags (--train-seeds may add seeds after the old ones), "
-                            "or --replace to start over")
+            raise UserError(
+                f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
+                "rerun with the same flags (--train-seeds may add seeds after the old ones), "
+                "or --replace to start over"
+            )
         return Experiment(out, record)
     inputs = [p for p in (args.vinbig, args.nih, *(args.extra_images or [])) if p]
     if out.is_dir() and any(out.iterdir()) and not args.replace:
-        raise UserError(f"{out} already holds an experiment; pass --resume to finish it, --replace to start "
-                        "over, or choose another --out")
+        raise UserError(
+            f"{out} already holds an experiment; pass --resume to finish it, --replace to start "
+            "over, or choose another --out"
+        )
     check_output_folder(out, args.replace, inputs)
     if out.is_dir():
         shutil.rmtree(out)
     make_folder(out)
     mark_as_ours(out, "python -m cxr.experiment")
-    record = {"config": config, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": shlex.join([sys.executable, "-m", "cxr.experiment", *args.argv]), "stages": {}}
+    record = {
+        "config": config,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": shlex.join([sys.executable, "-m", "cxr.experiment", *args.argv]),
+        "stages": {},
+    }
     return Experiment(out, record)
 
 
 def settings_from(args):
     settings = PRESETS[args.preset]
-    overrides = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name, None) is not None}
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(Settings)
+        if getattr(args, f.name, None) is not None
+    }
     return replace(settings, **overrides)
 
 
 def get_args_parser():
-    p = parser("python -m cxr.experiment", "The whole cxr experiment and its report in one command.")
+    p = parser(
+        "python -m cxr.experiment", "The whole cxr experiment and its report in one command."
+    )
     p.add_argument("--out", default="experiment", help="folder for everything the run makes")
-    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                   help="cpu: small, synthetic, under 20 min on 2 cores; paper: the real settings, for GPUs")
+    p.add_argument(
+        "--preset",
+        default="cpu",
+        choices=sorted(PRESETS),
+        help="cpu: small, synthetic, under 20 min on 2 cores; paper: the real settings, for GPUs",
+    )
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--vinbig", default=None,
-                        help="the real 512 px download (train.csv, train/); default: synthetic data")
-    source.add_argument("--nih", default=None,
-                        help=f"NIH ChestX-ray14 ({NIH_BOX_FILE} and images/) instead of synthetic data "
-                             "(default: none)")
-    p.add_argument("--extra-images", nargs="+", default=None, metavar="DIR",
-                   help="unlabeled images added to every SSL pool (train_ssl.py --extra-images; default: none)")
-    p.add_argument("--ssl-fractions", default="0.6",
-                   help="shares of the training images to pretrain on, e.g. 0.1,0.2,...,0.9 for the paper's sweep")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the data: the synthetic images and the SSL / labeled split")
-    p.add_argument("--train-seeds", default="0",
-                   help="training seeds, e.g. 0,1,2: each pretrains and fine-tunes both arms once (runs "
-                        "ssl60-s0, random60-s0, ...); the report's intervals then cover training randomness too")
-    p.add_argument("--normal-in-test", action="store_true",
-                   help="prepare --normal-in-test: normal films in the test split, competition-like mAP")
-    p.add_argument("--nproc-per-node", type=int, default=1, help="run training and mAP under torchrun with N")
+    source.add_argument(
+        "--vinbig",
+        default=None,
+        help="the real 512 px download (train.csv, train/); default: synthetic data",
+    )
+    source.add_argument(
+        "--nih",
+        default=None,
+        help=f"NIH ChestX-ray14 ({NIH_BOX_FILE} and images/) instead of synthetic data "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--extra-images",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="unlabeled images added to every SSL pool (train_ssl.py --extra-images; default: "
+        "none)",
+    )
+    p.add_argument(
+        "--ssl-fractions",
+        default="0.6",
+        help="shares of the training images to pretrain on, e.g. 0.1,0.2,...,0.9 for the paper's "
+        "sweep",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data: the synthetic images and the SSL / labeled split",
+    )
+    p.add_argument(
+        "--train-seeds",
+        default="0",
+        help="training seeds, e.g. 0,1,2: each pretrains and fine-tunes both arms once (runs "
+        "ssl60-s0, random60-s0, ...); the report's intervals then cover training randomness too",
+    )
+    p.add_argument(
+        "--normal-in-test",
+        action="store_true",
+        help="prepare --normal-in-test: normal films in the test split, competition-like mAP",
+    )
+    p.add_argument(
+        "--nproc-per-node", type=int, default=1, help="run training and mAP under torchrun with N"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (None: cuda if available)")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out, or add --train-seeds after its old ones")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted experiment in --out, or add --train-seeds after its old ones",
+    )
     p.add_argument("--replace", action="store_true", help="delete --out and start over")
     overrides = p.add_argument_group("overrides of the preset (default: the preset's value)")
     for setting in fields(Settings):
-        presets = ", ".join(f"{name}: {getattr(preset, setting.name)}" for name, preset in PRESETS.items())
-        overrides.add_argument(f"--{setting.name.replace('_', '-')}", dest=setting.name, default=argparse.SUPPRESS,
-                               type={str: str, float: float}.get(setting.type, int),
-                               help=f"{setting.metadata['help']} ({presets})")
+        presets = ", ".join(
+            f"{name}: {getattr(preset, setting.name)}" for name, preset in PRESETS.items()
+        )
+        overrides.add_argument(
+            f"--{setting.name.replace('_', '-')}",
+            dest=setting.name,
+            default=argparse.SUPPRESS,
+            type={str: str, float: float}.get(setting.type, int),
+            help=f"{setting.metadata['help']} ({presets})",
+        )
     return p
 
 
@@ -367,20 +681,32 @@ def main(argv=None):
     if args.resume and args.replace:
         raise UserError("--resume and --replace contradict each other; pick one")
     if args.vinbig and not (Path(args.vinbig) / "train.csv").is_file():
-        raise UserError(f"--vinbig {args.vinbig}: no train.csv there (expected the 512 px download's layout)")
-    if args.nih and not ((Path(args.nih) / NIH_BOX_FILE).is_file() and (Path(args.nih) / "images").is_dir()):
-        raise UserError(f"--nih {args.nih}: expected {NIH_BOX_FILE} and images/ there (NIH's download layout)")
+        raise UserError(
+            f"--vinbig {args.vinbig}: no train.csv there (expected the 512 px download's layout)"
+        )
+    if args.nih and not (
+        (Path(args.nih) / NIH_BOX_FILE).is_file() and (Path(args.nih) / "images").is_dir()
+    ):
+        raise UserError(
+            f"--nih {args.nih}: expected {NIH_BOX_FILE} and images/ there (NIH's download layout)"
+        )
     settings = settings_from(args)
     experiment = open_experiment(args, settings)
     stages = plan_stages(args, settings, experiment.out)
-    print(f"cxr experiment in {experiment.out}: {len(stages)} stages, preset {args.preset}, "
-          f"SSL fractions {', '.join(f'{percent(f)}%' for f in args.fractions)}", flush=True)
+    print(
+        f"cxr experiment in {experiment.out}: {len(stages)} stages, preset {args.preset}, "
+        f"SSL fractions {', '.join(f'{percent(f)}%' for f in args.fractions)}",
+        flush=True,
+    )
     start = time.perf_counter()
     experiment.run(stages, args.resume)
     experiment.record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     experiment.save()
-    print(f"experiment complete in {(time.perf_counter() - start) / 60:.1f} min (this invocation); "
-          f"report: {experiment.out / 'report.md'}", flush=True)
+    print(
+        f"experiment complete in {(time.perf_counter() - start) / 60:.1f} min (this invocation); "
+        f"report: {experiment.out / 'report.md'}",
+        flush=True,
+    )
     return experiment.out
 
 

@@ -34,7 +34,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _check_input_dim(self, x):
         if x.dim() < 2:
-            raise ValueError(f"expected an input of at least 2 dimensions (N, C, ...), got {x.dim()}")
+            raise ValueError(
+                f"expected an input of at least 2 dimensions (N, C, ...), got {x.dim()}"
+            )
 
     def forward(self, x):
         if not self.training:
@@ -42,7 +44,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         reduced = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         values = x.float()
-        local_count = torch.tensor([values.numel() // values.shape[1]], dtype=torch.float32, device=x.device)
+        local_count = torch.tensor(
+            [values.numel() // values.shape[1]], dtype=torch.float32, device=x.device
+        )
         count = all_reduce_sum_with_grad(local_count)
         mean = all_reduce_sum_with_grad(values.sum(reduced)) / count
         centered = values - mean.view(shape)
@@ -67,9 +71,16 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 def convert_to_global_batchnorm(module):
     """`module` with every BatchNorm1d/2d/3d replaced by a GlobalBatchNorm holding
     the same parameters, buffers and mode (FrozenBatchNorm2d is left alone)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                    module.track_running_stats)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+        module, GlobalBatchNorm
+    ):
+        converted = GlobalBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
         converted.load_state_dict(module.state_dict())
         if module.affine:
             converted.weight.requires_grad_(module.weight.requires_grad)

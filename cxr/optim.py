@@ -25,16 +25,26 @@ def parameter_groups(model, weight_decay):
     for parameter in model.parameters():
         if parameter.requires_grad:
             (decay if parameter.ndim > 1 else exempt).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay, "lars": True},
-            {"params": exempt, "weight_decay": 0.0, "lars": False}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lars": True},
+        {"params": exempt, "weight_decay": 0.0, "lars": False},
+    ]
 
 
 class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling with momentum (SimCLR's variant)."""
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      trust_coefficient=trust_coefficient, lars=True))
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                trust_coefficient=trust_coefficient,
+                lars=True,
+            ),
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -49,9 +59,11 @@ class LARS(torch.optim.Optimizer):
                 update = p.grad.add(p, alpha=group["weight_decay"])
                 if group["lars"]:
                     weight_norm, update_norm = torch.norm(p), torch.norm(update)
-                    trust = torch.where((weight_norm > 0) & (update_norm > 0),
-                                        group["trust_coefficient"] * weight_norm / update_norm,
-                                        torch.ones_like(weight_norm))
+                    trust = torch.where(
+                        (weight_norm > 0) & (update_norm > 0),
+                        group["trust_coefficient"] * weight_norm / update_norm,
+                        torch.ones_like(weight_norm),
+                    )
                     update = update.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -99,8 +111,10 @@ def check_warmup(warmup_steps, total_steps, flag):
     """Refuse a warmup longer than the run: its learning rate would never reach
     the base rate, and the decay the schedule promises would never happen."""
     if warmup_steps > total_steps:
-        raise UserError(f"{flag} is longer than the whole run ({warmup_steps} warmup steps, {total_steps} "
-                        "steps in all); lower it, or train for more epochs")
+        raise UserError(
+            f"{flag} is longer than the whole run ({warmup_steps} warmup steps, {total_steps} "
+            "steps in all); lower it, or train for more epochs"
+        )
 
 
 def set_learning_rate(optimizer, lr):

@@ -71,15 +71,20 @@ def check_output_folder(path, replace, inputs=(), flag="--replace"):
     path = Path(path)
     for source in inputs:
         if _contains(path, source):
-            raise UserError(f"output folder {path} contains the input {source}; choose an output folder outside "
-                            "the inputs (replacing it would delete them)")
+            raise UserError(
+                f"output folder {path} contains the input {source}; choose an output folder "
+                "outside "
+                "the inputs (replacing it would delete them)"
+            )
     if not _holds_something(path):
         return
     if not replace:
         refuse_existing(path, replace, flag)
     if not (path / MARKER).is_file():
-        raise UserError(f"{path} was not made by cxr (it has no {MARKER} file), so {flag} will not delete it; "
-                        "move it away or choose another output folder")
+        raise UserError(
+            f"{path} was not made by cxr (it has no {MARKER} file), so {flag} will not delete it; "
+            "move it away or choose another output folder"
+        )
 
 
 def make_folder(path):
@@ -87,14 +92,18 @@ def make_folder(path):
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        blocking = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()), None)
+        blocking = next(
+            (p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()), None
+        )
         why = f"{blocking} is a file" if blocking else error.strerror or str(error)
         raise UserError(f"cannot create the folder {path}: {why}") from None
 
 
 def mark_as_ours(folder, command):
     """Write the MARKER file that lets a later --replace delete `folder`."""
-    atomic_write_text(Path(folder) / MARKER, f"made by {command}; --replace may delete this folder\n")
+    atomic_write_text(
+        Path(folder) / MARKER, f"made by {command}; --replace may delete this folder\n"
+    )
 
 
 def _user_umask():
@@ -108,8 +117,10 @@ def refuse_existing(path, replace, flag="--replace"):
     path = Path(path)
     if path.exists() and not replace:
         kind = "folder" if path.is_dir() else "file"
-        raise UserError(f"output {kind} {path} already exists; pass {flag} to overwrite it "
-                        f"or choose another {kind}")
+        raise UserError(
+            f"output {kind} {path} already exists; pass {flag} to overwrite it "
+            f"or choose another {kind}"
+        )
 
 
 @contextlib.contextmanager
@@ -124,7 +135,7 @@ def staged_directory(final, replace=False, inputs=(), command="cxr"):
     check_output_folder(final, replace, inputs)
     make_folder(final.parent)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
-    os.chmod(staging, 0o777 & ~_user_umask())              # mkdtemp makes it private (0700)
+    os.chmod(staging, 0o777 & ~_user_umask())  # mkdtemp makes it private (0700)
     try:
         yield staging
         mark_as_ours(staging, command)

@@ -75,7 +75,10 @@ def map_summary(categories, counts):
     per_class = [ap for ap in (average_precision(c, counts) for c in categories) if ap is not None]
     if not per_class:
         return {"AP": None, "AP50": None}
-    return {"AP": float(np.mean([ap.mean() for ap in per_class])), "AP50": float(np.mean([ap[0] for ap in per_class]))}
+    return {
+        "AP": float(np.mean([ap.mean() for ap in per_class])),
+        "AP50": float(np.mean([ap[0] for ap in per_class])),
+    }
 
 
 class ExperimentFolder:
@@ -93,7 +96,8 @@ class ExperimentFolder:
         return self.out / "runs" / name
 
     def names(self, init, percent_):
-        """The runs of one arm (or, percent_ None, the random probe backbones), one per training seed."""
+        """The runs of one arm (or, percent_ None, the random probe backbones), one per
+        training seed."""
         return [run_name(init, percent_, seed) for seed in self.seeds]
 
     def metrics(self, name):
@@ -124,8 +128,14 @@ class ExperimentFolder:
         if not all(self.metrics(name) for name in ssl + random):
             return None
         first, second = [self.matches(n) for n in ssl], [self.matches(n) for n in random]
-        return paired_bootstrap(first, second, len(first[0][0].ground_truth), map_summary,
-                                replicates=BOOTSTRAP_REPLICATES, level=LEVEL)
+        return paired_bootstrap(
+            first,
+            second,
+            len(first[0][0].ground_truth),
+            map_summary,
+            replicates=BOOTSTRAP_REPLICATES,
+            level=LEVEL,
+        )
 
 
 def _mean(values):
@@ -141,27 +151,46 @@ def _headline(folder, main, comparison):
     if comparison is None:
         return ["The detector runs are incomplete; rerun with `--resume`."]
     ap, ap50 = comparison["AP"]["difference"], comparison["AP50"]["difference"]
-    answer = {"helped": "**Yes**", "hurt": "**No** - it hurt", "not shown": "**Not shown**"}[verdict(ap)]
+    answer = {"helped": "**Yes**", "hurt": "**No** - it hurt", "not shown": "**Not shown**"}[
+        verdict(ap)
+    ]
     ssl_name = folder.names("ssl", main)[0]
     test = folder.metrics(ssl_name)
     seeds = len(folder.seeds)
-    lines = [f"**Did self-supervision help?** {answer}. With SimCLR on {main}% of the training images and "
-             f"{folder.labeled_images(ssl_name)} labeled images for fine-tuning, the detector started from the SSL "
-             f"backbone reaches mAP@[.5:.95] **{comparison['AP']['first'].estimate:.3f}** and mAP50 "
-             f"**{comparison['AP50']['first'].estimate:.3f}**, against "
-             f"**{comparison['AP']['second'].estimate:.3f}** and **{comparison['AP50']['second'].estimate:.3f}** "
-             f"from a random backbone trained the same way. SSL minus random: mAP {_interval(ap)}, mAP50 "
-             f"{_interval(ap50)} ({LEVEL:.0%} paired bootstrap intervals over the {test['test_images']} test images "
-             f"with {test['test_boxes']} boxes and the {seeds} training seed{'s' if seeds > 1 else ''}"
-             f"{'' if seeds > 1 else ', so training randomness is not in them'}). "
-             + {"helped": "The mAP interval lies above zero.",
-                "hurt": "The mAP interval lies below zero.",
-                "not shown": "The mAP interval includes zero: this run cannot tell the two starts apart."}[verdict(ap)]]
-    probe_ssl = _mean([(folder.probe(n) or {}).get("macro_auroc") for n in folder.names("ssl", main)])
-    probe_random = _mean([(folder.probe(n) or {}).get("macro_auroc") for n in folder.names("random", None)])
+    lines = [
+        f"**Did self-supervision help?** {answer}. With SimCLR on {main}% of the training images "
+        "and "
+        f"{folder.labeled_images(ssl_name)} labeled images for fine-tuning, the detector started "
+        "from the SSL "
+        f"backbone reaches mAP@[.5:.95] **{comparison['AP']['first'].estimate:.3f}** and mAP50 "
+        f"**{comparison['AP50']['first'].estimate:.3f}**, against "
+        f"**{comparison['AP']['second'].estimate:.3f}** and "
+        f"**{comparison['AP50']['second'].estimate:.3f}** "
+        f"from a random backbone trained the same way. SSL minus random: mAP {_interval(ap)}, "
+        "mAP50 "
+        f"{_interval(ap50)} ({LEVEL:.0%} paired bootstrap intervals over the {test['test_images']} "
+        "test images "
+        f"with {test['test_boxes']} boxes and the {seeds} training seed{'s' if seeds > 1 else ''}"
+        f"{'' if seeds > 1 else ', so training randomness is not in them'}). "
+        + {
+            "helped": "The mAP interval lies above zero.",
+            "hurt": "The mAP interval lies below zero.",
+            "not "
+            "shown": "The mAP interval includes zero: this run cannot tell the two starts apart.",
+        }[verdict(ap)]
+    ]
+    probe_ssl = _mean(
+        [(folder.probe(n) or {}).get("macro_auroc") for n in folder.names("ssl", main)]
+    )
+    probe_random = _mean(
+        [(folder.probe(n) or {}).get("macro_auroc") for n in folder.names("random", None)]
+    )
     if probe_ssl is not None and probe_random is not None:
-        lines.append(f"Linear probe (macro-AUROC, mean over seeds, no interval): {probe_ssl:.3f} for the SSL "
-                     f"backbone against {probe_random:.3f} for a random one.")
+        lines.append(
+            f"Linear probe (macro-AUROC, mean over seeds, no interval): {probe_ssl:.3f} for the "
+            "SSL "
+            f"backbone against {probe_random:.3f} for a random one."
+        )
     return [" ".join(lines)]
 
 
@@ -171,27 +200,45 @@ def _data_section(folder):
     if folder.config["vinbig"]:
         source = f"the real VinBigData download in `{folder.config['vinbig']}`"
     elif folder.config.get("nih"):
-        source = (f"real radiographs: NIH ChestX-ray14 boxes and images in `{folder.config['nih']}` (Wang et al., "
-                  "2017, 'ChestX-ray8'), one radiologist per image, train/test split by patient, NIH's findings "
-                  "mapped to VinBigData classes (`cxr.classes.NIH_FINDINGS`)")
+        source = (
+            f"real radiographs: NIH ChestX-ray14 boxes and images in `{folder.config['nih']}` "
+            "(Wang et al., "
+            "2017, 'ChestX-ray8'), one radiologist per image, train/test split by patient, NIH's "
+            "findings "
+            "mapped to VinBigData classes (`cxr.classes.NIH_FINDINGS`)"
+        )
     else:
-        source = (f"synthetic VinBigData from `python -m cxr.synthetic` ({settings['synthetic_images']} images at "
-                  f"{settings['synthetic_size']} px, seed {folder.config['seed']}): a stand-in with the real layout "
-                  "and statistics, so its numbers test the machinery, not the method on real radiographs")
+        source = (
+            f"synthetic VinBigData from `python -m cxr.synthetic` ({settings['synthetic_images']} "
+            "images at "
+            f"{settings['synthetic_size']} px, seed {folder.config['seed']}): a stand-in with the "
+            "real layout "
+            "and statistics, so its numbers test the machinery, not the method on real radiographs"
+        )
     if folder.config.get("extra_images"):
-        source += f"; unlabeled images for SimCLR from {', '.join(f'`{p}`' for p in folder.config['extra_images'])}"
+        folders = ", ".join(f"`{p}`" for p in folder.config["extra_images"])
+        source += f"; unlabeled images for SimCLR from {folders}"
     normal_test = summary.get("test_normal_images", 0)
-    lines = [f"Data: {source}. After `cxr.prepare` (readers' boxes fused by WBF at IoU 0.2): "
-             f"{summary.get('train_images', '?')} training and {summary.get('test_images', '?')} test images with "
-             f"findings ({summary.get('fused_boxes', '?')} fused boxes from {summary.get('csv_boxes', '?')} reader "
-             f"boxes), {normal_test} normal test images, and {summary.get('normal_images_kept', '?')} other images "
-             "without findings.", ""]
+    lines = [
+        f"Data: {source}. After `cxr.prepare` (readers' boxes fused by WBF at IoU 0.2): "
+        f"{summary.get('train_images', '?')} training and {summary.get('test_images', '?')} test "
+        "images with "
+        f"findings ({summary.get('fused_boxes', '?')} fused boxes from "
+        f"{summary.get('csv_boxes', '?')} reader "
+        f"boxes), {normal_test} normal test images, and {summary.get('normal_images_kept', '?')} "
+        "other images "
+        "without findings.",
+        "",
+    ]
     lines.append("| SSL fraction | SSL pool (incl. normal images) | labeled images (the rest) |")
     lines.append("|---|---|---|")
     for fraction in folder.fractions:
         name = folder.names("ssl", percent(fraction))[0]
         meta = _read_json(folder.run(name) / "pretrain" / "pretrained-backbone.json", {})
-        lines.append(f"| {percent(fraction)}% | {meta.get('ssl_images', '?')} | {folder.labeled_images(name)} |")
+        lines.append(
+            f"| {percent(fraction)}% | {meta.get('ssl_images', '?')} | "
+            f"{folder.labeled_images(name)} |"
+        )
     return lines
 
 
@@ -200,29 +247,54 @@ def _settings_section(folder):
     name = folder.names("ssl", percent(folder.fractions[0]))[0]
     ssl = (_read_json(folder.run(name) / "pretrain" / "args.json") or {}).get("args", {})
     det = (_read_json(folder.run(name) / "args.json") or {}).get("args", {})
-    lines = [f"Preset `{folder.config['preset']}`, processes per node {folder.config['nproc_per_node']}, "
-             f"training seeds {', '.join(map(str, folder.seeds))}.", "", "| stage | settings |", "|---|---|"]
+    lines = [
+        f"Preset `{folder.config['preset']}`, processes per node "
+        f"{folder.config['nproc_per_node']}, "
+        f"training seeds {', '.join(map(str, folder.seeds))}.",
+        "",
+        "| stage | settings |",
+        "|---|---|",
+    ]
     if ssl:
-        lines.append(f"| SimCLR | {ssl['arch']}, {ssl['image_size']} px, {ssl['epochs']} epochs, batch "
-                     f"{ssl['batch_size']}, {ssl['optimizer']} lr {ssl['lr']} (warmup {ssl['warmup_epochs']} epochs, "
-                     f"cosine), weight decay {ssl['weight_decay']}, views `{ssl['views']}`, temperature "
-                     f"{ssl['temperature']} |")
+        lines.append(
+            f"| SimCLR | {ssl['arch']}, {ssl['image_size']} px, {ssl['epochs']} epochs, batch "
+            f"{ssl['batch_size']}, {ssl['optimizer']} lr {ssl['lr']} (warmup "
+            f"{ssl['warmup_epochs']} epochs, "
+            f"cosine), weight decay {ssl['weight_decay']}, views `{ssl['views']}`, temperature "
+            f"{ssl['temperature']} |"
+        )
     if det:
-        schedule = (f"step decay x0.1 at {det['lr_steps']} of training" if det["lr_schedule"] == "step"
-                    else "cosine")
-        lines.append(f"| Faster R-CNN (both arms) | {det['arch']}-FPN, {det['image_size']} px, {det['anchors']} "
-                     f"anchors, norm {det['norm']}, {det['trainable_layers']} stages trained, {det['epochs']} epochs, "
-                     f"batch {det['batch_size']}, lr {det['lr']} ({det['warmup_iters']} warmup iterations, "
-                     f"{schedule}), {det['roi_batch_size']} RoIs per image, repeat factors t={det['repeat_threshold']} "
-                     f"({det['repeat_rounding']}), {'online augmentation' if det['augment'] else 'no augmentation'} |")
-    lines.append("| linear probe | pooled trunk features, standardized, one-vs-rest logistic regression C=1, "
-                 "14 image-level labels |")
+        schedule = (
+            f"step decay x0.1 at {det['lr_steps']} of training"
+            if det["lr_schedule"] == "step"
+            else "cosine"
+        )
+        lines.append(
+            f"| Faster R-CNN (both arms) | {det['arch']}-FPN, {det['image_size']} px, "
+            f"{det['anchors']} "
+            f"anchors, norm {det['norm']}, {det['trainable_layers']} stages trained, "
+            f"{det['epochs']} epochs, "
+            f"batch {det['batch_size']}, lr {det['lr']} ({det['warmup_iters']} warmup iterations, "
+            f"{schedule}), {det['roi_batch_size']} RoIs per image, repeat factors "
+            f"t={det['repeat_threshold']} "
+            f"({det['repeat_rounding']}), "
+            f"{'online augmentation' if det['augment'] else 'no augmentation'} |"
+        )
+    lines.append(
+        "| linear probe | pooled trunk features, standardized, one-vs-rest logistic regression "
+        "C=1, "
+        "14 image-level labels |"
+    )
     return lines
 
 
 def _results_table(folder, comparisons):
-    lines = ["| SSL fraction | labeled images | init | mAP@[.5:.95] | mAP50 | mAP small | AR@100 | AR small | "
-             "AP@0.4 | competition mAP@0.4 | probe macro-AUROC |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| SSL fraction | labeled images | init | mAP@[.5:.95] | mAP50 | mAP small | AR@100 | AR "
+        "small | "
+        "AP@0.4 | competition mAP@0.4 | probe macro-AUROC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     rows = [(percent(f), init) for f in folder.fractions for init in ("ssl", "random")]
     if len(folder.fractions) > 1:
         rows.append((100, "random"))
@@ -235,18 +307,29 @@ def _results_table(folder, comparisons):
             continue
         comparison = comparisons.get(p)
         arm = "first" if init == "ssl" else "second"
-        ap, ap50 = (_interval(comparison[k][arm]) if comparison else _fmt(_mean([m[k] for m in found]))
-                    for k in ("AP", "AP50"))
-        means = {k: _fmt(_mean([m[k] for m in found])) for k in ("AP_small", "AR100", "AR_small", "AP40")}
+        ap, ap50 = (
+            _interval(comparison[k][arm]) if comparison else _fmt(_mean([m[k] for m in found]))
+            for k in ("AP", "AP50")
+        )
+        means = {
+            k: _fmt(_mean([m[k] for m in found])) for k in ("AP_small", "AR100", "AR_small", "AP40")
+        }
         competition = _fmt(_mean([m.get("competition", {}).get("mAP40") for m in found]))
         probes = names if init == "ssl" else folder.names("random", None)
         probe = _fmt(_mean([(folder.probe(n) or {}).get("macro_auroc") for n in probes]))
-        lines.append(f"| {label} | {folder.labeled_images(names[0])} | {'SSL' if init == 'ssl' else init} | {ap} | "
-                     f"{ap50} | {means['AP_small']} | {means['AR100']} | {means['AR_small']} | {means['AP40']} | "
-                     f"{competition} | {probe} |")
+        lines.append(
+            f"| {label} | {folder.labeled_images(names[0])} | {'SSL' if init == 'ssl' else init} | "
+            f"{ap} | "
+            f"{ap50} | {means['AP_small']} | {means['AR100']} | {means['AR_small']} | "
+            f"{means['AP40']} | "
+            f"{competition} | {probe} |"
+        )
         if init == "random" and comparison:
-            lines.append(f"| {label} | | **SSL - random** | **{_interval(comparison['AP']['difference'])}** | "
-                         f"**{_interval(comparison['AP50']['difference'])}** | | | | | | |")
+            lines.append(
+                f"| {label} | | **SSL - random** | **{_interval(comparison['AP']['difference'])}** "
+                "| "
+                f"**{_interval(comparison['AP50']['difference'])}** | | | | | | |"
+            )
     return lines
 
 
@@ -260,11 +343,15 @@ def _ssl_loss_chart(folder):
     if not series:
         return {}
     batch = folder.config["settings"]["ssl_batch_size"] * folder.config["nproc_per_node"]
-    chance = math.log(2 * batch - 1)          # NT-Xent of uniform similarities: 2N - 1 candidates
+    chance = math.log(2 * batch - 1)  # NT-Xent of uniform similarities: 2N - 1 candidates
     steps = [x for _, xs, _ in series for x in xs]
     series.append(("chance", [min(steps), max(steps)], [chance, chance]))
-    return {"ssl_loss.svg": ("SimCLR loss (NT-Xent) per step", line_chart(series, "SimCLR loss", "step",
-                                                                         "NT-Xent loss"))}
+    return {
+        "ssl_loss.svg": (
+            "SimCLR loss (NT-Xent) per step",
+            line_chart(series, "SimCLR loss", "step", "NT-Xent loss"),
+        )
+    }
 
 
 def _detector_charts(folder, main):
@@ -278,18 +365,28 @@ def _detector_charts(folder, main):
         history = _read_json(folder.run(name) / "eval_history.json", [])
         for key, label in (("AP50", "mAP50"), ("AP", "mAP")):
             if history:
-                map_series.append((f"{name} {label}", [h["epoch"] for h in history], [h[key] for h in history]))
+                map_series.append(
+                    (f"{name} {label}", [h["epoch"] for h in history], [h[key] for h in history])
+                )
     if loss_series:
-        charts["det_loss.svg"] = ("Faster R-CNN training loss (sum of the four losses)",
-                                  line_chart(loss_series, "Detection loss", "step", "loss"))
+        charts["det_loss.svg"] = (
+            "Faster R-CNN training loss (sum of the four losses)",
+            line_chart(loss_series, "Detection loss", "step", "loss"),
+        )
     if map_series:
-        charts["map_per_epoch.svg"] = ("Test mAP after each epoch",
-                                       line_chart(map_series, "Test mAP per epoch", "epoch", "mAP", markers=True))
+        charts["map_per_epoch.svg"] = (
+            "Test mAP after each epoch",
+            line_chart(map_series, "Test mAP per epoch", "epoch", "mAP", markers=True),
+        )
     metrics = [folder.metrics(name) for name in names]
     if all(metrics):
-        groups = [(name, [row["AP50"] for row in m["per_class"]]) for name, m in zip(names, metrics)]
-        charts["per_class_ap50.svg"] = ("AP50 per class (n/a: no test boxes of that class)",
-                                        bar_chart(list(CLASS_NAMES), groups, "AP50 per class", "AP50"))
+        groups = [
+            (name, [row["AP50"] for row in m["per_class"]]) for name, m in zip(names, metrics)
+        ]
+        charts["per_class_ap50.svg"] = (
+            "AP50 per class (n/a: no test boxes of that class)",
+            bar_chart(list(CLASS_NAMES), groups, "AP50 per class", "AP50"),
+        )
     return charts
 
 
@@ -308,13 +405,23 @@ def _sweep_chart(folder):
             series.append((f"{init} init", [n for n, _ in points], [ap for _, ap in points]))
     baseline = [folder.metrics(n) for n in folder.names("random", 100)]
     if all(baseline):
-        series.append(("all labels, random", [folder.labeled_images(folder.names("random", 100)[0])],
-                       [_mean([m["AP"] for m in baseline])]))
+        series.append(
+            (
+                "all labels, random",
+                [folder.labeled_images(folder.names("random", 100)[0])],
+                [_mean([m["AP"] for m in baseline])],
+            )
+        )
     if not series:
         return {}
-    return {"sweep.svg": ("mAP@[.5:.95] (mean over seeds) against the number of labeled images",
-                          line_chart(series, "mAP vs labeled images", "labeled images", "mAP@[.5:.95]",
-                                     markers=True))}
+    return {
+        "sweep.svg": (
+            "mAP@[.5:.95] (mean over seeds) against the number of labeled images",
+            line_chart(
+                series, "mAP vs labeled images", "labeled images", "mAP@[.5:.95]", markers=True
+            ),
+        )
+    }
 
 
 def _charts(folder, main):
@@ -349,34 +456,76 @@ def write_report(out):
     charts = _charts(folder, main)
     for file_name, (_, svg) in charts.items():
         atomic_write_text(charts_dir / file_name, svg)
-    lines = ["# cxr experiment report", "", *_headline(folder, main, comparisons[main]), "",
-             "## What was run", "",
-             "SimCLR pretraining on the SSL pool, a linear probe of its backbone and of a random one, then Faster "
-             "R-CNN fine-tuned on the labeled images twice - from the SSL backbone and from a random backbone, by "
-             "one command that differs only in `--init` - and both evaluated with pycocotools on the same test "
-             "images.", "",
-             *_data_section(folder), "", *_settings_section(folder), "",
-             f"Command: `{folder.record['command']}` (started {folder.record['started']}).", "",
-             "## Results", "", *_results_table(folder, comparisons), "",
-             f"Means over the training seeds; mAP and mAP50 with {LEVEL:.0%} paired bootstrap intervals over the test "
-             "images and the seeds (`cxr.bootstrap`). mAP@[.5:.95], mAP50, mAP small, AR@100 and AR small are "
-             "pycocotools' numbers; 'small' means boxes under 32 x 32 px in the images the model reads (COCO's "
-             "absolute areas), so at small image sizes nearly every box is small. AP@0.4 is the VinBigData "
-             "competition's IoU threshold with COCO's 101-point interpolation; competition mAP@0.4 is the "
-             "competition's metric (VOC interpolation, 'No finding' included when the test split holds normal "
-             "films; `cxr.evaluation`). Per-class tables: `runs/<run>/eval/per_class.csv`.", ""]
+    lines = [
+        "# cxr experiment report",
+        "",
+        *_headline(folder, main, comparisons[main]),
+        "",
+        "## What was run",
+        "",
+        "SimCLR pretraining on the SSL pool, a linear probe of its backbone and of a random one, "
+        "then Faster "
+        "R-CNN fine-tuned on the labeled images twice - from the SSL backbone and from a random "
+        "backbone, by "
+        "one command that differs only in `--init` - and both evaluated with pycocotools on the "
+        "same test "
+        "images.",
+        "",
+        *_data_section(folder),
+        "",
+        *_settings_section(folder),
+        "",
+        f"Command: `{folder.record['command']}` (started {folder.record['started']}).",
+        "",
+        "## Results",
+        "",
+        *_results_table(folder, comparisons),
+        "",
+        f"Means over the training seeds; mAP and mAP50 with {LEVEL:.0%} paired bootstrap intervals "
+        "over the test "
+        "images and the seeds (`cxr.bootstrap`). mAP@[.5:.95], mAP50, mAP small, AR@100 and AR "
+        "small are "
+        "pycocotools' numbers; 'small' means boxes under 32 x 32 px in the images the model reads "
+        "(COCO's "
+        "absolute areas), so at small image sizes nearly every box is small. AP@0.4 is the "
+        "VinBigData "
+        "competition's IoU threshold with COCO's 101-point interpolation; competition mAP@0.4 is "
+        "the "
+        "competition's metric (VOC interpolation, 'No finding' included when the test split holds "
+        "normal "
+        "films; `cxr.evaluation`). Per-class tables: `runs/<run>/eval/per_class.csv`.",
+        "",
+    ]
     for file_name, (title, _) in charts.items():
         lines += [f"### {title}", "", f"![{title}](charts/{file_name})", ""]
-    pictures = [f"runs/{folder.names(init, main)[0]}/eval/visualize/contact_sheet.png" for init in ("ssl", "random")]
+    pictures = [
+        f"runs/{folder.names(init, main)[0]}/eval/visualize/contact_sheet.png"
+        for init in ("ssl", "random")
+    ]
     existing = [p for p in pictures if (folder.out / p).is_file()]
     if existing:
-        lines += ["## Pictures", "", "Ground truth: solid boxes, name above. Predictions with score >= 0.3: dashed, "
-                  "name and score inside. One PNG per image next to each contact sheet.", ""]
+        lines += [
+            "## Pictures",
+            "",
+            "Ground truth: solid boxes, name above. Predictions with score >= 0.3: dashed, "
+            "name and score inside. One PNG per image next to each contact sheet.",
+            "",
+        ]
         lines += [f"**{Path(p).parts[1]}**\n\n![{Path(p).parts[1]}]({p})\n" for p in existing]
-    lines += ["## Time per stage", "", *_timing_section(folder), "",
-              "## Commands", "", "Each stage ran this command from the repository root (logs in `logs/`):", "",
-              "```"]
-    lines += [f"# {name}\n{entry.get('command', '')}" for name, entry in folder.record["stages"].items()]
+    lines += [
+        "## Time per stage",
+        "",
+        *_timing_section(folder),
+        "",
+        "## Commands",
+        "",
+        "Each stage ran this command from the repository root (logs in `logs/`):",
+        "",
+        "```",
+    ]
+    lines += [
+        f"# {name}\n{entry.get('command', '')}" for name, entry in folder.record["stages"].items()
+    ]
     lines += ["```", ""]
     path = folder.out / "report.md"
     atomic_write_text(path, "\n".join(lines))

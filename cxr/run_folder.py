@@ -34,8 +34,13 @@ from .outputs import atomic_write_json, atomic_write_text, make_folder
 
 def git_revision():
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -52,7 +57,9 @@ class RunLogger:
             return
         print(message, flush=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), "message": message, **record}) + "\n")
+            f.write(
+                json.dumps({"time": round(time.time(), 3), "message": message, **record}) + "\n"
+            )
 
 
 def resuming(args, checkpoint_path):
@@ -83,11 +90,15 @@ def prepare_run_dir(run_dir, outputs, resume, replace, dist_info):
     checkpoint = run_dir / "checkpoint.pth"
     found = sorted(name for name in outputs if (run_dir / name).exists())
     if not resume and checkpoint.exists() and not replace:
-        raise UserError(f"run folder {run_dir} already holds a run ({', '.join(found[:4])}); pass --resume to "
-                        "continue it, --replace to start over, or choose another --experiment-name")
+        raise UserError(
+            f"run folder {run_dir} already holds a run ({', '.join(found[:4])}); pass --resume to "
+            "continue it, --replace to start over, or choose another --experiment-name"
+        )
     if dist_info.is_main:
         make_folder(run_dir)
-        stale = _leftover_temp_files(run_dir, outputs) + ([] if resume else [run_dir / name for name in found])
+        stale = _leftover_temp_files(run_dir, outputs) + (
+            [] if resume else [run_dir / name for name in found]
+        )
         for path in stale:
             path.unlink()
     if torch.distributed.is_initialized():
@@ -97,19 +108,42 @@ def prepare_run_dir(run_dir, outputs, resume, replace, dist_info):
 
 def write_run_header(logger, run_dir, args, dist_info):
     """args.json (with git revision) and a first log line: sorted args, revision, device."""
-    header = {"args": dict(sorted(vars(args).items())), "git_revision": git_revision(),
-              "device": str(dist_info.device), "world_size": dist_info.world_size,
-              "torch": torch.__version__, "command": " ".join(sys.argv)}
+    header = {
+        "args": dict(sorted(vars(args).items())),
+        "git_revision": git_revision(),
+        "device": str(dist_info.device),
+        "world_size": dist_info.world_size,
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+    }
     if dist_info.is_main:
         atomic_write_json(Path(run_dir) / "args.json", header, indent=1)
     arguments = " ".join(f"{k}={v}" for k, v in header["args"].items())
-    logger.log(f"git {header['git_revision']} | device {header['device']} x{dist_info.world_size} | "
-               f"torch {header['torch']}\nargs: {arguments}", event="start", **header)
+    logger.log(
+        f"git {header['git_revision']} | device {header['device']} x{dist_info.world_size} | "
+        f"torch {header['torch']}\nargs: {arguments}",
+        event="start",
+        **header,
+    )
 
 
 # Arguments that do not change what a run computes: they may differ on --resume.
-RESUME_MAY_CHANGE = frozenset({"resume", "auto_resume", "replace", "stop_after", "print_freq", "workers", "device", "devices",
-                               "output_dir", "experiment_name", "eval_every", "eval_batch_size"})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "resume",
+        "auto_resume",
+        "replace",
+        "stop_after",
+        "print_freq",
+        "workers",
+        "device",
+        "devices",
+        "output_dir",
+        "experiment_name",
+        "eval_every",
+        "eval_batch_size",
+    }
+)
 
 
 def run_config(args, dist_info):
@@ -126,11 +160,19 @@ def read_resumable(checkpoint_path, config):
         raise UserError(f"--resume: no checkpoint at {checkpoint_path}; start without --resume")
     state = load_torch_file(checkpoint_path, "a cxr training checkpoint")
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise UserError(f"{checkpoint_path} is not a cxr training checkpoint (it has no saved settings)")
-    changed = [k for k in sorted(set(config) | set(state["config"])) if state["config"].get(k) != config.get(k)]
+        raise UserError(
+            f"{checkpoint_path} is not a cxr training checkpoint (it has no saved settings)"
+        )
+    changed = [
+        k
+        for k in sorted(set(config) | set(state["config"]))
+        if state["config"].get(k) != config.get(k)
+    ]
     if changed:
-        raise UserError("--resume with different settings than the checkpoint: "
-                        + ", ".join(f"{k} {state['config'].get(k)} -> {config.get(k)}" for k in changed))
+        raise UserError(
+            "--resume with different settings than the checkpoint: "
+            + ", ".join(f"{k} {state['config'].get(k)} -> {config.get(k)}" for k in changed)
+        )
     return state
 
 

@@ -38,14 +38,18 @@ def repeat_factors(image_labels, threshold):
     for labels in image_labels:
         for label in labels:
             counts[label] = counts.get(label, 0) + 1
-    class_factor = {c: max(1.0, math.sqrt(threshold / (n / len(image_labels)))) for c, n in counts.items()}
+    class_factor = {
+        c: max(1.0, math.sqrt(threshold / (n / len(image_labels)))) for c, n in counts.items()
+    }
     return [max((class_factor[c] for c in labels), default=1.0) for labels in image_labels]
 
 
 class RepeatFactorSampler(torch.utils.data.Sampler):
     """Indices of one epoch's oversampled list, this rank's shard of it."""
 
-    def __init__(self, factors, num_replicas=1, rank=0, seed=0, shuffle=True, rounding="stochastic"):
+    def __init__(
+        self, factors, num_replicas=1, rank=0, seed=0, shuffle=True, rounding="stochastic"
+    ):
         if rounding not in ("stochastic", "ceil"):
             raise ValueError(f"rounding must be 'stochastic' or 'ceil', got {rounding!r}")
         if not 0 <= rank < num_replicas:
@@ -68,20 +72,26 @@ class RepeatFactorSampler(torch.utils.data.Sampler):
         if self.rounding == "ceil":
             repeats = torch.ceil(self.factors)
         else:
-            repeats = whole + (torch.rand(len(self.factors), generator=generator, dtype=torch.float64)
-                               < self.factors - whole)
+            repeats = whole + (
+                torch.rand(len(self.factors), generator=generator, dtype=torch.float64)
+                < self.factors - whole
+            )
         indices = torch.repeat_interleave(torch.arange(len(self.factors)), repeats.long())
         if self.shuffle:
             indices = indices[torch.randperm(len(indices), generator=generator)]
         padding = -len(indices) % self.num_replicas
         if padding:
-            indices = torch.cat([indices, indices.repeat(math.ceil(padding / max(len(indices), 1)))[:padding]])
+            indices = torch.cat(
+                [indices, indices.repeat(math.ceil(padding / max(len(indices), 1)))[:padding]]
+            )
         return indices
 
     def __iter__(self):
         """(index, augmentation seed) of each item of this rank's shard."""
         positions = range(self.rank, len(self._epoch_list), self.num_replicas)
-        return iter([(int(self._epoch_list[p]), derive_seed(self.seed, self.epoch, p)) for p in positions])
+        return iter(
+            [(int(self._epoch_list[p]), derive_seed(self.seed, self.epoch, p)) for p in positions]
+        )
 
     def shard_length(self, epoch):
         """Items this rank gets in `epoch` (the length varies with stochastic rounding)."""

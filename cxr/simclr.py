@@ -31,11 +31,11 @@ def nt_xent(z1, z2, temperature=0.5):
 def _nt_xent_float32(z1, z2, temperature):
     n = z1.shape[0]
     local1, local2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    all1, all2 = gather_with_grad(local1), gather_with_grad(local2)   # (N, d), ranks in order
+    all1, all2 = gather_with_grad(local1), gather_with_grad(local2)  # (N, d), ranks in order
     total = all1.shape[0]
-    anchors = torch.cat([local1, local2])                             # (2n, d)
-    logits = anchors @ torch.cat([all1, all2]).T / temperature        # (2n, 2N)
-    mine = torch.arange(n, device=z1.device) + rank() * n             # my images' rows in all1
+    anchors = torch.cat([local1, local2])  # (2n, d)
+    logits = anchors @ torch.cat([all1, all2]).T / temperature  # (2n, 2N)
+    mine = torch.arange(n, device=z1.device) + rank() * n  # my images' rows in all1
     self_column = torch.cat([mine, mine + total])
     positive_column = torch.cat([mine + total, mine])
     is_self = torch.zeros_like(logits, dtype=torch.bool)
@@ -48,8 +48,12 @@ class ProjectionHead(nn.Sequential):
 
     def __init__(self, in_dim, hidden_dim=None, out_dim=128):
         hidden_dim = hidden_dim or in_dim
-        super().__init__(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
-                         nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
 
 
 class SimCLR(nn.Module):
@@ -66,4 +70,8 @@ class SimCLR(nn.Module):
 
     def trunk_state_dict(self):
         """The trunk's weights under torchvision ResNet keys, without fc."""
-        return {k: v.detach().clone() for k, v in self.trunk.state_dict().items() if not k.startswith("fc.")}
+        return {
+            k: v.detach().clone()
+            for k, v in self.trunk.state_dict().items()
+            if not k.startswith("fc.")
+        }

@@ -34,8 +34,10 @@ def split_test(image_ids, test_fraction, seed, group_of=None):
         return sorted(order[num_test:]), sorted(order[:num_test])
     _, test_groups = split_test({group_of(i) for i in image_ids}, test_fraction, seed)
     test_groups = set(test_groups)
-    return (sorted(i for i in image_ids if group_of(i) not in test_groups),
-            sorted(i for i in image_ids if group_of(i) in test_groups))
+    return (
+        sorted(i for i in image_ids if group_of(i) not in test_groups),
+        sorted(i for i in image_ids if group_of(i) in test_groups),
+    )
 
 
 @dataclass(frozen=True)
@@ -83,4 +85,3 @@ def partition(train_ids, ssl_fraction, labeled_fraction=None, seed=0):
     order = seeded_permutation(train_ids, seed)
     ssl_end, labeled_start = partition_bounds(len(order), ssl_fraction, labeled_fraction)
     return Partition(sorted(order[:ssl_end]), sorted(order[labeled_start:]))
-

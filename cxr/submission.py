@@ -35,7 +35,9 @@ def _positive_int(value, path, line, column):
     except (TypeError, ValueError):
         number = 0
     if number <= 0:
-        raise UserError(f"{path}, line {line}: {column} must be a positive number of pixels, got {value!r}")
+        raise UserError(
+            f"{path}, line {line}: {column} must be a positive number of pixels, got {value!r}"
+        )
     return number
 
 
@@ -46,8 +48,11 @@ def read_original_sizes(path):
         raise UserError(f"--original-sizes {path}: file not found")
     if path.suffix == ".json":
         images = json.loads(path.read_text()).get("images", [])
-        return {Path(i["file_name"]).stem: (i["original_width"], i["original_height"])
-                for i in images if "original_width" in i}
+        return {
+            Path(i["file_name"]).stem: (i["original_width"], i["original_height"])
+            for i in images
+            if "original_width" in i
+        }
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or ())
@@ -56,19 +61,27 @@ def read_original_sizes(path):
         elif {"image_id", "dim0", "dim1"} <= columns:
             width_key, height_key = "dim1", "dim0"
         else:
-            raise UserError(f"{path}: expected columns image_id,width,height or image_id,dim0,dim1; "
-                            f"found {','.join(reader.fieldnames or ())}")
-        return {row["image_id"]: (_positive_int(row[width_key], path, line, width_key),
-                                  _positive_int(row[height_key], path, line, height_key))
-                for line, row in enumerate(reader, start=2)}
+            raise UserError(
+                f"{path}: expected columns image_id,width,height or image_id,dim0,dim1; "
+                f"found {','.join(reader.fieldnames or ())}"
+            )
+        return {
+            row["image_id"]: (
+                _positive_int(row[width_key], path, line, width_key),
+                _positive_int(row[height_key], path, line, height_key),
+            )
+            for line, row in enumerate(reader, start=2)
+        }
 
 
 def prediction_string(detections, scale_x=1.0, scale_y=1.0, score_threshold=0.0):
     """detections: (category_id, score, xyxy in PNG pixels); boxes scaled to the original."""
-    groups = [f"{class_id(category)} {score:.4f} {x0 * scale_x:.1f} {y0 * scale_y:.1f} "
-              f"{x1 * scale_x:.1f} {y1 * scale_y:.1f}"
-              for category, score, (x0, y0, x1, y1) in sorted(detections, key=lambda d: -d[1])
-              if score >= score_threshold]
+    groups = [
+        f"{class_id(category)} {score:.4f} {x0 * scale_x:.1f} {y0 * scale_y:.1f} "
+        f"{x1 * scale_x:.1f} {y1 * scale_y:.1f}"
+        for category, score, (x0, y0, x1, y1) in sorted(detections, key=lambda d: -d[1])
+        if score >= score_threshold
+    ]
     return " ".join(groups) if groups else NO_FINDING_PREDICTION
 
 

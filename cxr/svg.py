@@ -21,7 +21,9 @@ def nice_ticks(low, high, count=5):
         high = low + (abs(low) or 1.0)
     intervals = max(count - 1, 1)
     magnitude = 10 ** math.floor(math.log10((high - low) / intervals))
-    step = min((m * magnitude for m in (1, 2, 5, 10)), key=lambda s: abs((high - low) / s - intervals))
+    step = min(
+        (m * magnitude for m in (1, 2, 5, 10)), key=lambda s: abs((high - low) / s - intervals)
+    )
     first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
     return [round(i * step, 10) for i in range(first, last + 1)]
 
@@ -31,10 +33,13 @@ def _label(value):
 
 
 def _frame(width, height, title):
-    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}">',
-            f'<rect width="{width}" height="{height}" fill="white"/>',
-            f'<text x="{width / 2}" y="18" text-anchor="middle" {FONT} font-weight="bold">{escape(title)}</text>']
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" {FONT} '
+        f'font-weight="bold">{escape(title)}</text>',
+    ]
 
 
 def line_chart(series, title, x_label, y_label, width=560, height=320, markers=False):
@@ -55,26 +60,48 @@ def line_chart(series, title, x_label, y_label, width=560, height=320, markers=F
 
     parts = _frame(width, height, title)
     for y in y_ticks:
-        parts.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{left + plot_w}" y2="{sy(y):.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" {FONT}>{_label(y)}</text>')
+        parts.append(
+            f'<line x1="{left}" y1="{sy(y):.1f}" x2="{left + plot_w}" y2="{sy(y):.1f}" '
+            'stroke="#ddd"/>'
+        )
+        parts.append(
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" {FONT}>{_label(y)}</text>'
+        )
     for x in x_ticks:
-        parts.append(f'<text x="{sx(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle" {FONT}>{_label(x)}</text>')
-    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle" {FONT}>'
-                 f'{escape(x_label)}</text>')
-    parts.append(f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle" {FONT}>'
-                 f'{escape(y_label)}</text>')
+        parts.append(
+            f'<text x="{sx(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+            f"{FONT}>{_label(x)}</text>"
+        )
+    parts.append(
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>'
+    )
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle" {FONT}>'
+        f"{escape(x_label)}</text>"
+    )
+    parts.append(
+        f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle" '
+        f"{FONT}>"
+        f"{escape(y_label)}</text>"
+    )
     for i, (name, xs, ys) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         kept = [(sx(x), sy(y)) for x, y in zip(xs, ys) if y is not None]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in kept)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         if markers or len(kept) == 1:
-            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>' for x, y in kept]
+            parts += [
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>' for x, y in kept
+            ]
         legend_y = top + 10 + 18 * i
-        parts.append(f'<line x1="{left + plot_w + 12}" y1="{legend_y}" x2="{left + plot_w + 32}" y2="{legend_y}" '
-                     f'stroke="{color}" stroke-width="3"/>')
-        parts.append(f'<text x="{left + plot_w + 38}" y="{legend_y + 4}" {FONT}>{escape(name)}</text>')
+        parts.append(
+            f'<line x1="{left + plot_w + 12}" y1="{legend_y}" x2="{left + plot_w + 32}" '
+            f'y2="{legend_y}" '
+            f'stroke="{color}" stroke-width="3"/>'
+        )
+        parts.append(
+            f'<text x="{left + plot_w + 38}" y="{legend_y + 4}" {FONT}>{escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
@@ -95,26 +122,41 @@ def bar_chart(categories, groups, title, x_label, width=560, bar_height=8):
     parts = _frame(width, height, title)
     for i, (name, _) in enumerate(groups):
         x = left + 130 * i
-        parts.append(f'<rect x="{x}" y="26" width="12" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>')
+        parts.append(
+            f'<rect x="{x}" y="26" width="12" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>'
+        )
         parts.append(f'<text x="{x + 16}" y="35" {FONT}>{escape(name)}</text>')
     for x in x_ticks:
-        parts.append(f'<line x1="{sx(x):.1f}" y1="{top}" x2="{sx(x):.1f}" y2="{top + plot_h}" stroke="#ddd"/>')
-        parts.append(f'<text x="{sx(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle" {FONT}>'
-                     f'{_label(x)}</text>')
+        parts.append(
+            f'<line x1="{sx(x):.1f}" y1="{top}" x2="{sx(x):.1f}" y2="{top + plot_h}" '
+            'stroke="#ddd"/>'
+        )
+        parts.append(
+            f'<text x="{sx(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle" {FONT}>'
+            f"{_label(x)}</text>"
+        )
     for c, category in enumerate(categories):
         y0 = top + c * row + 3
-        parts.append(f'<text x="{left - 6}" y="{y0 + row / 2 + 1:.1f}" text-anchor="end" {FONT}>'
-                     f'{escape(category)}</text>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y0 + row / 2 + 1:.1f}" text-anchor="end" {FONT}>'
+            f"{escape(category)}</text>"
+        )
         for g, (_, vs) in enumerate(groups):
             y = y0 + g * bar_height
             if vs[c] is None:
-                parts.append(f'<text x="{left + 3}" y="{y + bar_height - 1}" {SMALL_FONT} fill="#888">'
-                             'n/a</text>')
+                parts.append(
+                    f'<text x="{left + 3}" y="{y + bar_height - 1}" {SMALL_FONT} fill="#888">'
+                    "n/a</text>"
+                )
             else:
-                parts.append(f'<rect x="{left}" y="{y}" width="{max(sx(vs[c]) - left, 0):.1f}" '
-                             f'height="{bar_height - 1}" fill="{PALETTE[g % len(PALETTE)]}"/>')
+                parts.append(
+                    f'<rect x="{left}" y="{y}" width="{max(sx(vs[c]) - left, 0):.1f}" '
+                    f'height="{bar_height - 1}" fill="{PALETTE[g % len(PALETTE)]}"/>'
+                )
     parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#333"/>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" {FONT}>'
-                 f'{escape(x_label)}</text>')
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" {FONT}>'
+        f"{escape(x_label)}</text>"
+    )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

@@ -50,19 +50,29 @@ READERS_PER_IMAGE = 3
 MARK_PROBABILITY = 0.75
 BOX_JITTER = 0.04  # std of each edge's shift, as a fraction of the box side
 ORIGINAL_SIZES = ((1994, 2430), (3072, 3072), (2304, 2880), (2048, 2500), (2336, 2836))
-CSV_COLUMNS = ("image_id", "class_name", "class_id", "rad_id",
-               "x_min", "y_min", "x_max", "y_max", "width", "height")
+CSV_COLUMNS = (
+    "image_id",
+    "class_name",
+    "class_id",
+    "rad_id",
+    "x_min",
+    "y_min",
+    "x_max",
+    "y_max",
+    "width",
+    "height",
+)
 
 
 @dataclass(frozen=True)
 class LesionSpec:
     """Real statistics of one class and where its synthetic lesions go."""
 
-    box_rows: int         # rows of this class in the real train.csv
-    images: int           # real images with this class
-    median_w: float       # median box size, fraction of the image
+    box_rows: int  # rows of this class in the real train.csv
+    images: int  # real images with this class
+    median_w: float  # median box size, fraction of the image
     median_h: float
-    site: str             # key of SITES: where the lesion centre is drawn
+    site: str  # key of SITES: where the lesion centre is drawn
 
     @property
     def share(self):
@@ -98,10 +108,10 @@ LESION_SPECS = (
 class Anatomy:
     """Per-image anatomy in normalized coordinates (x right, y down)."""
 
-    lungs: tuple          # two (cx, cy, rx, ry) ellipses: image-left, image-right
-    heart: tuple          # (cx, cy, rx, ry)
+    lungs: tuple  # two (cx, cy, rx, ry) ellipses: image-left, image-right
+    heart: tuple  # (cx, cy, rx, ry)
     midline: float
-    aortic_knob: tuple    # (cx, cy)
+    aortic_knob: tuple  # (cx, cy)
 
 
 def sample_anatomy(rng):
@@ -118,7 +128,9 @@ def _site_centre(site, anatomy, rng, size_wh):
     """A lesion centre for a site, given the lesion's (w, h)."""
     w, h = size_wh
     if site == "aortic_knob":
-        return anatomy.aortic_knob[0] + rng.normal(0, 0.01), anatomy.aortic_knob[1] + rng.normal(0, 0.01)
+        return anatomy.aortic_knob[0] + rng.normal(0, 0.01), anatomy.aortic_knob[1] + rng.normal(
+            0, 0.01
+        )
     if site == "heart":
         return anatomy.heart[0] + rng.normal(0, 0.01), anatomy.heart[1] + anatomy.heart[3] * 0.3
     cx, cy, rx, ry = anatomy.lungs[rng.integers(2)]
@@ -145,7 +157,7 @@ def render_anatomy(anatomy, size, rng):
     image += 0.42 * _ellipse(x, y, anatomy.midline, 0.6, 0.47, 0.62, 0.1)
     lung_mask = sum(_ellipse(x, y, *lung, 0.12) for lung in anatomy.lungs)
     ribs = 0.5 + 0.5 * np.cos(2 * np.pi * (y * 11 + 2.2 * (x - anatomy.midline) ** 2))
-    image -= lung_mask * (0.3 - 0.08 * ribs ** 3)
+    image -= lung_mask * (0.3 - 0.08 * ribs**3)
     image += 0.22 * np.clip(1 - np.abs(x - anatomy.midline) / 0.05, 0, 1) ** 0.5
     image += 0.16 * _ellipse(x, y, *anatomy.heart, 0.3)
     image += _smooth_noise(rng, size, cells=16, amplitude=0.01)
@@ -178,12 +190,12 @@ def _draw_lesion(image, class_id, box, rng):
     elif name == "Atelectasis":
         angle = rng.uniform(-0.5, 0.5)
         band = np.abs((v - 0.5) * math.cos(angle) - (u - 0.5) * math.sin(angle))
-        patch += 0.22 * np.clip(1 - band / 0.18, 0, 1) * disk ** 0.3
+        patch += 0.22 * np.clip(1 - band / 0.18, 0, 1) * disk**0.3
     elif name == "Calcification":
         for cx, cy in rng.uniform(0.25, 0.75, (rng.integers(3, 7), 2)):
             patch += 0.55 * _ellipse(u, v, cx, cy, 0.12, 0.12, 0.5)
     elif name == "Consolidation":
-        patch += 0.32 * disk ** 0.5 - 0.08 * disk * (np.abs(np.sin(9 * u + 3 * v)) < 0.15)
+        patch += 0.32 * disk**0.5 - 0.08 * disk * (np.abs(np.sin(9 * u + 3 * v)) < 0.15)
     elif name == "ILD":
         mesh = np.abs(np.sin(np.pi * 9 * u)) < 0.25
         mesh = mesh | (np.abs(np.sin(np.pi * 11 * v)) < 0.25)
@@ -221,10 +233,10 @@ class ImagePlan:
     """Everything about one synthetic image before it is drawn."""
 
     image_id: str
-    original_size: tuple        # (width, height) of the pretend DICOM
-    readers: tuple              # three radiologist ids
-    lesions: list               # (class_id, xyxy normalized)
-    marks: list                 # per reader: list of (class_id, xyxy normalized)
+    original_size: tuple  # (width, height) of the pretend DICOM
+    readers: tuple  # three radiologist ids
+    lesions: list  # (class_id, xyxy normalized)
+    marks: list  # per reader: list of (class_id, xyxy normalized)
     anatomy: Anatomy
 
 
@@ -295,12 +307,30 @@ def csv_rows(plan):
     rows = []
     for reader, marks in zip(plan.readers, plan.marks):
         if not marks:
-            rows.append((plan.image_id, NO_FINDING_NAME, NO_FINDING_ID, reader, "", "", "", "",
-                         width, height))
+            rows.append(
+                (
+                    plan.image_id,
+                    NO_FINDING_NAME,
+                    NO_FINDING_ID,
+                    reader,
+                    "",
+                    "",
+                    "",
+                    "",
+                    width,
+                    height,
+                )
+            )
         for class_id, (x0, y0, x1, y1) in marks:
-            coords = (f"{round(x0 * width):.1f}", f"{round(y0 * height):.1f}",
-                      f"{round(x1 * width):.1f}", f"{round(y1 * height):.1f}")
-            rows.append((plan.image_id, CLASS_NAMES[class_id], class_id, reader, *coords, width, height))
+            coords = (
+                f"{round(x0 * width):.1f}",
+                f"{round(y0 * height):.1f}",
+                f"{round(x1 * width):.1f}",
+                f"{round(y1 * height):.1f}",
+            )
+            rows.append(
+                (plan.image_id, CLASS_NAMES[class_id], class_id, reader, *coords, width, height)
+            )
     return rows
 
 
@@ -343,29 +373,42 @@ def generate(out, num_images, size=512, seed=0, test_images=None, replace=False,
             (staging / folder).mkdir()
             for i, plan in enumerate(folder_plans, 1):
                 (staging / folder / f"{plan.image_id}.png").write_bytes(
-                    encode_png(render_image(plan, size, seed)))
+                    encode_png(render_image(plan, size, seed))
+                )
                 if i % 500 == 0:
                     log(f"  {folder}: {i}/{len(folder_plans)} images")
         num_rows = write_csv(staging / "train.csv", train_plans, seed)
     summary = {
-        "images": num_images, "test_images": test_images, "rows": num_rows,
+        "images": num_images,
+        "test_images": test_images,
+        "rows": num_rows,
         "finding_images": sum(bool(p.lesions) for p in train_plans),
-        "size": size, "seed": seed, "seconds": round(time.perf_counter() - start, 2),
+        "size": size,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 2),
     }
-    log(f"wrote {out}: {summary['images']} train images ({summary['finding_images']} with findings), "
+    log(
+        f"wrote {out}: {summary['images']} train images ({summary['finding_images']} with "
+        "findings), "
         f"{summary['test_images']} test images, {num_rows} csv rows, {size} px, "
-        f"in {summary['seconds']} s")
+        f"in {summary['seconds']} s"
+    )
     return summary
 
 
 def get_args_parser():
-    parser = cli.parser("python -m cxr.synthetic", "Write a synthetic VinBigData dataset (train.csv, train/, "
-                        "test/) in the layout of the real 512 px download.")
-    parser.add_argument("--out", required=True, help="output folder (refused if it exists, "
-                        "unless --replace)")
+    parser = cli.parser(
+        "python -m cxr.synthetic",
+        "Write a synthetic VinBigData dataset (train.csv, train/, "
+        "test/) in the layout of the real 512 px download.",
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder (refused if it exists, unless --replace)"
+    )
     parser.add_argument("--images", type=int, default=1000, help="labeled training images")
-    parser.add_argument("--test-images", type=int, default=None,
-                        help="unlabeled test images (default: images // 5)")
+    parser.add_argument(
+        "--test-images", type=int, default=None, help="unlabeled test images (default: images // 5)"
+    )
     parser.add_argument("--size", type=int, default=512, help="PNG side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
     parser.add_argument("--replace", action="store_true", help="overwrite an existing --out")

@@ -22,13 +22,20 @@ def _font():
 
 def _dashed_rectangle(draw, box, color, width, dash=DASH):
     x0, y0, x1, y1 = box
-    for a0, a1, fixed, horizontal in ((x0, x1, y0, True), (x0, x1, y1, True), (y0, y1, x0, False),
-                                      (y0, y1, x1, False)):
+    for a0, a1, fixed, horizontal in (
+        (x0, x1, y0, True),
+        (x0, x1, y1, True),
+        (y0, y1, x0, False),
+        (y0, y1, x1, False),
+    ):
         start = a0
         while start < a1:
             end = min(start + dash, a1)
-            draw.line([(start, fixed), (end, fixed)] if horizontal else [(fixed, start), (fixed, end)],
-                      fill=color, width=width)
+            draw.line(
+                [(start, fixed), (end, fixed)] if horizontal else [(fixed, start), (fixed, end)],
+                fill=color,
+                width=width,
+            )
             start += 2 * dash
 
 
@@ -63,21 +70,40 @@ def draw_detections(gray, ground_truth, predictions, score_threshold, display_si
         x0, y0, x1, y1 = scaled(box)
         color = CLASS_COLORS[class_id(category)]
         draw.rectangle((x0, y0, x1, y1), outline=color, width=GT_WIDTH)
-        _tag(draw, (x0 + 2, max(y0 - 13, 0)), CLASS_NAMES[class_id(category)], color,
-             readable_text_color(color), font)
+        _tag(
+            draw,
+            (x0 + 2, max(y0 - 13, 0)),
+            CLASS_NAMES[class_id(category)],
+            color,
+            readable_text_color(color),
+            font,
+        )
     for category, score, box in predictions:
         if score < score_threshold:
             continue
         x0, y0, x1, y1 = scaled(box)
         color = CLASS_COLORS[class_id(category)]
         _dashed_rectangle(draw, (x0, y0, x1, y1), color, PREDICTION_WIDTH)
-        _tag(draw, (x0 + 3, max(y1 - 14, y0 + 2)), f"{CLASS_NAMES[class_id(category)]} {score:.2f}", (20, 20, 20),
-             color, font)
+        _tag(
+            draw,
+            (x0 + 3, max(y1 - 14, y0 + 2)),
+            f"{CLASS_NAMES[class_id(category)]} {score:.2f}",
+            (20, 20, 20),
+            color,
+            font,
+        )
     legend_y = size[1] + 5
     draw.line([(6, legend_y + 6), (36, legend_y + 6)], fill=(255, 255, 255), width=GT_WIDTH)
     draw.text((42, legend_y), "ground truth", fill=(255, 255, 255), font=font)
-    _dashed_rectangle(draw, (140, legend_y + 6, 170, legend_y + 6), (255, 255, 255), PREDICTION_WIDTH, dash=5)
-    draw.text((176, legend_y), f"prediction (score >= {score_threshold:g})", fill=(255, 255, 255), font=font)
+    _dashed_rectangle(
+        draw, (140, legend_y + 6, 170, legend_y + 6), (255, 255, 255), PREDICTION_WIDTH, dash=5
+    )
+    draw.text(
+        (176, legend_y),
+        f"prediction (score >= {score_threshold:g})",
+        fill=(255, 255, 255),
+        font=font,
+    )
     return picture
 
 
@@ -85,7 +111,9 @@ def contact_sheet(pictures, captions, columns=4, thumb_size=256):
     """The pictures as thumbnails in a grid, each with its caption underneath."""
     rows = -(-len(pictures) // columns)
     caption_height = 16
-    sheet = Image.new("RGB", (columns * thumb_size, rows * (thumb_size + caption_height)), (255, 255, 255))
+    sheet = Image.new(
+        "RGB", (columns * thumb_size, rows * (thumb_size + caption_height)), (255, 255, 255)
+    )
     draw, font = ImageDraw.Draw(sheet), _font()
     for i, (picture, caption) in enumerate(zip(pictures, captions)):
         thumb = picture.copy()

@@ -151,11 +151,11 @@ def _cluster(boxes, weighted_scores, group_codes, iou_thr):
     for j, active in enumerate(active_at_step):
         slot_rows[:active, j] = order[starts[slot_of_group[:active]] + j]
 
-    fused = np.zeros((num_groups, longest, 4))              # box used for matching
+    fused = np.zeros((num_groups, longest, 4))  # box used for matching
     accumulated = np.zeros((num_groups, longest, 4), np.float32)
     conf = np.zeros((num_groups, longest))
     num_clusters = np.zeros(num_groups, dtype=np.int64)
-    cluster_slot = np.empty(len(boxes), dtype=np.int64)     # k within its group
+    cluster_slot = np.empty(len(boxes), dtype=np.int64)  # k within its group
 
     for j, active in enumerate(active_at_step):
         rows = slot_rows[:active, j]
@@ -198,8 +198,13 @@ def _cluster(boxes, weighted_scores, group_codes, iou_thr):
     cluster_group = np.repeat(np.arange(num_groups), clusters_per_group)
     cluster_k = np.arange(len(cluster_group)) - first_cluster[cluster_group]
     cluster_slots = slot_index[cluster_group]
-    return (order, cluster_of_row, fused[cluster_slots, cluster_k],
-            group_ids[cluster_group], conf[cluster_slots, cluster_k])
+    return (
+        order,
+        cluster_of_row,
+        fused[cluster_slots, cluster_k],
+        group_ids[cluster_group],
+        conf[cluster_slots, cluster_k],
+    )
 
 
 def fuse_box_groups(boxes, scores, groups, iou_thr=0.55, skip_box_thr=0.0):
@@ -222,21 +227,41 @@ def fuse_box_groups(boxes, scores, groups, iou_thr=0.55, skip_box_thr=0.0):
 
 def _validate(boxes_list, scores_list, labels_list, weights, conf_type):
     if conf_type not in CONF_TYPES:
-        raise ValueError(f"unknown conf_type {conf_type!r}; expected one of {', '.join(CONF_TYPES)}")
+        raise ValueError(
+            f"unknown conf_type {conf_type!r}; expected one of {', '.join(CONF_TYPES)}"
+        )
     if not len(boxes_list) == len(scores_list) == len(labels_list):
         raise ValueError(
             f"boxes_list, scores_list and labels_list must have one entry per model; "
-            f"got {len(boxes_list)}, {len(scores_list)} and {len(labels_list)}")
-    for model, (b, s, l) in enumerate(zip(boxes_list, scores_list, labels_list)):
-        if not len(b) == len(s) == len(l):
-            raise ValueError(f"model {model}: {len(b)} boxes, {len(s)} scores and {len(l)} labels; "
-                             "they must have the same length")
+            f"got {len(boxes_list)}, {len(scores_list)} and {len(labels_list)}"
+        )
+    for model, (its_boxes, its_scores, its_labels) in enumerate(
+        zip(boxes_list, scores_list, labels_list)
+    ):
+        if not len(its_boxes) == len(its_scores) == len(its_labels):
+            raise ValueError(
+                f"model {model}: {len(its_boxes)} boxes, {len(its_scores)} scores and "
+                f"{len(its_labels)} labels; "
+                "they must have the same length"
+            )
     if weights is not None and len(weights) != len(boxes_list):
-        raise ValueError(f"weights has {len(weights)} entries but there are {len(boxes_list)} models")
+        raise ValueError(
+            f"weights has {len(weights)} entries but there are {len(boxes_list)} models"
+        )
 
 
-def _cluster_scores(conf, sizes, order, member_scores, member_weights, cluster_of_row,
-                    model_of_row, weights, conf_type, allows_overflow):
+def _cluster_scores(
+    conf,
+    sizes,
+    order,
+    member_scores,
+    member_weights,
+    cluster_of_row,
+    model_of_row,
+    weights,
+    conf_type,
+    allows_overflow,
+):
     """Per-cluster confidence exactly as ensemble-boxes 1.0.9 computes it.
 
     A one-member cluster keeps the member's raw weighted score and weight in
@@ -263,8 +288,16 @@ def _cluster_scores(conf, sizes, order, member_scores, member_weights, cluster_o
     return score * sizes / (weight_sums + (weights * ~present).sum(axis=1))
 
 
-def weighted_boxes_fusion(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.55,
-                          skip_box_thr=0.0, conf_type="avg", allows_overflow=False):
+def weighted_boxes_fusion(
+    boxes_list,
+    scores_list,
+    labels_list,
+    weights=None,
+    iou_thr=0.55,
+    skip_box_thr=0.0,
+    conf_type="avg",
+    allows_overflow=False,
+):
     """Fuse the boxes of several models; drop-in for ensemble_boxes' function.
 
     boxes_list: per model, (n_m, 4) xyxy normalized to [0, 1];
@@ -280,13 +313,15 @@ def weighted_boxes_fusion(boxes_list, scores_list, labels_list, weights=None, io
     model_of_row = np.repeat(np.arange(len(counts)), counts)
     boxes = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_list])
     scores = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for s in scores_list])
-    labels = np.concatenate([np.asarray(l).reshape(-1) for l in labels_list]).astype(np.int64)
+    labels = np.concatenate([np.asarray(m).reshape(-1) for m in labels_list]).astype(np.int64)
 
     boxes, keep, report = clean_boxes(boxes, scores, skip_box_thr)
     if report.swapped or report.clipped or report.zero_area:
-        warnings.warn(f"weighted_boxes_fusion: {report.swapped} boxes with reversed corners swapped, "
-                      f"{report.clipped} clipped to [0, 1], {report.zero_area} zero-area boxes dropped",
-                      stacklevel=2)
+        warnings.warn(
+            f"weighted_boxes_fusion: {report.swapped} boxes with reversed corners swapped, "
+            f"{report.clipped} clipped to [0, 1], {report.zero_area} zero-area boxes dropped",
+            stacklevel=2,
+        )
     if not keep.any():
         return np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,))
     boxes, labels, model_of_row = boxes[keep], labels[keep], model_of_row[keep]
@@ -295,15 +330,29 @@ def weighted_boxes_fusion(boxes_list, scores_list, labels_list, weights=None, io
 
     # Groups are labels numbered in order of first appearance, like the
     # reference's dict, so that the final stable concatenation matches it.
-    unique_labels, first_seen, label_code = np.unique(labels, return_index=True, return_inverse=True)
+    unique_labels, first_seen, label_code = np.unique(
+        labels, return_index=True, return_inverse=True
+    )
     appearance_rank = np.empty(len(unique_labels), dtype=np.int64)
     appearance_rank[np.argsort(first_seen)] = np.arange(len(unique_labels))
     codes = appearance_rank[label_code]
 
-    order, cluster_of_row, fused, cluster_codes, conf = _cluster(boxes, member_scores, codes, iou_thr)
+    order, cluster_of_row, fused, cluster_codes, conf = _cluster(
+        boxes, member_scores, codes, iou_thr
+    )
     sizes = np.bincount(cluster_of_row, minlength=len(fused))
-    score = _cluster_scores(conf, sizes, order, member_scores, member_weights, cluster_of_row,
-                            model_of_row, weights, conf_type, allows_overflow)
+    score = _cluster_scores(
+        conf,
+        sizes,
+        order,
+        member_scores,
+        member_weights,
+        cluster_of_row,
+        model_of_row,
+        weights,
+        conf_type,
+        allows_overflow,
+    )
     by_score = score.argsort()[::-1]
     cluster_labels = unique_labels[np.argsort(first_seen)][cluster_codes].astype(np.float64)
     return fused[by_score], score[by_score], cluster_labels[by_score]

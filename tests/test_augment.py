@@ -5,8 +5,18 @@ import math
 import pytest
 import torch
 
-from cxr.augment import (ViewConfig, affine_resample, brightness_contrast, equalize, flip, gaussian_blur, random_gamma,
-                         gaussian_noise, random_resized_crop, simclr_views)
+from cxr.augment import (
+    ViewConfig,
+    affine_resample,
+    brightness_contrast,
+    equalize,
+    flip,
+    gaussian_blur,
+    gaussian_noise,
+    random_gamma,
+    random_resized_crop,
+    simclr_views,
+)
 
 
 def batch(n=4, size=32, seed=0):
@@ -17,13 +27,21 @@ def test_identity_affine_reproduces_the_image():
     x = batch()
     n = x.shape[0]
     ones, zeros = torch.ones(n), torch.zeros(n)
-    torch.testing.assert_close(affine_resample(x, ones, ones, zeros, zeros, zeros, 32), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        affine_resample(x, ones, ones, zeros, zeros, zeros, 32), x, atol=1e-5, rtol=0
+    )
 
 
 def test_crop_at_full_scale_without_rotation_is_identity():
     x = batch()
-    out = random_resized_crop(x, 32, scale=(1.0, 1.0), ratio=(1.0, 1.0), degrees=0.0,
-                              generator=torch.Generator().manual_seed(1))
+    out = random_resized_crop(
+        x,
+        32,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        degrees=0.0,
+        generator=torch.Generator().manual_seed(1),
+    )
     torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
 
 
@@ -48,7 +66,10 @@ def test_rotation_by_90_degrees_matches_rot90():
 
 def test_flip_twice_is_identity_and_only_masked_images_flip():
     x = batch()
-    mask_h, mask_v = torch.tensor([True, False, True, False]), torch.tensor([True, True, False, False])
+    mask_h, mask_v = (
+        torch.tensor([True, False, True, False]),
+        torch.tensor([True, True, False, False]),
+    )
     once = flip(x, mask_h, mask_v)
     torch.testing.assert_close(flip(once, mask_h, mask_v), x, atol=0, rtol=0)
     torch.testing.assert_close(once[3], x[3], atol=0, rtol=0)
@@ -60,7 +81,9 @@ def test_brightness_contrast_identity_and_formula():
     x = batch()
     ones = torch.ones(4)
     torch.testing.assert_close(brightness_contrast(x, ones, ones), x)
-    out = brightness_contrast(x * 0.5, ones, torch.zeros(4))   # contrast 0: every pixel becomes the mean
+    out = brightness_contrast(
+        x * 0.5, ones, torch.zeros(4)
+    )  # contrast 0: every pixel becomes the mean
     torch.testing.assert_close(out, (x * 0.5).mean(dim=(1, 2, 3), keepdim=True).expand_as(x))
 
 
@@ -69,7 +92,9 @@ def test_equalized_histogram_is_flat():
     # but no single level holds more than 1% of the pixels.
     levels = torch.repeat_interleave(torch.arange(256), 256 - torch.arange(256))
     x = (levels / 255).view(1, 1, 1, -1)
-    assert torch.histc(x, bins=8, min=0, max=1).max() > 3 * torch.histc(x, bins=8, min=0, max=1).min()
+    assert (
+        torch.histc(x, bins=8, min=0, max=1).max() > 3 * torch.histc(x, bins=8, min=0, max=1).min()
+    )
     out = equalize(x)
     counts = torch.histc(out, bins=8, min=0, max=1)
     assert counts.min() / counts.max() > 0.8
@@ -82,7 +107,7 @@ def test_equalize_keeps_single_level_images_and_order_of_levels():
     x = batch(n=1)
     out = equalize(x)
     order = torch.argsort(x.flatten())
-    assert (out.flatten()[order].diff() >= 0).all()   # monotone mapping
+    assert (out.flatten()[order].diff() >= 0).all()  # monotone mapping
 
 
 def test_blur_preserves_constants_and_tiny_sigma_is_identity():
@@ -96,7 +121,7 @@ def test_blur_of_an_impulse_is_the_sampled_gaussian():
     x = torch.zeros(1, 1, 21, 21)
     x[..., 10, 10] = 1.0
     out = gaussian_blur(x, torch.tensor([1.5]), radius=5)
-    g = torch.exp(-torch.arange(-5, 6.0) ** 2 / (2 * 1.5 ** 2))
+    g = torch.exp(-(torch.arange(-5, 6.0) ** 2) / (2 * 1.5**2))
     g = g / g.sum()
     torch.testing.assert_close(out[0, 0, 5:16, 5:16], torch.outer(g, g), atol=1e-7, rtol=1e-5)
 

@@ -19,18 +19,44 @@ def random_case(seed, num_images=12):
             x, y = rng.uniform(0, 60, 2)
             w, h = rng.uniform(8, 40, 2)
             category = int(rng.integers(1, 5))
-            annotations.append({"id": len(annotations) + 1, "image_id": image, "category_id": category,
-                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image,
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
             for _ in range(rng.integers(0, 3)):
                 jitter = rng.normal(0, 4, 4)
-                results.append({"image_id": image, "category_id": category if rng.random() < 0.8 else 5,
-                                "bbox": [x + jitter[0], y + jitter[1], max(w + jitter[2], 1), max(h + jitter[3], 1)],
-                                "score": float(rng.random())})
+                results.append(
+                    {
+                        "image_id": image,
+                        "category_id": category if rng.random() < 0.8 else 5,
+                        "bbox": [
+                            x + jitter[0],
+                            y + jitter[1],
+                            max(w + jitter[2], 1),
+                            max(h + jitter[3], 1),
+                        ],
+                        "score": float(rng.random()),
+                    }
+                )
         for _ in range(rng.integers(0, 3)):
-            results.append({"image_id": image, "category_id": int(rng.integers(1, 6)),
-                            "bbox": list(rng.uniform(0, 60, 2)) + list(rng.uniform(5, 30, 2)),
-                            "score": float(rng.random())})
-    images = [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in range(1, num_images + 1)]
+            results.append(
+                {
+                    "image_id": image,
+                    "category_id": int(rng.integers(1, 6)),
+                    "bbox": list(rng.uniform(0, 60, 2)) + list(rng.uniform(5, 30, 2)),
+                    "score": float(rng.random()),
+                }
+            )
+    images = [
+        {"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"}
+        for i in range(1, num_images + 1)
+    ]
     return {"images": images, "annotations": annotations, "categories": coco_categories()}, results
 
 
@@ -55,9 +81,12 @@ def test_equals_pycocotools_on_all_images_and_on_a_subset(seed):
         if ap is not None:
             assert ap.mean() == pytest.approx(row["AP"], abs=1e-12)
 
-    keep = set(image_ids[::3])                            # a resample with counts 0 and 1
-    subset = {**dataset, "images": [i for i in dataset["images"] if i["id"] in keep],
-              "annotations": [a for a in dataset["annotations"] if a["image_id"] in keep]}
+    keep = set(image_ids[::3])  # a resample with counts 0 and 1
+    subset = {
+        **dataset,
+        "images": [i for i in dataset["images"] if i["id"] in keep],
+        "annotations": [a for a in dataset["annotations"] if a["image_id"] in keep],
+    }
     on_subset = coco_metrics(coco(subset), [r for r in results if r["image_id"] in keep])
     counts = np.array([image in keep for image in image_ids], dtype=np.int64)
     assert mean_ap(categories, counts) == pytest.approx(on_subset["AP"], abs=1e-12)
@@ -69,23 +98,33 @@ def test_every_image_twice_leaves_ap_unchanged():
     _, categories = match_detections(gt, results)
     twice = 2 * np.ones(len(dataset["images"]), dtype=np.int64)
     assert mean_ap(categories, twice) == pytest.approx(mean_ap(categories), abs=1e-12)
-    assert mean_ap(categories, twice, "voc") == pytest.approx(mean_ap(categories, interpolation="voc"), abs=1e-12)
+    assert mean_ap(categories, twice, "voc") == pytest.approx(
+        mean_ap(categories, interpolation="voc"), abs=1e-12
+    )
 
 
 def test_voc_all_point_and_coco_101_point_by_hand():
     # Two boxes; ranked detections: TP, FP, TP -> precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1.
     A, B = [10, 10, 40, 40], [50, 50, 40, 30]
-    dataset = {"images": [{"id": 1, "width": 100, "height": 100, "file_name": "1.png"}],
-               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": A, "area": 1600, "iscrowd": 0},
-                               {"id": 2, "image_id": 1, "category_id": 1, "bbox": B, "area": 1200, "iscrowd": 0}],
-               "categories": coco_categories()}
-    results = [{"image_id": 1, "category_id": 1, "bbox": A, "score": 0.9},
-               {"image_id": 1, "category_id": 1, "bbox": [0, 60, 10, 10], "score": 0.8},
-               {"image_id": 1, "category_id": 1, "bbox": B, "score": 0.7}]
+    dataset = {
+        "images": [{"id": 1, "width": 100, "height": 100, "file_name": "1.png"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": A, "area": 1600, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": B, "area": 1200, "iscrowd": 0},
+        ],
+        "categories": coco_categories(),
+    }
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": A, "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [0, 60, 10, 10], "score": 0.8},
+        {"image_id": 1, "category_id": 1, "bbox": B, "score": 0.7},
+    ]
     gt = coco(dataset)
     _, categories = match_detections(gt, results, iou_thresholds=[0.4])
-    assert average_precision(categories[0], interpolation="voc")[0] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert average_precision(categories[0], interpolation="voc")[0] == pytest.approx(
+        0.5 * 1 + 0.5 * 2 / 3
+    )
     assert average_precision(categories[0])[0] == pytest.approx((51 + 50 * 2 / 3) / 101)
-    assert average_precision(categories[1]) is None                      # no boxes of category 2
+    assert average_precision(categories[1]) is None  # no boxes of category 2
     _, nothing = match_detections(gt, [])
     assert average_precision(nothing[0]).tolist() == [0.0] * 10

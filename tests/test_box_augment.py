@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from cxr.box_augment import BoxAugment, BoxAugmentConfig, clip_and_filter, hflip, motion_blur, shift_scale_rotate
+from cxr.box_augment import (
+    BoxAugment,
+    BoxAugmentConfig,
+    clip_and_filter,
+    hflip,
+    motion_blur,
+    shift_scale_rotate,
+)
 
 
 def rectangle_image(box, size=(96, 128)):
@@ -35,31 +42,47 @@ def test_zero_shift_scale_rotate_is_identity():
     torch.testing.assert_close(moved, boxes)
 
 
-@pytest.mark.parametrize("shift_x, shift_y, scale, degrees", [
-    (0.0625, -0.05, 1.0, 0.0), (0.0, 0.0, 1.1, 0.0), (0.0, 0.0, 0.9, 0.0),
-    (0.0, 0.0, 1.0, 10.0), (-0.04, 0.03, 1.08, -9.0), (0.0, 0.0, 1.0, 90.0),
-])
+@pytest.mark.parametrize(
+    "shift_x, shift_y, scale, degrees",
+    [
+        (0.0625, -0.05, 1.0, 0.0),
+        (0.0, 0.0, 1.1, 0.0),
+        (0.0, 0.0, 0.9, 0.0),
+        (0.0, 0.0, 1.0, 10.0),
+        (-0.04, 0.03, 1.08, -9.0),
+        (0.0, 0.0, 1.0, 90.0),
+    ],
+)
 def test_box_of_a_filled_rectangle_follows_the_rectangle(shift_x, shift_y, scale, degrees):
     box = (40, 30, 80, 60)
     image = rectangle_image(box)
-    warped, moved = shift_scale_rotate(image, torch.tensor([box], dtype=torch.float32), shift_x, shift_y, scale,
-                                       degrees)
+    warped, moved = shift_scale_rotate(
+        image, torch.tensor([box], dtype=torch.float32), shift_x, shift_y, scale, degrees
+    )
     # The pixels' bounds are inside the box's transformed corners' bounds, within resampling blur.
     torch.testing.assert_close(pixel_bounds(warped), moved[0], atol=1.5, rtol=0)
 
 
 def test_ninety_degrees_rotates_counter_clockwise_on_screen():
-    image = rectangle_image((70, 10, 90, 30), size=(100, 100))      # near the top right
-    warped, moved = shift_scale_rotate(image, torch.tensor([[70.0, 10.0, 90.0, 30.0]]), 0, 0, 1.0, 90.0)
-    torch.testing.assert_close(moved[0], torch.tensor([10.0, 10.0, 30.0, 30.0]), atol=1e-4, rtol=0)  # top left
+    image = rectangle_image((70, 10, 90, 30), size=(100, 100))  # near the top right
+    warped, moved = shift_scale_rotate(
+        image, torch.tensor([[70.0, 10.0, 90.0, 30.0]]), 0, 0, 1.0, 90.0
+    )
+    torch.testing.assert_close(
+        moved[0], torch.tensor([10.0, 10.0, 30.0, 30.0]), atol=1e-4, rtol=0
+    )  # top left
     torch.testing.assert_close(pixel_bounds(warped), moved[0], atol=1.0, rtol=0)
 
 
 def test_clip_and_filter_drops_small_and_mostly_outside_boxes_with_labels():
-    boxes = torch.tensor([[-30.0, 0.0, 10.0, 10.0],    # 25% visible -> dropped
-                          [-5.0, 0.0, 15.0, 10.0],     # 75% visible -> clipped, kept
-                          [5.0, 5.0, 8.0, 10.0],       # 15 px^2 -> dropped
-                          [0.0, 0.0, 4.0, 4.0]])       # 16 px^2 -> kept
+    boxes = torch.tensor(
+        [
+            [-30.0, 0.0, 10.0, 10.0],  # 25% visible -> dropped
+            [-5.0, 0.0, 15.0, 10.0],  # 75% visible -> clipped, kept
+            [5.0, 5.0, 8.0, 10.0],  # 15 px^2 -> dropped
+            [0.0, 0.0, 4.0, 4.0],
+        ]
+    )  # 16 px^2 -> kept
     kept, labels = clip_and_filter(boxes, torch.tensor([1, 2, 3, 4]), 50, 50, 16.0, 0.3)
     assert labels.tolist() == [2, 4]
     assert kept.tolist() == [[0.0, 0.0, 15.0, 10.0], [0.0, 0.0, 4.0, 4.0]]
@@ -76,17 +99,31 @@ def test_motion_blur_preserves_constants_and_smears_along_its_line():
 
 def test_pipeline_keeps_boxes_inside_and_inputs_untouched():
     generator = torch.Generator().manual_seed(0)
-    augment = BoxAugment(BoxAugmentConfig(geometric_p=1.0, hflip_p=0.5, brightness_contrast_p=1.0, gamma_p=1.0,
-                                          noise_p=1.0, motion_blur_p=1.0))
+    augment = BoxAugment(
+        BoxAugmentConfig(
+            geometric_p=1.0,
+            hflip_p=0.5,
+            brightness_contrast_p=1.0,
+            gamma_p=1.0,
+            noise_p=1.0,
+            motion_blur_p=1.0,
+        )
+    )
     image = torch.rand(1, 64, 80)
-    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [50.0, 30.0, 80.0, 64.0], [30.0, 20.0, 45.0, 40.0]])
+    boxes = torch.tensor(
+        [[0.0, 0.0, 20.0, 20.0], [50.0, 30.0, 80.0, 64.0], [30.0, 20.0, 45.0, 40.0]]
+    )
     labels = torch.tensor([1, 5, 9])
     copies = image.clone(), boxes.clone(), labels.clone()
     for _ in range(50):
         out_image, out_boxes, out_labels = augment(image, boxes, labels, generator)
         assert out_image.shape == image.shape and 0 <= out_image.min() and out_image.max() <= 1
         assert len(out_boxes) == len(out_labels) <= 3
-        assert (out_boxes[:, :2] >= 0).all() and (out_boxes[:, 2] <= 80).all() and (out_boxes[:, 3] <= 64).all()
+        assert (
+            (out_boxes[:, :2] >= 0).all()
+            and (out_boxes[:, 2] <= 80).all()
+            and (out_boxes[:, 3] <= 64).all()
+        )
         assert (out_boxes[:, 2:] > out_boxes[:, :2]).all()
     assert all(torch.equal(a, b) for a, b in zip((image, boxes, labels), copies))
 
@@ -94,7 +131,11 @@ def test_pipeline_keeps_boxes_inside_and_inputs_untouched():
 def test_draws_come_from_the_generator_passed_in():
     """Same seed, same result, whatever torch's global generator does; another seed differs."""
     augment = BoxAugment(BoxAugmentConfig(geometric_p=1.0, noise_p=1.0))
-    image, boxes, labels = torch.rand(1, 32, 32), torch.tensor([[4.0, 4.0, 20.0, 20.0]]), torch.tensor([2])
+    image, boxes, labels = (
+        torch.rand(1, 32, 32),
+        torch.tensor([[4.0, 4.0, 20.0, 20.0]]),
+        torch.tensor([2]),
+    )
     torch.manual_seed(1)
     first = augment(image, boxes, labels, torch.Generator().manual_seed(5))
     torch.manual_seed(2)

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped_to_white(tmp_path):
-    wide = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)          # 0 .. 65520
+    wide = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
     Image.fromarray(wide).save(tmp_path / "wide.png")
     assert Image.open(tmp_path / "wide.png").mode.startswith("I")
     pixels = read_grayscale(tmp_path / "wide.png")[0].numpy()
@@ -37,20 +37,27 @@ def test_eight_bit_and_colour_images(tmp_path):
 def test_a_broken_image_in_a_worker_gives_the_one_message(tmp_path):
     Image.new("L", (8, 8)).save(tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
-    loader = torch.utils.data.DataLoader(ImageList([tmp_path / "good.png", tmp_path / "bad.png"], 8),
-                                         batch_size=1, num_workers=1)
+    loader = torch.utils.data.DataLoader(
+        ImageList([tmp_path / "good.png", tmp_path / "bad.png"], 8), batch_size=1, num_workers=1
+    )
     with pytest.raises(UserError) as raised:
         list(loader)
-    assert "Traceback" in str(raised.value)                       # as torch re-raises it
+    assert "Traceback" in str(raised.value)  # as torch re-raises it
     message = user_message(raised.value)
     assert message.startswith(f"cannot read image {tmp_path / 'bad.png'}") and "\n" not in message
 
 
 def test_scripts_print_the_unwrapped_message_and_exit_2(tmp_path):
-    script = ("import torch, sys; from cxr.data import ImageList; from cxr.errors import exit_on_user_error\n"
-              f"exit_on_user_error(lambda _: list(torch.utils.data.DataLoader(ImageList([{str(tmp_path / 'x.png')!r}], "
-              "8), num_workers=1)))")
+    script = (
+        "import torch, sys; from cxr.data import ImageList; from cxr.errors import "
+        "exit_on_user_error\n"
+        "exit_on_user_error(lambda _: "
+        f"list(torch.utils.data.DataLoader(ImageList([{str(tmp_path / 'x.png')!r}], "
+        "8), num_workers=1)))"
+    )
     (tmp_path / "x.png").write_bytes(b"not an image")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot read image") and result.stderr.count("\n") == 1

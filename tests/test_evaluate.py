@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import prepared_synthetic
 from PIL import Image
 
 import evaluate
 import train_det
-from conftest import prepared_synthetic
 from cxr.backbone import headless_resnet
 from cxr.classes import CLASS_COLORS, CLASS_NAMES, NO_FINDING_ID
 from cxr.data import image_labels
@@ -28,25 +28,34 @@ from cxr.visualize import draw_detections, readable_text_color
 REPO = Path(__file__).resolve().parents[1]
 
 
-# --- the submission format ---------------------------------------------------------------------------------------
+# --- the submission format ------------------------------------------------------------------------
+
 
 def test_prediction_string_scales_to_original_pixels_and_sorts_by_score():
     detections = [(1, 0.5, (10.0, 20.0, 30.0, 40.0)), (4, 0.9, (0.0, 0.0, 64.0, 32.0))]
     # PNG 128 x 128 from an original of 2048 wide, 3072 high: x * 16, y * 24.
     assert prediction_string(detections, 16.0, 24.0) == (
-        "3 0.9000 0.0 0.0 1024.0 768.0 "          # category 4 is class 3, listed first (higher score)
-        "0 0.5000 160.0 480.0 480.0 960.0")
+        "3 0.9000 0.0 0.0 1024.0 768.0 "  # category 4 is class 3, listed first (higher score)
+        "0 0.5000 160.0 480.0 480.0 960.0"
+    )
 
 
 def test_no_box_above_the_threshold_is_no_finding():
-    assert prediction_string([(2, 0.04, (1, 1, 5, 5))], score_threshold=0.05) == f"{NO_FINDING_ID} 1 0 0 1 1"
+    assert (
+        prediction_string([(2, 0.04, (1, 1, 5, 5))], score_threshold=0.05)
+        == f"{NO_FINDING_ID} 1 0 0 1 1"
+    )
     assert prediction_string([]) == "14 1 0 0 1 1"
 
 
 def test_original_sizes_from_both_meta_csv_layouts_and_errors_name_the_line(tmp_path):
     (tmp_path / "a.csv").write_text("image_id,width,height\nabc,2000,3000\n")
-    (tmp_path / "b.csv").write_text("image_id,dim0,dim1\nabc,3000,2000\n")      # dim0 = rows = height
-    assert read_original_sizes(tmp_path / "a.csv") == read_original_sizes(tmp_path / "b.csv") == {"abc": (2000, 3000)}
+    (tmp_path / "b.csv").write_text("image_id,dim0,dim1\nabc,3000,2000\n")  # dim0 = rows = height
+    assert (
+        read_original_sizes(tmp_path / "a.csv")
+        == read_original_sizes(tmp_path / "b.csv")
+        == {"abc": (2000, 3000)}
+    )
     (tmp_path / "bad.csv").write_text("image_id,width,height\nabc,2000,3000\ndef,-1,3000\n")
     with pytest.raises(UserError, match=r"bad.csv, line 3: width"):
         read_original_sizes(tmp_path / "bad.csv")
@@ -55,20 +64,30 @@ def test_original_sizes_from_both_meta_csv_layouts_and_errors_name_the_line(tmp_
         read_original_sizes(tmp_path / "cols.csv")
 
 
-# --- pictures ----------------------------------------------------------------------------------------------------
+# --- pictures -------------------------------------------------------------------------------------
+
 
 def test_ground_truth_is_solid_predictions_dashed_and_low_scores_hidden():
     gray = Image.new("L", (100, 100), 0)
-    picture = draw_detections(gray, [(1, (10, 10, 90, 90))], [(4, 0.8, (20, 20, 80, 80)), (6, 0.1, (5, 50, 95, 95))],
-                              score_threshold=0.3, display_size=100)
+    picture = draw_detections(
+        gray,
+        [(1, (10, 10, 90, 90))],
+        [(4, 0.8, (20, 20, 80, 80)), (6, 0.1, (5, 50, 95, 95))],
+        score_threshold=0.3,
+        display_size=100,
+    )
     pixels = picture.load()
     gt_color, prediction_color = CLASS_COLORS[0], CLASS_COLORS[3]
     left_gt_edge = [pixels[10, y] for y in range(30, 80)]
-    assert all(p == gt_color for p in left_gt_edge)                              # solid
+    assert all(p == gt_color for p in left_gt_edge)  # solid
     left_prediction_edge = [pixels[80, y] for y in range(22, 60)]
-    assert prediction_color in left_prediction_edge and (0, 0, 0) in left_prediction_edge   # dashed: gaps
-    assert CLASS_COLORS[5] not in {pixels[x, y] for x in range(100) for y in range(100)}    # score 0.1 < 0.3
-    assert picture.size == (100, 100 + 22)                                        # legend strip below
+    assert (
+        prediction_color in left_prediction_edge and (0, 0, 0) in left_prediction_edge
+    )  # dashed: gaps
+    assert CLASS_COLORS[5] not in {
+        pixels[x, y] for x in range(100) for y in range(100)
+    }  # score 0.1 < 0.3
+    assert picture.size == (100, 100 + 22)  # legend strip below
 
 
 def test_tag_text_is_readable_on_dark_and_light_colors():
@@ -76,16 +95,45 @@ def test_tag_text_is_readable_on_dark_and_light_colors():
     assert readable_text_color((255, 225, 25)) == (0, 0, 0)
 
 
-# --- evaluate.py on a trained detector ---------------------------------------------------------------------------
+# --- evaluate.py on a trained detector ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     data_dir = prepared_synthetic(root, num_images=60, seed=5)
-    train_det.main(["--data-dir", str(data_dir), "--output-dir", str(root / "out"), "--experiment-name", "exp",
-                    "--init", "random", "--arch", "resnet18", "--image-size", "64", "--batch-size", "4",
-                    "--epochs", "1", "--workers", "0", "--warmup-iters", "2", "--device", "cpu",
-                    "--eval-every", "0", "--roi-batch-size", "32", "--print-freq", "100"])
+    train_det.main(
+        [
+            "--data-dir",
+            str(data_dir),
+            "--output-dir",
+            str(root / "out"),
+            "--experiment-name",
+            "exp",
+            "--init",
+            "random",
+            "--arch",
+            "resnet18",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--warmup-iters",
+            "2",
+            "--device",
+            "cpu",
+            "--eval-every",
+            "0",
+            "--roi-batch-size",
+            "32",
+            "--print-freq",
+            "100",
+        ]
+    )
     model = torch.load(root / "out" / "exp" / "fasterrcnn_final.pth", weights_only=True)
     meta_path = root / "out" / "exp" / "fasterrcnn_final.json"
     return root, data_dir, model, json.loads(meta_path.read_text())
@@ -93,8 +141,23 @@ def trained(tmp_path_factory):
 
 def eval_args(root, data_dir, mode, *extra):
     """Score threshold 0: the barely trained detector's boxes all count, so the tests see many."""
-    return ["--mode", mode, "--output-dir", str(root / "out"), "--experiment-name", "exp", "--device", "cpu",
-            "--workers", "0", "--data-dir", str(data_dir), "--score-threshold", "0", *extra]
+    return [
+        "--mode",
+        mode,
+        "--output-dir",
+        str(root / "out"),
+        "--experiment-name",
+        "exp",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--score-threshold",
+        "0",
+        *extra,
+    ]
 
 
 def test_map_writes_metrics_that_match_its_predictions(trained):
@@ -106,7 +169,9 @@ def test_map_writes_metrics_that_match_its_predictions(trained):
     recomputed = coco_metrics(coco_ground_truth(coco), predictions)
     written = json.loads((eval_dir / "metrics.json").read_text())
     assert len(predictions) > 10 * len(coco["images"])
-    assert written["AP"] == recomputed["AP"] == summary["AP"] and written["AP40"] == recomputed["AP40"]
+    assert (
+        written["AP"] == recomputed["AP"] == summary["AP"] and written["AP40"] == recomputed["AP40"]
+    )
     assert written["test_images"] == len(coco["images"]) and written["image_size"] == 64
     with open(eval_dir / "per_class.csv") as f:
         rows = list(csv.DictReader(f))
@@ -118,10 +183,28 @@ def test_map_writes_metrics_that_match_its_predictions(trained):
 
 def test_map_accepts_the_seed_projects_flags(trained):
     root, data_dir, _, _ = trained
-    evaluate.main(["--mode", "map", "--checkpoint", "fasterrcnn_final.pth", "--experiment-name", "exp",
-                   "--output-dir", str(root / "out"), "--test-data-dir", str(data_dir / "test"),
-                   "--test-ann-file", str(data_dir / "test_annotations.json"), "--device", "cpu",
-                   "--eval-dir", str(root / "seed_eval"), "--workers", "0"])
+    evaluate.main(
+        [
+            "--mode",
+            "map",
+            "--checkpoint",
+            "fasterrcnn_final.pth",
+            "--experiment-name",
+            "exp",
+            "--output-dir",
+            str(root / "out"),
+            "--test-data-dir",
+            str(data_dir / "test"),
+            "--test-ann-file",
+            str(data_dir / "test_annotations.json"),
+            "--device",
+            "cpu",
+            "--eval-dir",
+            str(root / "seed_eval"),
+            "--workers",
+            "0",
+        ]
+    )
     assert json.loads((root / "seed_eval" / "metrics.json").read_text())["test_images"] > 0
 
 
@@ -131,40 +214,98 @@ def test_bad_inputs_give_one_clear_message(trained, tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), resnet)
     (tmp_path / "resnet.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="is not a cxr Faster R-CNN resnet18-FPN"):
-        evaluate.main(eval_args(root, data_dir, "map", "--checkpoint", str(resnet), "--eval-dir", str(tmp_path)))
+        evaluate.main(
+            eval_args(
+                root, data_dir, "map", "--checkpoint", str(resnet), "--eval-dir", str(tmp_path)
+            )
+        )
     other_classes = dict(model)
-    for key in ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias"):
+    for key in (
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.box_predictor.cls_score.bias",
+    ):
         other_classes[key] = other_classes[key][:5]
     torch.save(other_classes, tmp_path / "five.pth")
     (tmp_path / "five.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="classes do not match.*predicts 5 labels"):
-        evaluate.main(eval_args(root, data_dir, "map", "--checkpoint", str(tmp_path / "five.pth"),
-                                "--eval-dir", str(tmp_path)))
+        evaluate.main(
+            eval_args(
+                root,
+                data_dir,
+                "map",
+                "--checkpoint",
+                str(tmp_path / "five.pth"),
+                "--eval-dir",
+                str(tmp_path),
+            )
+        )
     annotations = json.loads((data_dir / "test_annotations.json").read_text())
     annotations["images"][0]["file_name"] = "gone.png"
     (tmp_path / "ann.json").write_text(json.dumps(annotations))
-    with pytest.raises(UserError, match=r"1 of the \d+ images of .*ann.json are not in .* \(e.g. gone.png\)"):
-        evaluate.main(eval_args(root, data_dir, "map", "--test-ann-file", str(tmp_path / "ann.json"),
-                                "--eval-dir", str(tmp_path)))
+    with pytest.raises(
+        UserError, match=r"1 of the \d+ images of .*ann.json are not in .* \(e.g. gone.png\)"
+    ):
+        evaluate.main(
+            eval_args(
+                root,
+                data_dir,
+                "map",
+                "--test-ann-file",
+                str(tmp_path / "ann.json"),
+                "--eval-dir",
+                str(tmp_path),
+            )
+        )
     annotations = json.loads((data_dir / "test_annotations.json").read_text())
     annotations["categories"][0]["name"] = "Aorta"
     (tmp_path / "cats.json").write_text(json.dumps(annotations))
     with pytest.raises(UserError, match="categories do not match"):
-        evaluate.main(eval_args(root, data_dir, "map", "--test-ann-file", str(tmp_path / "cats.json"),
-                                "--eval-dir", str(tmp_path)))
+        evaluate.main(
+            eval_args(
+                root,
+                data_dir,
+                "map",
+                "--test-ann-file",
+                str(tmp_path / "cats.json"),
+                "--eval-dir",
+                str(tmp_path),
+            )
+        )
     annotations = json.loads((data_dir / "test_annotations.json").read_text())
     annotations["annotations"][0]["category_id"] = 17
     (tmp_path / "ids.json").write_text(json.dumps(annotations))
-    with pytest.raises(UserError, match=r"1 boxes have category ids \[17\], not one of cxr's 1..14"):
-        evaluate.main(eval_args(root, data_dir, "map", "--test-ann-file", str(tmp_path / "ids.json"),
-                                "--eval-dir", str(tmp_path)))
+    with pytest.raises(
+        UserError, match=r"1 boxes have category ids \[17\], not one of cxr's 1..14"
+    ):
+        evaluate.main(
+            eval_args(
+                root,
+                data_dir,
+                "map",
+                "--test-ann-file",
+                str(tmp_path / "ids.json"),
+                "--eval-dir",
+                str(tmp_path),
+            )
+        )
     torch.save({"model": Exploit()}, tmp_path / "pickled.pth")
     (tmp_path / "notes.pth").write_text("these are my notes")
-    for bad, message in (("pickled.pth", "is not a cxr Faster R-CNN: it holds Python objects"),
-                         ("notes.pth", "cannot read .*notes.pth: it is not a PyTorch file")):
+    for bad, message in (
+        ("pickled.pth", "is not a cxr Faster R-CNN: it holds Python objects"),
+        ("notes.pth", "cannot read .*notes.pth: it is not a PyTorch file"),
+    ):
         with pytest.raises(UserError, match=message) as refused:
-            evaluate.main(eval_args(root, data_dir, "map", "--checkpoint", str(tmp_path / bad),
-                                    "--eval-dir", str(tmp_path)))
+            evaluate.main(
+                eval_args(
+                    root,
+                    data_dir,
+                    "map",
+                    "--checkpoint",
+                    str(tmp_path / bad),
+                    "--eval-dir",
+                    str(tmp_path),
+                )
+            )
         assert "weights_only" not in str(refused.value)
     assert not (tmp_path / "metrics.json").exists() and not PWNED.exists()
 
@@ -182,12 +323,33 @@ class Exploit:
 def test_predict_writes_one_submission_row_per_image(trained, tmp_path):
     root, data_dir, _, _ = trained
     with pytest.raises(UserError, match="--submission without --original-sizes .* --png-pixels"):
-        evaluate.main(eval_args(root, data_dir, "predict", "--images", str(data_dir / "test"), "--submission",
-                                "--eval-dir", str(tmp_path)))
+        evaluate.main(
+            eval_args(
+                root,
+                data_dir,
+                "predict",
+                "--images",
+                str(data_dir / "test"),
+                "--submission",
+                "--eval-dir",
+                str(tmp_path),
+            )
+        )
     assert not any(tmp_path.iterdir())
-    evaluate.main(eval_args(root, data_dir, "predict", "--images", str(data_dir / "test"), "--submission",
-                            "--original-sizes", str(data_dir / "test_annotations.json"),
-                            "--eval-dir", str(tmp_path)))
+    evaluate.main(
+        eval_args(
+            root,
+            data_dir,
+            "predict",
+            "--images",
+            str(data_dir / "test"),
+            "--submission",
+            "--original-sizes",
+            str(data_dir / "test_annotations.json"),
+            "--eval-dir",
+            str(tmp_path),
+        )
+    )
     images = sorted(p.stem for p in (data_dir / "test").glob("*.png"))
     with open(tmp_path / "submission.csv") as f:
         rows = list(csv.DictReader(f))
@@ -198,14 +360,17 @@ def test_predict_writes_one_submission_row_per_image(trained, tmp_path):
         fields = row["PredictionString"].split()
         assert len(fields) % 6 == 0
         for group in range(0, len(fields), 6):
-            class_id, score, x0, y0, x1, y1 = map(float, fields[group:group + 6])
+            class_id, score, x0, y0, x1, y1 = map(float, fields[group : group + 6])
             width, height = sizes[row["image_id"]]
             if class_id == NO_FINDING_ID:
-                assert fields[group:group + 6] == "14 1 0 0 1 1".split()
+                assert fields[group : group + 6] == "14 1 0 0 1 1".split()
             else:
                 assert 0 <= class_id < 14 and 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height
-    boxes_in_csv = sum(len(r["PredictionString"].split()) // 6 for r in rows if not
-                       r["PredictionString"].startswith("14 1 0 0 1 1"))
+    boxes_in_csv = sum(
+        len(r["PredictionString"].split()) // 6
+        for r in rows
+        if not r["PredictionString"].startswith("14 1 0 0 1 1")
+    )
     assert boxes_in_csv == len(predictions) > 0
 
 
@@ -215,8 +380,9 @@ def test_visualize_writes_a_picture_per_image_and_a_contact_sheet(trained):
     names = [Path(i["file_name"]).stem for i in coco["images"][:2]]
     evaluate.main(eval_args(root, data_dir, "visualize", "--image-ids", ",".join(names)))
     out = root / "out" / "exp" / "eval" / "visualize"
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.png" for n in names] +
-                                                           ["contact_sheet.png", ".cxr-output"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{n}.png" for n in names] + ["contact_sheet.png", ".cxr-output"]
+    )
     with pytest.raises(UserError, match="--image-ids: nope not in the test annotations"):
         evaluate.main(eval_args(root, data_dir, "visualize", "--image-ids", "nope", "--replace"))
 
@@ -225,20 +391,37 @@ def test_visualize_writes_a_picture_per_image_and_a_contact_sheet(trained):
 def test_map_on_two_processes_equals_one(trained, tmp_path):
     root, data_dir, _, _ = trained
     one = evaluate.main(eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "one")))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "evaluate.py",
-               *eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "two"))]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "evaluate.py",
+        *eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "two")),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2 and one["detections"] > 0
-    assert {k: two[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")} == \
-        {k: one[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")}
+    assert {k: two[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")} == {
+        k: one[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")
+    }
 
 
-# --- evaluate.py --mode probe ------------------------------------------------------------------------------------
+# --- evaluate.py --mode probe ---------------------------------------------------------------------
 
-def test_probe_reads_the_backbone_json_reports_every_class_and_matches_the_random_baseline(tmp_path):
+
+def test_probe_reads_the_backbone_json_reports_every_class_and_matches_the_random_baseline(
+    tmp_path,
+):
     """The saved backbone holds exactly the weights of the random baseline's
     seed, so the two ways of loading a trunk must give the same figures; the
     per-class table and the left-out classes follow from the test labels."""
@@ -247,13 +430,32 @@ def test_probe_reads_the_backbone_json_reports_every_class_and_matches_the_rando
     pretrain.mkdir(parents=True)
     torch.manual_seed(3)
     torch.save(headless_resnet("resnet18").state_dict(), pretrain / "pretrained-backbone.pth")
-    (pretrain / "pretrained-backbone.json").write_text(json.dumps({"arch": "resnet18", "image_size": 48}))
-    args = ["--mode", "probe", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "out"),
-            "--experiment-name", "exp", "--device", "cpu", "--workers", "0", "--batch-size", "16"]
+    (pretrain / "pretrained-backbone.json").write_text(
+        json.dumps({"arch": "resnet18", "image_size": 48})
+    )
+    args = [
+        "--mode",
+        "probe",
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--experiment-name",
+        "exp",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "16",
+    ]
 
     ssl = evaluate.main(args)
     written = json.loads((tmp_path / "out" / "exp" / "eval" / "probe-ssl.json").read_text())
-    assert written == json.loads(json.dumps(ssl)) and (ssl["arch"], ssl["image_size"]) == ("resnet18", 48)
+    assert written == json.loads(json.dumps(ssl)) and (ssl["arch"], ssl["image_size"]) == (
+        "resnet18",
+        48,
+    )
     random = evaluate.main([*args, "--backbone", "random", "--seed", "3"])
     assert random["backbone"] == "random-seed3" and random["macro_auroc"] == ssl["macro_auroc"]
 
@@ -261,8 +463,11 @@ def test_probe_reads_the_backbone_json_reports_every_class_and_matches_the_rando
     train_labels = np.stack(list(image_labels(data_dir, "train").values()))
     assert [row["test_positives"] for row in ssl["per_class"]] == test_labels.sum(0).tolist()
     assert [row["train_positives"] for row in ssl["per_class"]] == train_labels.sum(0).tolist()
-    undefined = [CLASS_NAMES[k] for k in range(len(CLASS_NAMES))
-                 if test_labels[:, k].sum() in (0, len(test_labels))]
+    undefined = [
+        CLASS_NAMES[k]
+        for k in range(len(CLASS_NAMES))
+        if test_labels[:, k].sum() in (0, len(test_labels))
+    ]
     assert undefined and ssl["excluded_classes"] == undefined
     defined = [row["auroc"] for row in ssl["per_class"] if row["auroc"] is not None]
     assert len(defined) == len(CLASS_NAMES) - len(undefined)

@@ -12,8 +12,10 @@ def ground_truth(boxes):
     coco = COCO()
     coco.dataset = {
         "images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)],
-        "annotations": [{"id": n, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
-                        for n, (i, c, b) in enumerate(boxes, 1)],
+        "annotations": [
+            {"id": n, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for n, (i, c, b) in enumerate(boxes, 1)
+        ],
         "categories": coco_categories(),
     }
     coco.createIndex()
@@ -29,29 +31,43 @@ A, B = [10, 10, 40, 40], [50, 50, 40, 30]
 
 def test_perfect_predictions_score_one():
     gt = ground_truth([(1, 1, A), (2, 1, B), (2, 4, A)])
-    metrics = coco_metrics(gt, [detection(1, 1, A, 0.9), detection(2, 1, B, 0.8), detection(2, 4, A, 0.7)])
-    assert metrics["AP"] == metrics["AP50"] == metrics["AP40"] == metrics["AR100"] == pytest.approx(1.0)
+    metrics = coco_metrics(
+        gt, [detection(1, 1, A, 0.9), detection(2, 1, B, 0.8), detection(2, 4, A, 0.7)]
+    )
+    assert (
+        metrics["AP"]
+        == metrics["AP50"]
+        == metrics["AP40"]
+        == metrics["AR100"]
+        == pytest.approx(1.0)
+    )
     by_category = {row["category_id"]: row for row in metrics["per_class"]}
     assert by_category[1]["AP"] == pytest.approx(1.0) and by_category[1]["gt_boxes"] == 2
-    assert by_category[2]["AP"] is None and by_category[2]["gt_boxes"] == 0     # no ground truth: undefined
+    assert (
+        by_category[2]["AP"] is None and by_category[2]["gt_boxes"] == 0
+    )  # no ground truth: undefined
 
 
 def test_one_missed_box_halves_recall():
     gt = ground_truth([(1, 1, A), (2, 1, B)])
     metrics = coco_metrics(gt, [detection(1, 1, A, 0.9)])
     assert metrics["AR100"] == pytest.approx(0.5)
-    assert metrics["AP"] == pytest.approx(51 / 101)     # precision 1 at the 51 recall points 0, .01, ..., .5
+    assert metrics["AP"] == pytest.approx(
+        51 / 101
+    )  # precision 1 at the 51 recall points 0, .01, ..., .5
 
 
 def test_duplicate_prediction_is_a_false_positive():
     # Ranked: A (TP), A again (FP), B (TP) -> precision 1 up to recall .5, then 2/3.
     gt = ground_truth([(1, 1, A), (2, 1, B)])
-    metrics = coco_metrics(gt, [detection(1, 1, A, 0.9), detection(1, 1, A, 0.8), detection(2, 1, B, 0.7)])
+    metrics = coco_metrics(
+        gt, [detection(1, 1, A, 0.9), detection(1, 1, A, 0.8), detection(2, 1, B, 0.7)]
+    )
     assert metrics["AP"] == pytest.approx((51 * 1.0 + 50 * 2 / 3) / 101)
 
 
 def test_ap_at_iou_04_counts_a_loose_box_that_ap50_rejects():
-    loose = [10, 10, 40, 18]            # IoU with A = 18 / 40 = 0.45
+    loose = [10, 10, 40, 18]  # IoU with A = 18 / 40 = 0.45
     gt = ground_truth([(1, 1, A)])
     metrics = coco_metrics(gt, [detection(1, 1, loose, 0.9)])
     assert metrics["AP40"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(0.0)
@@ -68,14 +84,20 @@ def test_competition_metric_scores_no_finding_on_normal_films():
     lesion and nothing on the normal film is perfect on both classes; a false
     positive on the normal film costs "No finding" (its score 1 - 0.95 ranks
     the normal film below the lesion film) and the lesion class."""
-    dataset = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)],
-               "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": A, "area": 1600, "iscrowd": 0}],
-               "categories": coco_categories()}
+    dataset = {
+        "images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": A, "area": 1600, "iscrowd": 0}
+        ],
+        "categories": coco_categories(),
+    }
     perfect = competition_metrics(dataset, [detection(1, 3, A, 0.9)])
     assert perfect["mAP40"] == pytest.approx(1.0)
     assert perfect["per_class"][15] == pytest.approx(1.0) and perfect["per_class"][1] is None
     fooled = competition_metrics(dataset, [detection(1, 3, A, 0.9), detection(2, 3, B, 0.95)])
     # lesion class: FP (0.95) then TP (0.9): precision 1/2 at recall 1 -> VOC AP 0.5.
     # No finding: image 1 scores 0.1, image 2 (the normal one) 0.05: FP then TP -> 0.5.
-    assert fooled["per_class"][3] == pytest.approx(0.5) and fooled["per_class"][15] == pytest.approx(0.5)
+    assert fooled["per_class"][3] == pytest.approx(0.5) and fooled["per_class"][
+        15
+    ] == pytest.approx(0.5)
     assert fooled["mAP40"] == pytest.approx(0.5)

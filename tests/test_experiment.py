@@ -8,9 +8,32 @@ import pytest
 from cxr import experiment
 from cxr.errors import UserError
 
-TINY = ["--synthetic-images", "80", "--synthetic-size", "64", "--ssl-image-size", "64", "--det-image-size", "64",
-        "--ssl-epochs", "1", "--det-epochs", "1", "--ssl-batch-size", "16", "--det-roi-batch-size", "32",
-        "--pictures", "2", "--workers", "0", "--device", "cpu", "--det-warmup-iters", "2"]
+TINY = [
+    "--synthetic-images",
+    "80",
+    "--synthetic-size",
+    "64",
+    "--ssl-image-size",
+    "64",
+    "--det-image-size",
+    "64",
+    "--ssl-epochs",
+    "1",
+    "--det-epochs",
+    "1",
+    "--ssl-batch-size",
+    "16",
+    "--det-roi-batch-size",
+    "32",
+    "--pictures",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--det-warmup-iters",
+    "2",
+]
 
 
 def planned(tmp_path, *argv):
@@ -19,15 +42,38 @@ def planned(tmp_path, *argv):
 
 
 def test_sweep_pretrains_and_fine_tunes_each_fraction_twice_plus_the_all_labels_baseline(tmp_path):
-    stages = {s.name: s for s in planned(tmp_path, "--ssl-fractions", "0.2,0.8", "--train-seeds", "0,3")}
+    stages = {
+        s.name: s for s in planned(tmp_path, "--ssl-fractions", "0.2,0.8", "--train-seeds", "0,3")
+    }
     assert [n for n in stages if n.startswith("det-")] == [
-        "det-ssl20-s0", "det-random20-s0", "det-ssl20-s3", "det-random20-s3", "det-ssl80-s0", "det-random80-s0",
-        "det-ssl80-s3", "det-random80-s3", "det-random100-s0", "det-random100-s3"]
+        "det-ssl20-s0",
+        "det-random20-s0",
+        "det-ssl20-s3",
+        "det-random20-s3",
+        "det-ssl80-s0",
+        "det-random80-s0",
+        "det-ssl80-s3",
+        "det-random80-s3",
+        "det-random100-s0",
+        "det-random100-s3",
+    ]
     random20 = stages["det-random20-s3"].command
-    assert random20[random20.index("--labeled-fraction") + 1] == "0.8" and random20[random20.index("--seed") + 1] == "3"
+    assert (
+        random20[random20.index("--labeled-fraction") + 1] == "0.8"
+        and random20[random20.index("--seed") + 1] == "3"
+    )
     pretrain = stages["pretrain-ssl80-s3"].command
-    assert pretrain[pretrain.index("--ssl-fraction") + 1] == "0.8" and pretrain[pretrain.index("--seed") + 1] == "3"
-    assert {"map-ssl20-s0", "map-random80-s3", "map-random100-s3", "probe-random-s3", "report"} <= set(stages)
+    assert (
+        pretrain[pretrain.index("--ssl-fraction") + 1] == "0.8"
+        and pretrain[pretrain.index("--seed") + 1] == "3"
+    )
+    assert {
+        "map-ssl20-s0",
+        "map-random80-s3",
+        "map-random100-s3",
+        "probe-random-s3",
+        "report",
+    } <= set(stages)
 
 
 def flag_values(command):
@@ -53,13 +99,25 @@ def test_the_two_arms_differ_only_in_name_and_init(tmp_path, fraction):
 
 
 def test_torchrun_and_preset_overrides_reach_the_commands(tmp_path):
-    stages = {s.name: s for s in planned(tmp_path, "--nproc-per-node", "4", "--preset", "paper", "--det-epochs", "3")}
+    stages = {
+        s.name: s
+        for s in planned(
+            tmp_path, "--nproc-per-node", "4", "--preset", "paper", "--det-epochs", "3"
+        )
+    }
     command = stages["det-ssl60-s0"].command
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
-    assert command[command.index("--epochs") + 1] == "3" and command[command.index("--arch") + 1] == "resnet50"
+    assert (
+        command[command.index("--epochs") + 1] == "3"
+        and command[command.index("--arch") + 1] == "resnet50"
+    )
     pretrain = stages["pretrain-ssl60-s0"].command
-    assert pretrain[pretrain.index("--temperature") + 1] == "0.5"            # the paper preset keeps the seed's
-    cpu = {s.name: s for s in planned(tmp_path, "--ssl-temperature", "0.3")}["pretrain-ssl60-s0"].command
+    assert (
+        pretrain[pretrain.index("--temperature") + 1] == "0.5"
+    )  # the paper preset keeps the seed's
+    cpu = {s.name: s for s in planned(tmp_path, "--ssl-temperature", "0.3")}[
+        "pretrain-ssl60-s0"
+    ].command
     assert cpu[cpu.index("--temperature") + 1] == "0.3"
 
 
@@ -68,13 +126,25 @@ def test_nih_data_and_extra_images_reach_prepare_and_every_pretraining(tmp_path)
     (nih / "images").mkdir(parents=True)
     (nih / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
     archive.mkdir()
-    stages = {s.name: s for s in planned(tmp_path / "out", "--nih", str(nih), "--extra-images", str(archive),
-                                         "--train-seeds", "0,1")}
+    stages = {
+        s.name: s
+        for s in planned(
+            tmp_path / "out",
+            "--nih",
+            str(nih),
+            "--extra-images",
+            str(archive),
+            "--train-seeds",
+            "0,1",
+        )
+    }
     assert "synthetic" not in stages
     prepare = flag_values(stages["prepare"].command)
     assert prepare["--format"] == "nih" and prepare["--csv"] == str(nih / "BBox_List_2017.csv")
     for seed in (0, 1):
-        assert flag_values(stages[f"pretrain-ssl60-s{seed}"].command)["--extra-images"] == str(archive)
+        assert flag_values(stages[f"pretrain-ssl60-s{seed}"].command)["--extra-images"] == str(
+            archive
+        )
     with pytest.raises(SystemExit):
         experiment.parse_args(["--nih", str(nih), "--vinbig", str(nih)])
 
@@ -113,7 +183,9 @@ def test_resume_may_add_seeds_after_the_old_ones_and_then_redoes_the_report(tmp_
 
     for seeds in ("1", "1,0", "2,0"):
         with pytest.raises(UserError, match="settings differ.*train_seeds"):
-            again = experiment.parse_args(["--out", str(out), "--resume", "--train-seeds", seeds, *TINY])
+            again = experiment.parse_args(
+                ["--out", str(out), "--resume", "--train-seeds", seeds, *TINY]
+            )
             experiment.open_experiment(again, experiment.settings_from(again))
     more = experiment.parse_args(["--out", str(out), "--resume", "--train-seeds", "0,1,2", *TINY])
     resumed = experiment.open_experiment(more, experiment.settings_from(more))
@@ -132,14 +204,20 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     runs = out / "runs"
     ssl_pool = set((runs / "ssl60-s0" / "pretrain" / "ssl_images.txt").read_text().split())
     labeled = (runs / "ssl60-s0" / "labeled_images.txt").read_text().split()
-    assert labeled == (runs / "random60-s0" / "labeled_images.txt").read_text().split()   # same labeled images
+    assert (
+        labeled == (runs / "random60-s0" / "labeled_images.txt").read_text().split()
+    )  # same labeled images
     assert labeled and not ssl_pool & set(labeled)
-    ssl_args, random_args = (json.loads((runs / name / "args.json").read_text())["args"]
-                             for name in ("ssl60-s0", "random60-s0"))
+    ssl_args, random_args = (
+        json.loads((runs / name / "args.json").read_text())["args"]
+        for name in ("ssl60-s0", "random60-s0")
+    )
     assert {k for k in ssl_args if ssl_args[k] != random_args[k]} == {"experiment_name", "init"}
 
     report = (out / "report.md").read_text()
-    assert report.startswith("# cxr experiment report") and "**Did self-supervision help?**" in report
+    assert (
+        report.startswith("# cxr experiment report") and "**Did self-supervision help?**" in report
+    )
     for name, init in (("ssl60-s0", "SSL"), ("random60-s0", "random")):
         metrics = json.loads((runs / name / "eval" / "metrics.json").read_text())
         assert f"| 60% | {len(labeled)} | {init} | {metrics['AP']:.3f} [" in report
@@ -157,7 +235,7 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     # Pretend the run stopped during the random-init fine-tuning: it and everything after it rerun,
     # the fine-tuning continuing from its checkpoint.
     names = list(record["stages"])
-    for name in names[names.index("det-random60-s0"):]:
+    for name in names[names.index("det-random60-s0") :]:
         record["stages"][name]["status"] = "running"
     (out / "experiment.json").write_text(json.dumps(record))
     (out / "report.md").unlink()
@@ -165,5 +243,7 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     experiment.main(["--out", str(out), "--resume", *TINY])
     printed = capsys.readouterr().out
     assert printed.count("done before, skipped") == names.index("det-random60-s0")
-    rerun = json.loads((out / "experiment.json").read_text())["stages"]["det-random60-s0"]["command"]
+    rerun = json.loads((out / "experiment.json").read_text())["stages"]["det-random60-s0"][
+        "command"
+    ]
     assert rerun.endswith("--resume") and (out / "report.md").is_file()

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_simclr import free_port
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
 from cxr.simclr import ProjectionHead, nt_xent
-from test_simclr import free_port
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
@@ -35,8 +35,17 @@ def test_one_process_equals_torch_batchnorm(shape, momentum):
         for _ in range(2):
             out = norm(inputs)
         (out * upstream).sum().backward()
-        results.append((out, inputs.grad, norm.weight.grad, norm.bias.grad, norm.running_mean,
-                        norm.running_var, norm.num_batches_tracked))
+        results.append(
+            (
+                out,
+                inputs.grad,
+                norm.weight.grad,
+                norm.bias.grad,
+                norm.running_mean,
+                norm.running_var,
+                norm.num_batches_tracked,
+            )
+        )
     for expected, got in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     reference.eval()
@@ -45,7 +54,9 @@ def test_one_process_equals_torch_batchnorm(shape, momentum):
 
 
 def test_conversion_keeps_weights_buffers_and_frozen_parameters():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(4 * 6 * 6))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(4 * 6 * 6)
+    )
     model[1].running_mean.fill_(0.25)
     model[4].weight.requires_grad_(False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -58,10 +69,16 @@ def test_conversion_keeps_weights_buffers_and_frozen_parameters():
 
 
 def encoder():
-    """A small SimCLR model: a conv trunk with BatchNorm2d and the real projection head (BatchNorm1d)."""
+    """A small SimCLR model: a conv trunk with BatchNorm2d and the real projection head
+    (BatchNorm1d)."""
     torch.manual_seed(0)
-    trunk = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    trunk = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     return nn.Sequential(trunk, ProjectionHead(6, 16, 4))
 
 
@@ -73,7 +90,7 @@ def views():
 def simclr_loss(model, x1, x2):
     """Both views in one forward pass, as train_ssl.py does."""
     z = model(torch.cat([x1, x2]))
-    return nt_xent(z[:len(x1)], z[len(x1):], temperature=0.5)
+    return nt_xent(z[: len(x1)], z[len(x1) :], temperature=0.5)
 
 
 def _worker(rank, world_size, port, out, global_bn):
@@ -91,8 +108,14 @@ def _worker(rank, world_size, port, out, global_bn):
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
         if rank == 0:
-            torch.save({"loss": mean_loss / world_size, "grads": [p.grad for p in model.parameters()],
-                        "buffers": dict(model.named_buffers())}, out)
+            torch.save(
+                {
+                    "loss": mean_loss / world_size,
+                    "grads": [p.grad for p in model.parameters()],
+                    "buffers": dict(model.named_buffers()),
+                },
+                out,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -117,7 +140,9 @@ def test_two_processes_with_global_bn_equal_one_process_with_both_batches(tmp_pa
     for name, value in model.named_buffers():
         torch.testing.assert_close(distributed["buffers"][name], value, rtol=1e-5, atol=1e-6)
 
-    per_process = two_processes(tmp_path, global_bn=False)        # what per-GPU BN would train
-    worst = max(float((got - want).abs().max() / want.abs().max())
-                for got, want in zip(per_process["grads"], expected))
+    per_process = two_processes(tmp_path, global_bn=False)  # what per-GPU BN would train
+    worst = max(
+        float((got - want).abs().max() / want.abs().max())
+        for got, want in zip(per_process["grads"], expected)
+    )
     assert worst > 0.05

@@ -1,4 +1,5 @@
-"""Every command's --help: the command a user types, and help text with the default for every flag."""
+"""Every command's --help: the command a user types, and help text with the default for
+every flag."""
 
 import argparse
 
@@ -9,9 +10,14 @@ import train_det
 import train_ssl
 from cxr import experiment, prepare, synthetic
 
-PARSERS = {"train_ssl.py": train_ssl, "train_det.py": train_det, "evaluate.py": evaluate,
-           "python -m cxr.experiment": experiment, "python -m cxr.prepare": prepare,
-           "python -m cxr.synthetic": synthetic}
+PARSERS = {
+    "train_ssl.py": train_ssl,
+    "train_det.py": train_det,
+    "evaluate.py": evaluate,
+    "python -m cxr.experiment": experiment,
+    "python -m cxr.prepare": prepare,
+    "python -m cxr.synthetic": synthetic,
+}
 
 
 @pytest.mark.parametrize("command", PARSERS)
@@ -23,9 +29,20 @@ def test_every_flag_has_help_and_shows_its_default(command):
     without_help = [a.option_strings[0] for a in flags if not a.help]
     assert without_help == []
     flat = " ".join(text.split())
-    missing = [a.option_strings[0] for a in flags if a.default not in (None, False, argparse.SUPPRESS)
-               and f"(default: {a.default})" not in flat]
+    missing = [
+        a.option_strings[0]
+        for a in flags
+        if a.default not in (None, False, argparse.SUPPRESS)
+        and f"(default: {a.default})" not in flat
+    ]
     assert missing == []
-    unexplained = [a.option_strings[0] for a in flags if a.default is None and not a.required
-                   and a.nargs != "+" and "default" not in a.help and "none" not in a.help.lower()]
+    unexplained = [
+        a.option_strings[0]
+        for a in flags
+        if a.default is None
+        and not a.required
+        and a.nargs != "+"
+        and "default" not in a.help
+        and "none" not in a.help.lower()
+    ]
     assert unexplained == []

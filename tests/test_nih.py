@@ -27,9 +27,14 @@ def write_nih(folder, rows, png=512, trailing=True):
     return folder / "BBox_List_2017.csv", folder / "images"
 
 
-ROWS = [("00000001_000.png", "Mass", 100, 200, 50, 80), ("00000001_000.png", "Nodule", 600, 100, 20, 22),
-        ("00000001_001.png", "Pneumonia", 300, 400, 200, 210), ("00000002_000.png", "Effusion", 10, 20, 30, 40),
-        ("00000003_000.png", "Infiltrate", 700, 700, 100, 90), ("00000004_000.png", "Cardiomegaly", 300, 500, 400, 200)]
+ROWS = [
+    ("00000001_000.png", "Mass", 100, 200, 50, 80),
+    ("00000001_000.png", "Nodule", 600, 100, 20, 22),
+    ("00000001_001.png", "Pneumonia", 300, 400, 200, 210),
+    ("00000002_000.png", "Effusion", 10, 20, 30, 40),
+    ("00000003_000.png", "Infiltrate", 700, 700, 100, 90),
+    ("00000004_000.png", "Cardiomegaly", 300, 500, 400, 200),
+]
 
 
 @pytest.mark.parametrize("trailing", [True, False])
@@ -38,40 +43,66 @@ def test_the_published_file_parses_with_or_without_trailing_columns(tmp_path, tr
     names, image_index, class_ids, boxes, sizes = read_nih_table(csv_path)
     assert names == ["00000001_000", "00000001_001", "00000002_000", "00000003_000", "00000004_000"]
     assert image_index.tolist() == [0, 0, 1, 2, 3, 4]
-    assert [CLASS_NAMES[c] for c in class_ids] == ["Nodule/Mass", "Nodule/Mass", "Lung Opacity",
-                                                  "Pleural effusion", "Infiltration", "Cardiomegaly"]
+    assert [CLASS_NAMES[c] for c in class_ids] == [
+        "Nodule/Mass",
+        "Nodule/Mass",
+        "Lung Opacity",
+        "Pleural effusion",
+        "Infiltration",
+        "Cardiomegaly",
+    ]
     assert boxes[0].tolist() == [100, 200, 150, 280] and sizes.tolist() == [[1024, 1024]] * 5
 
 
 def test_every_nih_finding_maps_to_a_vinbigdata_class():
-    assert set(NIH_FINDINGS) == {"Atelectasis", "Cardiomegaly", "Effusion", "Infiltrate", "Mass", "Nodule",
-                                 "Pneumonia", "Pneumothorax"}
+    assert set(NIH_FINDINGS) == {
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Infiltrate",
+        "Mass",
+        "Nodule",
+        "Pneumonia",
+        "Pneumothorax",
+    }
     assert set(NIH_FINDINGS.values()) <= set(CLASS_NAMES)
 
 
 def test_prepare_rescales_one_reader_boxes_and_splits_by_patient(tmp_path):
     csv_path, images = write_nih(tmp_path / "nih", ROWS * 1)
-    summary = prepare(csv_path, images, tmp_path / "data", data_format="nih", test_fraction=0.5, seed=3, **quiet)
-    assert summary["fused_boxes"] == summary["csv_boxes"] == 6              # one reader: nothing fused
+    summary = prepare(
+        csv_path, images, tmp_path / "data", data_format="nih", test_fraction=0.5, seed=3, **quiet
+    )
+    assert summary["fused_boxes"] == summary["csv_boxes"] == 6  # one reader: nothing fused
     split = json.loads((tmp_path / "data" / "split.json").read_text())
     patients = {side: {patient_of(n) for n in split[side]} for side in ("train", "test")}
-    assert not patients["train"] & patients["test"] and len(patients["test"]) == 2    # 2 of 4 patients
+    assert (
+        not patients["train"] & patients["test"] and len(patients["test"]) == 2
+    )  # 2 of 4 patients
     boxes = {}
     for side in ("train", "test"):
         coco = json.loads((tmp_path / "data" / f"{side}_annotations.json").read_text())
         files = {i["id"]: Path(i["file_name"]).stem for i in coco["images"]}
         for a in coco["annotations"]:
-            boxes.setdefault(files[a["image_id"]], []).append((a["category_id"], a["bbox"], a["readers"]))
+            boxes.setdefault(files[a["image_id"]], []).append(
+                (a["category_id"], a["bbox"], a["readers"])
+            )
     # 1024 px coordinates on a 512 px PNG: halved; the Mass and the Nodule stay two boxes.
-    assert sorted(boxes["00000001_000"]) == [(9, [50.0, 100.0, 25.0, 40.0], 1), (9, [300.0, 50.0, 10.0, 11.0], 1)]
+    assert sorted(boxes["00000001_000"]) == [
+        (9, [50.0, 100.0, 25.0, 40.0], 1),
+        (9, [300.0, 50.0, 10.0, 11.0], 1),
+    ]
 
 
-@pytest.mark.parametrize("row, message", [
-    (("x.png", "Hernia", 1, 2, 3, 4), "line 3: finding 'Hernia' is not one of NIH's"),
-    (("x.png", "Mass", 1, "two", 3, 4), "line 3: the box 1,two,3,4 is not four numbers"),
-    (("x.png", "Mass", 1, 2, 0, 4), "line 3: the box needs .* a positive width"),
-    (("x.png", "Mass", 1, 2, 3), "line 3: 5 fields, expected 6"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (("x.png", "Hernia", 1, 2, 3, 4), "line 3: finding 'Hernia' is not one of NIH's"),
+        (("x.png", "Mass", 1, "two", 3, 4), "line 3: the box 1,two,3,4 is not four numbers"),
+        (("x.png", "Mass", 1, 2, 0, 4), "line 3: the box needs .* a positive width"),
+        (("x.png", "Mass", 1, 2, 3), "line 3: 5 fields, expected 6"),
+    ],
+)
 def test_a_bad_row_is_named_by_its_line(tmp_path, row, message):
     csv_path, images = write_nih(tmp_path, [ROWS[0]])
     csv_path.write_text(csv_path.read_text() + ",".join(map(str, row)) + "\n")
@@ -84,4 +115,10 @@ def test_a_vinbigdata_table_given_as_nih_is_refused_by_its_header(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "train.csv").write_text("image_id,class_name,class_id\n")
     with pytest.raises(UserError, match="expected NIH's header"):
-        prepare(tmp_path / "train.csv", tmp_path / "images", tmp_path / "data", data_format="nih", **quiet)
+        prepare(
+            tmp_path / "train.csv",
+            tmp_path / "images",
+            tmp_path / "data",
+            data_format="nih",
+            **quiet,
+        )

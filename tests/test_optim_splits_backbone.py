@@ -19,7 +19,10 @@ def test_warmup_then_cosine_by_hand():
     lr = warmup_cosine_schedule(1.0, total_steps=6, warmup_steps=2)
     expected = [0.5, 1.0] + [(1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
     np.testing.assert_allclose(lr, expected)
-    assert len(warmup_cosine_schedule(0.1, 10, 0)) == 10 and warmup_cosine_schedule(0.1, 10, 0)[0] == 0.1
+    assert (
+        len(warmup_cosine_schedule(0.1, 10, 0)) == 10
+        and warmup_cosine_schedule(0.1, 10, 0)[0] == 0.1
+    )
     np.testing.assert_allclose(warmup_cosine_schedule(1.0, 3, warmup_steps=10), [1 / 3, 2 / 3, 1.0])
 
 
@@ -31,19 +34,25 @@ def test_parameter_groups_exempt_biases_and_norms():
 
 
 def test_lars_step_by_hand():
-    w = torch.tensor([3.0, 4.0], requires_grad=True)       # |w| = 5
+    w = torch.tensor([3.0, 4.0], requires_grad=True)  # |w| = 5
     b = torch.tensor([1.0], requires_grad=True)
-    optimizer = LARS([{"params": [w], "weight_decay": 0.1, "lars": True},
-                      {"params": [b], "weight_decay": 0.0, "lars": False}], lr=0.5, momentum=0.9)
+    optimizer = LARS(
+        [
+            {"params": [w], "weight_decay": 0.1, "lars": True},
+            {"params": [b], "weight_decay": 0.0, "lars": False},
+        ],
+        lr=0.5,
+        momentum=0.9,
+    )
     w.grad, b.grad = torch.tensor([0.7, -0.4]), torch.tensor([2.0])
     optimizer.step()
-    update = torch.tensor([0.7, -0.4]) + 0.1 * torch.tensor([3.0, 4.0])          # g + wd w = (1.0, 0.0)
+    update = torch.tensor([0.7, -0.4]) + 0.1 * torch.tensor([3.0, 4.0])  # g + wd w = (1.0, 0.0)
     trust = 0.001 * 5.0 / 1.0
     torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0]) - 0.5 * trust * update)
     torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.5 * 2.0]))
     w.grad, b.grad = torch.tensor([0.7, -0.4]), torch.tensor([2.0])
     before = b.detach().clone()
-    optimizer.step()                                       # momentum: v = 0.9 v + lr g
+    optimizer.step()  # momentum: v = 0.9 v + lr g
     torch.testing.assert_close(b.detach(), before - (0.9 * 1.0 + 0.5 * 2.0))
 
 
@@ -56,8 +65,14 @@ def test_partition_is_disjoint_covers_and_depends_only_on_ids_and_seed(seed):
     assert set(split.ssl) | set(split.labeled) == set(ids)
     assert partition(list(reversed(ids)), 0.4, seed=seed) == split
     smaller = partition(ids, 0.4, labeled_fraction=0.2, seed=seed)
-    assert smaller.ssl == split.ssl and set(smaller.labeled) <= set(split.labeled) and len(smaller.labeled) == 20
-    assert len(partition(ids, 0.6, labeled_fraction=0.6, seed=seed).overlap) == 2 * 61 - 101   # asked-for overlap is visible
+    assert (
+        smaller.ssl == split.ssl
+        and set(smaller.labeled) <= set(split.labeled)
+        and len(smaller.labeled) == 20
+    )
+    assert (
+        len(partition(ids, 0.6, labeled_fraction=0.6, seed=seed).overlap) == 2 * 61 - 101
+    )  # asked-for overlap is visible
     assert partition(ids, 0.4, seed=seed + 10).ssl != split.ssl
 
 
@@ -93,15 +108,19 @@ def test_the_real_training_set_size_splits_cleanly(fraction):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_grouped_test_split_keeps_every_patient_on_one_side(seed):
     rng = np.random.default_rng(seed)
-    ids = [f"{patient:05d}_{visit:03d}" for patient in range(60) for visit in range(rng.integers(1, 6))]
+    ids = [
+        f"{patient:05d}_{visit:03d}" for patient in range(60) for visit in range(rng.integers(1, 6))
+    ]
     train, test = split_test(ids, 0.25, seed, group_of=lambda name: name.split("_")[0])
     patients = [{name.split("_")[0] for name in side} for side in (train, test)]
     assert not patients[0] & patients[1] and sorted(train + test) == sorted(ids)
-    assert len(patients[1]) == 15                                      # a quarter of the 60 patients
+    assert len(patients[1]) == 15  # a quarter of the 60 patients
 
 
 def test_split_test_fraction_bounds():
-    assert split_test(["a", "b", "c", "d"], 0.25, 0)[1] and len(split_test(["a", "b"], 0.0, 0)[1]) == 0
+    assert (
+        split_test(["a", "b", "c", "d"], 0.25, 0)[1] and len(split_test(["a", "b"], 0.0, 0)[1]) == 0
+    )
     with pytest.raises(ValueError):
         split_test(["a"], 1.0, 0)
 
@@ -115,7 +134,8 @@ def test_trunk_transfer_is_checked_key_by_key(tmp_path):
     for key, value in trunk.state_dict().items():
         assert torch.equal(value, state[key]), key
 
-    # The seed project's defect: a trunk saved from nn.Sequential has keys "0.weight", "4.0.conv1.weight", ...
+    # The seed project's defect: a trunk saved from nn.Sequential has keys "0.weight",
+    # "4.0.conv1.weight", ...
     sequential = nn.Sequential(*list(reference.children())[:-1])
     torch.save(sequential.state_dict(), tmp_path / "sequential.pth")
     with pytest.raises(UserError, match="missing .* unexpected .*0.weight"):
@@ -135,11 +155,15 @@ def test_precise_batchnorm_statistics_are_the_average_over_the_images():
     trunk.fc = torch.nn.Identity()
     images = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
     seen = []
-    handle = trunk.bn1.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    handle = trunk.bn1.register_forward_pre_hook(
+        lambda module, inputs: seen.append(inputs[0].detach().clone())
+    )
     trunk.eval()
     batches = recompute_batchnorm_statistics(trunk, [images], torch.device("cpu"))
     handle.remove()
     x = seen[0].transpose(0, 1).reshape(64, -1)
     torch.testing.assert_close(trunk.bn1.running_mean, x.mean(1))
     torch.testing.assert_close(trunk.bn1.running_var, x.var(1, unbiased=True))
-    assert batches == 1 and not trunk.training and trunk.bn1.momentum == 0.1     # mode and momentum restored
+    assert (
+        batches == 1 and not trunk.training and trunk.bn1.momentum == 0.1
+    )  # mode and momentum restored

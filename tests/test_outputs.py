@@ -12,8 +12,14 @@ import torch
 
 from cxr.checkpoint_io import atomic_torch_save
 from cxr.errors import UserError
-from cxr.outputs import (atomic_write_json, atomic_write_text, check_output_folder, make_folder, mark_as_ours,
-                         staged_directory)
+from cxr.outputs import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_folder,
+    make_folder,
+    mark_as_ours,
+    staged_directory,
+)
 
 
 @pytest.fixture
@@ -76,7 +82,7 @@ def test_folders_get_the_users_umask_and_impossible_places_one_message(tmp_path)
             (staging / "a.txt").write_text("x")
     finally:
         os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755          # not mkdtemp's 0700
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755  # not mkdtemp's 0700
     (tmp_path / "a-file").write_text("x")
     for impossible in (tmp_path / "a-file" / "out", Path("/proc/cxr-test/out")):
         with pytest.raises(UserError, match="cannot create the folder"):

@@ -27,7 +27,9 @@ quiet = {"log": lambda *_: None}
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("prep")
     generate(root / "vin", num_images=80, size=96, seed=5, test_images=0, **quiet)
-    summary = prepare(root / "vin" / "train.csv", root / "vin" / "train", root / "data", keep_normal=True, **quiet)
+    summary = prepare(
+        root / "vin" / "train.csv", root / "vin" / "train", root / "data", keep_normal=True, **quiet
+    )
     return root, summary
 
 
@@ -56,14 +58,26 @@ def test_coco_files_load_and_hold_every_finding_image(synthetic):
 
 def test_normal_in_test_adds_box_free_normal_images_to_the_test_split_only(synthetic, tmp_path):
     root, summary = synthetic
-    with_normal = prepare(root / "vin" / "train.csv", root / "vin" / "train", tmp_path / "data", keep_normal=True,
-                          normal_in_test=True, **quiet)
+    with_normal = prepare(
+        root / "vin" / "train.csv",
+        root / "vin" / "train",
+        tmp_path / "data",
+        keep_normal=True,
+        normal_in_test=True,
+        **quiet,
+    )
     split = json.loads((tmp_path / "data" / "split.json").read_text())
     normal_before = set(json.loads((root / "data" / "split.json").read_text())["normal"])
-    assert split["train"] == json.loads((root / "data" / "split.json").read_text())["train"]   # findings unchanged
+    assert (
+        split["train"] == json.loads((root / "data" / "split.json").read_text())["train"]
+    )  # findings unchanged
     assert set(split["test_normal"]) | set(split["normal"]) == normal_before
     assert not set(split["test_normal"]) & set(split["normal"])
-    assert len(split["test_normal"]) == round(len(normal_before) * 0.2) == with_normal["test_normal_images"]
+    assert (
+        len(split["test_normal"])
+        == round(len(normal_before) * 0.2)
+        == with_normal["test_normal_images"]
+    )
     test = COCO(str(tmp_path / "data" / "test_annotations.json")).dataset
     names = {Path(image["file_name"]).stem: image["id"] for image in test["images"]}
     assert set(names) == set(split["test"]) | set(split["test_normal"])
@@ -82,7 +96,12 @@ def test_fused_boxes_lie_within_their_sources_rescaled_independently(synthetic):
         if r["class_id"] == "14":
             continue
         sx, sy = 96 / int(r["width"]), 96 / int(r["height"])
-        box = [float(r["x_min"]) * sx, float(r["y_min"]) * sy, float(r["x_max"]) * sx, float(r["y_max"]) * sy]
+        box = [
+            float(r["x_min"]) * sx,
+            float(r["y_min"]) * sy,
+            float(r["x_max"]) * sx,
+            float(r["y_max"]) * sy,
+        ]
         sources[r["image_id"], int(r["class_id"]) + 1].append(box)
     fused_count = defaultdict(int)
     for split in ("train", "test"):
@@ -92,7 +111,9 @@ def test_fused_boxes_lie_within_their_sources_rescaled_independently(synthetic):
             group = np.array(sources[image_id, ann["category_id"]])
             x, y, w, h = ann["bbox"]
             box = np.array([x, y, x + w, y + h])
-            assert (box >= group.min(axis=0) - 1e-3).all() and (box <= group.max(axis=0) + 1e-3).all()
+            assert (box >= group.min(axis=0) - 1e-3).all() and (
+                box <= group.max(axis=0) + 1e-3
+            ).all()
             assert ann["area"] == pytest.approx(w * h)
             fused_count[image_id, ann["category_id"]] += 1
     assert set(fused_count) == set(sources)
@@ -109,7 +130,10 @@ def test_split_is_seeded_recorded_and_images_are_hard_linked(synthetic, tmp_path
     prepare(root / "vin" / "train.csv", root / "vin" / "train", tmp_path / "seed2", seed=2, **quiet)
     assert json.loads((tmp_path / "seed2" / "split.json").read_text())["test"] != split["test"]
     name = split["test"][0] + ".png"
-    assert os.stat(root / "data" / "test" / name).st_ino == os.stat(root / "vin" / "train" / name).st_ino
+    assert (
+        os.stat(root / "data" / "test" / name).st_ino
+        == os.stat(root / "vin" / "train" / name).st_ino
+    )
     assert again["image_copies_instead_of_links"] == 0
 
 
@@ -128,9 +152,11 @@ def write_table(folder, rows, header=CSV_COLUMNS, png=(500, 500)):
 
 def test_hand_computed_rescale_and_fusion(tmp_path):
     # Original 1000 x 2000, PNG 500 x 500: x scales by 0.5, y by 0.25.
-    rows = [("img", "Nodule/Mass", 8, "R1", 100, 200, 300, 400, 1000, 2000),
-            ("img", "Nodule/Mass", 8, "R2", 110, 210, 310, 410, 1000, 2000),
-            ("img", "Cardiomegaly", 3, "R3", 0, 1000, 1000, 1500, 1000, 2000)]
+    rows = [
+        ("img", "Nodule/Mass", 8, "R1", 100, 200, 300, 400, 1000, 2000),
+        ("img", "Nodule/Mass", 8, "R2", 110, 210, 310, 410, 1000, 2000),
+        ("img", "Cardiomegaly", 3, "R3", 0, 1000, 1000, 1500, 1000, 2000),
+    ]
     csv_path, images = write_table(tmp_path / "vin", rows)
     prepare(csv_path, images, tmp_path / "data", test_fraction=0.0, **quiet)
     anns = json.loads((tmp_path / "data" / "train_annotations.json").read_text())["annotations"]
@@ -151,30 +177,67 @@ def test_without_size_columns_boxes_are_png_pixels(tmp_path):
 
 
 def test_swapped_and_clipped_boxes_are_counted(tmp_path):
-    rows = [("a", "Nodule/Mass", 8, "R1", 300, 400, 100, 200, 1000, 1000),
-            ("a", "ILD", 5, "R1", -50, 0, 1200, 100, 1000, 1000),
-            ("a", "Calcification", 2, "R1", 100, 100, 100, 300, 1000, 1000),
-            ("b", "Calcification", 2, "R1", 100, 100, 100, 300, 1000, 1000)]
+    rows = [
+        ("a", "Nodule/Mass", 8, "R1", 300, 400, 100, 200, 1000, 1000),
+        ("a", "ILD", 5, "R1", -50, 0, 1200, 100, 1000, 1000),
+        ("a", "Calcification", 2, "R1", 100, 100, 100, 300, 1000, 1000),
+        ("b", "Calcification", 2, "R1", 100, 100, 100, 300, 1000, 1000),
+    ]
     csv_path, images = write_table(tmp_path / "vin", rows)
     summary = prepare(csv_path, images, tmp_path / "data", test_fraction=0.0, **quiet)
-    assert (summary["boxes_swapped"], summary["boxes_clipped"], summary["boxes_dropped_zero_area"]) == (1, 1, 2)
-    assert summary["finding_images_left_without_boxes"] == 1   # image b keeps its place, with no box
+    assert (
+        summary["boxes_swapped"],
+        summary["boxes_clipped"],
+        summary["boxes_dropped_zero_area"],
+    ) == (1, 1, 2)
+    assert summary["finding_images_left_without_boxes"] == 1  # image b keeps its place, with no box
     assert summary["train_images"] == 2
 
 
 GOOD = ("img", "Nodule/Mass", 8, "R1", 10, 20, 30, 40, 100, 100)
 
 
-@pytest.mark.parametrize("rows, header, message", [
-    ([GOOD[:3] + GOOD[4:]], CSV_COLUMNS[:3] + CSV_COLUMNS[4:], "lacks column\\(s\\) rad_id"),
-    ([GOOD, ("img", "Nodule/Mass", 15, "R1", 1, 2, 3, 4, 100, 100)], CSV_COLUMNS, "line 3: class_id 15 is not in 0..14"),
-    ([GOOD, ("img", "Nodule/Mass", "x", "R1", 1, 2, 3, 4, 100, 100)], CSV_COLUMNS, "line 3: column class_id is 'x'"),
-    ([GOOD, ("img", "Atelectasis", 8, "R1", 1, 2, 3, 4, 100, 100)], CSV_COLUMNS, "line 3: class_name 'Atelectasis' does not match class_id 8"),
-    ([GOOD, GOOD, ("img", "Nodule/Mass", 8, "R1", 1, "abc", 3, 4, 100, 100)], CSV_COLUMNS, "line 4: column y_min is 'abc'"),
-    ([GOOD, ("img", "Nodule/Mass", 8, "R1", 1, 2, "", 4, 100, 100)], CSV_COLUMNS, "line 3: column x_max is ''"),
-    ([GOOD, ("img", "Nodule/Mass", 8, "R1", 1, 2, 3, 4, 0, 100)], CSV_COLUMNS, "line 3: width and height must be positive"),
-    ([GOOD, ("img", "Nodule/Mass", 8, "R1", 1, 2, 3, 4, 200, 100)], CSV_COLUMNS, "line 3: image img has width/height"),
-])
+@pytest.mark.parametrize(
+    "rows, header, message",
+    [
+        ([GOOD[:3] + GOOD[4:]], CSV_COLUMNS[:3] + CSV_COLUMNS[4:], "lacks column\\(s\\) rad_id"),
+        (
+            [GOOD, ("img", "Nodule/Mass", 15, "R1", 1, 2, 3, 4, 100, 100)],
+            CSV_COLUMNS,
+            "line 3: class_id 15 is not in 0..14",
+        ),
+        (
+            [GOOD, ("img", "Nodule/Mass", "x", "R1", 1, 2, 3, 4, 100, 100)],
+            CSV_COLUMNS,
+            "line 3: column class_id is 'x'",
+        ),
+        (
+            [GOOD, ("img", "Atelectasis", 8, "R1", 1, 2, 3, 4, 100, 100)],
+            CSV_COLUMNS,
+            "line 3: class_name 'Atelectasis' does not match class_id 8",
+        ),
+        (
+            [GOOD, GOOD, ("img", "Nodule/Mass", 8, "R1", 1, "abc", 3, 4, 100, 100)],
+            CSV_COLUMNS,
+            "line 4: column y_min is 'abc'",
+        ),
+        (
+            [GOOD, ("img", "Nodule/Mass", 8, "R1", 1, 2, "", 4, 100, 100)],
+            CSV_COLUMNS,
+            "line 3: column x_max is ''",
+        ),
+        (
+            [GOOD, ("img", "Nodule/Mass", 8, "R1", 1, 2, 3, 4, 0, 100)],
+            CSV_COLUMNS,
+            "line 3: width and height must be positive",
+        ),
+        (
+            [GOOD, ("img", "Nodule/Mass", 8, "R1", 1, 2, 3, 4, 200, 100)],
+            CSV_COLUMNS,
+            "line 3: image img has width/height",
+        ),
+    ],
+)
 def test_bad_csv_is_reported_with_its_line(tmp_path, rows, header, message):
     csv_path, images = write_table(tmp_path / "vin", rows, header=header)
     with pytest.raises(UserError, match=message):
@@ -188,9 +251,13 @@ def test_missing_images_are_reported_or_skipped(tmp_path):
     for i in range(7):
         (images / f"gone{i}.png").unlink()
     (images / "gone0.png").write_bytes(b"not a png at all, just text")
-    with pytest.raises(UserError, match="7 of 8 images .* missing or unreadable.*not a PNG.*--skip-missing"):
+    with pytest.raises(
+        UserError, match="7 of 8 images .* missing or unreadable.*not a PNG.*--skip-missing"
+    ):
         prepare(csv_path, images, tmp_path / "data", **quiet)
-    summary = prepare(csv_path, images, tmp_path / "data", skip_missing=True, test_fraction=0.0, **quiet)
+    summary = prepare(
+        csv_path, images, tmp_path / "data", skip_missing=True, test_fraction=0.0, **quiet
+    )
     assert summary["missing_images"] == 7 and summary["train_images"] == 1
 
 
@@ -223,7 +290,9 @@ def test_replace_never_deletes_the_inputs_or_a_folder_cxr_did_not_make(tmp_path)
     assert (own / "notes.txt").read_text() == "mine" and (own / "sub").is_dir()
     empty = tmp_path / "empty"
     empty.mkdir()
-    prepare(csv_path, images, empty, test_fraction=0.0, **quiet)          # an empty folder holds nothing to lose
+    prepare(
+        csv_path, images, empty, test_fraction=0.0, **quiet
+    )  # an empty folder holds nothing to lose
     assert (empty / ".cxr-output").is_file()
 
 
@@ -231,17 +300,17 @@ def test_incomplete_pngs_empty_tables_and_a_byte_order_mark(tmp_path):
     csv_path, images = write_table(tmp_path / "vin", [GOOD])
     png = next(images.glob("*.png"))
     whole = png.read_bytes()
-    png.write_bytes(whole[:len(whole) // 2])                               # header intact, cut short
+    png.write_bytes(whole[: len(whole) // 2])  # header intact, cut short
     with pytest.raises(UserError, match="truncated or corrupt PNG"):
         prepare(csv_path, images, tmp_path / "data", **quiet)
-    png.write_bytes(whole + b"trailing bytes")                             # decodes: accepted
+    png.write_bytes(whole + b"trailing bytes")  # decodes: accepted
     prepare(csv_path, images, tmp_path / "data", test_fraction=0.0, **quiet)
     png.write_bytes(whole)
     csv_path.write_text(csv_path.read_text().splitlines()[0] + "\n")
     with pytest.raises(UserError, match="header but no rows"):
         prepare(csv_path, images, tmp_path / "data2", **quiet)
     write_table(tmp_path / "vin", [GOOD])
-    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())          # UTF-8 with BOM, as Excel saves
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())  # UTF-8 with BOM, as Excel saves
     summary = prepare(csv_path, images, tmp_path / "data3", test_fraction=0.0, **quiet)
     assert summary["csv_rows"] == 1
 
@@ -261,16 +330,40 @@ def test_interrupted_staging_leaves_previous_output_and_no_debris(tmp_path):
 def test_command_line_reports_errors_without_traceback_and_never_imports_torch(tmp_path):
     csv_path, images = write_table(tmp_path / "vin", [GOOD[:2] + (99,) + GOOD[3:]])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    bad = subprocess.run([sys.executable, "-m", "cxr.prepare", "--csv", str(csv_path), "--images", str(images),
-                          "--out", str(tmp_path / "data")], capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr.prepare",
+            "--csv",
+            str(csv_path),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 2
-    assert "error:" in bad.stderr and "line 2: class_id 99" in bad.stderr and "Traceback" not in bad.stderr
-    probe = ("import sys, runpy; sys.argv = ['prepare', '--csv', sys.argv[1], '--images', sys.argv[2], "
-             "'--out', sys.argv[3]];\ntry: runpy.run_module('cxr.prepare', run_name='__main__')\n"
-             "except SystemExit: pass\nassert 'torch' not in sys.modules, 'prepare imported torch'")
+    assert (
+        "error:" in bad.stderr
+        and "line 2: class_id 99" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
+    probe = (
+        "import sys, runpy; sys.argv = ['prepare', '--csv', sys.argv[1], '--images', sys.argv[2], "
+        "'--out', sys.argv[3]];\ntry: runpy.run_module('cxr.prepare', run_name='__main__')\n"
+        "except SystemExit: pass\nassert 'torch' not in sys.modules, 'prepare imported torch'"
+    )
     csv_path, images = write_table(tmp_path / "vin2", [GOOD])
-    ok = subprocess.run([sys.executable, "-c", probe, str(csv_path), str(images), str(tmp_path / "d2")],
-                        capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-c", probe, str(csv_path), str(images), str(tmp_path / "d2")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "d2" / "train_annotations.json").exists()
 
@@ -292,6 +385,7 @@ def test_quoted_csv_reads_like_the_plain_one(tmp_path):
     plain = prepare(csv_path, images, tmp_path / "plain", test_fraction=0.0, **quiet)
     csv_path.write_text(csv_path.read_text().replace("Nodule/Mass", '"Nodule/Mass"'))
     quoted = prepare(csv_path, images, tmp_path / "quoted", test_fraction=0.0, **quiet)
-    assert ((tmp_path / "plain" / "train_annotations.json").read_text()
-            == (tmp_path / "quoted" / "train_annotations.json").read_text())
+    assert (tmp_path / "plain" / "train_annotations.json").read_text() == (
+        tmp_path / "quoted" / "train_annotations.json"
+    ).read_text()
     assert plain["fused_boxes"] == quoted["fused_boxes"] == 1

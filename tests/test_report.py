@@ -12,24 +12,34 @@ from cxr.svg import bar_chart, line_chart, nice_ticks
 def test_nice_ticks_are_round_and_cover_the_range():
     assert nice_ticks(0.0, 0.87) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(3.42, 4.84) == [3.0, 3.5, 4.0, 4.5, 5.0]
-    assert nice_ticks(1, 1) == [1.0, 1.2, 1.4, 1.6, 1.8, 2.0]                   # an empty range is widened, not divided by zero
+    assert nice_ticks(1, 1) == [
+        1.0,
+        1.2,
+        1.4,
+        1.6,
+        1.8,
+        2.0,
+    ]  # an empty range is widened, not divided by zero
     with pytest.raises(ValueError):
         nice_ticks(0, float("nan"))
 
 
 def parse(svg):
-    return xml.dom.minidom.parseString(svg)                      # well-formed XML, or this raises
+    return xml.dom.minidom.parseString(svg)  # well-formed XML, or this raises
 
 
 def test_line_chart_maps_data_to_the_plot_area():
-    # x ticks 0..10 (step 2), y ticks 0..1 (step 0.2); plot area x 60..410 (560-60-150), y 30..275 (320-30-45).
+    # x ticks 0..10 (step 2), y ticks 0..1 (step 0.2);
+    # plot area x 60..410 (560-60-150), y 30..275 (320-30-45).
     svg = line_chart([("a", [0, 10], [0.0, 1.0]), ("b", [5], [0.5])], "t", "x", "y")
     document = parse(svg)
     polyline = document.getElementsByTagName("polyline")[0].getAttribute("points")
     assert polyline == "60.0,275.0 410.0,30.0"
-    single = document.getElementsByTagName("circle")                  # one-point series get a marker
+    single = document.getElementsByTagName("circle")  # one-point series get a marker
     assert [(c.getAttribute("cx"), c.getAttribute("cy")) for c in single] == [("235.0", "152.5")]
-    assert [t.firstChild.data for t in document.getElementsByTagName("text")].count("a") == 1   # legend
+    assert [t.firstChild.data for t in document.getElementsByTagName("text")].count(
+        "a"
+    ) == 1  # legend
 
 
 def test_line_chart_skips_missing_values_and_refuses_empty_data():
@@ -51,5 +61,5 @@ def test_bar_lengths_are_proportional_and_missing_values_say_na():
 def test_verdict_follows_the_interval_not_the_point_estimate():
     assert verdict(Interval(0.02, 0.005, 0.04)) == "helped"
     assert verdict(Interval(-0.02, -0.04, -0.001)) == "hurt"
-    assert verdict(Interval(0.03, -0.001, 0.06)) == "not shown"          # ahead on the run, not shown
+    assert verdict(Interval(0.03, -0.001, 0.06)) == "not shown"  # ahead on the run, not shown
     assert verdict(Interval(0.0, 0.0, 0.0)) == "not shown"

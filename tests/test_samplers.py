@@ -12,8 +12,8 @@ def test_factors_equal_the_lvis_formula_by_hand():
     # 10 images: class 0 on 8 of them, class 1 on 1, image 9 has no box.
     labels = [{0}] * 7 + [{0, 1}] + [set(), set()]
     factors = repeat_factors(labels, threshold=0.4)
-    r0 = max(1.0, math.sqrt(0.4 / 0.8))    # = 1
-    r1 = max(1.0, math.sqrt(0.4 / 0.1))    # = 2
+    r0 = max(1.0, math.sqrt(0.4 / 0.8))  # = 1
+    r1 = max(1.0, math.sqrt(0.4 / 0.1))  # = 2
     assert factors == pytest.approx([r0] * 7 + [max(r0, r1), 1.0, 1.0])
     assert factors[7] == pytest.approx(2.0)
 
@@ -49,13 +49,15 @@ def test_shards_are_disjoint_and_cover_the_epoch(world):
         sampler.set_epoch(3)
     epoch_list = shards[0].epoch_indices(3).tolist()
     positions = [list(range(rank, len(epoch_list), world)) for rank in range(world)]
-    assert sorted(p for shard in positions for p in shard) == list(range(len(epoch_list)))   # disjoint, cover
+    assert sorted(p for shard in positions for p in shard) == list(
+        range(len(epoch_list))
+    )  # disjoint, cover
     for rank, sampler in enumerate(shards):
         assert [index for index, _ in sampler] == [epoch_list[p] for p in positions[rank]]
         assert len(sampler) == len(epoch_list) // world
     assert len(epoch_list) % world == 0
     unpadded = RepeatFactorSampler(factors, 1, 0, seed=5).epoch_indices(3).tolist()
-    assert epoch_list[:len(unpadded)] == unpadded and len(epoch_list) - len(unpadded) < world
+    assert epoch_list[: len(unpadded)] == unpadded and len(epoch_list) - len(unpadded) < world
 
 
 def test_same_epoch_same_order_next_epoch_different():

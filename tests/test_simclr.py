@@ -38,14 +38,18 @@ def test_single_pair_has_zero_loss():
 def test_orthogonal_pairs_by_hand():
     e = torch.eye(2)
     # anchor e1: positive similarity 1, the two negatives 0 (T = 1)
-    assert nt_xent(e, e, temperature=1.0).item() == pytest.approx(math.log((math.e + 2) / math.e), rel=1e-6)
+    assert nt_xent(e, e, temperature=1.0).item() == pytest.approx(
+        math.log((math.e + 2) / math.e), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("seed, temperature", [(0, 0.5), (1, 0.1), (2, 1.0)])
 def test_matches_the_paper_formula(seed, temperature):
     g = torch.Generator().manual_seed(seed)
     z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
-    assert nt_xent(z1, z2, temperature).item() == pytest.approx(reference_nt_xent(z1, z2, temperature), rel=1e-5)
+    assert nt_xent(z1, z2, temperature).item() == pytest.approx(
+        reference_nt_xent(z1, z2, temperature), rel=1e-5
+    )
 
 
 def test_loss_is_float32_under_bf16_autocast():
@@ -91,8 +95,9 @@ def _two_process_worker(rank, world_size, port, out):
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
         if rank == 0:
-            torch.save({"loss": mean_loss / world_size,
-                        "grads": [p.grad for p in model.parameters()]}, out)
+            torch.save(
+                {"loss": mean_loss / world_size, "grads": [p.grad for p in model.parameters()]}, out
+            )
     finally:
         dist.destroy_process_group()
 

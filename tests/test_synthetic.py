@@ -9,8 +9,16 @@ from PIL import Image
 
 from cxr.classes import CLASS_NAMES, NO_FINDING_ID, NO_FINDING_NAME
 from cxr.errors import UserError
-from cxr.synthetic import (CSV_COLUMNS, LESION_SPECS, RADIOLOGISTS, REAL_FINDING_IMAGES, REAL_IMAGES,
-                           generate, plan_dataset, render_image)
+from cxr.synthetic import (
+    CSV_COLUMNS,
+    LESION_SPECS,
+    RADIOLOGISTS,
+    REAL_FINDING_IMAGES,
+    REAL_IMAGES,
+    generate,
+    plan_dataset,
+    render_image,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +94,14 @@ def test_class_frequencies_follow_the_real_long_tail():
 def test_every_lesion_is_marked_by_one_to_three_readers_near_its_box():
     for plan in plan_dataset(400, seed=1):
         for class_id, box in plan.lesions:
-            marks = [m for reader in plan.marks for c, m in reader if c == class_id
-                     and np.abs(np.subtract(m, box)).max() < 0.25 * max(box[2] - box[0], box[3] - box[1]) + 0.02]
+            marks = [
+                m
+                for reader in plan.marks
+                for c, m in reader
+                if c == class_id
+                and np.abs(np.subtract(m, box)).max()
+                < 0.25 * max(box[2] - box[0], box[3] - box[1]) + 0.02
+            ]
             assert 1 <= len(marks)
 
 
@@ -98,7 +112,10 @@ def test_lesions_change_pixels_inside_their_boxes_only():
     without = render_image(plan, size, seed=2, lesions=False).astype(int)
     inside = np.zeros((size, size), dtype=bool)
     for _, (x0, y0, x1, y1) in plan.lesions:
-        inside[int(y0 * size):int(np.ceil(y1 * size)) + 1, int(x0 * size):int(np.ceil(x1 * size)) + 1] = True
+        inside[
+            int(y0 * size) : int(np.ceil(y1 * size)) + 1,
+            int(x0 * size) : int(np.ceil(x1 * size)) + 1,
+        ] = True
         patch = (slice(int(y0 * size), int(y1 * size)), slice(int(x0 * size), int(x1 * size)))
         assert np.abs(with_lesions[patch] - without[patch]).mean() > 3
     assert np.array_equal(with_lesions[~inside], without[~inside])

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import prepared_synthetic
 from PIL import Image
 from torch import nn
 
 import train_ssl
-from conftest import prepared_synthetic
 from cxr.distributed import DistInfo
 from cxr.engine import TrainingDiverged, fit, train_one_epoch
-from cxr.run_folder import RunLogger
 from cxr.errors import UserError
 from cxr.optim import warmup_cosine_schedule
+from cxr.run_folder import RunLogger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,10 +34,32 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_args(data_dir, out, name, *extra):
-    return ["--data-dir", str(data_dir), "--output-dir", str(out), "--experiment-name", name,
-            "--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs", "2",
-            "--warmup-epochs", "1", "--workers", "0", "--include-normal", "--device", "cpu",
-            "--print-freq", "100", *extra]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--experiment-name",
+        name,
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "1",
+        "--workers",
+        "0",
+        "--include-normal",
+        "--device",
+        "cpu",
+        "--print-freq",
+        "100",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -50,7 +72,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, ca
     train_ssl.main(tiny_args(data_dir, tmp_path, "resumed", "--resume"))
     assert "resumed from" in capsys.readouterr().out
 
-    straight = torch.load(tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True)
+    straight = torch.load(
+        tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True
+    )
     resumed = torch.load(run / "pretrained-backbone.pth", weights_only=True)
     assert straight.keys() == resumed.keys()
     for key in straight:
@@ -71,37 +95,58 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, ca
 def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
     with pytest.raises(UserError, match="fewer than --batch-size 1000"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--batch-size", "1000"))
-    assert not (tmp_path / "exp").exists()          # a refused run leaves nothing behind
+    assert not (tmp_path / "exp").exists()  # a refused run leaves nothing behind
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
     with pytest.raises(UserError, match="already holds a run .*; pass --resume .* --replace"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
     with pytest.raises(UserError, match="--resume with different settings .*batch_size 8 -> 4"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", "--batch-size", "4"))
+        train_ssl.main(
+            tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", "--batch-size", "4")
+        )
     with pytest.raises(UserError, match="no checkpoint"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "other", "--resume"))
     header = (tmp_path / "exp" / "pretrain" / "args.json").read_text()
-    for changed in (("--temperature", "0.2"), ("--views", "cxr"), ("--weight-decay", "0"), ("--no-sync-bn",),
-                    ("--amp", "bf16"), ("--clip-grad", "1"), ("--projection-dim", "64"), ("--precise-bn-images", "8")):
+    for changed in (
+        ("--temperature", "0.2"),
+        ("--views", "cxr"),
+        ("--weight-decay", "0"),
+        ("--no-sync-bn",),
+        ("--amp", "bf16"),
+        ("--clip-grad", "1"),
+        ("--projection-dim", "64"),
+        ("--precise-bn-images", "8"),
+    ):
         key = changed[0].lstrip("-").replace("-", "_").replace("no_", "")
         with pytest.raises(UserError, match=f"different settings than the checkpoint: {key} "):
-            train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", *changed))
-    assert (tmp_path / "exp" / "pretrain" / "args.json").read_text() == header     # refused before writing
+            train_ssl.main(
+                tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", *changed)
+            )
+    assert (
+        tmp_path / "exp" / "pretrain" / "args.json"
+    ).read_text() == header  # refused before writing
     with pytest.raises(UserError, match="--warmup-epochs 3 is longer than the whole run"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "long-warmup", "--epochs", "2", "--warmup-epochs", "3"))
+        train_ssl.main(
+            tiny_args(data_dir, tmp_path, "long-warmup", "--epochs", "2", "--warmup-epochs", "3")
+        )
     assert not (tmp_path / "long-warmup").exists()
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
 
 
 @pytest.mark.slow
-def test_replace_deletes_only_the_runs_own_files_and_a_failed_start_blocks_nothing(data_dir, tmp_path):
+def test_replace_deletes_only_the_runs_own_files_and_a_failed_start_blocks_nothing(
+    data_dir, tmp_path
+):
     run = tmp_path / "exp" / "pretrain"
     run.mkdir(parents=True)
-    (run / "args.json").write_text("{}")                  # what a start that failed before its first checkpoint
-    (run / "log.jsonl").write_text("")                    # leaves behind: not a run yet, no --replace needed
+    (run / "args.json").write_text("{}")  # what a start that failed before its first checkpoint
+    (run / "log.jsonl").write_text("")  # leaves behind: not a run yet, no --replace needed
     (run / "notes.txt").write_text("mine")
     (run / ".checkpoint.pth.4242.tmp").write_text("half")  # a write killed midway
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
-    assert not (run / ".checkpoint.pth.4242.tmp").exists() and (run / "pretrained-backbone.pth").is_file()
+    assert (
+        not (run / ".checkpoint.pth.4242.tmp").exists()
+        and (run / "pretrained-backbone.pth").is_file()
+    )
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
     assert (run / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in run.iterdir()) == sorted([*train_ssl.RUN_OUTPUTS, "notes.txt"])
@@ -114,34 +159,59 @@ def test_auto_resume_starts_a_new_run_and_continues_a_stopped_one(data_dir, tmp_
     train_ssl.main(tiny_args(data_dir, tmp_path, "straight"))
     train_ssl.main(tiny_args(data_dir, tmp_path, "auto", "--auto-resume", "--stop-after", "1"))
     train_ssl.main(tiny_args(data_dir, tmp_path, "auto", "--auto-resume"))
-    straight = torch.load(tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True)
-    resumed = torch.load(tmp_path / "auto" / "pretrain" / "pretrained-backbone.pth", weights_only=True)
+    straight = torch.load(
+        tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True
+    )
+    resumed = torch.load(
+        tmp_path / "auto" / "pretrain" / "pretrained-backbone.pth", weights_only=True
+    )
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    events = [json.loads(line)["event"] for line in (tmp_path / "auto" / "pretrain" / "log.jsonl").open()]
+    events = [
+        json.loads(line)["event"] for line in (tmp_path / "auto" / "pretrain" / "log.jsonl").open()
+    ]
     assert events.count("resume") == 1 and events.count("start") == 2
 
 
 @pytest.mark.slow
-def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_data(data_dir, tmp_path):
+def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_data(
+    data_dir, tmp_path
+):
     extra = tmp_path / "archive"
     extra.mkdir()
     for i, size in enumerate([(70, 50), (40, 40), (33, 90)]):
         Image.new("L", size, 30 * i).save(extra / f"unlabeled{i}.png")
     Image.fromarray(np.full((40, 40), 4000, dtype=np.uint16)).save(extra / "sixteen.png")
-    train_ssl.main(tiny_args(data_dir, tmp_path, "extra", "--epochs", "1", "--extra-images", str(extra), str(extra),
-                             str(extra / "unlabeled0.png")))
+    train_ssl.main(
+        tiny_args(
+            data_dir,
+            tmp_path,
+            "extra",
+            "--epochs",
+            "1",
+            "--extra-images",
+            str(extra),
+            str(extra),
+            str(extra / "unlabeled0.png"),
+        )
+    )
     run = tmp_path / "extra" / "pretrain"
     listed = (run / "ssl_images.txt").read_text().split()
-    assert sorted(n for n in listed if "/" in n) == sorted(str(p) for p in extra.iterdir())   # once each
+    assert sorted(n for n in listed if "/" in n) == sorted(
+        str(p) for p in extra.iterdir()
+    )  # once each
     assert json.loads((run / "pretrained-backbone.json").read_text())["extra_images"] == 4
     test_image = next((data_dir / "test").glob("*.png"))
-    os.link(test_image, extra / "renamed.png")                        # the same file under another name
+    os.link(test_image, extra / "renamed.png")  # the same file under another name
     with pytest.raises(UserError, match="1 of the 5 --extra-images are also in the prepared data"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra)))
+        train_ssl.main(
+            tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra))
+        )
     (extra / "renamed.png").unlink()
-    shutil.copy(next((data_dir / "train").glob("*.png")), extra)          # a copy under its own name
+    shutil.copy(next((data_dir / "train").glob("*.png")), extra)  # a copy under its own name
     with pytest.raises(UserError, match="are also in the prepared data"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra)))
+        train_ssl.main(
+            tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra))
+        )
     assert not (tmp_path / "leak").exists()
 
 
@@ -150,7 +220,9 @@ def test_out_of_range_fractions_are_refused_by_the_parser(capsys):
         with pytest.raises(SystemExit) as exit_code:
             train_ssl.get_args_parser().parse_args([flag, "1.5"])
         assert exit_code.value.code == 2
-        assert "1.5 is not a share of the images: give a number in [0, 1]" in capsys.readouterr().err
+        assert (
+            "1.5 is not a share of the images: give a number in [0, 1]" in capsys.readouterr().err
+        )
 
 
 @pytest.mark.slow
@@ -162,10 +234,18 @@ def test_bf16_runs_on_cpu_and_fp16_is_refused(data_dir, tmp_path):
 
 
 def test_seed_project_command_line_parses_with_its_meaning():
-    seed_command = ("--experiment-name simclr_60pct --batch-size 8 --epochs 100 --lr 0.05 --workers 8 "
-                    "--labeled-dataset-percent 0.6 --warmup-epochs 10 --devices auto --replace")
+    seed_command = (
+        "--experiment-name simclr_60pct --batch-size 8 --epochs 100 --lr 0.05 --workers 8 "
+        "--labeled-dataset-percent 0.6 --warmup-epochs 10 --devices auto --replace"
+    )
     args = train_ssl.get_args_parser().parse_args(shlex.split(seed_command))
-    assert (args.ssl_fraction, args.devices, args.epochs, args.lr, args.replace) == (0.6, "auto", 100, 0.05, True)
+    assert (args.ssl_fraction, args.devices, args.epochs, args.lr, args.replace) == (
+        0.6,
+        "auto",
+        100,
+        0.05,
+        True,
+    )
     single = DistInfo(0, 1, 0, torch.device("cpu"))
     train_ssl.check_devices_flag("auto", single)
     with pytest.raises(UserError, match="torchrun --nproc_per_node=4"):
@@ -174,8 +254,15 @@ def test_seed_project_command_line_parses_with_its_meaning():
 
 @pytest.mark.slow
 def test_torchrun_with_two_cpu_processes(data_dir, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "train_ssl.py", *tiny_args(data_dir, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train_ssl.py",
+        *tiny_args(data_dir, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -183,17 +270,30 @@ def test_torchrun_with_two_cpu_processes(data_dir, tmp_path):
     assert (run / "pretrained-backbone.pth").exists()
     header = json.loads((run / "args.json").read_text())
     assert header["world_size"] == 2
-    assert result.stdout.count("epoch 1/1 done") == 1          # only rank 0 logs
+    assert result.stdout.count("epoch 1/1 done") == 1  # only rank 0 logs
     assert "BatchNorm statistics global over 2 processes" in result.stdout
 
 
 def torchrun(log, *arguments, max_restarts=0):
     """torchrun with two processes in the background, its output going to `log`."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               f"--max-restarts={max_restarts}", "train_ssl.py", *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        f"--max-restarts={max_restarts}",
+        "train_ssl.py",
+        *arguments,
+    ]
     with open(log, "w") as output:
-        return subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
 
 
 def children(pid):
@@ -201,15 +301,22 @@ def children(pid):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_uninterrupted(data_dir, tmp_path):
+def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_uninterrupted(
+    data_dir, tmp_path
+):
     """torchrun --max-restarts=1 restarts the whole group with the same arguments;
     with --auto-resume it continues from the last checkpoint."""
     settings = ["--epochs", "6", "--batch-size", "4", "--auto-resume"]
-    straight = torchrun(tmp_path / "straight.log", *tiny_args(data_dir, tmp_path, "straight", *settings))
+    straight = torchrun(
+        tmp_path / "straight.log", *tiny_args(data_dir, tmp_path, "straight", *settings)
+    )
     assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
     run = tmp_path / "restarted" / "pretrain"
-    agent = torchrun(tmp_path / "restarted.log", *tiny_args(data_dir, tmp_path, "restarted", *settings),
-                     max_restarts=1)
+    agent = torchrun(
+        tmp_path / "restarted.log",
+        *tiny_args(data_dir, tmp_path, "restarted", *settings),
+        max_restarts=1,
+    )
     deadline = time.monotonic() + 240
     while not (run / "checkpoint.pth").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -217,7 +324,9 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_uninter
     assert agent.wait(timeout=300) == 0, (tmp_path / "restarted.log").read_text()[-3000:]
     events = [json.loads(line)["event"] for line in (run / "log.jsonl").open()]
     assert events.count("resume") == 1 and events[-1] == "done"
-    expected = torch.load(tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True)
+    expected = torch.load(
+        tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True
+    )
     restarted = torch.load(run / "pretrained-backbone.pth", weights_only=True)
     assert all(torch.equal(expected[k], restarted[k]) for k in expected)
 
@@ -249,16 +358,35 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
                     after_first.update({k: v.clone() for k, v in model.state_dict().items()})
                 yield batch
 
-    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, iteration 2 .*stopped before the optimizer"):
-        train_one_epoch(model, Recorder(batches), NaNAtSecondBatch(), optimizer,
-                        torch.amp.GradScaler("cpu", enabled=False), warmup_cosine_schedule(0.1, 3), 0, 0, 1,
-                        "none", torch.device("cpu"), None, RunLogger(tmp_path, False), 10, None, 1)
+    with pytest.raises(
+        TrainingDiverged, match="loss is nan at epoch 1, iteration 2 .*stopped before the optimizer"
+    ):
+        train_one_epoch(
+            model,
+            Recorder(batches),
+            NaNAtSecondBatch(),
+            optimizer,
+            torch.amp.GradScaler("cpu", enabled=False),
+            warmup_cosine_schedule(0.1, 3),
+            0,
+            0,
+            1,
+            "none",
+            torch.device("cpu"),
+            None,
+            RunLogger(tmp_path, False),
+            10,
+            None,
+            1,
+        )
     for key, value in model.state_dict().items():
         assert torch.equal(value, after_first[key]), key
 
 
-@pytest.mark.parametrize("bad_epoch, kept", [(0, "no checkpoint was written before it"),
-                                              (1, "checkpoint.pth \\(after epoch 1\\) is kept")])
+@pytest.mark.parametrize(
+    "bad_epoch, kept",
+    [(0, "no checkpoint was written before it"), (1, "checkpoint.pth \\(after epoch 1\\) is kept")],
+)
 def test_divergence_says_whether_a_checkpoint_is_kept(tmp_path, bad_epoch, kept):
     model = nn.Linear(3, 1)
 
@@ -271,18 +399,30 @@ def test_divergence_says_whether_a_checkpoint_is_kept(tmp_path, bad_epoch, kept)
 
     loader = Epochs()
     with pytest.raises(TrainingDiverged, match=kept):
-        fit(model=model, unwrapped=model, loader=loader, sampler=loader, task=NaNAtSecondBatch(),
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scaler=torch.amp.GradScaler("cpu", enabled=False),
-            schedule=warmup_cosine_schedule(0.1, 2), epochs=2, amp="none", device=torch.device("cpu"), seed=0,
-            dist_info=DistInfo(0, 1, 0, torch.device("cpu")), logger=RunLogger(tmp_path, False),
-            checkpoint_path=tmp_path / "checkpoint.pth")
+        fit(
+            model=model,
+            unwrapped=model,
+            loader=loader,
+            sampler=loader,
+            task=NaNAtSecondBatch(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            schedule=warmup_cosine_schedule(0.1, 2),
+            epochs=2,
+            amp="none",
+            device=torch.device("cpu"),
+            seed=0,
+            dist_info=DistInfo(0, 1, 0, torch.device("cpu")),
+            logger=RunLogger(tmp_path, False),
+            checkpoint_path=tmp_path / "checkpoint.pth",
+        )
 
 
 def test_view_presets_and_overrides():
     assert train_ssl.view_config("seed") == train_ssl.VIEW_PRESETS["seed"]
     cxr = train_ssl.view_config('{"preset": "cxr", "blur_p": 0.3, "crop_scale": [0.5, 1.0]}')
     assert (cxr.vflip_p, cxr.jitter_p, cxr.blur_p, cxr.crop_scale) == (0.0, 0.0, 0.3, (0.5, 1.0))
-    assert train_ssl.view_config('{"blur_p": 0.1}').jitter_p == 0.8          # overrides the seed's defaults
+    assert train_ssl.view_config('{"blur_p": 0.1}').jitter_p == 0.8  # overrides the seed's defaults
     for bad in ("cxr2", '{"blurr": 1}', '{"preset": "nope"}', "[1]"):
         with pytest.raises(UserError, match="--views"):
             train_ssl.view_config(bad)

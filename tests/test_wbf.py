@@ -29,7 +29,7 @@ def test_two_models_average_weighted_by_score():
     b = [0.12, 0.22, 0.42, 0.52]
     boxes, scores, _ = fuse([[A], [b]], [[0.9], [0.6]], [[1], [1]])
     expected = (0.9 * np.array(A) + 0.6 * np.array(b)) / 1.5
-    np.testing.assert_allclose(boxes, [expected], atol=1e-7)   # fused boxes are float32
+    np.testing.assert_allclose(boxes, [expected], atol=1e-7)  # fused boxes are float32
     assert scores == pytest.approx([0.75 * min(2, 2) / 2])
 
 
@@ -45,20 +45,25 @@ def test_disjoint_boxes_stay_apart_and_are_sorted_by_score():
     far = [0.6, 0.6, 0.9, 0.9]
     boxes, scores, _ = fuse([[A], [far]], [[0.3], [0.9]], [[0], [0]])
     np.testing.assert_array_equal(boxes, [far, A])
-    assert scores == pytest.approx([0.9 / 2, 0.3 / 2])   # min(M, n) / sum(w) = 1 / 2
+    assert scores == pytest.approx([0.9 / 2, 0.3 / 2])  # min(M, n) / sum(w) = 1 / 2
 
 
 def test_conf_type_max():
     b = [0.12, 0.22, 0.42, 0.52]
     _, scores, _ = fuse([[A], [b]], [[0.9], [0.6]], [[1], [1]], weights=[1, 2], conf_type="max")
-    assert scores == pytest.approx([1.2 / 2])   # max(0.9 * 1, 0.6 * 2) / max(weights)
+    assert scores == pytest.approx([1.2 / 2])  # max(0.9 * 1, 0.6 * 2) / max(weights)
 
 
 def model_aware_case(conf_type):
     # Model 0 draws two boxes, model 1 one, model 2 none; weights 1, 1, 2.
     b, c = [0.11, 0.21, 0.41, 0.51], [0.12, 0.22, 0.42, 0.52]
-    return fuse([[A, b], [c], np.zeros((0, 4))], [[0.9, 0.5], [0.6], []], [[0, 0], [0], []],
-                weights=[1, 1, 2], conf_type=conf_type)
+    return fuse(
+        [[A, b], [c], np.zeros((0, 4))],
+        [[0.9, 0.5], [0.6], []],
+        [[0, 0], [0], []],
+        weights=[1, 1, 2],
+        conf_type=conf_type,
+    )
 
 
 def test_conf_type_box_and_model_avg():
@@ -76,8 +81,9 @@ def test_conf_type_absent_model_aware_avg():
 @pytest.mark.parametrize("allows_overflow, expected", [(False, 1.0 * 2 / 2), (True, 1.0 * 3 / 2)])
 def test_allows_overflow(allows_overflow, expected):
     three = [A, [0.11, 0.2, 0.4, 0.5], [0.1, 0.21, 0.4, 0.5]]
-    _, scores, _ = fuse([three, np.zeros((0, 4))], [[1, 1, 1], []], [[0, 0, 0], []],
-                        allows_overflow=allows_overflow)
+    _, scores, _ = fuse(
+        [three, np.zeros((0, 4))], [[1, 1, 1], []], [[0, 0, 0], []], allows_overflow=allows_overflow
+    )
     assert scores == pytest.approx([expected])
 
 
@@ -90,7 +96,9 @@ def test_swapped_clipped_and_zero_area_boxes_are_fixed_and_reported():
     reversed_box = [0.4, 0.5, 0.1, 0.2]
     outside = [-0.1, 0.6, 1.2, 0.9]
     zero_area = [0.3, 0.3, 0.3, 0.5]
-    with pytest.warns(UserWarning, match="1 boxes with reversed corners swapped, 1 clipped .* 1 zero-area"):
+    with pytest.warns(
+        UserWarning, match="1 boxes with reversed corners swapped, 1 clipped .* 1 zero-area"
+    ):
         boxes, _, _ = fuse([[reversed_box, outside, zero_area]], [[0.9, 0.8, 0.7]], [[0, 1, 2]])
     np.testing.assert_array_equal(boxes, [A, [0.0, 0.6, 1.0, 0.9]])
 
@@ -101,20 +109,26 @@ def test_labels_are_fused_separately():
     np.testing.assert_array_equal(labels, [0.0, 1.0])
 
 
-@pytest.mark.parametrize("boxes_list, scores_list, labels_list", [
-    ([], [], []),
-    ([np.zeros((0, 4))], [[]], [[]]),
-    ([[A]], [[0.01]], [[0]]),     # everything below skip_box_thr=0.1
-])
+@pytest.mark.parametrize(
+    "boxes_list, scores_list, labels_list",
+    [
+        ([], [], []),
+        ([np.zeros((0, 4))], [[]], [[]]),
+        ([[A]], [[0.01]], [[0]]),  # everything below skip_box_thr=0.1
+    ],
+)
 def test_empty_results(boxes_list, scores_list, labels_list):
     boxes, scores, labels = fuse(boxes_list, scores_list, labels_list, skip_box_thr=0.1)
     assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"conf_type": "median"}, "unknown conf_type"),
-    ({"weights": [1, 2, 3]}, "weights has 3 entries"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"conf_type": "median"}, "unknown conf_type"),
+        ({"weights": [1, 2, 3]}, "weights has 3 entries"),
+    ],
+)
 def test_invalid_arguments_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         fuse([[A], [A]], [[1], [1]], [[0], [0]], **kwargs)
@@ -133,30 +147,42 @@ def test_equal_scores_visit_the_last_listed_box_first():
     a, b, c = [0.0, 0.0, 0.4, 1.0], [0.25, 0.0, 0.65, 1.0], [0.5, 0.0, 0.9, 1.0]
     boxes, _, _ = fuse([[a, b, c]], [[1, 1, 1]], [[0, 0, 0]], iou_thr=0.2)
     fused_bc = (np.array(b) + np.array(c)) / 2
-    assert sorted(map(tuple, np.round(boxes, 6))) == sorted([tuple(a), tuple(np.round(fused_bc, 6))])
+    assert sorted(map(tuple, np.round(boxes, 6))) == sorted(
+        [tuple(a), tuple(np.round(fused_bc, 6))]
+    )
 
 
 def reference_wbf(boxes, scores, iou_thr):
     """First principles, one label, one model of weight 1: visit boxes by
     descending score (stable, last-listed first on ties), join the cluster whose
     current weighted-mean box has the highest IoU if above iou_thr."""
+
     def iou(p, q):
         w = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
         h = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
         union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - w * h
         return w * h / union
+
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], -i))
     clusters = []
     for i in order:
-        means = [np.average([boxes[j] for j in c], axis=0, weights=[scores[j] for j in c]) for c in clusters]
+        means = [
+            np.average([boxes[j] for j in c], axis=0, weights=[scores[j] for j in c])
+            for c in clusters
+        ]
         ious = [iou(m, boxes[i]) for m in means]
         best = int(np.argmax(ious)) if ious else -1
         if best >= 0 and ious[best] > iou_thr:
             clusters[best].append(i)
         else:
             clusters.append([i])
-    return [(np.average([boxes[j] for j in c], axis=0, weights=[scores[j] for j in c]),
-             np.mean([scores[j] for j in c]) * min(1, len(c))) for c in clusters]
+    return [
+        (
+            np.average([boxes[j] for j in c], axis=0, weights=[scores[j] for j in c]),
+            np.mean([scores[j] for j in c]) * min(1, len(c)),
+        )
+        for c in clusters
+    ]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -185,10 +211,14 @@ def test_grouped_fusion_equals_one_call_per_group():
     result = fuse_box_groups(boxes, scores, groups, iou_thr=0.3)
     for group in np.unique(groups):
         rows = groups == group
-        expected, expected_scores, _ = fuse([boxes[rows]], [scores[rows]], [np.zeros(rows.sum())], iou_thr=0.3)
+        expected, expected_scores, _ = fuse(
+            [boxes[rows]], [scores[rows]], [np.zeros(rows.sum())], iou_thr=0.3
+        )
         mine = result.groups == group
         # one model of weight 1: the avg score is the mean member score
-        assert sorted(map(tuple, result.boxes[mine].round(9))) == sorted(map(tuple, expected.round(9)))
+        assert sorted(map(tuple, result.boxes[mine].round(9))) == sorted(
+            map(tuple, expected.round(9))
+        )
         assert sorted(result.mean_scores[mine]) == pytest.approx(sorted(expected_scores))
     assert result.sizes.sum() == n
 
@@ -202,4 +232,6 @@ def test_batched_visit_order_is_each_groups_own_argsort():
     order = _visit_order(scores, groups)
     for group in np.unique(groups):
         rows = np.flatnonzero(groups == group)
-        np.testing.assert_array_equal(order[groups[order] == group], rows[np.argsort(scores[rows])[::-1]])
+        np.testing.assert_array_equal(
+            order[groups[order] == group], rows[np.argsort(scores[rows])[::-1]]
+        )

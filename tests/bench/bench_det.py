@@ -18,6 +18,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,10 +29,10 @@ from cxr.box_augment import BoxAugment  # noqa: E402
 from cxr.data import DetectionDataset  # noqa: E402
 from cxr.detector import build_detector  # noqa: E402
 from cxr.engine import train_one_epoch  # noqa: E402
-from cxr.run_folder import RunLogger  # noqa: E402
 from cxr.evaluation import detection_collate  # noqa: E402
 from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
 from cxr.prepare import prepare  # noqa: E402
+from cxr.run_folder import RunLogger  # noqa: E402
 from cxr.synthetic import generate  # noqa: E402
 from train_det import DetectionTask  # noqa: E402
 
@@ -57,7 +58,9 @@ def bare_step(model, optimizer, batches, device):
     model.train()
     for images, targets in batches:
         images = [image.to(device).expand(3, -1, -1) for image in images]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        targets = [
+            {"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets
+        ]
         loss = sum(model(images, targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -74,8 +77,24 @@ def bench_step(data_dir, arch, size, batch, steps, device):
     schedule = warmup_cosine_schedule(0.01, 100 * steps)
 
     def engine():
-        train_one_epoch(model, batches, task, optimizer, scaler, schedule, 0, 0, 1, "none", device, None,
-                        RunLogger(Path("."), enabled=False), 10 ** 9, None, 1)
+        train_one_epoch(
+            model,
+            batches,
+            task,
+            optimizer,
+            scaler,
+            schedule,
+            0,
+            0,
+            1,
+            "none",
+            device,
+            None,
+            RunLogger(Path("."), enabled=False),
+            10**9,
+            None,
+            1,
+        )
 
     def bare():
         bare_step(model, optimizer, batches, device)
@@ -83,34 +102,50 @@ def bench_step(data_dir, arch, size, batch, steps, device):
     bare_s = min(timed(bare), timed(bare))
     engine_s = min(timed(engine), timed(engine))
     images = batch * len(batches)
-    print(f"| training images/s, {arch}-FPN at {size} px, batch {batch} ({device}) | {images / engine_s:.2f} | "
-          f"{images / bare_s:.2f} | overhead {100 * (engine_s / bare_s - 1):+.1f}% |")
+    print(
+        f"| training images/s, {arch}-FPN at {size} px, batch {batch} ({device}) | "
+        f"{images / engine_s:.2f} | "
+        f"{images / bare_s:.2f} | overhead {100 * (engine_s / bare_s - 1):+.1f}% |"
+    )
     return images / bare_s
+
+
+def read_items(dataset, count):
+    return [dataset[i, i] for i in range(count)]
 
 
 def bench_loader(data_dir, size, model_rate):
     for augment in (BoxAugment(), None):
         dataset = DetectionDataset.split(data_dir, "train", augment=augment)
         count = min(len(dataset), 40)
-        seconds = timed(lambda: [dataset[i, i] for i in range(count)])
+        seconds = timed(partial(read_items, dataset, count))
         rate = count / seconds
-        print(f"| loader images/s per worker at {size} px, augmentation {'on' if augment else 'off'} | "
-              f"{rate:.1f} | model step {model_rate:.2f} | {rate / model_rate:.1f} workers' worth per model |")
+        print(
+            f"| loader images/s per worker at {size} px, augmentation {'on' if augment else 'off'} "
+            "| "
+            f"{rate:.1f} | model step {model_rate:.2f} | {rate / model_rate:.1f} workers' worth "
+            "per model |"
+        )
 
 
 def bench_settings(data_dir, arch, size, batch, steps, device, settings):
-    """Bare-step images/s for each (RoIs per image, RPN proposals), against torchvision's 512 / 2000."""
+    """Bare-step images/s for each (RoIs per image, RPN proposals), against torchvision's
+    512 / 2000."""
     batches = training_batches(data_dir, batch, steps)
     rates = {}
     for rois, proposals in [(512, 2000)] + [s for s in settings if s != (512, 2000)]:
         torch.manual_seed(0)
         model = build_detector(arch, size, roi_batch_size=rois, rpn_proposals=proposals).to(device)
         optimizer = build_optimizer("sgd", model, 0.01, 1e-4)
-        seconds = timed(lambda: bare_step(model, optimizer, batches, device))
+        seconds = timed(partial(bare_step, model, optimizer, batches, device))
         rates[rois, proposals] = batch * len(batches) / seconds
-        print(f"| training images/s, {arch}-FPN at {size} px, {rois} RoIs, {proposals} RPN proposals | "
-              f"{rates[rois, proposals]:.2f} | {rates[512, 2000]:.2f} (512, 2000) | "
-              f"{rates[rois, proposals] / rates[512, 2000]:.2f}x |", flush=True)
+        print(
+            f"| training images/s, {arch}-FPN at {size} px, {rois} RoIs, {proposals} RPN proposals "
+            "| "
+            f"{rates[rois, proposals]:.2f} | {rates[512, 2000]:.2f} (512, 2000) | "
+            f"{rates[rois, proposals] / rates[512, 2000]:.2f}x |",
+            flush=True,
+        )
 
 
 def main():
@@ -119,8 +154,13 @@ def main():
     parser.add_argument("--size", type=int, default=512, help="image size of both benchmarks")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--settings", nargs="*", default=[], metavar="ROIS:PROPOSALS",
-                        help="RoIs per image and RPN proposals to time against torchvision's 512:2000")
+    parser.add_argument(
+        "--settings",
+        nargs="*",
+        default=[],
+        metavar="ROIS:PROPOSALS",
+        help="RoIs per image and RPN proposals to time against torchvision's 512:2000",
+    )
     args = parser.parse_args()
     settings = [tuple(int(n) for n in s.split(":")) for s in args.settings]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -131,7 +171,9 @@ def main():
         prepare(root / "vin" / "train.csv", root / "vin" / "train", root / "data", **quiet)
         print("| measure | ours | peer | ratio |\n|---|---|---|---|")
         if settings:
-            bench_settings(root / "data", args.arch, args.size, args.batch, args.steps, device, settings)
+            bench_settings(
+                root / "data", args.arch, args.size, args.batch, args.steps, device, settings
+            )
             return
         model_rate = bench_step(root / "data", args.arch, args.size, args.batch, args.steps, device)
         bench_loader(root / "data", args.size, model_rate)

@@ -5,8 +5,8 @@ three readers each, about 68k rows) with the synthetic generator's planner,
 and a real 512 x 512 PNG hard-linked under every image id. Then:
 
 1. times the whole command (process start, CSV, PNG headers, fusion, links,
-   JSON), best of --repeats runs, and once with --verify-pixels, which decodes every image instead of
-   checking its PNG header and end chunk;
+   JSON), best of --repeats runs, and once with --verify-pixels, which decodes
+   every image instead of checking its PNG header and end chunk;
 2. if ensemble-boxes is installed (requirements-bench.txt), times the fusion
    the way a user of that package writes it: pandas groupby per image, per
    image one `weighted_boxes_fusion` call with each class's boxes as one
@@ -43,7 +43,9 @@ def build_table(root):
     num_rows = write_csv(root / "train.csv", plans, seed=0)
     (root / "train").mkdir()
     template = root / "template.png"
-    noise = np.random.default_rng(0).normal(128, 40, (PNG_SIZE, PNG_SIZE)).clip(0, 255).astype(np.uint8)
+    noise = (
+        np.random.default_rng(0).normal(128, 40, (PNG_SIZE, PNG_SIZE)).clip(0, 255).astype(np.uint8)
+    )
     Image.fromarray(noise).filter(ImageFilter.GaussianBlur(2)).save(template)
     for plan in plans:
         (root / "train" / f"{plan.image_id}.png").hardlink_to(template)
@@ -56,9 +58,23 @@ def time_prepare(root, repeats, *flags, name="data"):
     for run in range(repeats):
         out = root / (name if run == repeats - 1 else f"{name}{run}")
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cxr.prepare", "--csv", str(root / "train.csv"),
-                        "--images", str(root / "train"), "--out", str(out), *flags],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cxr.prepare",
+                "--csv",
+                str(root / "train.csv"),
+                "--images",
+                str(root / "train"),
+                "--out",
+                str(out),
+                *flags,
+            ],
+            check=True,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+        )
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -79,18 +95,25 @@ def peer_fusion(csv_path):
             boxes_list, scores_list, labels_list = [], [], []
             for class_id in rows.class_id.unique():
                 cls = rows[rows.class_id == class_id]
-                boxes = cls[["x_min", "y_min", "x_max", "y_max"]].to_numpy() / [width, height, width, height]
+                boxes = cls[["x_min", "y_min", "x_max", "y_max"]].to_numpy() / [
+                    width,
+                    height,
+                    width,
+                    height,
+                ]
                 boxes_list.append(boxes.tolist())
                 scores_list.append([1.0] * len(cls))
                 labels_list.append([class_id] * len(cls))
-            boxes, _, labels = weighted_boxes_fusion(boxes_list, scores_list, labels_list,
-                                                     iou_thr=0.2, skip_box_thr=1e-4)
+            boxes, _, labels = weighted_boxes_fusion(
+                boxes_list, scores_list, labels_list, iou_thr=0.2, skip_box_thr=1e-4
+            )
             fused[image_id] = (labels.astype(int), boxes * PNG_SIZE)
     return time.perf_counter() - start, fused
 
 
 def our_boxes(data_dir):
     import json
+
     ours = defaultdict(list)
     for split in ("train", "test"):
         coco = json.loads((data_dir / f"{split}_annotations.json").read_text())
@@ -104,11 +127,14 @@ def our_boxes(data_dir):
 def agreement(peer, ours, tolerance=0.1):
     def canonical(pairs):
         return sorted((int(c), *np.round(b, 3)) for c, b in pairs)
+
     agree = 0
     for image_id, (labels, boxes) in peer.items():
         a, b = canonical(zip(labels, boxes)), canonical(ours.get(image_id, []))
         agree += len(a) == len(b) and all(
-            x[0] == y[0] and np.abs(np.subtract(x[1:], y[1:])).max() <= tolerance for x, y in zip(a, b))
+            x[0] == y[0] and np.abs(np.subtract(x[1:], y[1:])).max() <= tolerance
+            for x, y in zip(a, b)
+        )
     return agree / len(peer)
 
 
@@ -121,20 +147,31 @@ def main():
         root = Path(tmp)
         start = time.perf_counter()
         num_rows, num_findings = build_table(root)
-        print(f"table: {REAL_IMAGES} images, {num_findings} with findings, {num_rows} rows, "
-              f"{PNG_SIZE} px PNGs (built in {time.perf_counter() - start:.1f} s)")
+        print(
+            f"table: {REAL_IMAGES} images, {num_findings} with findings, {num_rows} rows, "
+            f"{PNG_SIZE} px PNGs (built in {time.perf_counter() - start:.1f} s)"
+        )
         ours_s = time_prepare(root, args.repeats)
         print(f"cxr.prepare, whole command (best of {args.repeats}): {ours_s:.3f} s")
         decoding_s = time_prepare(root, 1, "--verify-pixels", name="data_decoded")
         print(f"cxr.prepare --verify-pixels (every image decoded), one run: {decoding_s:.3f} s")
         if importlib.util.find_spec("ensemble_boxes") is None:
-            print("ensemble-boxes not installed: pip install -r requirements-bench.txt for the comparison")
+            print(
+                "ensemble-boxes not installed: pip install -r requirements-bench.txt for the "
+                "comparison"
+            )
             return
         peer_s, peer = peer_fusion(root / "train.csv")
         share = agreement(peer, our_boxes(root / "data"))
-        print(f"ensemble-boxes 1.0.9 fusion alone (pandas groupby + one call per image): {peer_s:.3f} s")
+        print(
+            "ensemble-boxes 1.0.9 fusion alone (pandas groupby + one call per image): "
+            f"{peer_s:.3f} s"
+        )
         print("| whole cxr.prepare | peer fusion alone | ratio | images agreeing to 0.1 px |")
-        print(f"| {ours_s:.2f} s | {peer_s:.2f} s | {peer_s / ours_s:.1f}x | {share:.2%} of {len(peer)} |")
+        print(
+            f"| {ours_s:.2f} s | {peer_s:.2f} s | {peer_s / ours_s:.1f}x | {share:.2%} of "
+            f"{len(peer)} |"
+        )
 
 
 if __name__ == "__main__":

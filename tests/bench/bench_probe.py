@@ -36,7 +36,7 @@ def synthetic_problem(n_train, n_test, dim, seed=0):
     n = n_train + n_test
     x = torch.randn(n, dim, generator=g, dtype=torch.float64)
     weights = torch.randn(dim, len(LESION_SPECS), generator=g, dtype=torch.float64)
-    weights *= (torch.rand(dim, len(LESION_SPECS), generator=g) < 0.02)
+    weights *= torch.rand(dim, len(LESION_SPECS), generator=g) < 0.02
     logits = x @ weights + 2 * torch.randn(n, len(LESION_SPECS), generator=g, dtype=torch.float64)
     shares = torch.tensor([spec.share for spec in LESION_SPECS], dtype=torch.float64)
     thresholds = torch.quantile(logits, 1 - shares, dim=0).diagonal()
@@ -53,12 +53,17 @@ def main():
     args = parser.parse_args()
     if args.features:
         data = torch.load(args.features, weights_only=True)
-        train_x, train_y, test_x, test_y = (data[k].double() for k in ("train_x", "train_y", "test_x", "test_y"))
+        train_x, train_y, test_x, test_y = (
+            data[k].double() for k in ("train_x", "train_y", "test_x", "test_y")
+        )
     else:
         train_x, train_y, test_x, test_y = synthetic_problem(args.train, args.test, args.dim)
     train_x, test_x = standardize(train_x, test_x)
-    print(f"features: {tuple(train_x.shape)} train, {tuple(test_x.shape)} test, {train_y.shape[1]} labels, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"features: {tuple(train_x.shape)} train, {tuple(test_x.shape)} test, {train_y.shape[1]} "
+        "labels, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     def objective(weights, bias):
         """The summed per-class objective both solvers minimize (lower is closer to the optimum)."""
@@ -66,7 +71,8 @@ def main():
         return float(torch.nn.functional.softplus(-margins).sum() + 0.5 * (weights * weights).sum())
 
     def best_of_two(fit):
-        """(result, seconds): the faster of two calls, so one-time start-up costs count for neither side."""
+        """(result, seconds): the faster of two calls, so one-time start-up costs count for
+        neither side."""
         timings = []
         for _ in range(2):
             start = time.perf_counter()
@@ -76,27 +82,41 @@ def main():
 
     (weights, bias), ours_s = best_of_two(lambda: fit_logistic_ovr(train_x, train_y))
     ours_macro, ours = macro_auroc(test_x @ weights + bias, test_y)
-    print("| solver | fit time | time ratio (peer / ours) | objective | macro-AUROC | max class AUROC diff vs ours |")
-    print(f"| ours, torch L-BFGS, tolerance 1e-6 | {ours_s:.2f} s | 1 | {objective(weights, bias):.3f} | "
-          f"{ours_macro:.4f} | 0 |")
+    print(
+        "| solver | fit time | time ratio (peer / ours) | objective | macro-AUROC | max class "
+        "AUROC diff vs ours |"
+    )
+    print(
+        f"| ours, torch L-BFGS, tolerance 1e-6 | {ours_s:.2f} s | 1 | "
+        f"{objective(weights, bias):.3f} | "
+        f"{ours_macro:.4f} | 0 |"
+    )
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
-    for label, options in (("default (tol 1e-4)", {"max_iter": 1000}),
-                           ("converged (tol 1e-8)", {"max_iter": 10000, "tol": 1e-8})):
-        def fit_peer():
+
+    for label, options in (
+        ("default (tol 1e-4)", {"max_iter": 1000}),
+        ("converged (tol 1e-8)", {"max_iter": 10000, "tol": 1e-8}),
+    ):
+
+        def fit_peer(options=options):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return OneVsRestClassifier(LogisticRegression(C=1.0, solver="lbfgs", **options)).fit(
-                    train_x.numpy(), train_y.numpy())
+                return OneVsRestClassifier(
+                    LogisticRegression(C=1.0, solver="lbfgs", **options)
+                ).fit(train_x.numpy(), train_y.numpy())
 
         peer, peer_s = best_of_two(fit_peer)
         peer_weights = torch.tensor(np.stack([e.coef_[0] for e in peer.estimators_], 1))
         peer_bias = torch.tensor([e.intercept_[0] for e in peer.estimators_])
         peer_macro, theirs = macro_auroc(test_x @ peer_weights + peer_bias, test_y)
         worst = max(abs(a - b) for a, b in zip(ours, theirs) if a is not None)
-        print(f"| scikit-learn lbfgs, {label} | {peer_s:.2f} s | {peer_s / ours_s:.1f}x | "
-              f"{objective(peer_weights, peer_bias):.3f} | {peer_macro:.4f} | {worst:.4f} |")
+        print(
+            f"| scikit-learn lbfgs, {label} | {peer_s:.2f} s | {peer_s / ours_s:.1f}x | "
+            f"{objective(peer_weights, peer_bias):.3f} | {peer_macro:.4f} | {worst:.4f} |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cxr.augment import ViewConfig, simclr_views  # noqa: E402
 from cxr.backbone import FEATURE_DIMS, build_resnet  # noqa: E402
 from cxr.engine import train_one_epoch  # noqa: E402
-from cxr.run_folder import RunLogger  # noqa: E402
 from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
+from cxr.run_folder import RunLogger  # noqa: E402
 from cxr.simclr import SimCLR, nt_xent  # noqa: E402
 from train_ssl import SimCLRTask  # noqa: E402
 
@@ -63,15 +63,18 @@ def seed_pipeline(size):
         def __call__(self, image):
             return image.filter(ImageFilter.GaussianBlur(radius=np.random.uniform(0.1, 2.0)))
 
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.08, 1.0)),
-        T.RandomHorizontalFlip(), T.RandomVerticalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([PILGaussianBlur()], p=0.5),
-        PILEqualize(),
-        T.ToTensor(),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.08, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([PILGaussianBlur()], p=0.5),
+            PILEqualize(),
+            T.ToTensor(),
+        ]
+    )
 
 
 def bench_views(size, batch):
@@ -82,7 +85,7 @@ def bench_views(size, batch):
     peer = seed_pipeline(size)
 
     def peer_views():
-        torch.manual_seed(0)                # the same random draws in every timed call
+        torch.manual_seed(0)  # the same random draws in every timed call
         np.random.seed(0)
         random.seed(0)
         return [peer(image) for image in pil_images for _ in range(2)]
@@ -94,7 +97,10 @@ def bench_views(size, batch):
 
     peer_rate = best_rate(peer_views, 2 * batch, repeats=5)
     ours_rate = best_rate(our_views, 2 * batch, repeats=5)
-    print(f"| views/s per CPU core at {size} px | {ours_rate:.1f} | {peer_rate:.1f} | {ours_rate / peer_rate:.2f}x |")
+    print(
+        f"| views/s per CPU core at {size} px | {ours_rate:.1f} | {peer_rate:.1f} | "
+        f"{ours_rate / peer_rate:.2f}x |"
+    )
     if torch.cuda.is_available():
         on_gpu = uint8.cuda()
         cuda_generator = torch.Generator(device="cuda").manual_seed(0)
@@ -102,6 +108,7 @@ def bench_views(size, batch):
         def gpu_views():
             simclr_views(on_gpu.repeat(8, 1, 1, 1), size, ViewConfig(), cuda_generator)
             torch.cuda.synchronize()
+
         rate = best_rate(gpu_views, 16 * batch)
         print(f"| views/s on {torch.cuda.get_device_name()} at {size} px | {rate:.0f} | | |")
     torch.set_num_threads(threads)
@@ -109,8 +116,10 @@ def bench_views(size, batch):
 
 def bench_step(arch, size, batch, steps, rounds):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    batches = [torch.from_numpy(np.stack(radiographs(batch, size, seed=i)).astype(np.uint8)).unsqueeze(1)
-               for i in range(steps)]
+    batches = [
+        torch.from_numpy(np.stack(radiographs(batch, size, seed=i)).astype(np.uint8)).unsqueeze(1)
+        for i in range(steps)
+    ]
     task = SimCLRTask(size, ViewConfig(), 0.5, device, channels_last=device.type == "cuda")
 
     def fresh():
@@ -125,8 +134,24 @@ def bench_step(arch, size, batch, steps, rounds):
     logger = RunLogger(Path("."), enabled=False)
 
     def engine():
-        train_one_epoch(model, batches, task, optimizer, scaler, schedule, 0, 0, 1, "none", device, None,
-                        logger, 10 ** 9, generator, 1)
+        train_one_epoch(
+            model,
+            batches,
+            task,
+            optimizer,
+            scaler,
+            schedule,
+            0,
+            0,
+            1,
+            "none",
+            device,
+            None,
+            logger,
+            10**9,
+            generator,
+            1,
+        )
 
     def bare():
         model.train()
@@ -146,10 +171,14 @@ def bench_step(arch, size, batch, steps, rounds):
         overheads.append(bare_rate / engine_rate - 1)
         ours, peer = max(ours, engine_rate), max(peer, bare_rate)
     overheads.sort()
-    print(f"| training images/s, {arch} at {size} px, batch {batch}, {steps} steps ({device}) | {ours:.1f} | "
-          f"{peer:.1f} | overhead: median {100 * overheads[len(overheads) // 2]:+.1f}% of {rounds} alternating "
-          f"rounds (range {100 * overheads[0]:+.1f}% to {100 * overheads[-1]:+.1f}%), best vs best "
-          f"{100 * (peer / ours - 1):+.1f}% |")
+    print(
+        f"| training images/s, {arch} at {size} px, batch {batch}, {steps} steps ({device}) | "
+        f"{ours:.1f} | "
+        f"{peer:.1f} | overhead: median {100 * overheads[len(overheads) // 2]:+.1f}% of {rounds} "
+        "alternating "
+        f"rounds (range {100 * overheads[0]:+.1f}% to {100 * overheads[-1]:+.1f}%), best vs best "
+        f"{100 * (peer / ours - 1):+.1f}% |"
+    )
 
 
 def main():
@@ -157,11 +186,15 @@ def main():
     parser.add_argument("--size", type=int, default=512, help="view benchmark image size")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--step-size", type=int, default=128, help="training step benchmark image size")
+    parser.add_argument(
+        "--step-size", type=int, default=128, help="training step benchmark image size"
+    )
     parser.add_argument("--step-batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="alternating bare / engine timings")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for the step benchmark")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for the step benchmark"
+    )
     args = parser.parse_args()
     print("| measure | ours | peer | ratio |\n|---|---|---|---|")
     bench_views(args.size, args.batch)

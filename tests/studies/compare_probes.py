@@ -13,9 +13,12 @@ and where they lose. Use a probe set larger than the experiment's own
 (hundreds of test images) and disjoint from the pretraining images, e.g.
 another seed:
 
-    python -m cxr.synthetic --out /tmp/probe_vin --images 6000 --size 128 --seed 1 --test-images 0
-    python -m cxr.prepare --csv /tmp/probe_vin/train.csv --images /tmp/probe_vin/train --out /tmp/probe_data
-    python tests/studies/compare_probes.py --data-dir /tmp/probe_data --backbones RUN/pretrain/pretrained-backbone.pth
+    python -m cxr.synthetic --out /tmp/probe_vin --images 6000 --size 128 --seed 1 \
+        --test-images 0
+    python -m cxr.prepare --csv /tmp/probe_vin/train.csv --images /tmp/probe_vin/train \
+        --out /tmp/probe_data
+    python tests/studies/compare_probes.py --data-dir /tmp/probe_data \
+        --backbones RUN/pretrain/pretrained-backbone.pth
 """
 
 import argparse
@@ -32,16 +35,20 @@ from cxr.probe import macro_auroc, probe_test_scores, split_features  # noqa: E4
 
 
 def probe_scores(trunk, data_dir, image_size):
-    """(test scores, test labels) of the probe fitted on the train split, as evaluate.py --mode probe."""
-    (train_x, train_y), (test_x, test_y) = (split_features(trunk, data_dir, split, image_size, 64, "cpu")
-                                            for split in ("train", "test"))
+    """(test scores, test labels) of the probe fitted on the train split, as
+    evaluate.py --mode probe."""
+    (train_x, train_y), (test_x, test_y) = (
+        split_features(trunk, data_dir, split, image_size, 64, "cpu") for split in ("train", "test")
+    )
     return probe_test_scores(train_x, train_y, test_x), test_y
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="prepared data (train and test splits)")
-    parser.add_argument("--backbones", nargs="+", required=True, help="pretrained-backbone.pth files")
+    parser.add_argument(
+        "--backbones", nargs="+", required=True, help="pretrained-backbone.pth files"
+    )
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--random-seeds", type=int, default=5)
@@ -58,13 +65,20 @@ def main():
         random_per_class.append(per_class)
         print(f"random backbone, seed {seed}: macro-AUROC {macro:.3f}", flush=True)
     random_macros = torch.tensor(random_macros)
-    print(f"random backbones: mean {random_macros.mean():.3f}, sd {random_macros.std():.3f}, "
-          f"max {random_macros.max():.3f}")
+    print(
+        f"random backbones: mean {random_macros.mean():.3f}, sd {random_macros.std():.3f}, "
+        f"max {random_macros.max():.3f}"
+    )
 
     generator = torch.Generator().manual_seed(0)
-    resamples = [torch.randint(0, len(labels), (len(labels),), generator=generator) for _ in range(args.bootstrap)]
-    random_mean_per_resample = [sum(macro_auroc(r[rows], labels[rows])[0] for r in random_scores) / len(random_scores)
-                                for rows in resamples]
+    resamples = [
+        torch.randint(0, len(labels), (len(labels),), generator=generator)
+        for _ in range(args.bootstrap)
+    ]
+    random_mean_per_resample = [
+        sum(macro_auroc(r[rows], labels[rows])[0] for r in random_scores) / len(random_scores)
+        for rows in resamples
+    ]
 
     ssl_per_class = []
     for number, path in enumerate(args.backbones, 1):
@@ -72,11 +86,18 @@ def main():
         scores, _ = probe_scores(trunk, args.data_dir, args.image_size)
         macro, per_class = macro_auroc(scores, labels)
         ssl_per_class.append(per_class)
-        spread = torch.tensor([macro_auroc(scores[rows], labels[rows])[0] - random_mean
-                               for rows, random_mean in zip(resamples, random_mean_per_resample)])
-        print(f"ssl{number} {path}: macro-AUROC {macro:.3f}, "
-              f"minus mean random {macro - float(random_macros.mean()):+.3f}, "
-              f"bootstrap 90% interval [{spread.quantile(0.05):+.3f}, {spread.quantile(0.95):+.3f}]", flush=True)
+        spread = torch.tensor(
+            [
+                macro_auroc(scores[rows], labels[rows])[0] - random_mean
+                for rows, random_mean in zip(resamples, random_mean_per_resample)
+            ]
+        )
+        print(
+            f"ssl{number} {path}: macro-AUROC {macro:.3f}, "
+            f"minus mean random {macro - float(random_macros.mean()):+.3f}, "
+            f"bootstrap 90% interval [{spread.quantile(0.05):+.3f}, {spread.quantile(0.95):+.3f}]",
+            flush=True,
+        )
     print_per_class(labels, random_per_class, ssl_per_class)
 
 
@@ -89,8 +110,10 @@ def print_per_class(labels, random_per_class, ssl_per_class):
             print(f"{name:<20} {int(labels[:, k].sum()):>5}    n/a")
             continue
         random_mean = sum(per_class[k] for per_class in random_per_class) / len(random_per_class)
-        print(f"{name:<20} {int(labels[:, k].sum()):>5} {random_mean:6.3f}  "
-              + " ".join(f"{per_class[k] - random_mean:+6.3f}" for per_class in ssl_per_class))
+        print(
+            f"{name:<20} {int(labels[:, k].sum()):>5} {random_mean:6.3f}  "
+            + " ".join(f"{per_class[k] - random_mean:+6.3f}" for per_class in ssl_per_class)
+        )
 
 
 if __name__ == "__main__":

@@ -30,32 +30,52 @@ def prior_predictions(train, test):
     for a in train["annotations"]:
         width, height = sizes[a["image_id"]]
         x, y, w, h = a["bbox"]
-        boxes.setdefault(a["category_id"], []).append((x / width, y / height, w / width, h / height))
+        boxes.setdefault(a["category_id"], []).append(
+            (x / width, y / height, w / width, h / height)
+        )
         images_with.setdefault(a["category_id"], set()).add(a["image_id"])
     results = []
     for image in test["images"]:
         for category, fractions in boxes.items():
             x, y, w, h = np.mean(fractions, axis=0)
-            results.append({"image_id": image["id"], "category_id": category,
-                            "bbox": [x * image["width"], y * image["height"], w * image["width"],
-                                     h * image["height"]],
-                            "score": len(images_with[category]) / len(train["images"])})
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": category,
+                    "bbox": [
+                        x * image["width"],
+                        y * image["height"],
+                        w * image["width"],
+                        h * image["height"],
+                    ],
+                    "score": len(images_with[category]) / len(train["images"]),
+                }
+            )
     return results
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="a folder written by python -m cxr.prepare")
+    parser.add_argument(
+        "--data-dir", required=True, help="a folder written by python -m cxr.prepare"
+    )
     args = parser.parse_args()
     train = load_coco(Path(args.data_dir) / "train_annotations.json")
     test = load_coco(Path(args.data_dir) / "test_annotations.json")
     results = prior_predictions(train, test)
     metrics = coco_metrics(coco_ground_truth(test), results)
-    print(f"prior boxes on {len(test['images'])} test images: mAP {metrics['AP']:.4f}, mAP50 {metrics['AP50']:.4f}, "
-          f"AP@0.4 {metrics['AP40']:.4f}, competition mAP@0.4 {competition_metrics(test, results)['mAP40']:.4f}")
+    print(
+        f"prior boxes on {len(test['images'])} test images: mAP {metrics['AP']:.4f}, mAP50 "
+        f"{metrics['AP50']:.4f}, "
+        f"AP@0.4 {metrics['AP40']:.4f}, competition mAP@0.4 "
+        f"{competition_metrics(test, results)['mAP40']:.4f}"
+    )
     for row in metrics["per_class"]:
         if row["gt_boxes"]:
-            print(f"  {CLASS_NAMES[row['category_id'] - 1]:<20} {row['gt_boxes']:>4} boxes  AP50 {row['AP50']:.4f}")
+            print(
+                f"  {CLASS_NAMES[row['category_id'] - 1]:<20} {row['gt_boxes']:>4} boxes  AP50 "
+                f"{row['AP50']:.4f}"
+            )
 
 
 if __name__ == "__main__":
