@@ -16,8 +16,8 @@ the competition's test set did.
 Each image was read by three radiologists, so one lesion is usually drawn two
 or three times. Per image and class the boxes are fused with Weighted Boxes
 Fusion (`cxr.wbf`, iou_thr 0.2 and skip_box_thr 1e-4 as in Bencevic et al.
-2022), the rows of a group taken in file order as one model, exactly as one
-ensemble-boxes call per image with each class as one model would. Boxes are
+2022), the rows of a group taken in file order as one model of weight 1
+(every box scores 1, so the readers' boxes are visited in file order). Boxes are
 rescaled from the original DICOM width/height columns to the PNG's own size
 (read from its header); x and y scale differently because the 512 px PNGs
 were squashed to a square. COCO category_id = class_id + 1.
