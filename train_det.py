@@ -41,7 +41,7 @@ from cxr.cli import add_run_flags, fraction_arg, parser
 from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
 from cxr.distributed import process_group
-from cxr.engine import check_amp, fit, restore
+from cxr.engine import Training, check_amp, fit, restore
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import (
     coco_ground_truth,
@@ -445,28 +445,30 @@ def run(args, dist_info):
         atomic_write_json(experiment_dir / "eval_history.json", history, indent=1)
         return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
 
+    training = Training(
+        ddp_model,
+        DetectionTask(dist_info.device),
+        optimizer,
+        scaler,
+        schedule,
+        args.amp,
+        dist_info,
+        logger,
+        clip_grad=args.clip_grad,
+        print_freq=args.print_freq,
+    )
     completed = fit(
-        model=ddp_model,
-        unwrapped=model,
-        loader=loader,
+        training,
+        loader,
         sampler=sampler,
-        task=DetectionTask(dist_info.device),
-        optimizer=optimizer,
-        scaler=scaler,
-        schedule=schedule,
+        unwrapped=model,
         epochs=args.epochs,
-        amp=args.amp,
-        device=dist_info.device,
         seed=args.seed,
-        dist_info=dist_info,
-        logger=logger,
         checkpoint_path=run.checkpoint,
+        checkpoint_extra={"config": run.config},
         start_epoch=start_epoch,
         start_step=start_step,
         stop_after=args.stop_after,
-        clip_grad=args.clip_grad,
-        print_freq=args.print_freq,
-        checkpoint_extra={"config": run.config},
         after_epoch=evaluate,
     )
     if completed < args.epochs:

@@ -38,7 +38,7 @@ from cxr.checkpoint_io import atomic_torch_save
 from cxr.cli import add_run_flags, fraction_arg, parser
 from cxr.data import ImageList, list_images, split_images, to_network_input
 from cxr.distributed import process_group
-from cxr.engine import check_amp, fit, restore
+from cxr.engine import Training, check_amp, fit, restore
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
 from cxr.optim import build_optimizer, check_warmup, warmup_cosine_schedule
@@ -323,28 +323,30 @@ def run(args, dist_info):
         global_batchnorm=global_bn,
     )
     task = SimCLRTask(args.image_size, views, args.temperature, dist_info.device, channels_last)
+    training = Training(
+        ddp_model,
+        task,
+        optimizer,
+        scaler,
+        schedule,
+        args.amp,
+        dist_info,
+        logger,
+        clip_grad=args.clip_grad,
+        print_freq=args.print_freq,
+    )
     completed = fit(
-        model=ddp_model,
-        unwrapped=model,
-        loader=loader,
+        training,
+        loader,
         sampler=sampler,
-        task=task,
-        optimizer=optimizer,
-        scaler=scaler,
-        schedule=schedule,
+        unwrapped=model,
         epochs=args.epochs,
-        amp=args.amp,
-        device=dist_info.device,
         seed=args.seed,
-        dist_info=dist_info,
-        logger=logger,
         checkpoint_path=run.checkpoint,
+        checkpoint_extra={"config": run.config},
         start_epoch=start_epoch,
         start_step=start_step,
         stop_after=args.stop_after,
-        clip_grad=args.clip_grad,
-        print_freq=args.print_freq,
-        checkpoint_extra={"config": run.config},
     )
     if completed < args.epochs:
         logger.log(

@@ -1,11 +1,14 @@
 """The one training loop of cxr: AMP, DDP, logging, checkpoints, resume.
 
-A script supplies a `task` with two methods:
+A script supplies a `task` with three methods:
   task.inputs(batch, generator) -> inputs    on the device, outside autocast
                                               (augmentations run here)
   task.loss(model, inputs) -> (loss, logs)   run under autocast
   task.batch_images(inputs) -> int           images in the batch, for images/s
-and `fit` does the rest, the same way for SimCLR and Faster R-CNN:
+bundles it with the model, optimizer, scaler, learning-rate schedule, AMP
+mode, process group and logger in one `Training`, and calls
+`fit(training, loader, ...)`, which does the rest the same way for SimCLR
+and Faster R-CNN:
 
 - one AMP path (as in nanoGPT): autocast with bf16 or fp16, a GradScaler
   enabled only for fp16; fp16 needs CUDA, bf16 also runs on CPU;
@@ -26,12 +29,14 @@ import contextlib
 import datetime
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import torch
 
 from .checkpoint_io import atomic_torch_save
-from .distributed import all_reduce_mean
+from .distributed import DistInfo, all_reduce_mean
 from .errors import UserError
 from .optim import set_learning_rate
 from .seeds import derive_seed
@@ -91,60 +96,62 @@ def _eta(seconds):
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
-def train_one_epoch(
-    model,
-    loader,
-    task,
-    optimizer,
-    scaler,
-    schedule,
-    step,
-    epoch,
-    epochs,
-    amp,
-    device,
-    clip_grad,
-    logger,
-    print_freq,
-    generator,
-    world_size,
-):
-    """One pass over `loader`; returns (next global step, mean loss)."""
-    model.train()
-    total_steps = len(schedule)
+@dataclass
+class Training:
+    """What every step of a run uses, built once by the script.
+
+    model runs forward and backward (DDP-wrapped when distributed); task is
+    the script's task (see the module docstring); schedule holds the learning
+    rate of every global step; amp is "none", "bf16" or "fp16"."""
+
+    model: torch.nn.Module
+    task: Any
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Sequence[float]
+    amp: str
+    dist_info: DistInfo
+    logger: Any
+    clip_grad: Optional[float] = None
+    print_freq: int = 10
+
+
+def train_one_epoch(training, loader, *, epoch, epochs, step, generator=None):
+    """One pass over `loader` from global step `step`; returns (next global step,
+    mean loss)."""
+    t = training
+    t.model.train()
+    total_steps = len(t.schedule)
     losses, started = [], time.perf_counter()
     tick = started
     data_time, images_seen = 0.0, 0
     for iteration, batch in enumerate(loader):
         data_time += time.perf_counter() - tick
-        lr = float(schedule[min(step, total_steps - 1)])
-        set_learning_rate(optimizer, lr)
-        inputs = task.inputs(batch, generator)
-        images_seen += task.batch_images(inputs) * world_size
-        with autocast(amp, device):
-            loss, logs = task.loss(model, inputs)
+        lr = float(t.schedule[min(step, total_steps - 1)])
+        set_learning_rate(t.optimizer, lr)
+        inputs = t.task.inputs(batch, generator)
+        images_seen += t.task.batch_images(inputs) * t.dist_info.world_size
+        with autocast(t.amp, t.dist_info.device):
+            loss, logs = t.task.loss(t.model, inputs)
         mean_loss = all_reduce_mean(loss.detach().float()).item()
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
-                f"loss is {mean_loss} at epoch {epoch + 1}, iteration {iteration + 1} (step "
-                f"{step}); "
-                "stopped before the optimizer step. "
+                f"loss is {mean_loss} at epoch {epoch + 1}, iteration {iteration + 1} "
+                f"(step {step}); stopped before the optimizer step. "
                 "Try a lower --lr, --clip-grad, or --amp none / bf16 instead of fp16."
             )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        if t.clip_grad:
+            t.scaler.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.clip_grad)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
         losses.append(mean_loss)
         step += 1
         tick = time.perf_counter()
-        last = iteration + 1 == len(loader)
-        if (iteration + 1) % print_freq == 0 or last:
+        if (iteration + 1) % t.print_freq == 0 or iteration + 1 == len(loader):
             elapsed = tick - started
-            seconds_per_step = elapsed / (iteration + 1)
             record = {
                 "epoch": epoch + 1,
                 "iteration": iteration + 1,
@@ -155,11 +162,11 @@ def train_one_epoch(
                 "data_s": data_time / (iteration + 1),
                 **{k: all_reduce_mean(v.detach().float()).item() for k, v in logs.items()},
             }
-            logger.log(
-                f"epoch {epoch + 1}/{epochs} iter {iteration + 1}/{len(loader)} loss "
-                f"{mean_loss:.4f} "
-                f"lr {lr:.5f} img/s {record['images_per_s']:.1f} data {record['data_s']:.3f}s "
-                f"eta {_eta(seconds_per_step * max(total_steps - step, 0))}",
+            eta = _eta(elapsed / (iteration + 1) * max(total_steps - step, 0))
+            t.logger.log(
+                f"epoch {epoch + 1}/{epochs} iter {iteration + 1}/{len(loader)} "
+                f"loss {mean_loss:.4f} lr {lr:.5f} img/s {record['images_per_s']:.1f} "
+                f"data {record['data_s']:.3f}s eta {eta}",
                 event="train",
                 **record,
             )
@@ -167,58 +174,36 @@ def train_one_epoch(
 
 
 def fit(
-    *,
-    model,
-    unwrapped,
+    training,
     loader,
+    *,
     sampler,
-    task,
-    optimizer,
-    scaler,
-    schedule,
+    unwrapped,
     epochs,
-    amp,
-    device,
     seed,
-    dist_info,
-    logger,
     checkpoint_path,
+    checkpoint_extra=None,
     start_epoch=0,
     start_step=0,
     stop_after=None,
-    clip_grad=None,
-    print_freq=10,
-    checkpoint_extra=None,
     after_epoch=None,
 ):
     """Train epochs start_epoch..epochs-1 (at most stop_after of them in this run),
-    saving checkpoint_path after each, with checkpoint_extra added to it.
-    after_epoch(epoch), e.g. an evaluation, may return a dict of numbers to log.
-    Returns the number of epochs completed."""
+    saving checkpoint_path after each: the weights of `unwrapped` (the model
+    without its DDP wrapper), the optimizer, the scaler, and checkpoint_extra.
+    sampler.set_epoch(epoch) is called first when there is a sampler;
+    after_epoch(epoch), e.g. an evaluation, may return a dict of numbers to
+    log. Returns the number of epochs completed."""
+    dist_info, logger = training.dist_info, training.logger
     step = start_step
     last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, last_epoch):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        generator = seed_epoch(seed, epoch, dist_info.rank, device)
+        generator = seed_epoch(seed, epoch, dist_info.rank, dist_info.device)
         try:
             step, mean_loss = train_one_epoch(
-                model,
-                loader,
-                task,
-                optimizer,
-                scaler,
-                schedule,
-                step,
-                epoch,
-                epochs,
-                amp,
-                device,
-                clip_grad,
-                logger,
-                print_freq,
-                generator,
-                dist_info.world_size,
+                training, loader, epoch=epoch, epochs=epochs, step=step, generator=generator
             )
         except TrainingDiverged as error:
             kept = (
@@ -241,8 +226,8 @@ def fit(
                 checkpoint_path,
                 {
                     "model": unwrapped.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
+                    "optimizer": training.optimizer.state_dict(),
+                    "scaler": training.scaler.state_dict(),
                     "epoch": epoch + 1,
                     "step": step,
                     **(checkpoint_extra or {}),

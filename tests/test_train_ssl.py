@@ -20,7 +20,7 @@ from torch import nn
 
 import train_ssl
 from cxr.distributed import DistInfo
-from cxr.engine import TrainingDiverged, fit, train_one_epoch
+from cxr.engine import Training, TrainingDiverged, fit, train_one_epoch
 from cxr.errors import UserError
 from cxr.optim import warmup_cosine_schedule
 from cxr.run_folder import RunLogger
@@ -362,22 +362,20 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
         TrainingDiverged, match="loss is nan at epoch 1, iteration 2 .*stopped before the optimizer"
     ):
         train_one_epoch(
-            model,
+            Training(
+                model,
+                NaNAtSecondBatch(),
+                optimizer,
+                torch.amp.GradScaler("cpu", enabled=False),
+                warmup_cosine_schedule(0.1, 3),
+                "none",
+                DistInfo(0, 1, 0, torch.device("cpu")),
+                RunLogger(tmp_path, False),
+            ),
             Recorder(batches),
-            NaNAtSecondBatch(),
-            optimizer,
-            torch.amp.GradScaler("cpu", enabled=False),
-            warmup_cosine_schedule(0.1, 3),
-            0,
-            0,
-            1,
-            "none",
-            torch.device("cpu"),
-            None,
-            RunLogger(tmp_path, False),
-            10,
-            None,
-            1,
+            epoch=0,
+            epochs=1,
+            step=0,
         )
     for key, value in model.state_dict().items():
         assert torch.equal(value, after_first[key]), key
@@ -400,20 +398,21 @@ def test_divergence_says_whether_a_checkpoint_is_kept(tmp_path, bad_epoch, kept)
     loader = Epochs()
     with pytest.raises(TrainingDiverged, match=kept):
         fit(
-            model=model,
-            unwrapped=model,
-            loader=loader,
+            Training(
+                model,
+                NaNAtSecondBatch(),
+                torch.optim.SGD(model.parameters(), lr=0.1),
+                torch.amp.GradScaler("cpu", enabled=False),
+                warmup_cosine_schedule(0.1, 2),
+                "none",
+                DistInfo(0, 1, 0, torch.device("cpu")),
+                RunLogger(tmp_path, False),
+            ),
+            loader,
             sampler=loader,
-            task=NaNAtSecondBatch(),
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            scaler=torch.amp.GradScaler("cpu", enabled=False),
-            schedule=warmup_cosine_schedule(0.1, 2),
+            unwrapped=model,
             epochs=2,
-            amp="none",
-            device=torch.device("cpu"),
             seed=0,
-            dist_info=DistInfo(0, 1, 0, torch.device("cpu")),
-            logger=RunLogger(tmp_path, False),
             checkpoint_path=tmp_path / "checkpoint.pth",
         )
 

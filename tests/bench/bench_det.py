@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cxr.box_augment import BoxAugment  # noqa: E402
 from cxr.data import DetectionDataset  # noqa: E402
 from cxr.detector import build_detector  # noqa: E402
-from cxr.engine import train_one_epoch  # noqa: E402
+from cxr.distributed import DistInfo  # noqa: E402
+from cxr.engine import Training, train_one_epoch  # noqa: E402
 from cxr.evaluation import detection_collate  # noqa: E402
 from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
 from cxr.prepare import prepare  # noqa: E402
@@ -78,22 +79,21 @@ def bench_step(data_dir, arch, size, batch, steps, device):
 
     def engine():
         train_one_epoch(
-            model,
+            Training(
+                model,
+                task,
+                optimizer,
+                scaler,
+                schedule,
+                "none",
+                DistInfo(0, 1, 0, device),
+                RunLogger(Path("."), enabled=False),
+                print_freq=10**9,
+            ),
             batches,
-            task,
-            optimizer,
-            scaler,
-            schedule,
-            0,
-            0,
-            1,
-            "none",
-            device,
-            None,
-            RunLogger(Path("."), enabled=False),
-            10**9,
-            None,
-            1,
+            epoch=0,
+            epochs=1,
+            step=0,
         )
 
     def bare():

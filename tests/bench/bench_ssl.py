@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.augment import ViewConfig, simclr_views  # noqa: E402
 from cxr.backbone import FEATURE_DIMS, build_resnet  # noqa: E402
-from cxr.engine import train_one_epoch  # noqa: E402
+from cxr.distributed import DistInfo  # noqa: E402
+from cxr.engine import Training, train_one_epoch  # noqa: E402
 from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
 from cxr.run_folder import RunLogger  # noqa: E402
 from cxr.simclr import SimCLR, nt_xent  # noqa: E402
@@ -135,22 +136,22 @@ def bench_step(arch, size, batch, steps, rounds):
 
     def engine():
         train_one_epoch(
-            model,
+            Training(
+                model,
+                task,
+                optimizer,
+                scaler,
+                schedule,
+                "none",
+                DistInfo(0, 1, 0, device),
+                logger,
+                print_freq=10**9,
+            ),
             batches,
-            task,
-            optimizer,
-            scaler,
-            schedule,
-            0,
-            0,
-            1,
-            "none",
-            device,
-            None,
-            logger,
-            10**9,
-            generator,
-            1,
+            epoch=0,
+            epochs=1,
+            step=0,
+            generator=generator,
         )
 
     def bare():
