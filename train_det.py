@@ -31,7 +31,6 @@ import math
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from cxr.backbone import infer_arch, load_trunk_weights
 from cxr.box_augment import BoxAugment
@@ -41,7 +40,7 @@ from cxr.cli import add_run_flags, fraction_arg, parser
 from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
 from cxr.distributed import process_group
-from cxr.engine import Training, check_amp, fit, restore
+from cxr.engine import check_amp, train
 from cxr.errors import UserError, exit_on_user_error
 from cxr.evaluation import (
     coco_ground_truth,
@@ -51,7 +50,7 @@ from cxr.evaluation import (
     predict,
 )
 from cxr.global_batchnorm import convert_to_global_batchnorm
-from cxr.optim import build_optimizer, check_warmup, step_schedule, warmup_cosine_schedule
+from cxr.optim import check_warmup, step_schedule, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
@@ -398,18 +397,10 @@ def run(args, dist_info):
     if args.norm == "syncbn" and dist_info.world_size > 1:
         model = convert_to_global_batchnorm(model)
     model.to(dist_info.device)
-    optimizer = build_optimizer("sgd", model, args.lr, args.weight_decay)
-    scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
-    start_epoch = start_step = 0
     history = []
     if run.resumed is not None:
-        start_epoch, start_step = restore(
-            run.resumed, model, optimizer, scaler, logger, run.checkpoint
-        )
         history_path = experiment_dir / "eval_history.json"
         history = json.loads(history_path.read_text()) if history_path.is_file() else []
-
-    ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     logger.log(
         f"Faster R-CNN {args.arch}-FPN at {args.image_size} px (anchors "
         f"{', '.join(str(s[0]) for s in anchor_sizes(args.image_size, args.anchors))} px, norm "
@@ -445,37 +436,19 @@ def run(args, dist_info):
         atomic_write_json(experiment_dir / "eval_history.json", history, indent=1)
         return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
 
-    training = Training(
-        ddp_model,
+    finished = train(
+        model,
         DetectionTask(dist_info.device),
-        optimizer,
-        scaler,
-        schedule,
-        args.amp,
-        dist_info,
-        logger,
-        clip_grad=args.clip_grad,
-        print_freq=args.print_freq,
-    )
-    completed = fit(
-        training,
         loader,
-        sampler=sampler,
-        unwrapped=model,
-        epochs=args.epochs,
-        seed=args.seed,
-        checkpoint_path=run.checkpoint,
-        checkpoint_extra={"config": run.config},
-        start_epoch=start_epoch,
-        start_step=start_step,
-        stop_after=args.stop_after,
+        sampler,
+        schedule,
+        run,
+        dist_info,
+        args,
+        optimizer_name="sgd",
         after_epoch=evaluate,
     )
-    if completed < args.epochs:
-        logger.log(
-            f"stopped after epoch {completed} of {args.epochs}; continue with --resume",
-            event="stop",
-        )
+    if not finished:
         return
     if dist_info.is_main:
         atomic_torch_save(experiment_dir / "fasterrcnn_final.pth", model.state_dict())

@@ -30,7 +30,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
@@ -38,10 +37,10 @@ from cxr.checkpoint_io import atomic_torch_save
 from cxr.cli import add_run_flags, fraction_arg, parser
 from cxr.data import ImageList, list_images, split_images, to_network_input
 from cxr.distributed import process_group
-from cxr.engine import Training, check_amp, fit, restore
+from cxr.engine import check_amp, train
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
-from cxr.optim import build_optimizer, check_warmup, warmup_cosine_schedule
+from cxr.optim import check_warmup, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
 from cxr.simclr import SimCLR, nt_xent
@@ -302,15 +301,6 @@ def run(args, dist_info):
         dist_info.device,
         memory_format=torch.channels_last if channels_last else torch.contiguous_format,
     )
-    optimizer = build_optimizer(args.optimizer, model, args.lr, args.weight_decay)
-    scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
-    start_epoch = start_step = 0
-    if run.resumed is not None:
-        start_epoch, start_step = restore(
-            run.resumed, model, optimizer, scaler, logger, run.checkpoint
-        )
-
-    ddp_model = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     normalization = f"global over {dist_info.world_size} processes" if global_bn else "per process"
     logger.log(
         f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images ({len(extra)} of them "
@@ -323,36 +313,10 @@ def run(args, dist_info):
         global_batchnorm=global_bn,
     )
     task = SimCLRTask(args.image_size, views, args.temperature, dist_info.device, channels_last)
-    training = Training(
-        ddp_model,
-        task,
-        optimizer,
-        scaler,
-        schedule,
-        args.amp,
-        dist_info,
-        logger,
-        clip_grad=args.clip_grad,
-        print_freq=args.print_freq,
+    finished = train(
+        model, task, loader, sampler, schedule, run, dist_info, args, optimizer_name=args.optimizer
     )
-    completed = fit(
-        training,
-        loader,
-        sampler=sampler,
-        unwrapped=model,
-        epochs=args.epochs,
-        seed=args.seed,
-        checkpoint_path=run.checkpoint,
-        checkpoint_extra={"config": run.config},
-        start_epoch=start_epoch,
-        start_step=start_step,
-        stop_after=args.stop_after,
-    )
-    if completed < args.epochs:
-        logger.log(
-            f"stopped after epoch {completed} of {args.epochs}; continue with --resume",
-            event="stop",
-        )
+    if not finished:
         return
     if args.precise_bn_images:
         per_rank = max(1, min(args.precise_bn_images, len(dataset)) // dist_info.world_size)

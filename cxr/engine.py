@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint_io import atomic_torch_save
 from .distributed import DistInfo, all_reduce_mean
 from .errors import UserError
-from .optim import set_learning_rate
+from .optim import build_optimizer, set_learning_rate
 from .seeds import derive_seed
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -234,3 +235,66 @@ def fit(
                 },
             )
     return max(start_epoch, last_epoch)
+
+
+def train(
+    model,
+    task,
+    loader,
+    sampler,
+    schedule,
+    run,
+    dist_info,
+    args,
+    *,
+    optimizer_name,
+    after_epoch=None,
+):
+    """What train_ssl.py and train_det.py share once their model, data and
+    schedule are built: the optimizer and GradScaler, resuming from
+    run.resumed, the DDP wrapper, and `fit` with checkpoints in run.checkpoint.
+
+    run: a `cxr.run_folder.Run`; args: the parsed command line, for the flags
+    both scripts have (lr, weight_decay, amp, clip_grad, print_freq, epochs,
+    seed, stop_after). Returns True when the last epoch is done, False when
+    --stop-after ended the run early (and says how to continue)."""
+    optimizer = build_optimizer(optimizer_name, model, args.lr, args.weight_decay)
+    scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
+    start_epoch = start_step = 0
+    if run.resumed is not None:
+        start_epoch, start_step = restore(
+            run.resumed, model, optimizer, scaler, run.logger, run.checkpoint
+        )
+    wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+    training = Training(
+        wrapped,
+        task,
+        optimizer,
+        scaler,
+        schedule,
+        args.amp,
+        dist_info,
+        run.logger,
+        clip_grad=args.clip_grad,
+        print_freq=args.print_freq,
+    )
+    completed = fit(
+        training,
+        loader,
+        sampler=sampler,
+        unwrapped=model,
+        epochs=args.epochs,
+        seed=args.seed,
+        checkpoint_path=run.checkpoint,
+        checkpoint_extra={"config": run.config},
+        start_epoch=start_epoch,
+        start_step=start_step,
+        stop_after=args.stop_after,
+        after_epoch=after_epoch,
+    )
+    if completed < args.epochs:
+        run.logger.log(
+            f"stopped after epoch {completed} of {args.epochs}; continue with --resume",
+            event="stop",
+        )
+    return completed == args.epochs
