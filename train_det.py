@@ -36,7 +36,7 @@ from cxr.backbone import infer_arch, load_trunk_weights
 from cxr.box_augment import BoxAugment
 from cxr.checkpoint_io import atomic_torch_save
 from cxr.classes import CLASS_NAMES
-from cxr.cli import add_run_flags, fraction_arg, parser
+from cxr.cli import add_run_flags, add_share_flag, fraction_arg, parser
 from cxr.data import DetectionDataset, load_coco, split_images
 from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
 from cxr.distributed import process_group
@@ -92,14 +92,13 @@ def get_args_parser():
     p.add_argument(
         "--image-size", type=int, default=512, help="images are read at this size, not upscaled"
     )
-    p.add_argument(
+    add_share_flag(
+        p,
         "--labeled-fraction",
-        "--labeled-dataset-percent",
-        dest="labeled_fraction",
-        type=fraction_arg,
-        default=None,
-        help="share of the training images with labels used here (default: "
-        "1 - the SSL fraction recorded in pretrain/, else 1)",
+        "labeled_fraction",
+        None,
+        "the share of the training images fine-tuned on, with their labels",
+        default_text=" (default: 1 - the SSL fraction recorded in pretrain/, else 1)",
     )
     p.add_argument(
         "--split-seed", type=int, default=None, help="default: the one pretraining used, else 0"

@@ -34,7 +34,7 @@ import torch
 from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
 from cxr.checkpoint_io import atomic_torch_save
-from cxr.cli import add_run_flags, fraction_arg, parser
+from cxr.cli import add_run_flags, add_share_flag, parser
 from cxr.data import ImageList, list_images, split_images, to_network_input
 from cxr.distributed import process_group
 from cxr.engine import check_amp, train
@@ -106,14 +106,8 @@ def get_args_parser():
         'one, e.g. \'{"preset": "cxr", "blur_p": 0.3}\'; keys: '
         + ", ".join(f.name for f in fields(ViewConfig)),
     )
-    p.add_argument(
-        "--ssl-fraction",
-        "--labeled-dataset-percent",
-        dest="ssl_fraction",
-        type=fraction_arg,
-        default=0.4,
-        help="share of the training images in the SSL pool (the seed project's "
-        "--labeled-dataset-percent meant this)",
+    add_share_flag(
+        p, "--ssl-fraction", "ssl_fraction", 0.4, "the share of the training images pretrained on"
     )
     p.add_argument(
         "--split-seed", type=int, default=0, help="seed of the SSL / labeled permutation"

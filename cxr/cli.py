@@ -6,6 +6,10 @@ what happens without it. Usage lines name the command a user types.
 """
 
 import argparse
+import os
+import sys
+
+SEED_SHARE_FLAG = "--labeled-dataset-percent"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -60,3 +64,30 @@ def fraction_arg(text):
             f"{text} is not a share of the images: give a number in [0, 1]"
         )
     return value
+
+
+def add_share_flag(parser, name, dest, default, meaning, default_text=""):
+    """A share-of-the-images flag that also answers to the seed project's
+    --labeled-dataset-percent, which meant the SSL share in its pretraining
+    script and the labeled share in its fine-tuning one. The help says so, and
+    typing the old name prints what it is read as (once, from rank 0)."""
+
+    class ShareAction(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            setattr(namespace, self.dest, value)
+            if option_string == SEED_SHARE_FLAG and os.environ.get("RANK", "0") == "0":
+                print(
+                    f"note: {SEED_SHARE_FLAG} {value} is read as {name} {value}: {meaning}",
+                    file=sys.stderr,
+                )
+
+    parser.add_argument(
+        name,
+        SEED_SHARE_FLAG,
+        dest=dest,
+        type=fraction_arg,
+        default=default,
+        action=ShareAction,
+        help=f"{meaning}{default_text}. {SEED_SHARE_FLAG}, the seed project's name, means this "
+        "here",
+    )

@@ -242,7 +242,7 @@ def test_labeled_set_must_not_overlap_the_ssl_pool(data_dir, tmp_path):
     assert (pretrain / "ssl_images.txt").exists()  # --replace and runs never touch pretrain/
 
 
-def test_seed_project_command_line_parses_with_its_meaning():
+def test_seed_project_command_line_parses_with_its_meaning(capsys):
     seed = (
         "--experiment-name simclr_60pct --labeled-dataset-percent 0.4 --epochs 100 --batch-size 8 "
         "--lr 0.01"
@@ -255,6 +255,12 @@ def test_seed_project_command_line_parses_with_its_meaning():
         0.01,
         "ssl",
     )
+    # The old name means the SSL share in train_ssl.py: typing it says what it is read as.
+    assert "--labeled-dataset-percent 0.4 is read as --labeled-fraction 0.4" in (
+        capsys.readouterr().err
+    )
+    train_det.get_args_parser().parse_args(["--labeled-fraction", "0.4"])
+    assert capsys.readouterr().err == ""
 
 
 def torchrun_det(data_dir, tmp_path, name, *extra):
