@@ -275,8 +275,7 @@ def metrics_tables(metrics):
     for row in per_class_rows(metrics):
         lines.append(
             f"{row['class_name']:<20} {row['gt_boxes']:>8} {_fmt(row['AP']):>7} "
-            f"{_fmt(row['AP50']):>7} "
-            f"{_fmt(row['AP40']):>7}"
+            f"{_fmt(row['AP50']):>7} {_fmt(row['AP40']):>7}"
         )
     return "\n".join(lines)
 
@@ -315,11 +314,9 @@ def run_map(args, dist_info):
     )
     print(
         "competition mAP@0.4 (VOC all-point, lesions + 'No finding' scored 1 - the top lesion "
-        "score): "
-        f"{_fmt(competition['mAP40'])}; 'No finding' AP "
-        f"{_fmt(competition['per_class'][NUM_CLASSES + 1])} "
-        f"on {normal_films} test images without boxes"
-        + ("" if normal_films else " (prepare --normal-in-test adds normal films)")
+        f"score): {_fmt(competition['mAP40'])}; 'No finding' AP "
+        f"{_fmt(competition['per_class'][NUM_CLASSES + 1])} on {normal_films} test images without "
+        "boxes" + ("" if normal_films else " (prepare --normal-in-test adds normal films)")
     )
     summary = {
         "checkpoint": str(checkpoint),

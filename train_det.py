@@ -243,8 +243,7 @@ def choose_images(args, meta, ssl_pool):
     if overlap and not args.allow_overlap:
         raise UserError(
             f"{len(overlap)} of the {len(labeled)} labeled images (e.g. {overlap[0]}) were in the "
-            "SSL "
-            f"pool of {args.experiment_name}/pretrain; lower --labeled-fraction to at most "
+            f"SSL pool of {args.experiment_name}/pretrain; lower --labeled-fraction to at most "
             f"{1 - meta.get('ssl_fraction', 0.0):.3f}, or pass --allow-overlap"
         )
     held_out = None
@@ -388,8 +387,7 @@ def run(args, dist_info):
     if args.init == "random" and args.norm == "frozen":
         logger.log(
             "warning: --init random with --norm frozen normalizes nothing (identity statistics) "
-            "and "
-            f"keeps the {5 - args.trainable_layers} first stages at random weights; the fair "
+            f"and keeps the {5 - args.trainable_layers} first stages at random weights; the fair "
             "random baseline is --norm syncbn --trainable-layers 5",
             event="warning",
         )
@@ -403,14 +401,11 @@ def run(args, dist_info):
     logger.log(
         f"Faster R-CNN {args.arch}-FPN at {args.image_size} px (anchors "
         f"{', '.join(str(s[0]) for s in anchor_sizes(args.image_size, args.anchors))} px, norm "
-        f"{args.norm}, "
-        f"{args.trainable_layers} stages trained): {len(labeled)} labeled images, {len(negatives)} "
-        "negatives, "
-        f"repeat factors sum {sum(factors):.1f} (t={args.repeat_threshold}, "
-        f"{args.repeat_rounding}), "
-        f"{sum(steps)} iterations of {args.batch_size} x {dist_info.world_size} in {args.epochs} "
-        "epochs; "
-        f"evaluating on {len(eval_dataset)} {'held-out' if held_out else 'test'} images",
+        f"{args.norm}, {args.trainable_layers} stages trained): {len(labeled)} labeled images, "
+        f"{len(negatives)} negatives, repeat factors sum {sum(factors):.1f} "
+        f"(t={args.repeat_threshold}, {args.repeat_rounding}), {sum(steps)} iterations of "
+        f"{args.batch_size} x {dist_info.world_size} in {args.epochs} epochs; evaluating on "
+        f"{len(eval_dataset)} {'held-out' if held_out else 'test'} images",
         event="data",
         labeled=len(labeled),
         negatives=len(negatives),

@@ -118,8 +118,7 @@ def get_args_parser():
         default=None,
         metavar="DIR_OR_FILE",
         help="unlabeled images (PNG/JPEG, any size) added to the SSL pool, e.g. from your own "
-        "archive; "
-        "refused if any is also in the prepared data (default: none)",
+        "archive; refused if any is also in the prepared data (default: none)",
     )
     p.add_argument(
         "--include-normal",
@@ -161,8 +160,7 @@ def get_args_parser():
         type=int,
         default=1024,
         help="recompute the trunk's BatchNorm statistics on this many un-augmented SSL images "
-        "before "
-        "saving the backbone (0: keep the running averages of training)",
+        "before saving the backbone (0: keep the running averages of training)",
     )
     add_run_flags(p, "train_ssl.py")
     return p
@@ -298,9 +296,8 @@ def run(args, dist_info):
     normalization = f"global over {dist_info.world_size} processes" if global_bn else "per process"
     logger.log(
         f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images ({len(extra)} of them "
-        "from --extra-images) "
-        f"({len(loader)} iterations of {args.batch_size} x {dist_info.world_size} per epoch); "
-        f"BatchNorm statistics {normalization}",
+        f"from --extra-images) ({len(loader)} iterations of {args.batch_size} x "
+        f"{dist_info.world_size} per epoch); BatchNorm statistics {normalization}",
         event="data",
         images=len(paths),
         iterations_per_epoch=len(loader),
@@ -326,8 +323,7 @@ def run(args, dist_info):
         )
         logger.log(
             f"BatchNorm statistics recomputed on {per_rank * dist_info.world_size} un-augmented "
-            "images "
-            f"({batches} batches per process)",
+            f"images ({batches} batches per process)",
             event="precise_bn",
         )
     if dist_info.is_main:

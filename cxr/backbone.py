@@ -72,8 +72,7 @@ def check_trunk_state(state, arch, source):
             f"{source} does not hold a torchvision {arch} trunk: {len(missing)} missing "
             f"({sample(missing)}), {len(unexpected)} unexpected ({sample(unexpected)}), "
             f"{len(misshaped)} of the wrong shape ({sample(misshaped)}). Check --arch, and that "
-            "the file "
-            "has torchvision ResNet keys (conv1.weight, layer1.0.conv1.weight, ...)"
+            "the file has torchvision ResNet keys (conv1.weight, layer1.0.conv1.weight, ...)"
         )
     return f"loaded {len(state)}/{len(expected)} tensors from {source}"
 

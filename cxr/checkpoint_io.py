@@ -34,8 +34,7 @@ def load_torch_file(path, what):
             ) from None
         raise UserError(
             f"cannot read {path}: it is not a PyTorch file of tensors, or an old-format one "
-            "holding "
-            f"Python objects, which cxr never loads; expected {what}"
+            f"holding Python objects, which cxr never loads; expected {what}"
         ) from None
     except Exception as error:  # torch.load fails in many ways on foreign bytes
         raise UserError(

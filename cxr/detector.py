@@ -206,9 +206,9 @@ def load_detector(path):
     )
     if missing or unexpected or wrong_shape:
         raise UserError(
-            f"{path} is not a cxr Faster R-CNN {meta['arch']}-FPN ({meta.get('norm', 'frozen')} "
-            "norm): "
-            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]}"
+            f"{path} is not a cxr Faster R-CNN {meta['arch']}-FPN "
+            f"({meta.get('norm', 'frozen')} norm): missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]}"
         )
     model.load_state_dict(state)
     return model.eval(), meta

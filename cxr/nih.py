@@ -58,8 +58,7 @@ def read_nih_table(path, original_size=1024):
         if len(fields) != 6:
             raise UserError(
                 f"{path}, line {line}: {len(fields)} fields, expected 6 (Image Index, Finding "
-                "Label, "
-                "x, y, w, h)"
+                "Label, x, y, w, h)"
             )
         image, finding = fields[0], fields[1]
         if finding not in NIH_FINDINGS:
@@ -76,8 +75,7 @@ def read_nih_table(path, original_size=1024):
         if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
             raise UserError(
                 f"{path}, line {line}: the box needs finite numbers and a positive width and "
-                "height, "
-                f"got x={x}, y={y}, w={w}, h={h}"
+                f"height, got x={x}, y={y}, w={w}, h={h}"
             )
         image_index.append(names.setdefault(Path(image).stem, len(names)))
         class_ids.append(CLASS_NAMES.index(NIH_FINDINGS[finding]))

@@ -73,8 +73,7 @@ def check_output_folder(path, replace, inputs=(), flag="--replace"):
         if _contains(path, source):
             raise UserError(
                 f"output folder {path} contains the input {source}; choose an output folder "
-                "outside "
-                "the inputs (replacing it would delete them)"
+                "outside the inputs (replacing it would delete them)"
             )
     if not _holds_something(path):
         return

@@ -163,8 +163,7 @@ def _original_sizes_per_image(path, sizes, image_index, image_names):
         row = mismatch[0]
         raise UserError(
             f"{path}, line {_line(row)}: image {image_names[image_index[row]]} has width/height "
-            f"{sizes[row].tolist()}, "
-            f"but {per_image[image_index[row]].tolist()} on an earlier line"
+            f"{sizes[row].tolist()}, but {per_image[image_index[row]].tolist()} on an earlier line"
         )
     return per_image
 
@@ -550,9 +549,8 @@ def prepare(
         f"boxes: {summary['csv_boxes']} drawn -> {summary['fused_boxes']} "
         + ("(one reader, not fused); " if nih else f"after WBF (iou_thr {iou_thr}); ")
         + f"{report.swapped} swapped, {report.clipped} clipped, {report.zero_area} zero-area "
-        "dropped, "
-        f"{report.below_threshold} below skip_box_thr; {len(box_free)} finding images left without "
-        "boxes"
+        f"dropped, {report.below_threshold} below skip_box_thr; {len(box_free)} finding images "
+        "left without boxes"
     )
     log(
         f"split (seed {seed}, test fraction {test_fraction}{' of the patients' if nih else ''}): "

@@ -159,24 +159,21 @@ def _headline(folder, main, comparison):
     seeds = len(folder.seeds)
     lines = [
         f"**Did self-supervision help?** {answer}. With SimCLR on {main}% of the training images "
-        "and "
-        f"{folder.labeled_images(ssl_name)} labeled images for fine-tuning, the detector started "
-        "from the SSL "
-        f"backbone reaches mAP@[.5:.95] **{comparison['AP']['first'].estimate:.3f}** and mAP50 "
+        f"and {folder.labeled_images(ssl_name)} labeled images for fine-tuning, the detector "
+        "started from the SSL backbone reaches mAP@[.5:.95] "
+        f"**{comparison['AP']['first'].estimate:.3f}** and mAP50 "
         f"**{comparison['AP50']['first'].estimate:.3f}**, against "
         f"**{comparison['AP']['second'].estimate:.3f}** and "
-        f"**{comparison['AP50']['second'].estimate:.3f}** "
-        f"from a random backbone trained the same way. SSL minus random: mAP {_interval(ap)}, "
-        "mAP50 "
-        f"{_interval(ap50)} ({LEVEL:.0%} paired bootstrap intervals over the {test['test_images']} "
-        "test images "
-        f"with {test['test_boxes']} boxes and the {seeds} training seed{'s' if seeds > 1 else ''}"
+        f"**{comparison['AP50']['second'].estimate:.3f}** from a random backbone trained the same "
+        f"way. SSL minus random: mAP {_interval(ap)}, mAP50 {_interval(ap50)} ({LEVEL:.0%} paired "
+        f"bootstrap intervals over the {test['test_images']} test images with {test['test_boxes']} "
+        f"boxes and the {seeds} training seed{'s' if seeds > 1 else ''}"
         f"{'' if seeds > 1 else ', so training randomness is not in them'}). "
         + {
             "helped": "The mAP interval lies above zero.",
             "hurt": "The mAP interval lies below zero.",
-            "not "
-            "shown": "The mAP interval includes zero: this run cannot tell the two starts apart.",
+            "not shown": "The mAP interval includes zero: this run cannot tell the two starts "
+            "apart.",
         }[verdict(ap)]
     ]
     probe_ssl = _mean(
@@ -188,8 +185,7 @@ def _headline(folder, main, comparison):
     if probe_ssl is not None and probe_random is not None:
         lines.append(
             f"Linear probe (macro-AUROC, mean over seeds, no interval): {probe_ssl:.3f} for the "
-            "SSL "
-            f"backbone against {probe_random:.3f} for a random one."
+            f"SSL backbone against {probe_random:.3f} for a random one."
         )
     return [" ".join(lines)]
 
@@ -202,18 +198,15 @@ def _data_section(folder):
     elif folder.config.get("nih"):
         source = (
             f"real radiographs: NIH ChestX-ray14 boxes and images in `{folder.config['nih']}` "
-            "(Wang et al., "
-            "2017, 'ChestX-ray8'), one radiologist per image, train/test split by patient, NIH's "
-            "findings "
-            "mapped to VinBigData classes (`cxr.classes.NIH_FINDINGS`)"
+            "(Wang et al., 2017, 'ChestX-ray8'), one radiologist per image, train/test split by "
+            "patient, NIH's findings mapped to VinBigData classes (`cxr.classes.NIH_FINDINGS`)"
         )
     else:
         source = (
             f"synthetic VinBigData from `python -m cxr.synthetic` ({settings['synthetic_images']} "
-            "images at "
-            f"{settings['synthetic_size']} px, seed {folder.config['seed']}): a stand-in with the "
-            "real layout "
-            "and statistics, so its numbers test the machinery, not the method on real radiographs"
+            f"images at {settings['synthetic_size']} px, seed {folder.config['seed']}): a stand-in "
+            "with the real layout and statistics, so its numbers test the machinery, not the "
+            "method on real radiographs"
         )
     if folder.config.get("extra_images"):
         folders = ", ".join(f"`{p}`" for p in folder.config["extra_images"])
@@ -222,12 +215,9 @@ def _data_section(folder):
     lines = [
         f"Data: {source}. After `cxr.prepare` (readers' boxes fused by WBF at IoU 0.2): "
         f"{summary.get('train_images', '?')} training and {summary.get('test_images', '?')} test "
-        "images with "
-        f"findings ({summary.get('fused_boxes', '?')} fused boxes from "
-        f"{summary.get('csv_boxes', '?')} reader "
-        f"boxes), {normal_test} normal test images, and {summary.get('normal_images_kept', '?')} "
-        "other images "
-        "without findings.",
+        f"images with findings ({summary.get('fused_boxes', '?')} fused boxes from "
+        f"{summary.get('csv_boxes', '?')} reader boxes), {normal_test} normal test images, and "
+        f"{summary.get('normal_images_kept', '?')} other images without findings.",
         "",
     ]
     lines.append("| SSL fraction | SSL pool (incl. normal images) | labeled images (the rest) |")
@@ -249,8 +239,7 @@ def _settings_section(folder):
     det = (_read_json(folder.run(name) / "args.json") or {}).get("args", {})
     lines = [
         f"Preset `{folder.config['preset']}`, processes per node "
-        f"{folder.config['nproc_per_node']}, "
-        f"training seeds {', '.join(map(str, folder.seeds))}.",
+        f"{folder.config['nproc_per_node']}, training seeds {', '.join(map(str, folder.seeds))}.",
         "",
         "| stage | settings |",
         "|---|---|",
@@ -259,9 +248,8 @@ def _settings_section(folder):
         lines.append(
             f"| SimCLR | {ssl['arch']}, {ssl['image_size']} px, {ssl['epochs']} epochs, batch "
             f"{ssl['batch_size']}, {ssl['optimizer']} lr {ssl['lr']} (warmup "
-            f"{ssl['warmup_epochs']} epochs, "
-            f"cosine), weight decay {ssl['weight_decay']}, views `{ssl['views']}`, temperature "
-            f"{ssl['temperature']} |"
+            f"{ssl['warmup_epochs']} epochs, cosine), weight decay {ssl['weight_decay']}, views "
+            f"`{ssl['views']}`, temperature {ssl['temperature']} |"
         )
     if det:
         schedule = (
@@ -271,19 +259,15 @@ def _settings_section(folder):
         )
         lines.append(
             f"| Faster R-CNN (both arms) | {det['arch']}-FPN, {det['image_size']} px, "
-            f"{det['anchors']} "
-            f"anchors, norm {det['norm']}, {det['trainable_layers']} stages trained, "
-            f"{det['epochs']} epochs, "
-            f"batch {det['batch_size']}, lr {det['lr']} ({det['warmup_iters']} warmup iterations, "
-            f"{schedule}), {det['roi_batch_size']} RoIs per image, repeat factors "
-            f"t={det['repeat_threshold']} "
-            f"({det['repeat_rounding']}), "
+            f"{det['anchors']} anchors, norm {det['norm']}, {det['trainable_layers']} stages "
+            f"trained, {det['epochs']} epochs, batch {det['batch_size']}, lr {det['lr']} "
+            f"({det['warmup_iters']} warmup iterations, {schedule}), {det['roi_batch_size']} RoIs "
+            f"per image, repeat factors t={det['repeat_threshold']} ({det['repeat_rounding']}), "
             f"{'online augmentation' if det['augment'] else 'no augmentation'} |"
         )
     lines.append(
         "| linear probe | pooled trunk features, standardized, one-vs-rest logistic regression "
-        "C=1, "
-        "14 image-level labels |"
+        "C=1, 14 image-level labels |"
     )
     return lines
 
@@ -291,8 +275,7 @@ def _settings_section(folder):
 def _results_table(folder, comparisons):
     lines = [
         "| SSL fraction | labeled images | init | mAP@[.5:.95] | mAP50 | mAP small | AR@100 | AR "
-        "small | "
-        "AP@0.4 | competition mAP@0.4 | probe macro-AUROC |",
+        "small | AP@0.4 | competition mAP@0.4 | probe macro-AUROC |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [(percent(f), init) for f in folder.fractions for init in ("ssl", "random")]
@@ -319,16 +302,13 @@ def _results_table(folder, comparisons):
         probe = _fmt(_mean([(folder.probe(n) or {}).get("macro_auroc") for n in probes]))
         lines.append(
             f"| {label} | {folder.labeled_images(names[0])} | {'SSL' if init == 'ssl' else init} | "
-            f"{ap} | "
-            f"{ap50} | {means['AP_small']} | {means['AR100']} | {means['AR_small']} | "
-            f"{means['AP40']} | "
-            f"{competition} | {probe} |"
+            f"{ap} | {ap50} | {means['AP_small']} | {means['AR100']} | {means['AR_small']} | "
+            f"{means['AP40']} | {competition} | {probe} |"
         )
         if init == "random" and comparison:
             lines.append(
                 f"| {label} | | **SSL - random** | **{_interval(comparison['AP']['difference'])}** "
-                "| "
-                f"**{_interval(comparison['AP50']['difference'])}** | | | | | | |"
+                f"| **{_interval(comparison['AP50']['difference'])}** | | | | | | |"
             )
     return lines
 
@@ -464,12 +444,9 @@ def write_report(out):
         "## What was run",
         "",
         "SimCLR pretraining on the SSL pool, a linear probe of its backbone and of a random one, "
-        "then Faster "
-        "R-CNN fine-tuned on the labeled images twice - from the SSL backbone and from a random "
-        "backbone, by "
-        "one command that differs only in `--init` - and both evaluated with pycocotools on the "
-        "same test "
-        "images.",
+        "then Faster R-CNN fine-tuned on the labeled images twice - from the SSL backbone and "
+        "from a random backbone, by one command that differs only in `--init` - and both "
+        "evaluated with pycocotools on the same test images.",
         "",
         *_data_section(folder),
         "",
@@ -482,18 +459,13 @@ def write_report(out):
         *_results_table(folder, comparisons),
         "",
         f"Means over the training seeds; mAP and mAP50 with {LEVEL:.0%} paired bootstrap intervals "
-        "over the test "
-        "images and the seeds (`cxr.bootstrap`). mAP@[.5:.95], mAP50, mAP small, AR@100 and AR "
-        "small are "
-        "pycocotools' numbers; 'small' means boxes under 32 x 32 px in the images the model reads "
-        "(COCO's "
-        "absolute areas), so at small image sizes nearly every box is small. AP@0.4 is the "
-        "VinBigData "
-        "competition's IoU threshold with COCO's 101-point interpolation; competition mAP@0.4 is "
-        "the "
-        "competition's metric (VOC interpolation, 'No finding' included when the test split holds "
-        "normal "
-        "films; `cxr.evaluation`). Per-class tables: `runs/<run>/eval/per_class.csv`.",
+        "over the test images and the seeds (`cxr.bootstrap`). mAP@[.5:.95], mAP50, mAP small, "
+        "AR@100 and AR small are pycocotools' numbers; 'small' means boxes under 32 x 32 px in "
+        "the images the model reads (COCO's absolute areas), so at small image sizes nearly every "
+        "box is small. AP@0.4 is the VinBigData competition's IoU threshold with COCO's 101-point "
+        "interpolation; competition mAP@0.4 is the competition's metric (VOC interpolation, 'No "
+        "finding' included when the test split holds normal films; `cxr.evaluation`). Per-class "
+        "tables: `runs/<run>/eval/per_class.csv`.",
         "",
     ]
     for file_name, (title, _) in charts.items():

@@ -81,8 +81,7 @@ def line_chart(series, title, x_label, y_label, width=560, height=320, markers=F
     )
     parts.append(
         f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle" '
-        f"{FONT}>"
-        f"{escape(y_label)}</text>"
+        f"{FONT}>{escape(y_label)}</text>"
     )
     for i, (name, xs, ys) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]

@@ -389,9 +389,8 @@ def generate(out, num_images, size=512, seed=0, test_images=None, replace=False,
     }
     log(
         f"wrote {out}: {summary['images']} train images ({summary['finding_images']} with "
-        "findings), "
-        f"{summary['test_images']} test images, {num_rows} csv rows, {size} px, "
-        f"in {summary['seconds']} s"
+        f"findings), {summary['test_images']} test images, {num_rows} csv rows, {size} px, in "
+        f"{summary['seconds']} s"
     )
     return summary
 

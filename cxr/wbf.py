@@ -190,8 +190,7 @@ def _validate(boxes_list, scores_list, labels_list, weights, conf_type):
         if not len(its_boxes) == len(its_scores) == len(its_labels):
             raise ValueError(
                 f"model {model}: {len(its_boxes)} boxes, {len(its_scores)} scores and "
-                f"{len(its_labels)} labels; "
-                "they must have the same length"
+                f"{len(its_labels)} labels; they must have the same length"
             )
     if weights is not None and len(weights) != len(boxes_list):
         raise ValueError(

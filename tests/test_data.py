@@ -50,10 +50,9 @@ def test_a_broken_image_in_a_worker_gives_the_one_message(tmp_path):
 def test_scripts_print_the_unwrapped_message_and_exit_2(tmp_path):
     script = (
         "import torch, sys; from cxr.data import ImageList; from cxr.errors import "
-        "exit_on_user_error\n"
-        "exit_on_user_error(lambda _: "
-        f"list(torch.utils.data.DataLoader(ImageList([{str(tmp_path / 'x.png')!r}], "
-        "8), num_workers=1)))"
+        "exit_on_user_error\nexit_on_user_error(lambda _: "
+        f"list(torch.utils.data.DataLoader(ImageList([{str(tmp_path / 'x.png')!r}], 8), "
+        "num_workers=1)))"
     )
     (tmp_path / "x.png").write_bytes(b"not an image")
     result = subprocess.run(

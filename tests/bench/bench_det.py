@@ -122,8 +122,7 @@ def bench_loader(data_dir, size, model_rate):
         rate = count / seconds
         print(
             f"| loader images/s per worker at {size} px, augmentation {'on' if augment else 'off'} "
-            "| "
-            f"{rate:.1f} | model step {model_rate:.2f} | {rate / model_rate:.1f} workers' worth "
+            f"| {rate:.1f} | model step {model_rate:.2f} | {rate / model_rate:.1f} workers' worth "
             "per model |"
         )
 
@@ -141,8 +140,7 @@ def bench_settings(data_dir, arch, size, batch, steps, device, settings):
         rates[rois, proposals] = batch * len(batches) / seconds
         print(
             f"| training images/s, {arch}-FPN at {size} px, {rois} RoIs, {proposals} RPN proposals "
-            "| "
-            f"{rates[rois, proposals]:.2f} | {rates[512, 2000]:.2f} (512, 2000) | "
+            f"| {rates[rois, proposals]:.2f} | {rates[512, 2000]:.2f} (512, 2000) | "
             f"{rates[rois, proposals] / rates[512, 2000]:.2f}x |",
             flush=True,
         )

@@ -61,8 +61,7 @@ def main():
     train_x, test_x = standardize(train_x, test_x)
     print(
         f"features: {tuple(train_x.shape)} train, {tuple(test_x.shape)} test, {train_y.shape[1]} "
-        "labels, "
-        f"{torch.get_num_threads()} threads"
+        f"labels, {torch.get_num_threads()} threads"
     )
 
     def objective(weights, bias):
@@ -88,8 +87,7 @@ def main():
     )
     print(
         f"| ours, torch L-BFGS, tolerance 1e-6 | {ours_s:.2f} s | 1 | "
-        f"{objective(weights, bias):.3f} | "
-        f"{ours_macro:.4f} | 0 |"
+        f"{objective(weights, bias):.3f} | {ours_macro:.4f} | 0 |"
     )
 
     from sklearn.linear_model import LogisticRegression

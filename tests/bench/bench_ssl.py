@@ -174,11 +174,9 @@ def bench_step(arch, size, batch, steps, rounds):
     overheads.sort()
     print(
         f"| training images/s, {arch} at {size} px, batch {batch}, {steps} steps ({device}) | "
-        f"{ours:.1f} | "
-        f"{peer:.1f} | overhead: median {100 * overheads[len(overheads) // 2]:+.1f}% of {rounds} "
-        "alternating "
-        f"rounds (range {100 * overheads[0]:+.1f}% to {100 * overheads[-1]:+.1f}%), best vs best "
-        f"{100 * (peer / ours - 1):+.1f}% |"
+        f"{ours:.1f} | {peer:.1f} | overhead: median {100 * overheads[len(overheads) // 2]:+.1f}% "
+        f"of {rounds} alternating rounds (range {100 * overheads[0]:+.1f}% to "
+        f"{100 * overheads[-1]:+.1f}%), best vs best {100 * (peer / ours - 1):+.1f}% |"
     )
 
 

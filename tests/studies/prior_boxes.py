@@ -66,8 +66,7 @@ def main():
     metrics = coco_metrics(coco_ground_truth(test), results)
     print(
         f"prior boxes on {len(test['images'])} test images: mAP {metrics['AP']:.4f}, mAP50 "
-        f"{metrics['AP50']:.4f}, "
-        f"AP@0.4 {metrics['AP40']:.4f}, competition mAP@0.4 "
+        f"{metrics['AP50']:.4f}, AP@0.4 {metrics['AP40']:.4f}, competition mAP@0.4 "
         f"{competition_metrics(test, results)['mAP40']:.4f}"
     )
     for row in metrics["per_class"]:
