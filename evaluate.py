@@ -71,6 +71,7 @@ from cxr.evaluation import (
     coco_ground_truth,
     coco_metrics,
     competition_metrics,
+    format_metric,
     gather_to_main,
     predict,
 )
@@ -248,10 +249,6 @@ def predict_all(model, dataset, args, dist_info):
     )
 
 
-def _fmt(value, digits=4):
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def per_class_rows(metrics):
     return [
         {
@@ -269,13 +266,13 @@ def per_class_rows(metrics):
 def metrics_tables(metrics):
     """The summary and per-class tables as aligned text."""
     lines = [f"{'metric':<10} {'value':>7}"]
-    lines += [f"{name:<10} {_fmt(metrics[name]):>7}" for name in (*STAT_NAMES, "AP40")]
+    lines += [f"{name:<10} {format_metric(metrics[name]):>7}" for name in (*STAT_NAMES, "AP40")]
     lines.append("")
     lines.append(f"{'class':<20} {'gt boxes':>8} {'AP':>7} {'AP50':>7} {'AP@0.4':>7}")
     for row in per_class_rows(metrics):
         lines.append(
-            f"{row['class_name']:<20} {row['gt_boxes']:>8} {_fmt(row['AP']):>7} "
-            f"{_fmt(row['AP50']):>7} {_fmt(row['AP40']):>7}"
+            f"{row['class_name']:<20} {row['gt_boxes']:>8} {format_metric(row['AP']):>7} "
+            f"{format_metric(row['AP50']):>7} {format_metric(row['AP40']):>7}"
         )
     return "\n".join(lines)
 
@@ -314,9 +311,10 @@ def run_map(args, dist_info):
     )
     print(
         "competition mAP@0.4 (VOC all-point, lesions + 'No finding' scored 1 - the top lesion "
-        f"score): {_fmt(competition['mAP40'])}; 'No finding' AP "
-        f"{_fmt(competition['per_class'][NUM_CLASSES + 1])} on {normal_films} test images without "
-        "boxes" + ("" if normal_films else " (prepare --normal-in-test adds normal films)")
+        f"score): {format_metric(competition['mAP40'])}; 'No finding' AP "
+        f"{format_metric(competition['per_class'][NUM_CLASSES + 1])} on {normal_films} test "
+        "images without boxes"
+        + ("" if normal_films else " (prepare --normal-in-test adds normal films)")
     )
     summary = {
         "checkpoint": str(checkpoint),

@@ -20,7 +20,7 @@ import torch
 import torchvision
 
 from .checkpoint_io import load_torch_file
-from .data import to_network_input
+from .data import uint8_to_network_input
 from .distributed import all_reduce_mean
 from .errors import UserError
 
@@ -108,7 +108,7 @@ def recompute_batchnorm_statistics(trunk, loader, device):
     trunk.train()
     batches = 0
     for batch in loader:
-        trunk(to_network_input(batch.to(device).float() / 255))
+        trunk(uint8_to_network_input(batch, device))
         batches += 1
     trunk.train(was_training)
     for norm, momentum in zip(norms, momenta):

@@ -51,6 +51,11 @@ def read_grayscale(path, size=None):
     return torch.from_numpy(np.asarray(image).copy()).unsqueeze(0)
 
 
+def uint8_to_network_input(images, device):
+    """(B, 1, H, W) uint8 images -> normalized network input on the device."""
+    return to_network_input(images.to(device).float() / 255)
+
+
 def to_network_input(images):
     """(B, 1, H, W) floats in [0, 1] -> (B, 3, H, W) normalized network input."""
     mean = torch.tensor(IMAGE_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)

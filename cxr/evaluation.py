@@ -49,6 +49,11 @@ STAT_NAMES = (
 )
 
 
+def format_metric(value, digits=4):
+    """A metric for tables: 'n/a' where it is undefined (None)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def detection_collate(batch):
     return tuple(zip(*batch))
 

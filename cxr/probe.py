@@ -17,7 +17,7 @@ no positive or no negative are reported as undefined and left out of the mean.
 import numpy as np
 import torch
 
-from .data import ImageList, image_labels, split_images, to_network_input
+from .data import ImageList, image_labels, split_images, uint8_to_network_input
 
 
 @torch.no_grad()
@@ -27,9 +27,7 @@ def extract_features(trunk, paths, image_size, batch_size, device, workers=0):
     loader = torch.utils.data.DataLoader(
         ImageList(paths, image_size), batch_size=batch_size, num_workers=workers
     )
-    features = [
-        trunk(to_network_input(batch.to(device).float() / 255)).float().cpu() for batch in loader
-    ]
+    features = [trunk(uint8_to_network_input(batch, device)).float().cpu() for batch in loader]
     return torch.cat(features) if features else torch.zeros(0, 0)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from .average_precision import average_precision, match_detections
 from .bootstrap import paired_bootstrap
 from .classes import CLASS_NAMES
-from .evaluation import coco_ground_truth
+from .evaluation import coco_ground_truth, format_metric
 from .outputs import atomic_write_text
 from .svg import bar_chart, line_chart
 
@@ -46,10 +46,6 @@ def _train_records(log_path):
             if record.get("event") == "train":
                 by_step[record["step"]] = record
     return [by_step[step] for step in sorted(by_step)]
-
-
-def _fmt(value, digits=3):
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def percent(fraction):
@@ -291,15 +287,22 @@ def _results_table(folder, comparisons):
         comparison = comparisons.get(p)
         arm = "first" if init == "ssl" else "second"
         ap, ap50 = (
-            _interval(comparison[k][arm]) if comparison else _fmt(_mean([m[k] for m in found]))
+            _interval(comparison[k][arm])
+            if comparison
+            else format_metric(_mean([m[k] for m in found]), 3)
             for k in ("AP", "AP50")
         )
         means = {
-            k: _fmt(_mean([m[k] for m in found])) for k in ("AP_small", "AR100", "AR_small", "AP40")
+            k: format_metric(_mean([m[k] for m in found]), 3)
+            for k in ("AP_small", "AR100", "AR_small", "AP40")
         }
-        competition = _fmt(_mean([m.get("competition", {}).get("mAP40") for m in found]))
+        competition = format_metric(
+            _mean([m.get("competition", {}).get("mAP40") for m in found]), 3
+        )
         probes = names if init == "ssl" else folder.names("random", None)
-        probe = _fmt(_mean([(folder.probe(n) or {}).get("macro_auroc") for n in probes]))
+        probe = format_metric(
+            _mean([(folder.probe(n) or {}).get("macro_auroc") for n in probes]), 3
+        )
         lines.append(
             f"| {label} | {folder.labeled_images(names[0])} | {'SSL' if init == 'ssl' else init} | "
             f"{ap} | {ap50} | {means['AP_small']} | {means['AR100']} | {means['AR_small']} | "
@@ -420,7 +423,7 @@ def _timing_section(folder):
             continue
         seconds = entry.get("seconds")
         total += seconds or 0.0
-        shown = _fmt(seconds, 0) if seconds is not None else entry["status"]
+        shown = format_metric(seconds, 0) if seconds is not None else entry["status"]
         lines.append(f"| {name} | {entry['description']} | {shown} |")
     lines.append(f"| **total** | | **{total:.0f}** ({total / 60:.1f} min) |")
     return lines
