@@ -1,0 +1,50 @@
+"""Optimizers and schedules: the schedule, parameter groups and LARS by hand."""
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr.optim import LARS, parameter_groups, warmup_cosine_schedule
+
+
+def test_warmup_then_cosine_by_hand():
+    lr = warmup_cosine_schedule(1.0, total_steps=6, warmup_steps=2)
+    expected = [0.5, 1.0] + [(1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
+    np.testing.assert_allclose(lr, expected)
+    assert (
+        len(warmup_cosine_schedule(0.1, 10, 0)) == 10
+        and warmup_cosine_schedule(0.1, 10, 0)[0] == 0.1
+    )
+    np.testing.assert_allclose(warmup_cosine_schedule(1.0, 3, warmup_steps=10), [1 / 3, 2 / 3, 1.0])
+
+
+def test_parameter_groups_exempt_biases_and_norms():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2, 2))
+    decay, exempt = parameter_groups(model, 1e-4)
+    assert [p.shape for p in decay["params"]] == [(2, 1, 3, 3), (2, 2)]
+    assert len(exempt["params"]) == 4 and exempt["weight_decay"] == 0.0 and not exempt["lars"]
+
+
+def test_lars_step_by_hand():
+    w = torch.tensor([3.0, 4.0], requires_grad=True)  # |w| = 5
+    b = torch.tensor([1.0], requires_grad=True)
+    optimizer = LARS(
+        [
+            {"params": [w], "weight_decay": 0.1, "lars": True},
+            {"params": [b], "weight_decay": 0.0, "lars": False},
+        ],
+        lr=0.5,
+        momentum=0.9,
+    )
+    w.grad, b.grad = torch.tensor([0.7, -0.4]), torch.tensor([2.0])
+    optimizer.step()
+    update = torch.tensor([0.7, -0.4]) + 0.1 * torch.tensor([3.0, 4.0])  # g + wd w = (1.0, 0.0)
+    trust = 0.001 * 5.0 / 1.0
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0]) - 0.5 * trust * update)
+    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.5 * 2.0]))
+    w.grad, b.grad = torch.tensor([0.7, -0.4]), torch.tensor([2.0])
+    before = b.detach().clone()
+    optimizer.step()  # momentum: v = 0.9 v + lr g
+    torch.testing.assert_close(b.detach(), before - (0.9 * 1.0 + 0.5 * 2.0))
