@@ -18,7 +18,7 @@ wrote beside it) on the test images, batched, in exact shards under torchrun,
 and reports pycocotools' 12 numbers, AP at IoU 0.4 (the competition's
 threshold, with COCO's 101-point interpolation), a per-class table, and the
 competition's own metric (mAP@0.4 over the lesions and "No finding", VOC
-interpolation; see cxr.evaluation). It writes metrics.json, per_class.csv
+interpolation; see cxr.coco_metrics). It writes metrics.json, per_class.csv
 and test_predictions.json (COCO results) into <output-dir>/<experiment>/eval/.
 
 --mode visualize draws ground truth (solid) and predictions (dashed, with
@@ -55,6 +55,15 @@ from PIL import Image
 from cxr.backbone import headless_resnet, pretrained_trunk
 from cxr.classes import CLASS_NAMES, NUM_CLASSES, class_id, coco_categories
 from cxr.cli import parser
+from cxr.coco_metrics import (
+    STAT_NAMES,
+    coco_ground_truth,
+    coco_metrics,
+    competition_metrics,
+    format_metric,
+    gather_to_main,
+    predict,
+)
 from cxr.data import (
     DetectionDataset,
     check_images_exist,
@@ -66,15 +75,6 @@ from cxr.data import (
 from cxr.detector import load_detector
 from cxr.distributed import process_group
 from cxr.errors import UserError, exit_on_user_error
-from cxr.evaluation import (
-    STAT_NAMES,
-    coco_ground_truth,
-    coco_metrics,
-    competition_metrics,
-    format_metric,
-    gather_to_main,
-    predict,
-)
 from cxr.outputs import (
     atomic_write_json,
     atomic_write_text,

@@ -14,7 +14,7 @@ ResNet stages train, with BatchNorm global across processes, so that a
 random start trains as well as a pretrained one: an SSL-vs-random comparison
 changes --init and nothing else. Training oversamples images with rare
 classes by repeat factors (LVIS) and augments each image online with
-box-aware transforms (`cxr.box_augment`), every item with its own seed from
+box-aware transforms (`cxr.detection_augment`), every item with its own seed from
 the sampler, so ranks never share draws; the learning-rate schedule counts
 the steps of every (variable-length) epoch. Every --eval-every
 epochs the model is evaluated (COCO mAP with pycocotools) on the test split,
@@ -33,22 +33,22 @@ from pathlib import Path
 import torch
 
 from cxr.backbone import infer_arch, load_trunk_weights
-from cxr.box_augment import BoxAugment
 from cxr.checkpoint_io import atomic_torch_save
 from cxr.classes import CLASS_NAMES
 from cxr.cli import add_run_flags, add_share_flag, fraction_arg, parser
-from cxr.data import DetectionDataset, load_coco, split_images
-from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
-from cxr.distributed import process_group
-from cxr.engine import check_amp, train
-from cxr.errors import UserError, exit_on_user_error
-from cxr.evaluation import (
+from cxr.coco_metrics import (
     coco_ground_truth,
     coco_metrics,
     detection_collate,
     gather_to_main,
     predict,
 )
+from cxr.data import DetectionDataset, load_coco, split_images
+from cxr.detection_augment import BoxAugment
+from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
+from cxr.distributed import process_group
+from cxr.engine import check_amp, train
+from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
 from cxr.optim import check_warmup, step_schedule, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 
-from cxr.augment import VIEW_PRESETS, ViewConfig, simclr_views
 from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
 from cxr.checkpoint_io import atomic_torch_save
 from cxr.cli import add_run_flags, add_share_flag, parser
@@ -45,6 +44,7 @@ from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
+from cxr.ssl_views import VIEW_PRESETS, ViewConfig, simclr_views
 
 # The files a run writes in its folder: --replace deletes these and nothing else.
 RUN_OUTPUTS = (

@@ -24,7 +24,7 @@ import numpy as np
 from .average_precision import average_precision, match_detections
 from .bootstrap import paired_bootstrap
 from .classes import CLASS_NAMES
-from .evaluation import coco_ground_truth, format_metric
+from .coco_metrics import coco_ground_truth, format_metric
 from .outputs import atomic_write_text
 from .svg import bar_chart, line_chart
 
@@ -467,7 +467,7 @@ def write_report(out):
         "the images the model reads (COCO's absolute areas), so at small image sizes nearly every "
         "box is small. AP@0.4 is the VinBigData competition's IoU threshold with COCO's 101-point "
         "interpolation; competition mAP@0.4 is the competition's metric (VOC interpolation, 'No "
-        "finding' included when the test split holds normal films; `cxr.evaluation`). Per-class "
+        "finding' included when the test split holds normal films; `cxr.coco_metrics`). Per-class "
         "tables: `runs/<run>/eval/per_class.csv`.",
         "",
     ]

@@ -7,7 +7,7 @@ from pycocotools.coco import COCO
 
 from cxr.average_precision import average_precision, match_detections, mean_ap
 from cxr.classes import coco_categories
-from cxr.evaluation import coco_metrics
+from cxr.coco_metrics import coco_metrics
 
 
 def random_case(seed, num_images=12):

@@ -21,8 +21,8 @@ from test_simclr import free_port
 from torch import nn
 
 import train_det
-from cxr.box_augment import BoxAugment, BoxAugmentConfig
 from cxr.data import DetectionDataset
+from cxr.detection_augment import BoxAugment, BoxAugmentConfig
 from cxr.detector import (
     anchor_sizes,
     build_detector,

@@ -19,9 +19,9 @@ import evaluate
 import train_det
 from cxr.backbone import headless_resnet
 from cxr.classes import CLASS_COLORS, CLASS_NAMES, NO_FINDING_ID
+from cxr.coco_metrics import coco_ground_truth, coco_metrics
 from cxr.data import image_labels
 from cxr.errors import UserError
-from cxr.evaluation import coco_ground_truth, coco_metrics
 from cxr.submission import prediction_string, read_original_sizes
 from cxr.visualize import draw_detections, readable_text_color
 

@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxr.box_augment import BoxAugment  # noqa: E402
+from cxr.coco_metrics import detection_collate  # noqa: E402
 from cxr.data import DetectionDataset  # noqa: E402
+from cxr.detection_augment import BoxAugment  # noqa: E402
 from cxr.detector import build_detector  # noqa: E402
 from cxr.distributed import DistInfo  # noqa: E402
 from cxr.engine import Training, train_one_epoch  # noqa: E402
-from cxr.evaluation import detection_collate  # noqa: E402
 from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
 from cxr.prepare import prepare  # noqa: E402
 from cxr.run_folder import RunLogger  # noqa: E402

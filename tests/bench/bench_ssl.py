@@ -1,7 +1,7 @@
 """Benchmark: SimCLR views and the training step.
 
 1. Views per second per CPU core at 512 px: our batched view pipeline
-   (cxr.augment, torch, one thread) against the seed project's pipeline
+   (cxr.ssl_views, torch, one thread) against the seed project's pipeline
    rebuilt with torchvision transforms on PIL images (random resized crop
    0.08-1, flips, colour jitter 0.4 p=0.8, grayscale p=0.2, PIL Gaussian blur
    p=0.5, histogram equalization, to tensor).
@@ -25,13 +25,13 @@ from PIL import Image, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxr.augment import ViewConfig, simclr_views  # noqa: E402
 from cxr.backbone import FEATURE_DIMS, build_resnet  # noqa: E402
 from cxr.distributed import DistInfo  # noqa: E402
 from cxr.engine import Training, train_one_epoch  # noqa: E402
 from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
 from cxr.run_folder import RunLogger  # noqa: E402
 from cxr.simclr import SimCLR, nt_xent  # noqa: E402
+from cxr.ssl_views import ViewConfig, simclr_views  # noqa: E402
 from train_ssl import SimCLRTask  # noqa: E402
 
 

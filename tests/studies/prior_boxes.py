@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.classes import CLASS_NAMES  # noqa: E402
+from cxr.coco_metrics import coco_ground_truth, coco_metrics, competition_metrics  # noqa: E402
 from cxr.data import load_coco  # noqa: E402
-from cxr.evaluation import coco_ground_truth, coco_metrics, competition_metrics  # noqa: E402
 
 
 def prior_predictions(train, test):

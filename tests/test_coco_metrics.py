@@ -4,7 +4,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from cxr.classes import coco_categories
-from cxr.evaluation import coco_metrics, competition_metrics
+from cxr.coco_metrics import coco_metrics, competition_metrics
 
 
 def ground_truth(boxes):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cxr.box_augment import (
+from cxr.detection_augment import (
     BoxAugment,
     BoxAugmentConfig,
     clip_and_filter,
