@@ -101,7 +101,7 @@ def get_args_parser():
     )
     p.add_argument(
         "--views",
-        default="seed",
+        default="simclr",
         help="view augmentations: a preset (" + ", ".join(VIEW_PRESETS) + ") or JSON overriding "
         'one, e.g. \'{"preset": "cxr", "blur_p": 0.3}\'; keys: '
         + ", ".join(f.name for f in fields(ViewConfig)),
@@ -172,7 +172,7 @@ def view_config(text):
         return VIEW_PRESETS[text]
     try:
         overrides = json.loads(text)
-        base = VIEW_PRESETS[overrides.pop("preset", "seed")]
+        base = VIEW_PRESETS[overrides.pop("preset", "simclr")]
         return replace(
             base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         )

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 @dataclass
 class ViewConfig:
-    """Strengths and probabilities of the SSL view transforms (seed defaults)."""
+    """Strengths and probabilities of the SSL view transforms (defaults: the simclr preset)."""
 
     crop_scale: tuple = (0.2, 1.0)
     crop_ratio: tuple = (3 / 4, 4 / 3)
@@ -33,7 +33,7 @@ class ViewConfig:
     jitter_p: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
-    gamma_p: float = 0.0  # not in the seed's views
+    gamma_p: float = 0.0  # not in SimCLR's views
     gamma_std: float = 0.2  # gamma = exp(N(0, gamma_std))
     equalize_p: float = 0.2
     blur_p: float = 0.5
@@ -45,14 +45,15 @@ class ViewConfig:
         return asdict(self)
 
 
-# "seed": the seed project's SimCLR views (the defaults above).
+# "simclr": SimCLR's views for grayscale images as the seed project set them
+# (the defaults above).
 # "cxr": radiograph-specific views in the spirit of MoCo-CXR (Sowrirajan et
 # al., 2021): no vertical flip (anatomy has an up), no intensity jitter or
 # equalization (intensity is diagnostic), milder crops. On the synthetic data
-# the seed's views leave the SimCLR loss at chance for the first epochs of a
-# CPU run, mostly because of the intensity jitter (docs/benchmarks.md).
+# "simclr" views leave the SimCLR loss at chance for the first epochs of a
+# CPU run, mostly because of the intensity jitter (docs/experiments.md).
 VIEW_PRESETS = {
-    "seed": ViewConfig(),
+    "simclr": ViewConfig(),
     "cxr": ViewConfig(crop_scale=(0.35, 1.0), vflip_p=0.0, jitter_p=0.0, equalize_p=0.0),
 }
 

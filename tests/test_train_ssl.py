@@ -418,7 +418,7 @@ def test_divergence_says_whether_a_checkpoint_is_kept(tmp_path, bad_epoch, kept)
 
 
 def test_view_presets_and_overrides():
-    assert train_ssl.view_config("seed") == train_ssl.VIEW_PRESETS["seed"]
+    assert train_ssl.view_config("simclr") == train_ssl.VIEW_PRESETS["simclr"]
     cxr = train_ssl.view_config('{"preset": "cxr", "blur_p": 0.3, "crop_scale": [0.5, 1.0]}')
     assert (cxr.vflip_p, cxr.jitter_p, cxr.blur_p, cxr.crop_scale) == (0.0, 0.0, 0.3, (0.5, 1.0))
     assert train_ssl.view_config('{"blur_p": 0.1}').jitter_p == 0.8  # overrides the seed's defaults

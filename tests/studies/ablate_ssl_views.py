@@ -8,7 +8,7 @@ such as NIH ChestX-ray14's, or by default 64 normal images of a synthetic set
 (1,500 images at 128 px, seed 0). Chance level is ln(2 * 64 - 1) = 4.844: a
 loss that stays there has learned nothing.
 
-    python tests/studies/ablate_ssl_views.py [--steps 25] [--configs seed no_jitter ...] \
+    python tests/studies/ablate_ssl_views.py [--steps 25] [--configs simclr no_jitter ...] \
         [--images DIR]
 """
 
@@ -30,7 +30,7 @@ from cxr.ssl_views import VIEW_PRESETS, ViewConfig, simclr_views  # noqa: E402
 from cxr.synthetic import generate  # noqa: E402
 
 CONFIGS = {
-    "seed": VIEW_PRESETS["seed"],
+    "simclr": VIEW_PRESETS["simclr"],
     "weak": ViewConfig(
         crop_scale=(0.8, 1.0),
         rotation_degrees=0,
