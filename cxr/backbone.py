@@ -1,11 +1,10 @@
 """ResNet trunks and the CHECKED loading of pretrained weights into them.
 
-An earlier implementation of this pipeline saved its SimCLR backbone from an
-nn.Sequential (keys "0.weight", "4.0.conv1...") and loaded it with
-strict=False: no tensor matched, nothing was said, and the model trained
-from other weights. Here every load names the exact tensors it expected, fails
-loudly on any missing, unexpected or mis-shaped one, and reports
-"loaded K/K tensors from FILE".
+A load with strict=False can match no tensor at all (a trunk saved from an
+nn.Sequential has keys "0.weight", "4.0.conv1..."), say nothing, and leave
+the model at other weights. Here every load names the exact tensors it
+expected, fails loudly on any missing, unexpected or mis-shaped one, and
+reports "loaded K/K tensors from FILE".
 
 `recompute_batchnorm_statistics` replaces the BatchNorm running statistics of
 a trained trunk by their average over clean images ("precise BN", Wu &

@@ -4,7 +4,7 @@ SimCLR normalizes with statistics of the whole global batch (Chen et al.,
 2020, sec. 3: "we aggregate BN mean and variance over all devices"): with
 per-device BN a rank's positives share its batch statistics, a cue that lets
 the contrastive task leak information instead of learning features, and two
-processes with N images each no longer train like one process with 2N.
+processes with N images each do not train like one process with 2N.
 torch's SyncBatchNorm runs only on CUDA; this module is the same
 normalization written with two differentiable all-reduces, so it also runs
 under gloo on CPUs.

@@ -6,7 +6,7 @@ writes DIR/train.csv (image_id,class_name,class_id,rad_id,x_min,y_min,x_max,
 y_max,width,height), DIR/train/<image_id>.png and DIR/test/<image_id>.png
 (unlabeled), so every stage of the pipeline runs without the real data.
 
-What it imitates (numbers from the real table, ../shared/VINBIGDATA.md):
+What it imitates (numbers from the real VinBigData train.csv):
 - Frontal chest radiographs: body, two dark lung fields with ribs, spine and
   mediastinum, heart, correlated noise; anatomy jittered per image but in
   stable places, so self-supervised features have something to learn.

@@ -6,7 +6,8 @@
 # gathered negatives): two NCCL ranks when there are two GPUs; on one GPU two NCCL ranks cannot
 # share the device, so the two-process run uses gloo on the CPU instead and says so.
 #
-# If pycocotools is missing on that machine, put its wheel in .whl/ (installed from there).
+# On a machine without package downloads, put the wheels it lacks (e.g. pycocotools) in .whl/:
+# they are installed from there.
 # Logs and summary.txt go to $OUT, else ./gpu_check_out. Each step is limited to $STEP_LIMIT s
 # (120), the most important first.
 # The sizes are environment variables, so the wiring can be smoke-tested on a CPU:
