@@ -91,3 +91,16 @@ def add_share_flag(parser, name, dest, default, meaning, default_text=""):
         help=f"{meaning}{default_text}. {SEED_SHARE_FLAG}, the seed project's name, means this "
         "here",
     )
+
+
+def flags(**values):
+    """Command-line flags from keyword arguments: name=value -> "--name", "value"
+    (underscores as dashes); True gives the bare switch, False and None nothing."""
+    items = []
+    for name, value in values.items():
+        if value is None or value is False:
+            continue
+        items.append("--" + name.replace("_", "-"))
+        if value is not True:
+            items.append(str(value))
+    return items

@@ -43,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from .cli import parser
+from .cli import flags, parser
 from .errors import UserError, exit_on_user_error
 from .outputs import atomic_write_json, check_output_folder, make_folder, mark_as_ours
 from .report import percent, run_name, write_report
@@ -168,126 +168,98 @@ def parse_fractions(text):
 
 def plan_stages(args, settings, out):
     """Every stage of the experiment, in order."""
-    python, data, runs = sys.executable, out / "data", out / "runs"
-    launcher = (
-        [python]
-        if args.nproc_per_node == 1
-        else [
-            python,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={args.nproc_per_node}",
-        ]
-    )
-    device = ["--device", args.device] if args.device else []
-    s = settings
+    s, python, data, runs = settings, sys.executable, out / "data", out / "runs"
+    launcher = [python]
+    if args.nproc_per_node > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone"]
+        launcher += [f"--nproc_per_node={args.nproc_per_node}"]
     stages = []
-    data_format = ["--format", "nih"] if args.nih else []
     if args.vinbig:
         csv, images = Path(args.vinbig) / "train.csv", Path(args.vinbig) / "train"
     elif args.nih:
         csv, images = Path(args.nih) / NIH_BOX_FILE, Path(args.nih) / "images"
     else:
         csv, images = out / "vinbigdata" / "train.csv", out / "vinbigdata" / "train"
+        synthetic = flags(
+            out=out / "vinbigdata",
+            images=s.synthetic_images,
+            size=s.synthetic_size,
+            seed=args.seed,
+            replace=True,
+        )
         stages.append(
             Stage(
                 "synthetic",
                 f"synthetic VinBigData: {s.synthetic_images} images at {s.synthetic_size} px",
-                [
-                    python,
-                    "-m",
-                    "cxr.synthetic",
-                    "--out",
-                    str(out / "vinbigdata"),
-                    "--images",
-                    str(s.synthetic_images),
-                    "--size",
-                    str(s.synthetic_size),
-                    "--seed",
-                    str(args.seed),
-                    "--replace",
-                ],
+                [python, "-m", "cxr.synthetic", *synthetic],
             )
         )
-    stages.append(
-        Stage(
-            "prepare",
-            (
-                "prepare: validate NIH's boxes, split train/test by patient"
-                if args.nih
-                else "prepare: validate, fuse the readers' boxes (WBF), split train/test"
-            ),
-            [
-                python,
-                "-m",
-                "cxr.prepare",
-                *data_format,
-                "--csv",
-                str(csv),
-                "--images",
-                str(images),
-                "--out",
-                str(data),
-                "--keep-normal",
-                *(["--normal-in-test"] if args.normal_in_test else []),
-                "--replace",
-            ],
-        )
+    prepare = flags(
+        format="nih" if args.nih else None,
+        csv=csv,
+        images=images,
+        out=data,
+        keep_normal=True,
+        normal_in_test=args.normal_in_test,
+        replace=True,
     )
-    common = [
-        "--data-dir",
-        str(data),
-        "--output-dir",
-        str(runs),
-        "--arch",
-        s.arch,
-        "--workers",
-        str(s.workers),
-        *device,
-    ]
-    evaluation = [
-        "--data-dir",
-        str(data),
-        "--output-dir",
-        str(runs),
-        "--workers",
-        str(s.workers),
-        "--replace",
-        *device,
-    ]
+    what = (
+        "validate NIH's boxes, split train/test by patient"
+        if args.nih
+        else "validate, fuse the readers' boxes (WBF), split train/test"
+    )
+    stages.append(Stage("prepare", f"prepare: {what}", [python, "-m", "cxr.prepare", *prepare]))
+    both = flags(data_dir=data, output_dir=runs, workers=s.workers, device=args.device)
+    training = [*both, *flags(arch=s.arch)]
+    evaluation = [*both, *flags(replace=True)]
     extra = ["--extra-images", *map(str, args.extra_images)] if args.extra_images else []
+
+    def pretraining(name, fraction, seed):
+        options = flags(
+            experiment_name=name,
+            ssl_fraction=fraction,
+            split_seed=args.seed,
+            include_normal=True,
+            image_size=s.ssl_image_size,
+            epochs=s.ssl_epochs,
+            batch_size=s.ssl_batch_size,
+            lr=s.ssl_lr,
+            warmup_epochs=s.ssl_warmup_epochs,
+            views=s.ssl_views,
+            temperature=s.ssl_temperature,
+            seed=seed,
+            print_freq=5,
+        )
+        return [*launcher, "train_ssl.py", *training, *options, *extra]
 
     def detector(name, init, labeled_fraction, seed):
         """The one fine-tuning command: the arms differ in --experiment-name and --init only."""
+        options = flags(
+            experiment_name=name,
+            init=init,
+            labeled_fraction=labeled_fraction,
+            split_seed=args.seed,
+            image_size=s.det_image_size,
+            epochs=s.det_epochs,
+            batch_size=s.det_batch_size,
+            lr=s.det_lr,
+            warmup_iters=s.det_warmup_iters,
+            roi_batch_size=s.det_roi_batch_size,
+            seed=seed,
+            print_freq=5,
+        )
+        return [*launcher, "train_det.py", *training, *options]
+
+    def evaluate(mode, name, *more, launch=(python,)):
         return [
-            *launcher,
-            "train_det.py",
-            *common,
+            *launch,
+            "evaluate.py",
+            "--mode",
+            mode,
+            *evaluation,
             "--experiment-name",
             name,
-            "--init",
-            init,
-            "--labeled-fraction",
-            str(labeled_fraction),
-            "--split-seed",
-            str(args.seed),
-            "--image-size",
-            str(s.det_image_size),
-            "--epochs",
-            str(s.det_epochs),
-            "--batch-size",
-            str(s.det_batch_size),
-            "--lr",
-            str(s.det_lr),
-            "--warmup-iters",
-            str(s.det_warmup_iters),
-            "--roi-batch-size",
-            str(s.det_roi_batch_size),
-            "--seed",
-            str(seed),
-            "--print-freq",
-            "5",
+            *more,
         ]
 
     for i, fraction in enumerate(args.fractions):
@@ -297,99 +269,38 @@ def plan_stages(args, settings, out):
             stages.append(
                 Stage(
                     f"pretrain-{ssl}",
-                    f"SimCLR pretraining on {p}% of the training images "
-                    f"(+ normal images), seed {seed}",
-                    [
-                        *launcher,
-                        "train_ssl.py",
-                        *common,
-                        "--experiment-name",
-                        ssl,
-                        "--ssl-fraction",
-                        str(fraction),
-                        "--split-seed",
-                        str(args.seed),
-                        "--include-normal",
-                        "--image-size",
-                        str(s.ssl_image_size),
-                        "--epochs",
-                        str(s.ssl_epochs),
-                        "--batch-size",
-                        str(s.ssl_batch_size),
-                        "--lr",
-                        str(s.ssl_lr),
-                        "--warmup-epochs",
-                        str(s.ssl_warmup_epochs),
-                        "--views",
-                        s.ssl_views,
-                        "--temperature",
-                        str(s.ssl_temperature),
-                        "--seed",
-                        str(seed),
-                        "--print-freq",
-                        "5",
-                        *extra,
-                    ],
+                    f"SimCLR pretraining on {p}% of the training images (+ normal images), "
+                    f"seed {seed}",
+                    pretraining(ssl, fraction, seed),
                     runs / ssl / "pretrain",
                 )
             )
             stages.append(
-                Stage(
-                    f"probe-{ssl}",
-                    f"linear probe of the {ssl} backbone",
-                    [
-                        python,
-                        "evaluate.py",
-                        "--mode",
-                        "probe",
-                        *evaluation,
-                        "--experiment-name",
-                        ssl,
-                    ],
-                )
+                Stage(f"probe-{ssl}", f"linear probe of the {ssl} backbone", evaluate("probe", ssl))
             )
             if i == 0:
                 name = run_name("random", None, seed)
+                baseline = flags(
+                    backbone="random", seed=seed, arch=s.arch, image_size=s.ssl_image_size
+                )
                 stages.append(
                     Stage(
                         f"probe-{name}",
                         f"linear probe of a random backbone, seed {seed} (the baseline)",
-                        [
-                            python,
-                            "evaluate.py",
-                            "--mode",
-                            "probe",
-                            *evaluation,
-                            "--experiment-name",
-                            name,
-                            "--backbone",
-                            "random",
-                            "--seed",
-                            str(seed),
-                            "--arch",
-                            s.arch,
-                            "--image-size",
-                            str(s.ssl_image_size),
-                        ],
+                        evaluate("probe", name, *baseline),
                     )
                 )
             labeled = round(1 - fraction, 6)
-            stages.append(
-                Stage(
-                    f"det-{ssl}",
-                    f"Faster R-CNN from the SSL backbone on the labeled {100 - p}%, seed {seed}",
-                    detector(ssl, "ssl", labeled, seed),
-                    runs / ssl,
+            for init, name in (("ssl", ssl), ("random", random)):
+                start = "the SSL backbone" if init == "ssl" else "a random backbone"
+                stages.append(
+                    Stage(
+                        f"det-{name}",
+                        f"Faster R-CNN from {start} on the labeled {100 - p}%, seed {seed}",
+                        detector(name, init, labeled, seed),
+                        runs / name,
+                    )
                 )
-            )
-            stages.append(
-                Stage(
-                    f"det-{random}",
-                    f"Faster R-CNN from a random backbone on the labeled {100 - p}%, seed {seed}",
-                    detector(random, "random", labeled, seed),
-                    runs / random,
-                )
-            )
     if len(args.fractions) > 1:
         for seed in args.train_seeds:
             name = run_name("random", 100, seed)
@@ -406,28 +317,17 @@ def plan_stages(args, settings, out):
             Stage(
                 f"map-{name}",
                 f"COCO mAP of {name} on the test split",
-                [*launcher, "evaluate.py", "--mode", "map", *evaluation, "--experiment-name", name],
+                evaluate("map", name, launch=launcher),
             )
         )
     for init in ("ssl", "random"):
         name = run_name(init, percent(args.fractions[0]), args.train_seeds[0])
+        pictures = flags(num_images=s.pictures, seed=args.seed)
         stages.append(
             Stage(
                 f"pictures-{name}",
                 f"pictures of {name}'s detections",
-                [
-                    python,
-                    "evaluate.py",
-                    "--mode",
-                    "visualize",
-                    *evaluation,
-                    "--experiment-name",
-                    name,
-                    "--num-images",
-                    str(s.pictures),
-                    "--seed",
-                    str(args.seed),
-                ],
+                evaluate("visualize", name, *pictures),
             )
         )
     stages.append(Stage("report", "report.md with tables and charts"))

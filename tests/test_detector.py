@@ -21,6 +21,7 @@ from test_simclr import free_port
 from torch import nn
 
 import train_det
+from cxr.cli import flags
 from cxr.data import DetectionDataset
 from cxr.detection_augment import BoxAugment, BoxAugmentConfig
 from cxr.detector import (
@@ -124,34 +125,22 @@ def data_dir(tmp_path_factory):
 
 def det_args(data_dir, out, name, *extra):
     return [
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(out),
-        "--experiment-name",
-        name,
-        "--init",
-        "random",
-        "--arch",
-        "resnet18",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "2",
-        "--workers",
-        "0",
-        "--warmup-iters",
-        "2",
-        "--device",
-        "cpu",
-        "--print-freq",
-        "100",
-        "--eval-batch-size",
-        "8",
-        "--roi-batch-size",
-        "32",
+        *flags(
+            data_dir=data_dir,
+            output_dir=out,
+            experiment_name=name,
+            init="random",
+            arch="resnet18",
+            image_size=64,
+            batch_size=4,
+            epochs=2,
+            workers=0,
+            warmup_iters=2,
+            device="cpu",
+            print_freq=100,
+            eval_batch_size=8,
+            roi_batch_size=32,
+        ),
         *extra,
     ]
 

@@ -19,6 +19,7 @@ import evaluate
 import train_det
 from cxr.backbone import headless_resnet
 from cxr.classes import CLASS_COLORS, CLASS_NAMES, NO_FINDING_ID
+from cxr.cli import flags
 from cxr.coco_metrics import coco_ground_truth, coco_metrics
 from cxr.data import image_labels
 from cxr.errors import UserError
@@ -103,36 +104,22 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     data_dir = prepared_synthetic(root, num_images=60, seed=5)
     train_det.main(
-        [
-            "--data-dir",
-            str(data_dir),
-            "--output-dir",
-            str(root / "out"),
-            "--experiment-name",
-            "exp",
-            "--init",
-            "random",
-            "--arch",
-            "resnet18",
-            "--image-size",
-            "64",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--warmup-iters",
-            "2",
-            "--device",
-            "cpu",
-            "--eval-every",
-            "0",
-            "--roi-batch-size",
-            "32",
-            "--print-freq",
-            "100",
-        ]
+        flags(
+            data_dir=data_dir,
+            output_dir=root / "out",
+            experiment_name="exp",
+            init="random",
+            arch="resnet18",
+            image_size=64,
+            batch_size=4,
+            epochs=1,
+            workers=0,
+            warmup_iters=2,
+            device="cpu",
+            eval_every=0,
+            roi_batch_size=32,
+            print_freq=100,
+        )
     )
     model = torch.load(root / "out" / "exp" / "fasterrcnn_final.pth", weights_only=True)
     meta_path = root / "out" / "exp" / "fasterrcnn_final.json"

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 import train_ssl
+from cxr.cli import flags
 from cxr.distributed import DistInfo
 from cxr.engine import Training, TrainingDiverged, fit, train_one_epoch
 from cxr.errors import UserError
@@ -35,29 +36,20 @@ def data_dir(tmp_path_factory):
 
 def tiny_args(data_dir, out, name, *extra):
     return [
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(out),
-        "--experiment-name",
-        name,
-        "--arch",
-        "resnet18",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--warmup-epochs",
-        "1",
-        "--workers",
-        "0",
-        "--include-normal",
-        "--device",
-        "cpu",
-        "--print-freq",
-        "100",
+        *flags(
+            data_dir=data_dir,
+            output_dir=out,
+            experiment_name=name,
+            arch="resnet18",
+            image_size=32,
+            batch_size=8,
+            epochs=2,
+            warmup_epochs=1,
+            workers=0,
+            include_normal=True,
+            device="cpu",
+            print_freq=100,
+        ),
         *extra,
     ]
 
