@@ -197,103 +197,58 @@ def test_map_accepts_the_seed_projects_flags(trained):
 
 def test_bad_inputs_give_one_clear_message(trained, tmp_path):
     root, data_dir, model, meta = trained
-    resnet = tmp_path / "resnet.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), resnet)
-    (tmp_path / "resnet.json").write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="is not a cxr Faster R-CNN resnet18-FPN"):
-        evaluate.main(
-            eval_args(
-                root, data_dir, "map", "--checkpoint", str(resnet), "--eval-dir", str(tmp_path)
-            )
-        )
-    other_classes = dict(model)
+
+    def refused(message, *flags):
+        with pytest.raises(UserError, match=message) as error:
+            evaluate.main(eval_args(root, data_dir, "map", *flags, "--eval-dir", str(tmp_path)))
+        return str(error.value)
+
+    def checkpoint(name, state):
+        torch.save(state, tmp_path / f"{name}.pth")
+        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+        return ["--checkpoint", str(tmp_path / f"{name}.pth")]
+
+    def annotations(name, change):
+        coco = json.loads((data_dir / "test_annotations.json").read_text())
+        change(coco)
+        (tmp_path / f"{name}.json").write_text(json.dumps(coco))
+        return ["--test-ann-file", str(tmp_path / f"{name}.json")]
+
+    resnet = checkpoint("resnet", torchvision.models.resnet18().state_dict())
+    refused("is not a cxr Faster R-CNN resnet18-FPN", *resnet)
+    five_classes = dict(model)
     for key in (
         "roi_heads.box_predictor.cls_score.weight",
         "roi_heads.box_predictor.cls_score.bias",
     ):
-        other_classes[key] = other_classes[key][:5]
-    torch.save(other_classes, tmp_path / "five.pth")
-    (tmp_path / "five.json").write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="classes do not match.*predicts 5 labels"):
-        evaluate.main(
-            eval_args(
-                root,
-                data_dir,
-                "map",
-                "--checkpoint",
-                str(tmp_path / "five.pth"),
-                "--eval-dir",
-                str(tmp_path),
-            )
-        )
-    annotations = json.loads((data_dir / "test_annotations.json").read_text())
-    annotations["images"][0]["file_name"] = "gone.png"
-    (tmp_path / "ann.json").write_text(json.dumps(annotations))
-    with pytest.raises(
-        UserError, match=r"1 of the \d+ images of .*ann.json are not in .* \(e.g. gone.png\)"
-    ):
-        evaluate.main(
-            eval_args(
-                root,
-                data_dir,
-                "map",
-                "--test-ann-file",
-                str(tmp_path / "ann.json"),
-                "--eval-dir",
-                str(tmp_path),
-            )
-        )
-    annotations = json.loads((data_dir / "test_annotations.json").read_text())
-    annotations["categories"][0]["name"] = "Aorta"
-    (tmp_path / "cats.json").write_text(json.dumps(annotations))
-    with pytest.raises(UserError, match="categories do not match"):
-        evaluate.main(
-            eval_args(
-                root,
-                data_dir,
-                "map",
-                "--test-ann-file",
-                str(tmp_path / "cats.json"),
-                "--eval-dir",
-                str(tmp_path),
-            )
-        )
-    annotations = json.loads((data_dir / "test_annotations.json").read_text())
-    annotations["annotations"][0]["category_id"] = 17
-    (tmp_path / "ids.json").write_text(json.dumps(annotations))
-    with pytest.raises(
-        UserError, match=r"1 boxes have category ids \[17\], not one of cxr's 1..14"
-    ):
-        evaluate.main(
-            eval_args(
-                root,
-                data_dir,
-                "map",
-                "--test-ann-file",
-                str(tmp_path / "ids.json"),
-                "--eval-dir",
-                str(tmp_path),
-            )
-        )
+        five_classes[key] = five_classes[key][:5]
+    refused("classes do not match.*predicts 5 labels", *checkpoint("five", five_classes))
+
+    def lose_an_image(coco):
+        coco["images"][0]["file_name"] = "gone.png"
+
+    def rename_a_class(coco):
+        coco["categories"][0]["name"] = "Aorta"
+
+    def unknown_category(coco):
+        coco["annotations"][0]["category_id"] = 17
+
+    refused(
+        r"1 of the \d+ images of .*gone.json are not in .* \(e.g. gone.png\)",
+        *annotations("gone", lose_an_image),
+    )
+    refused("categories do not match", *annotations("cats", rename_a_class))
+    refused(
+        r"1 boxes have category ids \[17\], not one of cxr's 1..14",
+        *annotations("ids", unknown_category),
+    )
     torch.save({"model": Exploit()}, tmp_path / "pickled.pth")
     (tmp_path / "notes.pth").write_text("these are my notes")
     for bad, message in (
         ("pickled.pth", "is not a cxr Faster R-CNN: it holds Python objects"),
         ("notes.pth", "cannot read .*notes.pth: it is not a PyTorch file"),
     ):
-        with pytest.raises(UserError, match=message) as refused:
-            evaluate.main(
-                eval_args(
-                    root,
-                    data_dir,
-                    "map",
-                    "--checkpoint",
-                    str(tmp_path / bad),
-                    "--eval-dir",
-                    str(tmp_path),
-                )
-            )
-        assert "weights_only" not in str(refused.value)
+        assert "weights_only" not in refused(message, "--checkpoint", str(tmp_path / bad))
     assert not (tmp_path / "metrics.json").exists() and not PWNED.exists()
 
 
