@@ -6,7 +6,8 @@ training images (one box per class and image; different scores per class
 do not matter to a per-class AP). Its mAP50 is the level that a trained
 detector must clear to have learned anything about where lesions are; the
 boxes of large classes at fixed places (cardiomegaly, effusion) score above
-zero by location alone.
+zero by location alone. Chance, the same boxes placed uniformly at random,
+is printed beside it.
 
     python tests/studies/prior_boxes.py --data-dir data
 """
@@ -24,7 +25,9 @@ from cxr.coco_metrics import coco_ground_truth, coco_metrics, competition_metric
 from cxr.data import load_coco  # noqa: E402
 
 
-def prior_predictions(train, test):
+def prior_predictions(train, test, rng=None):
+    """Each class's mean training box on every test image; with rng, the box
+    keeps its mean size but is placed uniformly at random (chance)."""
     sizes = {image["id"]: (image["width"], image["height"]) for image in train["images"]}
     boxes, images_with = {}, {}
     for a in train["annotations"]:
@@ -38,6 +41,8 @@ def prior_predictions(train, test):
     for image in test["images"]:
         for category, fractions in boxes.items():
             x, y, w, h = np.mean(fractions, axis=0)
+            if rng is not None:
+                x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
             results.append(
                 {
                     "image_id": image["id"],
@@ -59,11 +64,15 @@ def main():
     parser.add_argument(
         "--data-dir", required=True, help="a folder written by python -m cxr.prepare"
     )
+    parser.add_argument(
+        "--chance-draws", type=int, default=20, help="random placements averaged for chance"
+    )
     args = parser.parse_args()
     train = load_coco(Path(args.data_dir) / "train_annotations.json")
     test = load_coco(Path(args.data_dir) / "test_annotations.json")
+    ground_truth = coco_ground_truth(test)
     results = prior_predictions(train, test)
-    metrics = coco_metrics(coco_ground_truth(test), results)
+    metrics = coco_metrics(ground_truth, results)
     print(
         f"prior boxes on {len(test['images'])} test images: mAP {metrics['AP']:.4f}, mAP50 "
         f"{metrics['AP50']:.4f}, AP@0.4 {metrics['AP40']:.4f}, competition mAP@0.4 "
@@ -75,6 +84,16 @@ def main():
                 f"  {CLASS_NAMES[row['category_id'] - 1]:<20} {row['gt_boxes']:>4} boxes  AP50 "
                 f"{row['AP50']:.4f}"
             )
+    rng = np.random.default_rng(0)
+    chance = [
+        coco_metrics(ground_truth, prior_predictions(train, test, rng))
+        for _ in range(args.chance_draws)
+    ]
+    mean_ap, mean_ap50 = (np.mean([m[k] for m in chance]) for k in ("AP", "AP50"))
+    print(
+        f"chance (the same boxes placed at random, mean of {args.chance_draws} draws): "
+        f"mAP {mean_ap:.4f}, mAP50 {mean_ap50:.4f}"
+    )
 
 
 if __name__ == "__main__":
