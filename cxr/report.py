@@ -208,11 +208,19 @@ def _data_section(folder):
         folders = ", ".join(f"`{p}`" for p in folder.config["extra_images"])
         source += f"; unlabeled images for SimCLR from {folders}"
     normal_test = summary.get("test_normal_images", 0)
+    if folder.config.get("nih"):
+        boxes = f"{summary.get('fused_boxes', '?')} boxes, one reader each, not fused"
+        prepared = "one radiologist per image"
+    else:
+        boxes = (
+            f"{summary.get('fused_boxes', '?')} fused boxes from {summary.get('csv_boxes', '?')} "
+            "reader boxes"
+        )
+        prepared = "readers' boxes fused by WBF at IoU 0.2"
     lines = [
-        f"Data: {source}. After `cxr.prepare` (readers' boxes fused by WBF at IoU 0.2): "
+        f"Data: {source}. After `cxr.prepare` ({prepared}): "
         f"{summary.get('train_images', '?')} training and {summary.get('test_images', '?')} test "
-        f"images with findings ({summary.get('fused_boxes', '?')} fused boxes from "
-        f"{summary.get('csv_boxes', '?')} reader boxes), {normal_test} normal test images, and "
+        f"images with findings ({boxes}), {normal_test} normal test images, and "
         f"{summary.get('normal_images_kept', '?')} other images without findings.",
         "",
     ]
