@@ -44,5 +44,8 @@ def load_torch_file(path, what):
 
 
 def atomic_torch_save(path, state):
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save to a temp file renamed onto `path`. Written through a file
+    object, so the archive's inner folder has torch's fixed name, not the temp
+    file's: the same state gives the same bytes whichever process saved it."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(state, file)

@@ -105,3 +105,12 @@ def test_replace_needs_the_marker_and_an_output_may_not_hold_an_input(tmp_path):
     with pytest.raises(UserError, match="contains the input"):
         check_output_folder(tmp_path, replace=True, inputs=[mine / "notes.txt"])
     check_output_folder(tmp_path / "new", replace=False, inputs=[mine / "notes.txt"])
+
+
+def test_saved_checkpoints_depend_on_their_contents_only(tmp_path):
+    """The same state saved under two names (temp files of other names) gives the
+    same bytes: torch.save would otherwise name the archive after the temp file."""
+    state = {"weight": torch.arange(6.0).view(2, 3), "epoch": 3}
+    atomic_torch_save(tmp_path / "first.pth", state)
+    atomic_torch_save(tmp_path / "second.pth", state)
+    assert (tmp_path / "first.pth").read_bytes() == (tmp_path / "second.pth").read_bytes()
