@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+from cxr.cli import flags
 from cxr.prepare import prepare
 from cxr.synthetic import generate
 
@@ -22,3 +23,24 @@ def prepared_synthetic(root, num_images, seed, size=64):
         log=lambda *_: None,
     )
     return root / "data"
+
+
+def tiny_detector_args(data_dir, out, name, **changes):
+    """train_det.py flags for a random-init detector that trains in seconds on a CPU."""
+    settings = dict(
+        data_dir=data_dir,
+        output_dir=out,
+        experiment_name=name,
+        init="random",
+        arch="resnet18",
+        image_size=64,
+        batch_size=4,
+        epochs=2,
+        workers=0,
+        warmup_iters=2,
+        device="cpu",
+        print_freq=100,
+        eval_batch_size=8,
+        roi_batch_size=32,
+    )
+    return flags(**{**settings, **changes})

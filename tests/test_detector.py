@@ -15,13 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision
-from conftest import prepared_synthetic
+from conftest import prepared_synthetic, tiny_detector_args
 from PIL import Image
 from test_simclr import free_port
 from torch import nn
 
 import train_det
-from cxr.cli import flags
 from cxr.data import DetectionDataset
 from cxr.detection_augment import BoxAugment, BoxAugmentConfig
 from cxr.detector import (
@@ -124,25 +123,7 @@ def data_dir(tmp_path_factory):
 
 
 def det_args(data_dir, out, name, *extra):
-    return [
-        *flags(
-            data_dir=data_dir,
-            output_dir=out,
-            experiment_name=name,
-            init="random",
-            arch="resnet18",
-            image_size=64,
-            batch_size=4,
-            epochs=2,
-            workers=0,
-            warmup_iters=2,
-            device="cpu",
-            print_freq=100,
-            eval_batch_size=8,
-            roi_batch_size=32,
-        ),
-        *extra,
-    ]
+    return [*tiny_detector_args(data_dir, out, name), *extra]
 
 
 @pytest.mark.slow

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import prepared_synthetic
+from conftest import prepared_synthetic, tiny_detector_args
 from PIL import Image
 
 import evaluate
 import train_det
 from cxr.backbone import headless_resnet
 from cxr.classes import CLASS_COLORS, CLASS_NAMES, NO_FINDING_ID
-from cxr.cli import flags
 from cxr.coco_metrics import coco_ground_truth, coco_metrics
 from cxr.data import image_labels
 from cxr.errors import UserError
@@ -103,24 +102,7 @@ def test_tag_text_is_readable_on_dark_and_light_colors():
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     data_dir = prepared_synthetic(root, num_images=60, seed=5)
-    train_det.main(
-        flags(
-            data_dir=data_dir,
-            output_dir=root / "out",
-            experiment_name="exp",
-            init="random",
-            arch="resnet18",
-            image_size=64,
-            batch_size=4,
-            epochs=1,
-            workers=0,
-            warmup_iters=2,
-            device="cpu",
-            eval_every=0,
-            roi_batch_size=32,
-            print_freq=100,
-        )
-    )
+    train_det.main(tiny_detector_args(data_dir, root / "out", "exp", epochs=1, eval_every=0))
     model = torch.load(root / "out" / "exp" / "fasterrcnn_final.pth", weights_only=True)
     meta_path = root / "out" / "exp" / "fasterrcnn_final.json"
     return root, data_dir, model, json.loads(meta_path.read_text())
