@@ -27,6 +27,20 @@ NUM_CLASSES = len(CLASS_NAMES)
 NO_FINDING_ID = 14
 NO_FINDING_NAME = "No finding"
 
+# train.csv: one row per reader box (`No finding` rows have empty box columns);
+# width and height, the DICOM's size, are optional for a user's own table.
+CSV_BOX_COLUMNS = (
+    "image_id",
+    "class_name",
+    "class_id",
+    "rad_id",
+    "x_min",
+    "y_min",
+    "x_max",
+    "y_max",
+)
+CSV_SIZE_COLUMNS = ("width", "height")
+
 # One distinct, colour-blind-friendly-ish RGB colour per class for drawings.
 CLASS_COLORS = (
     (230, 25, 75),

@@ -49,6 +49,8 @@ from PIL import Image
 from . import cli
 from .classes import (
     CLASS_NAMES,
+    CSV_BOX_COLUMNS,
+    CSV_SIZE_COLUMNS,
     NIH_FINDINGS,
     NO_FINDING_ID,
     NO_FINDING_NAME,
@@ -62,17 +64,6 @@ from .outputs import atomic_write_json, check_output_folder, staged_directory
 from .splits import split_test
 from .wbf import fuse_box_groups
 
-REQUIRED_COLUMNS = (
-    "image_id",
-    "class_name",
-    "class_id",
-    "rad_id",
-    "x_min",
-    "y_min",
-    "x_max",
-    "y_max",
-)
-SIZE_COLUMNS = ("width", "height")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FORMATS = ("vinbigdata", "nih")
 
@@ -137,7 +128,7 @@ def _read_columns(path):
         lines = [line for line in text.splitlines() if line]
         rows = None
     if not lines:
-        raise UserError(f"{path} is empty; expected a header with {', '.join(REQUIRED_COLUMNS)}")
+        raise UserError(f"{path} is empty; expected a header with {', '.join(CSV_BOX_COLUMNS)}")
     header = rows[0] if rows else lines[0].split(",")
     body = rows[1:] if rows else lines[1:]
     fields = (
@@ -172,12 +163,12 @@ def read_table(path):
     """Read and validate train.csv (with or without width/height columns)."""
     path = Path(path)
     header, columns, num_rows = _read_columns(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    missing = [c for c in CSV_BOX_COLUMNS if c not in header]
     if missing:
         raise UserError(
             f"{path} lacks column(s) {', '.join(missing)}; its header is {','.join(header)}"
         )
-    size_present = [c in header for c in SIZE_COLUMNS]
+    size_present = [c in header for c in CSV_SIZE_COLUMNS]
     if any(size_present) and not all(size_present):
         raise UserError(f"{path} has only one of the columns width/height; give both or neither")
     if num_rows == 0:
@@ -216,7 +207,7 @@ def read_table(path):
     original_sizes = None
     if all(size_present):
         sizes = np.stack(
-            [_parse_numbers(path, c, columns[c], all_rows, int) for c in SIZE_COLUMNS], axis=1
+            [_parse_numbers(path, c, columns[c], all_rows, int) for c in CSV_SIZE_COLUMNS], axis=1
         )
         bad_size = np.flatnonzero((sizes <= 0).any(axis=1))
         if len(bad_size):

@@ -39,7 +39,13 @@ import numpy as np
 from PIL import Image
 
 from . import cli
-from .classes import CLASS_NAMES, NO_FINDING_ID, NO_FINDING_NAME
+from .classes import (
+    CLASS_NAMES,
+    CSV_BOX_COLUMNS,
+    CSV_SIZE_COLUMNS,
+    NO_FINDING_ID,
+    NO_FINDING_NAME,
+)
 from .errors import exit_on_user_error
 from .outputs import staged_directory
 
@@ -50,18 +56,7 @@ READERS_PER_IMAGE = 3
 MARK_PROBABILITY = 0.75
 BOX_JITTER = 0.04  # std of each edge's shift, as a fraction of the box side
 ORIGINAL_SIZES = ((1994, 2430), (3072, 3072), (2304, 2880), (2048, 2500), (2336, 2836))
-CSV_COLUMNS = (
-    "image_id",
-    "class_name",
-    "class_id",
-    "rad_id",
-    "x_min",
-    "y_min",
-    "x_max",
-    "y_max",
-    "width",
-    "height",
-)
+CSV_COLUMNS = (*CSV_BOX_COLUMNS, *CSV_SIZE_COLUMNS)
 
 
 @dataclass(frozen=True)
