@@ -85,6 +85,7 @@ from cxr.outputs import (
 )
 from cxr.probe import macro_auroc, probe_test_scores, split_features
 from cxr.samplers import inference_shard
+from cxr.seeds import stream_seed
 from cxr.submission import prediction_string, read_original_sizes, write_submission
 from cxr.visualize import contact_sheet, draw_detections
 
@@ -480,7 +481,7 @@ def resolve_backbone(args, experiment_dir):
     arch = args.arch or meta.get("arch", "resnet50")
     image_size = args.image_size or meta.get("image_size", 512)
     if args.backbone == "random":
-        torch.manual_seed(args.seed)
+        torch.manual_seed(stream_seed("weights", seed=args.seed))
         trunk = headless_resnet(arch)
         return (
             f"random-seed{args.seed}",

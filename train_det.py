@@ -54,6 +54,7 @@ from cxr.optim import check_warmup, step_schedule, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
 from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
+from cxr.seeds import stream_seed
 from cxr.splits import partition, seeded_permutation
 
 # The files a run writes in its folder: --replace deletes these and nothing else.
@@ -248,13 +249,13 @@ def choose_images(args, meta, ssl_pool):
         )
     held_out = None
     if args.val_fraction:
-        order = seeded_permutation(labeled, args.split_seed + 1)
+        order = seeded_permutation(labeled, stream_seed("held-out", seed=args.split_seed))
         held_out = sorted(order[: round(len(order) * args.val_fraction)])
         labeled = sorted(set(labeled) - set(held_out))
     negatives = []
     if args.negatives:
         normal = split_images(args.data_dir, "normal")
-        chosen = seeded_permutation(list(normal), args.split_seed)[
+        chosen = seeded_permutation(list(normal), stream_seed("negatives", seed=args.split_seed))[
             : round(args.negatives * len(labeled))
         ]
         negatives = [normal[name] for name in sorted(chosen)]
@@ -368,7 +369,7 @@ def run(args, dist_info):
     steps = epoch_steps(sampler, args.batch_size, args.epochs)
     schedule = learning_rates(args, sum(steps))
     eval_dataset, ground_truth = evaluation_ground_truth(args, held_out)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(stream_seed("weights", seed=args.seed))
     model = build_detector(
         args.arch,
         args.image_size,

@@ -42,6 +42,8 @@ from cxr.global_batchnorm import convert_to_global_batchnorm
 from cxr.optim import check_warmup, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
+from cxr.samplers import ShuffleSampler
+from cxr.seeds import stream_seed
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
 from cxr.ssl_views import VIEW_PRESETS, ViewConfig, simclr_views
@@ -264,9 +266,7 @@ def run(args, dist_info):
             f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction"
         )
     dataset = ImageList([paths[name] for name in sorted(paths)], args.image_size)
-    sampler = torch.utils.data.DistributedSampler(
-        dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=args.seed, drop_last=True
-    )
+    sampler = ShuffleSampler(len(dataset), dist_info.world_size, dist_info.rank, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch_size,
@@ -283,7 +283,7 @@ def run(args, dist_info):
     run = open_run(run_dir, RUN_OUTPUTS, args, dist_info, ("ssl_images.txt", sorted(paths)))
     logger = run.logger
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(stream_seed("weights", seed=args.seed))
     model = SimCLR(build_resnet(args.arch), FEATURE_DIMS[args.arch], args.projection_dim)
     global_bn = args.sync_bn and dist_info.world_size > 1
     if global_bn:

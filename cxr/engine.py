@@ -40,7 +40,7 @@ from .checkpoint_io import atomic_torch_save
 from .distributed import DistInfo, all_reduce_mean
 from .errors import UserError
 from .optim import build_optimizer, set_learning_rate
-from .seeds import derive_seed
+from .seeds import stream_seed
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -87,9 +87,9 @@ def seed_epoch(seed, epoch, rank, device):
     (seed, epoch, rank) gives every rank its own draws and makes an epoch's
     randomness independent of the epochs before it, so a resumed run needs no
     saved generator state."""
-    torch.manual_seed(derive_seed(seed, epoch, rank, 0))
+    torch.manual_seed(stream_seed("global", seed=seed, epoch=epoch, rank=rank))
     generator = torch.Generator(device=device)
-    generator.manual_seed(derive_seed(seed, epoch, rank, 1))
+    generator.manual_seed(stream_seed("views", seed=seed, epoch=epoch, rank=rank))
     return generator
 
 

@@ -1,5 +1,5 @@
 """Repeat-factor sampling (LVIS, Gupta et al. 2019) over distributed shards,
-and exact inference shards.
+SimCLR's shuffled shards, and exact inference shards.
 
 Repeat factors: with f(c) the share of training images that contain class c,
 r(c) = max(1, sqrt(t / f(c))) and r(image) = max over its classes (1 for an
@@ -8,13 +8,13 @@ often, in square root, as in detectron2's RepeatFactorTrainingSampler.
 
 Each epoch, every rank builds the same list: image i appears floor(r_i) times
 plus once more with probability frac(r_i) ('stochastic', detectron2), or
-ceil(r_i) times ('ceil', the seed project / mmdetection), from a generator
-seeded by seed + epoch; the list is shuffled with the same generator, padded
+ceil(r_i) times ('ceil', the seed project / mmdetection), from the epoch's
+own stream (`cxr.seeds`); the list is shuffled with the same generator, padded
 by repeating its head to a multiple of the world size, and rank k takes
 positions k, k + W, k + 2W, ... exactly like torch's DistributedSampler.
 
-Each position p also carries the seed of its item's augmentation,
-derive_seed(seed, epoch, p): the sampler yields (index, seed) pairs. Ranks
+Each position p also carries the seed of its item's augmentation, the
+stream ("augment", seed, epoch, p): the sampler yields (index, seed) pairs. Ranks
 hold different positions, so they never draw the same augmentation, and the
 draws do not depend on the number of processes or data-loader workers (an
 item is augmented the same way on 1 or 8 GPUs), nor on the epochs before.
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .seeds import derive_seed
+from .seeds import stream_seed
 
 
 def repeat_factors(image_labels, threshold):
@@ -67,7 +67,9 @@ class RepeatFactorSampler(torch.utils.data.Sampler):
 
     def epoch_indices(self, epoch):
         """The whole epoch's list (every rank computes the same), padded."""
-        generator = torch.Generator().manual_seed(self.seed + epoch)
+        generator = torch.Generator().manual_seed(
+            stream_seed("repeat-order", seed=self.seed, epoch=epoch)
+        )
         whole = torch.floor(self.factors)
         if self.rounding == "ceil":
             repeats = torch.ceil(self.factors)
@@ -90,7 +92,13 @@ class RepeatFactorSampler(torch.utils.data.Sampler):
         """(index, augmentation seed) of each item of this rank's shard."""
         positions = range(self.rank, len(self._epoch_list), self.num_replicas)
         return iter(
-            [(int(self._epoch_list[p]), derive_seed(self.seed, self.epoch, p)) for p in positions]
+            [
+                (
+                    int(self._epoch_list[p]),
+                    stream_seed("augment", seed=self.seed, epoch=self.epoch, item=p),
+                )
+                for p in positions
+            ]
         )
 
     def shard_length(self, epoch):
@@ -99,6 +107,39 @@ class RepeatFactorSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return len(self._epoch_list) // self.num_replicas
+
+
+class ShuffleSampler(torch.utils.data.Sampler):
+    """This rank's share of one epoch's permutation, for SimCLR.
+
+    As torch's DistributedSampler with shuffle and drop_last: the permutation
+    of the epoch's stream ("ssl-order", seed, epoch) is cut to a multiple of
+    the world size and rank k takes positions k, k + W, ..., so every rank
+    gets the same number of images and no image twice."""
+
+    def __init__(self, num_items, num_replicas=1, rank=0, seed=0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_items, self.num_replicas, self.rank, self.seed = (
+            num_items,
+            num_replicas,
+            rank,
+            seed,
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(
+            stream_seed("ssl-order", seed=self.seed, epoch=self.epoch)
+        )
+        order = torch.randperm(self.num_items, generator=generator)
+        return iter(order[: len(self) * self.num_replicas][self.rank :: self.num_replicas].tolist())
+
+    def __len__(self):
+        return self.num_items // self.num_replicas
 
 
 def inference_shard(num_items, num_replicas, rank):

@@ -1,16 +1,34 @@
-"""Seeds derived from several numbers, for randomness that must differ per
-rank, epoch or item and still be reproducible.
+"""Seeds of the random streams: one hash of a tuple that names the stream.
 
-`derive_seed(seed, epoch, rank)` hashes its parts with numpy's SeedSequence
-(the hashing numpy recommends for spawning independent streams), so distinct
-tuples give unrelated 63-bit seeds: no arithmetic like seed * K + rank, whose
-streams collide once a part outgrows K.
+Every stream of a run (model weights, sampler order and rounding, per-item
+augmentation, torch's global generators, SimCLR's views, the SSL order, the
+held-out split) is seeded by `stream_seed(purpose, seed=..., epoch=...,
+rank=..., item=...)`: a BLAKE2b hash of the fixed-length tuple (purpose,
+seed, epoch, rank, item). Two streams share a seed only if all five agree,
+so a training seed never replays another seed's next epoch (as `seed +
+epoch` does), and no tuple is a prefix or a zero-padded copy of another (as
+with numpy's SeedSequence, which pads and splits its integers).
 """
 
-import numpy as np
+import hashlib
+
+PURPOSES = (
+    "weights",  # model initialization
+    "global",  # torch's global generators for one epoch of one rank
+    "views",  # SimCLR's views of one epoch of one rank
+    "ssl-order",  # the SSL sampler's permutation of one epoch
+    "repeat-order",  # the repeat-factor sampler's rounding and permutation of one epoch
+    "augment",  # the detection augmentation of one item (epoch, position)
+    "held-out",  # the held-out share of the labeled images (train_det --val-fraction)
+    "negatives",  # the normal images added as negatives (train_det --negatives)
+)
 
 
-def derive_seed(*parts):
-    """A seed in [0, 2**63) that depends on every non-negative integer in parts."""
-    state = np.random.SeedSequence([int(part) for part in parts]).generate_state(1, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1))
+def stream_seed(purpose: str, *, seed: int, epoch: int = 0, rank: int = 0, item: int = 0) -> int:
+    """A seed in [0, 2**63) for the stream (purpose, seed, epoch, rank, item).
+
+    purpose: one of PURPOSES; the integers may be any size and sign."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown stream {purpose!r}; expected one of {', '.join(PURPOSES)}")
+    key = repr((purpose, int(seed), int(epoch), int(rank), int(item))).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
