@@ -120,12 +120,8 @@ class ShuffleSampler(torch.utils.data.Sampler):
     def __init__(self, num_items, num_replicas=1, rank=0, seed=0):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
-        self.num_items, self.num_replicas, self.rank, self.seed = (
-            num_items,
-            num_replicas,
-            rank,
-            seed,
-        )
+        self.num_items, self.num_replicas = num_items, num_replicas
+        self.rank, self.seed = rank, seed
         self.epoch = 0
 
     def set_epoch(self, epoch):
