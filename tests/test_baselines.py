@@ -1,0 +1,74 @@
+"""The location prior and chance, on a case computed by hand."""
+
+import numpy as np
+import pytest
+
+from cxr.baselines import chance, class_boxes, location_prior
+from cxr.coco_metrics import coco_ground_truth, coco_metrics
+
+
+def box(identity, image, category, bbox):
+    x, y, w, h = bbox
+    return {
+        "id": identity,
+        "image_id": image,
+        "category_id": category,
+        "bbox": bbox,
+        "area": w * h,
+        "iscrowd": 0,
+    }
+
+
+CATEGORIES = [{"id": 1, "name": "heart"}, {"id": 2, "name": "spot"}]
+TRAIN = {
+    "images": [
+        {"id": 1, "width": 100, "height": 100},
+        {"id": 2, "width": 200, "height": 100},
+        {"id": 3, "width": 100, "height": 100},
+    ],
+    "annotations": [
+        box(1, 1, 1, [10, 10, 20, 20]),  # relative (0.1, 0.1, 0.2, 0.2)
+        box(2, 2, 1, [40, 20, 40, 20]),  # relative (0.2, 0.2, 0.2, 0.2)
+        box(3, 1, 2, [50, 50, 10, 10]),  # relative (0.5, 0.5, 0.1, 0.1)
+    ],
+    "categories": CATEGORIES,
+}
+TEST = {
+    "images": [{"id": 7, "width": 100, "height": 200}],
+    "annotations": [box(1, 7, 1, [15, 30, 20, 40]), box(2, 7, 2, [0, 0, 10, 20])],
+    "categories": CATEGORIES,
+}
+
+
+def test_the_prior_is_each_class_mean_relative_box_scored_by_its_share_of_images():
+    boxes = class_boxes(TRAIN)
+    assert boxes[1][0] == pytest.approx([0.15, 0.15, 0.2, 0.2]) and boxes[1][1] == 2 / 3
+    assert boxes[2][0] == pytest.approx([0.5, 0.5, 0.1, 0.1]) and boxes[2][1] == 1 / 3
+    predictions = {r["category_id"]: r for r in location_prior(TRAIN, TEST)}
+    assert predictions[1]["bbox"] == pytest.approx([15, 30, 20, 40])
+    assert predictions[2]["bbox"] == pytest.approx([50, 100, 10, 20])
+    assert (predictions[1]["score"], predictions[2]["score"]) == (2 / 3, 1 / 3)
+    metrics = coco_metrics(coco_ground_truth(TEST), location_prior(TRAIN, TEST))
+    per_class = {row["category_id"]: row["AP50"] for row in metrics["per_class"]}
+    assert per_class == {1: pytest.approx(1.0), 2: pytest.approx(0.0)}
+    assert metrics["AP50"] == pytest.approx(0.5)
+
+
+def test_chance_places_the_prior_boxes_uniformly_inside_the_image():
+    rng = np.random.default_rng(0)
+    corners = {1: [], 2: []}
+    for _ in range(2000):
+        for r in chance(TRAIN, TEST, rng):
+            x, y, w, h = r["bbox"]
+            assert (w, h) == pytest.approx([20, 40] if r["category_id"] == 1 else [10, 20])
+            corners[r["category_id"]].append((x, y))
+    for category, (free_x, free_y) in ((1, (80, 160)), (2, (90, 180))):
+        x, y = np.array(corners[category]).T
+        assert x.min() >= 0 and x.max() <= free_x and y.min() >= 0 and y.max() <= free_y
+        # uniform on [0, free]: mean free / 2, standard error free / sqrt(12 * 2000)
+        for values, free in ((x, free_x), (y, free_y)):
+            assert values.mean() == pytest.approx(free / 2, abs=4 * free / np.sqrt(12 * 2000))
+            assert values.std() == pytest.approx(free / np.sqrt(12), rel=0.05)
+    ground_truth = coco_ground_truth(TEST)
+    prior = coco_metrics(ground_truth, location_prior(TRAIN, TEST))["AP50"]
+    assert coco_metrics(ground_truth, chance(TRAIN, TEST, rng))["AP50"] < prior
