@@ -154,6 +154,13 @@ def get_args_parser():
         help="iterations of linear warmup; refused if longer than the run",
     )
     p.add_argument(
+        "--warmup-factor",
+        type=float,
+        default=0.0,
+        help="the learning rate's share at the start of warmup (torchvision's detection "
+        "recipe: 0.001); it rises linearly to 1",
+    )
+    p.add_argument(
         "--lr-schedule",
         default="step",
         choices=["step", "cosine"],
@@ -339,9 +346,13 @@ def learning_rates(args, total_steps):
     """The learning rate of every global step of the whole run."""
     check_warmup(args.warmup_iters, total_steps, f"--warmup-iters {args.warmup_iters}")
     if args.lr_schedule == "cosine":
-        return warmup_cosine_schedule(args.lr, total_steps, args.warmup_iters)
+        return warmup_cosine_schedule(
+            args.lr, total_steps, args.warmup_iters, start_factor=args.warmup_factor
+        )
     milestones = [round(float(f) * total_steps) for f in args.lr_steps.split(",")]
-    return step_schedule(args.lr, total_steps, args.warmup_iters, milestones)
+    return step_schedule(
+        args.lr, total_steps, args.warmup_iters, milestones, start_factor=args.warmup_factor
+    )
 
 
 def main(argv=None):

@@ -7,7 +7,8 @@
   parameters the step is scaled by trust = eta * ||w|| / ||g|| (1 when either
   norm is 0), eta = 0.001; then heavy-ball momentum on the scaled step.
 - The schedule is computed once as an array indexed by global step: linear
-  warmup from 0 to the base rate, then half-cosine decay to `final_lr`, or
+  warmup to the base rate (from 0, or from a start factor as torchvision's
+  detection recipe does), then half-cosine decay to `final_lr`, or
   steps down by gamma at milestones. Resuming at step k continues at index k.
 """
 
@@ -83,27 +84,33 @@ def build_optimizer(name, model, lr, weight_decay, momentum=0.9):
     raise ValueError(f"unknown optimizer {name!r}; expected sgd or lars")
 
 
-def warmup_cosine_schedule(base_lr, total_steps, warmup_steps=0, final_lr=0.0):
+def warmup_factors(warmup_steps, start_factor=0.0):
+    """(warmup_steps,) multipliers of the base rate: start_factor + (1 - start_factor)
+    * (s + 1) / warmup_steps at step s, a line that reaches 1 at the last warmup step."""
+    return start_factor + (1 - start_factor) * np.arange(1, warmup_steps + 1) / max(warmup_steps, 1)
+
+
+def warmup_cosine_schedule(base_lr, total_steps, warmup_steps=0, final_lr=0.0, start_factor=0.0):
     """Learning rate of every global step: (total_steps,) float64 array.
 
-    Step s < warmup_steps: base_lr * (s + 1) / warmup_steps. After that,
+    Step s < warmup_steps: base_lr * warmup_factors(...)[s]. After that,
     final_lr + (base_lr - final_lr) * (1 + cos(pi * t)) / 2 with t going
     from 0 at the first post-warmup step towards 1 at the end."""
     warmup_steps = min(warmup_steps, total_steps)
-    warmup = base_lr * np.arange(1, warmup_steps + 1) / max(warmup_steps, 1)
+    warmup = base_lr * warmup_factors(warmup_steps, start_factor)
     decay_steps = total_steps - warmup_steps
     t = np.arange(decay_steps) / max(decay_steps, 1)
     cosine = final_lr + (base_lr - final_lr) * (1 + np.cos(math.pi * t)) / 2
     return np.concatenate([warmup, cosine])
 
 
-def step_schedule(base_lr, total_steps, warmup_steps, milestones, gamma=0.1):
-    """Linear warmup over warmup_steps, then base_lr * gamma ** (milestones passed);
-    milestones are global steps."""
+def step_schedule(base_lr, total_steps, warmup_steps, milestones, gamma=0.1, start_factor=0.0):
+    """Linear warmup over warmup_steps (`warmup_factors`), then base_lr * gamma **
+    (milestones passed); milestones are global steps."""
     steps = np.arange(total_steps)
     rates = base_lr * gamma ** np.searchsorted(np.asarray(milestones), steps, side="right")
     warmup_steps = min(warmup_steps, total_steps)
-    rates[:warmup_steps] *= np.arange(1, warmup_steps + 1) / max(warmup_steps, 1)
+    rates[:warmup_steps] *= warmup_factors(warmup_steps, start_factor)
     return rates
 
 

@@ -265,7 +265,8 @@ def _settings_section(folder):
             f"| Faster R-CNN (both arms) | {det['arch']}-FPN, {det['image_size']} px, "
             f"{det['anchors']} anchors, norm {det['norm']}, {det['trainable_layers']} stages "
             f"trained, {det['epochs']} epochs, batch {det['batch_size']}, lr {det['lr']} "
-            f"({det['warmup_iters']} warmup iterations, {schedule}), {det['roi_batch_size']} RoIs "
+            f"({det['warmup_iters']} warmup iterations from {det.get('warmup_factor', 0):g} x lr, "
+            f"{schedule}), gradient clip {det['clip_grad'] or 'off'}, {det['roi_batch_size']} RoIs "
             f"per image, repeat factors t={det['repeat_threshold']} ({det['repeat_rounding']}), "
             f"{'online augmentation' if det['augment'] else 'no augmentation'} |"
         )

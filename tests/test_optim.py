@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr.optim import LARS, parameter_groups, warmup_cosine_schedule
+from cxr.optim import LARS, parameter_groups, step_schedule, warmup_cosine_schedule
 
 
 def test_warmup_then_cosine_by_hand():
@@ -18,6 +18,14 @@ def test_warmup_then_cosine_by_hand():
         and warmup_cosine_schedule(0.1, 10, 0)[0] == 0.1
     )
     np.testing.assert_allclose(warmup_cosine_schedule(1.0, 3, warmup_steps=10), [1 / 3, 2 / 3, 1.0])
+
+
+def test_warmup_from_a_start_factor_by_hand():
+    rates = step_schedule(2.0, 6, warmup_steps=4, milestones=[5], start_factor=0.2)
+    # 0.2 + 0.8 * (s + 1) / 4 for s < 4, then 2.0 until the milestone at step 5
+    np.testing.assert_allclose(rates, [2.0 * 0.4, 2.0 * 0.6, 2.0 * 0.8, 2.0, 2.0, 0.2])
+    cosine = warmup_cosine_schedule(1.0, 3, warmup_steps=2, start_factor=0.5)
+    np.testing.assert_allclose(cosine, [0.75, 1.0, 1.0])
 
 
 def test_parameter_groups_exempt_biases_and_norms():

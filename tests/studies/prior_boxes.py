@@ -44,9 +44,7 @@ def main():
                 f"{row['AP50']:.4f}"
             )
     rng = np.random.default_rng(0)
-    draws = [
-        coco_metrics(ground_truth, chance(train, test, rng)) for _ in range(args.chance_draws)
-    ]
+    draws = [coco_metrics(ground_truth, chance(train, test, rng)) for _ in range(args.chance_draws)]
     mean_ap, mean_ap50 = (np.mean([m[k] for m in draws]) for k in ("AP", "AP50"))
     print(
         f"chance (the same boxes placed at random, mean of {args.chance_draws} draws): "
