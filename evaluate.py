@@ -44,7 +44,6 @@ Every output is refused if it exists, unless --replace.
 
 import csv
 import io
-import json
 import time
 from pathlib import Path
 
@@ -52,8 +51,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxr.backbone import headless_resnet, pretrained_trunk
-from cxr.classes import CLASS_NAMES, NUM_CLASSES, class_id, coco_categories
+from cxr import layout
+from cxr.backbone import backbone_meta, headless_resnet, pretrained_trunk
+from cxr.classes import class_index, dataset_classes
 from cxr.cli import parser
 from cxr.coco_metrics import (
     STAT_NAMES,
@@ -61,8 +61,6 @@ from cxr.coco_metrics import (
     coco_metrics,
     competition_metrics,
     format_metric,
-    gather_to_main,
-    predict,
 )
 from cxr.data import (
     DetectionDataset,
@@ -70,10 +68,11 @@ from cxr.data import (
     list_images,
     load_coco,
     open_grayscale,
+    read_classes,
     xyxy,
 )
-from cxr.detector import load_detector
-from cxr.distributed import process_group
+from cxr.detector import load_detector, predict
+from cxr.distributed import gather_to_main, inference_shard, process_group
 from cxr.errors import UserError, exit_on_user_error
 from cxr.outputs import (
     atomic_write_json,
@@ -84,7 +83,6 @@ from cxr.outputs import (
     staged_directory,
 )
 from cxr.probe import macro_auroc, probe_test_scores, split_features
-from cxr.samplers import inference_shard
 from cxr.seeds import stream_seed
 from cxr.submission import prediction_string, read_original_sizes, write_submission
 from cxr.visualize import contact_sheet, draw_detections
@@ -206,32 +204,33 @@ def resolve_checkpoint(args, experiment_dir):
     return path
 
 
-def labeled_test_set(args):
-    """(COCO dict, image folder, annotation file) of the evaluation images, checked."""
+def labeled_test_set(args, classes):
+    """(COCO dict, image folder, annotation file) of the evaluation images, checked
+    against the detector's classes."""
     image_dir = Path(args.test_data_dir or Path(args.data_dir) / "test")
     ann_file = Path(args.test_ann_file or Path(args.data_dir) / "test_annotations.json")
     coco = load_coco(ann_file)
-    ours = {(c["id"], c["name"]) for c in coco_categories()}
-    theirs = {(c["id"], c["name"]) for c in coco.get("categories", [])}
-    if theirs != ours:
+    theirs = dataset_classes(coco, ann_file)
+    if theirs != tuple(classes):
         raise UserError(
-            f"{ann_file}: its categories do not match cxr's 14 lesion classes (ids 1..14 with the "
-            f"VinBigData names); differing: {sorted(theirs ^ ours)[:3]}"
+            f"{ann_file}: its classes {list(theirs)[:4]}... are not the detector's "
+            f"{list(classes)[:4]}... (category ids 1..{len(classes)} in that order)"
         )
     unknown = sorted(
-        {a["category_id"] for a in coco["annotations"]} - {c["id"] for c in coco_categories()}
+        {a["category_id"] for a in coco["annotations"]} - set(range(1, len(classes) + 1))
     )
     if unknown:
         count = sum(a["category_id"] in unknown for a in coco["annotations"])
         raise UserError(
-            f"{ann_file}: {count} boxes have category ids {unknown[:5]}, not one of cxr's 1..14; "
-            "pycocotools would silently leave them out of mAP. Fix their category_id"
+            f"{ann_file}: {count} boxes have category ids {unknown[:5]}, not one of "
+            f"1..{len(classes)}; pycocotools would silently leave them out of mAP. Fix their "
+            "category_id"
         )
     check_images_exist(coco, image_dir, ann_file)
     return coco, image_dir, ann_file
 
 
-def detector_for(args, dist_info, experiment_dir, score_threshold=0.05):
+def detector_for(args, dist_info, experiment_dir, score_threshold):
     """(model on the device, metadata, checkpoint path); the model keeps detections
     >= score_threshold."""
     checkpoint = resolve_checkpoint(args, experiment_dir)
@@ -244,17 +243,23 @@ def detector_for(args, dist_info, experiment_dir, score_threshold=0.05):
 
 def predict_all(model, dataset, args, dist_info):
     """COCO results of every image of dataset, gathered on rank 0 (None elsewhere)."""
-    shard = inference_shard(len(dataset), dist_info.world_size, dist_info.rank)
-    return gather_to_main(
-        predict(model, dataset, shard, dist_info.device, args.batch_size or 8, args.workers)
+    results = predict(
+        model,
+        dataset,
+        indices=inference_shard(len(dataset), dist_info),
+        device=dist_info.device,
+        batch_size=args.batch_size or 8,
+        workers=args.workers,
+        log=print if dist_info.is_main else None,
     )
+    return gather_to_main(results, dist_info)
 
 
-def per_class_rows(metrics):
+def per_class_rows(metrics, classes):
     return [
         {
-            "class_id": class_id(row["category_id"]),
-            "class_name": CLASS_NAMES[class_id(row["category_id"])],
+            "class_id": class_index(row["category_id"]),
+            "class_name": classes[class_index(row["category_id"])],
             "gt_boxes": row["gt_boxes"],
             "AP": row["AP"],
             "AP50": row["AP50"],
@@ -264,21 +269,22 @@ def per_class_rows(metrics):
     ]
 
 
-def metrics_tables(metrics):
+def metrics_tables(metrics, classes):
     """The summary and per-class tables as aligned text."""
     lines = [f"{'metric':<10} {'value':>7}"]
     lines += [f"{name:<10} {format_metric(metrics[name]):>7}" for name in (*STAT_NAMES, "AP40")]
     lines.append("")
-    lines.append(f"{'class':<20} {'gt boxes':>8} {'AP':>7} {'AP50':>7} {'AP@0.4':>7}")
-    for row in per_class_rows(metrics):
+    width = max(20, *(len(name) for name in classes))
+    lines.append(f"{'class':<{width}} {'gt boxes':>8} {'AP':>7} {'AP50':>7} {'AP@0.4':>7}")
+    for row in per_class_rows(metrics, classes):
         lines.append(
-            f"{row['class_name']:<20} {row['gt_boxes']:>8} {format_metric(row['AP']):>7} "
+            f"{row['class_name']:<{width}} {row['gt_boxes']:>8} {format_metric(row['AP']):>7} "
             f"{format_metric(row['AP50']):>7} {format_metric(row['AP40']):>7}"
         )
     return "\n".join(lines)
 
 
-def per_class_csv(metrics):
+def per_class_csv(metrics, classes):
     buffer = io.StringIO()
     writer = csv.DictWriter(
         buffer,
@@ -286,37 +292,24 @@ def per_class_csv(metrics):
         lineterminator="\n",
     )
     writer.writeheader()
-    for row in per_class_rows(metrics):
+    for row in per_class_rows(metrics, classes):
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buffer.getvalue()
 
 
 def run_map(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
-    eval_dir = Path(args.eval_dir or experiment_dir / "eval")
-    refuse_existing(eval_dir / "metrics.json", args.replace)
-    coco, image_dir, ann_file = labeled_test_set(args)
+    eval_dir = Path(args.eval_dir or experiment_dir / layout.EVAL)
+    refuse_existing(eval_dir / layout.METRICS, args.replace)
     threshold = 0.05 if args.score_threshold is None else args.score_threshold
     model, meta, checkpoint = detector_for(args, dist_info, experiment_dir, threshold)
+    coco, image_dir, ann_file = labeled_test_set(args, meta["classes"])
     start = time.perf_counter()
     results = predict_all(model, DetectionDataset(coco, image_dir), args, dist_info)
     if not dist_info.is_main:
         return None
     metrics = coco_metrics(coco_ground_truth(coco), results)
     competition = competition_metrics(coco, results)
-    normal_films = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]})
-    print(metrics_tables(metrics))
-    print(
-        "AP40 is AP at IoU 0.4 (the VinBigData competition's threshold) with COCO's 101-point "
-        "interpolation"
-    )
-    print(
-        "competition mAP@0.4 (VOC all-point, lesions + 'No finding' scored 1 - the top lesion "
-        f"score): {format_metric(competition['mAP40'])}; 'No finding' AP "
-        f"{format_metric(competition['per_class'][NUM_CLASSES + 1])} on {normal_films} test "
-        "images without boxes"
-        + ("" if normal_films else " (prepare --normal-in-test adds normal films)")
-    )
     summary = {
         "checkpoint": str(checkpoint),
         "arch": meta["arch"],
@@ -329,18 +322,39 @@ def run_map(args, dist_info):
         "world_size": dist_info.world_size,
         "seconds": round(time.perf_counter() - start, 1),
         **metrics,
-        "competition": {
-            "mAP40": competition["mAP40"],
-            "no_finding_AP40": competition["per_class"][NUM_CLASSES + 1],
-            "test_images_without_boxes": normal_films,
-        },
+        "competition": competition_summary(coco, competition, len(meta["classes"])),
     }
+    print(metrics_tables(metrics, meta["classes"]))
+    print_competition(summary["competition"])
     make_folder(eval_dir)
-    atomic_write_json(eval_dir / "test_predictions.json", results)
-    atomic_write_text(eval_dir / "per_class.csv", per_class_csv(metrics))
-    atomic_write_json(eval_dir / "metrics.json", summary, indent=1)
-    print(f"wrote {eval_dir / 'metrics.json'}, per_class.csv, test_predictions.json")
+    atomic_write_json(eval_dir / layout.TEST_PREDICTIONS, results)
+    atomic_write_text(eval_dir / layout.PER_CLASS, per_class_csv(metrics, meta["classes"]))
+    atomic_write_json(eval_dir / layout.METRICS, summary, indent=1)
+    print(f"wrote {eval_dir / layout.METRICS}, {layout.PER_CLASS}, {layout.TEST_PREDICTIONS}")
     return summary
+
+
+def competition_summary(coco, competition, num_classes):
+    normal_films = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]})
+    return {
+        "mAP40": competition["mAP40"],
+        "no_finding_AP40": competition["per_class"][num_classes + 1],
+        "test_images_without_boxes": normal_films,
+    }
+
+
+def print_competition(competition):
+    normal_films = competition["test_images_without_boxes"]
+    print(
+        "AP40 is AP at IoU 0.4 (the VinBigData competition's threshold) with COCO's 101-point "
+        "interpolation"
+    )
+    print(
+        "competition mAP@0.4 (VOC matching and all-point interpolation, lesions + 'No finding' "
+        f"scored 1 - the top lesion score): {format_metric(competition['mAP40'])}; 'No finding' "
+        f"AP {format_metric(competition['no_finding_AP40'])} on {normal_films} test images "
+        "without boxes" + ("" if normal_films else " (prepare --normal-in-test adds normal films)")
+    )
 
 
 def _detections_by_image(results):
@@ -367,24 +381,22 @@ def choose_pictured(coco, args):
 
 def run_visualize(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
-    out = Path(args.eval_dir or experiment_dir / "eval") / "visualize"
+    out = Path(args.eval_dir or experiment_dir / layout.EVAL) / layout.PICTURES
     check_output_folder(out, args.replace)
-    coco, image_dir, _ = labeled_test_set(args)
+    threshold = 0.3 if args.score_threshold is None else args.score_threshold
+    model, meta, _ = detector_for(args, dist_info, experiment_dir, threshold)
+    coco, image_dir, _ = labeled_test_set(args, meta["classes"])
     chosen = choose_pictured(coco, args)
+    ids = {i["id"] for i in chosen}
     subset = {
         **coco,
         "images": chosen,
-        "annotations": [
-            a for a in coco["annotations"] if a["image_id"] in {i["id"] for i in chosen}
-        ],
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in ids],
     }
-    threshold = 0.3 if args.score_threshold is None else args.score_threshold
-    model, _, _ = detector_for(args, dist_info, experiment_dir, threshold)
     results = predict_all(model, DetectionDataset(subset, image_dir), args, dist_info)
     if not dist_info.is_main:
         return None
-    detections = _detections_by_image(results)
-    truth = {}
+    detections, truth = _detections_by_image(results), {}
     for a in subset["annotations"]:
         truth.setdefault(a["image_id"], []).append((a["category_id"], xyxy(a["bbox"])))
     pictures, captions = [], []
@@ -392,17 +404,18 @@ def run_visualize(args, dist_info):
         for image in chosen:
             picture = draw_detections(
                 open_grayscale(image_dir / image["file_name"]),
-                truth.get(image["id"], []),
-                detections.get(image["id"], []),
-                threshold,
+                ground_truth=truth.get(image["id"], []),
+                predictions=detections.get(image["id"], []),
+                classes=meta["classes"],
+                score_threshold=threshold,
             )
             name = Path(image["file_name"]).stem
             picture.save(staging / f"{name}.png")
             pictures.append(picture)
             shown = sum(score >= threshold for _, score, _ in detections.get(image["id"], []))
             captions.append(f"{name[:12]}  gt {len(truth.get(image['id'], []))}  pred {shown}")
-        contact_sheet(pictures, captions).save(staging / "contact_sheet.png")
-    print(f"wrote {len(chosen)} pictures and contact_sheet.png to {out}")
+        contact_sheet(pictures, captions).save(staging / layout.CONTACT_SHEET)
+    print(f"wrote {len(chosen)} pictures and {layout.CONTACT_SHEET} to {out}")
     return out
 
 
@@ -416,19 +429,18 @@ def run_predict(args, dist_info):
             "(e.g. the 512 px download's test_meta.csv), or --png-pixels if PNG pixels are wanted"
         )
     experiment_dir = Path(args.output_dir) / args.experiment_name
-    eval_dir = Path(args.eval_dir or experiment_dir / "eval")
+    eval_dir = Path(args.eval_dir or experiment_dir / layout.EVAL)
     refuse_existing(eval_dir / "predictions.json", args.replace)
     files = list_images(args.images, "--images")
     sizes = read_original_sizes(args.original_sizes) if args.original_sizes else None
-    if sizes is not None:
-        missing = [f.stem for f in files if f.stem not in sizes]
-        if missing:
-            raise UserError(
-                f"--original-sizes {args.original_sizes}: no size for {len(missing)} images "
-                f"(e.g. {missing[0]})"
-            )
+    missing = [f.stem for f in files if sizes is not None and f.stem not in sizes]
+    if missing:
+        raise UserError(
+            f"--original-sizes {args.original_sizes}: no size for {len(missing)} images "
+            f"(e.g. {missing[0]})"
+        )
     threshold = 0.05 if args.score_threshold is None else args.score_threshold
-    model, _, _ = detector_for(args, dist_info, experiment_dir, threshold)
+    model, meta, _ = detector_for(args, dist_info, experiment_dir, threshold)
     unlabeled = {
         "images": [{"id": i, "file_name": str(f)} for i, f in enumerate(files)],
         "annotations": [],
@@ -444,52 +456,41 @@ def run_predict(args, dist_info):
         f"{eval_dir / 'predictions.json'}"
     )
     if args.submission:
-        detections = _detections_by_image(results)
-        rows = []
-        for i, f in enumerate(files):
-            with Image.open(f) as image:
-                width, height = image.size
-            original = sizes[f.stem] if sizes else (width, height)
-            rows.append(
-                (
-                    f.stem,
-                    prediction_string(
-                        detections.get(i, []), original[0] / width, original[1] / height, threshold
-                    ),
-                )
-            )
+        rows = submission_rows(files, results, sizes, threshold, no_finding=len(meta["classes"]))
         write_submission(eval_dir / "submission.csv", rows)
-        print(
-            f"wrote {eval_dir / 'submission.csv'} (boxes in "
-            + (
-                "original pixels)"
-                if sizes
-                else "PNG pixels: pass --original-sizes for original ones)"
-            )
+        pixels = (
+            "original pixels" if sizes else "PNG pixels: pass --original-sizes for original ones"
         )
+        print(f"wrote {eval_dir / 'submission.csv'} (boxes in {pixels})")
     return results
+
+
+def submission_rows(files, results, sizes, threshold, *, no_finding):
+    """(image_id, PredictionString) of every file, boxes scaled to the original sizes."""
+    detections, rows = _detections_by_image(results), []
+    for i, f in enumerate(files):
+        with Image.open(f) as image:
+            width, height = image.size
+        original = sizes[f.stem] if sizes else (width, height)
+        scale = (original[0] / width, original[1] / height)
+        string = prediction_string(
+            detections.get(i, []), no_finding=no_finding, scale=scale, score_threshold=threshold
+        )
+        rows.append((f.stem, string))
+    return rows
 
 
 def resolve_backbone(args, experiment_dir):
     """(name, trunk, arch, image_size, message) for the probe's backbone."""
-    default = experiment_dir / "pretrain" / "pretrained-backbone.pth"
+    default = experiment_dir / layout.PRETRAIN / layout.BACKBONE
     path = default if args.backbone in (None, "ssl") else Path(args.backbone)
-    meta_path = (
-        default.with_suffix(".json") if args.backbone == "random" else path.with_suffix(".json")
-    )
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = backbone_meta(default if args.backbone == "random" else path)
     arch = args.arch or meta.get("arch", "resnet50")
     image_size = args.image_size or meta.get("image_size", 512)
     if args.backbone == "random":
         torch.manual_seed(stream_seed("weights", seed=args.seed))
-        trunk = headless_resnet(arch)
-        return (
-            f"random-seed{args.seed}",
-            trunk,
-            arch,
-            image_size,
-            f"random {arch} (seed {args.seed})",
-        )
+        message = f"random {arch} (seed {args.seed})"
+        return f"random-seed{args.seed}", headless_resnet(arch), arch, image_size, message
     if not path.is_file():
         raise UserError(
             f"backbone {path} not found; train it with train_ssl.py "
@@ -500,17 +501,24 @@ def resolve_backbone(args, experiment_dir):
 
 
 def run_probe(args, dist_info):
-    device = dist_info.device
     experiment_dir = Path(args.output_dir) / args.experiment_name
     name, trunk, arch, image_size, message = resolve_backbone(args, experiment_dir)
-    out = experiment_dir / "eval" / f"probe-{name}.json"
+    out = experiment_dir / layout.EVAL / layout.probe_file(name)
     refuse_existing(out, args.replace)
+    classes = read_classes(args.data_dir)
     print(message)
     start = time.perf_counter()
     splits = {}
     for split in ("train", "test"):
         splits[split] = split_features(
-            trunk, args.data_dir, split, image_size, args.batch_size or 32, device, args.workers
+            trunk,
+            args.data_dir,
+            split,
+            image_size=image_size,
+            batch_size=args.batch_size or 32,
+            device=dist_info.device,
+            workers=args.workers,
+            log=print,
         )
         print(
             f"{split}: {len(splits[split][1])} images -> features {tuple(splits[split][0].shape)}"
@@ -520,26 +528,14 @@ def run_probe(args, dist_info):
     rows = [
         {
             "class_id": k,
-            "class_name": CLASS_NAMES[k],
+            "class_name": name_k,
             "auroc": per_class[k],
             "train_positives": int(train_y[:, k].sum()),
             "test_positives": int(test_y[:, k].sum()),
         }
-        for k in range(len(CLASS_NAMES))
+        for k, name_k in enumerate(classes)
     ]
-    print(f"{'class':<20} {'train+':>6} {'test+':>6} {'AUROC':>7}")
-    for row in rows:
-        auroc = "n/a" if row["auroc"] is None else f"{row['auroc']:.4f}"
-        print(
-            f"{row['class_name']:<20} {row['train_positives']:>6} {row['test_positives']:>6} "
-            f"{auroc:>7}"
-        )
-    excluded = [r["class_name"] for r in rows if r["auroc"] is None]
-    print(
-        f"macro-AUROC {macro:.4f} over {len(rows) - len(excluded)} classes"
-        + (f" (undefined, left out: {', '.join(excluded)})" if excluded else "")
-        + f" [{name}: {message}]"
-    )
+    excluded = print_probe(rows, macro, name, message)
     result = {
         "backbone": name,
         "source": message,
@@ -557,6 +553,25 @@ def run_probe(args, dist_info):
     atomic_write_json(out, result, indent=1)
     print(f"wrote {out}")
     return result
+
+
+def print_probe(rows, macro, name, message):
+    """The per-class table and the macro-AUROC line; returns the classes left out."""
+    width = max(20, *(len(row["class_name"]) for row in rows))
+    print(f"{'class':<{width}} {'train+':>6} {'test+':>6} {'AUROC':>7}")
+    for row in rows:
+        auroc = "n/a" if row["auroc"] is None else f"{row['auroc']:.4f}"
+        print(
+            f"{row['class_name']:<{width}} {row['train_positives']:>6} {row['test_positives']:>6} "
+            f"{auroc:>7}"
+        )
+    excluded = [r["class_name"] for r in rows if r["auroc"] is None]
+    print(
+        f"macro-AUROC {macro:.4f} over {len(rows) - len(excluded)} classes"
+        + (f" (undefined, left out: {', '.join(excluded)})" if excluded else "")
+        + f" [{name}: {message}]"
+    )
+    return excluded
 
 
 MODES = {"map": run_map, "visualize": run_visualize, "predict": run_predict, "probe": run_probe}

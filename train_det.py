@@ -26,47 +26,52 @@ dict) with fasterrcnn_final.json. --lr is absolute for the total batch.
 """
 
 import argparse
-import json
+import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from cxr.backbone import infer_arch, load_trunk_weights
-from cxr.checkpoint_io import atomic_torch_save
-from cxr.classes import CLASS_NAMES
+from cxr import layout
+from cxr.backbone import backbone_meta, infer_arch, load_trunk_weights
 from cxr.cli import add_run_flags, add_share_flag, fraction_arg, parser
-from cxr.coco_metrics import (
-    coco_ground_truth,
-    coco_metrics,
-    detection_collate,
-    gather_to_main,
-    predict,
-)
-from cxr.data import DetectionDataset, load_coco, split_images
+from cxr.coco_metrics import coco_ground_truth, coco_metrics
+from cxr.data import DetectionDataset, load_coco, read_classes, split_images
 from cxr.detection_augment import BoxAugment
-from cxr.detector import ANCHORS, anchor_sizes, build_detector, initialize_backbone
-from cxr.distributed import process_group
-from cxr.engine import check_amp, train
+from cxr.detector import (
+    ANCHOR_SIZES,
+    build_detector,
+    detection_collate,
+    initialize_backbone,
+    predict,
+    save_detector,
+)
+from cxr.distributed import DistInfo, gather_to_main, inference_shard, process_group
+from cxr.engine import (
+    Optimization,
+    Step,
+    autocast,
+    check_amp,
+    epoch_range,
+    finished,
+    grad_scaler,
+    log_epoch,
+    restore,
+    save_checkpoint,
+    seed_epoch,
+    train_one_epoch,
+)
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
-from cxr.optim import check_warmup, step_schedule, warmup_cosine_schedule
+from cxr.image_lists import data_fingerprint, read_image_list
+from cxr.optim import build_optimizer, check_warmup, step_schedule, warmup_cosine_schedule
 from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
-from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
+from cxr.samplers import RepeatFactorSampler, repeat_factors
 from cxr.seeds import stream_seed
 from cxr.splits import partition, seeded_permutation
-
-# The files a run writes in its folder: --replace deletes these and nothing else.
-RUN_OUTPUTS = (
-    "args.json",
-    "log.jsonl",
-    "labeled_images.txt",
-    "checkpoint.pth",
-    "eval_history.json",
-    "fasterrcnn_final.pth",
-    "fasterrcnn_final.json",
-)
 
 
 def get_args_parser():
@@ -122,13 +127,6 @@ def get_args_parser():
         choices=["frozen", "bn", "syncbn"],
         help="syncbn: BatchNorm with statistics over all processes' batches (cxr.global_batchnorm; "
         "plain BatchNorm on one process); bn: per process; frozen: FrozenBatchNorm2d",
-    )
-    p.add_argument(
-        "--anchors",
-        default="torchvision",
-        choices=list(ANCHORS),
-        help="torchvision: 32-512 px (8 strides per FPN level) whatever the image size; scaled: "
-        "times image-size / 800 (measured worse: half the mAP at 128 px)",
     )
     p.add_argument(
         "--roi-batch-size",
@@ -226,20 +224,27 @@ def get_args_parser():
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--print-freq", type=int, default=20, help="iterations between progress lines")
-    add_run_flags(p, "train_det.py; never pretrain/ or eval/")
+    add_run_flags(p, "cxr.layout.DETECTOR_OUTPUTS; never pretrain/ or eval/")
     return p
 
 
-def pretrain_record(experiment_dir):
-    """(metadata of the SSL backbone or {}, its SSL image list or None)."""
-    folder = experiment_dir / "pretrain"
-    meta_path, pool_path = folder / "pretrained-backbone.json", folder / "ssl_images.txt"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return meta, (pool_path.read_text().split() if pool_path.is_file() else None)
+def pretrain_record(args):
+    """(metadata of the experiment's SSL backbone or {}, the names in its SSL pool or
+    None). A pool drawn from another preparation of the data is refused: its
+    names could be this preparation's labeled or test images."""
+    folder = Path(args.output_dir) / args.experiment_name / layout.PRETRAIN
+    pool = read_image_list(folder / layout.SSL_IMAGES)
+    if pool is not None and pool.data_fingerprint != data_fingerprint(args.data_dir):
+        raise UserError(
+            f"the SSL pool of {folder} was drawn from another preparation of the data than "
+            f"{args.data_dir} holds now (prepared again, with another seed or table?): fine-tune "
+            "on the data it was pretrained with, or pretrain again"
+        )
+    return backbone_meta(folder / layout.BACKBONE), (pool.names if pool else None)
 
 
 def choose_images(args, meta, ssl_pool):
-    """(training names, evaluation names or None for the test split, negative paths)."""
+    """(labeled training names, held-out names or None for the test split, negative paths)."""
     train = split_images(args.data_dir, "train")
     labeled_fraction = args.labeled_fraction
     if labeled_fraction is None:
@@ -262,10 +267,8 @@ def choose_images(args, meta, ssl_pool):
     negatives = []
     if args.negatives:
         normal = split_images(args.data_dir, "normal")
-        chosen = seeded_permutation(list(normal), stream_seed("negatives", seed=args.split_seed))[
-            : round(args.negatives * len(labeled))
-        ]
-        negatives = [normal[name] for name in sorted(chosen)]
+        order = seeded_permutation(list(normal), stream_seed("negatives", seed=args.split_seed))
+        negatives = [normal[name] for name in sorted(order[: round(args.negatives * len(labeled))])]
     if not labeled:
         raise UserError("no labeled images: raise --labeled-fraction")
     return labeled, held_out, negatives
@@ -281,43 +284,30 @@ def default_arch(init, meta):
     return infer_arch(load_trunk_weights(init)) or "resnet50"
 
 
-def evaluation_ground_truth(args, held_out):
-    """(dataset, pycocotools COCO) of the evaluation images."""
+def evaluation_set(args, held_out):
+    """(dataset, pycocotools COCO) of the evaluation images: the test split, or the
+    held-out labeled images."""
     split = "test" if held_out is None else "train"
-    names = None if held_out is None else set(held_out)
     coco = load_coco(Path(args.data_dir) / f"{split}_annotations.json")
     if held_out is not None:
+        names = set(held_out)
         keep = {image["id"] for image in coco["images"] if Path(image["file_name"]).stem in names}
         coco = {
             **coco,
             "images": [i for i in coco["images"] if i["id"] in keep],
             "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
         }
-    dataset = DetectionDataset(coco, Path(args.data_dir) / split)
-    return dataset, coco_ground_truth(coco)
+    return DetectionDataset(coco, Path(args.data_dir) / split), coco_ground_truth(coco)
 
 
-class DetectionTask:
+def detection_step(model, batch, generator, *, amp, device):
     """Images and targets to the device; the sum of Faster R-CNN's four losses."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def inputs(self, batch, generator):
-        images, targets = batch
-        images = [image.to(self.device, non_blocking=True).expand(3, -1, -1) for image in images]
-        targets = [
-            {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
-            for t in targets
-        ]
-        return images, targets
-
-    def loss(self, model, inputs):
-        losses = model(*inputs)
-        return sum(losses.values()), losses
-
-    def batch_images(self, inputs):
-        return len(inputs[0])
+    images, targets = batch
+    images = [image.to(device, non_blocking=True).expand(3, -1, -1) for image in images]
+    targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+    with autocast(amp, device):
+        losses = model(images, targets)
+    return Step(sum(losses.values()), losses, len(images))
 
 
 def training_loader(dataset, factors, args, dist_info):
@@ -355,18 +345,25 @@ def learning_rates(args, total_steps):
     )
 
 
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
-    with process_group(args.device) as dist_info:
-        run(args, dist_info)
+@dataclass
+class Data:
+    """The images of a run, chosen and checked before anything is written."""
+
+    classes: tuple  # the prepared data's class names, category ids 1..K
+    labeled: list  # names of the labeled training images
+    sampler: RepeatFactorSampler
+    loader: torch.utils.data.DataLoader
+    factors: list  # repeat factor of each training item
+    negatives: int
+    schedule: object  # (total steps,) learning rate of each global step
+    eval_dataset: DetectionDataset
+    ground_truth: object  # pycocotools COCO of the evaluation images
+    held_out: bool
 
 
-def run(args, dist_info):
-    check_amp(args.amp, dist_info.device)
-    experiment_dir = Path(args.output_dir) / args.experiment_name
-    meta, ssl_pool = pretrain_record(experiment_dir)
-    args.arch = args.arch or default_arch(args.init, meta)
-    args.split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
+def choose_data(args, dist_info, meta, ssl_pool):
+    """Phase 1: the labeled images, their sampler and schedule, the evaluation set."""
+    classes = read_classes(args.data_dir)
     labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
     dataset = DetectionDataset.split(
         args.data_dir,
@@ -377,112 +374,194 @@ def run(args, dist_info):
     )
     factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
     sampler, loader = training_loader(dataset, factors, args, dist_info)
-    steps = epoch_steps(sampler, args.batch_size, args.epochs)
-    schedule = learning_rates(args, sum(steps))
-    eval_dataset, ground_truth = evaluation_ground_truth(args, held_out)
+    schedule = learning_rates(args, sum(epoch_steps(sampler, args.batch_size, args.epochs)))
+    eval_dataset, ground_truth = evaluation_set(args, held_out)
+    return Data(
+        classes=classes,
+        labeled=labeled,
+        sampler=sampler,
+        loader=loader,
+        factors=factors,
+        negatives=len(negatives),
+        schedule=schedule,
+        eval_dataset=eval_dataset,
+        ground_truth=ground_truth,
+        held_out=held_out is not None,
+    )
+
+
+def settle_defaults(args, meta):
+    """--arch and --split-seed when not given: the pretraining's (`default_arch`)."""
+    args.arch = args.arch or default_arch(args.init, meta)
+    args.split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
+
+
+def check_data(args, nproc):
+    """What run() checks of the data before it writes anything, for nproc processes
+    (python -m cxr.experiment runs it before its first training stage, when the
+    SSL backbone may not exist yet)."""
+    meta, ssl_pool = pretrain_record(args)
+    settle_defaults(args, meta)
+    choose_data(args, DistInfo(0, nproc, 0, torch.device("cpu")), meta, ssl_pool)
+
+
+def build_model(args, dist_info, classes, ssl_backbone):
+    """Phase 2: Faster R-CNN with the --init trunk; returns (model on the device, message)."""
     torch.manual_seed(stream_seed("weights", seed=args.seed))
     model = build_detector(
-        args.arch,
-        args.image_size,
-        args.norm,
-        args.trainable_layers,
-        args.roi_batch_size,
-        args.anchors,
-        args.rpn_proposals,
+        arch=args.arch,
+        image_size=args.image_size,
+        num_classes=len(classes),
+        norm=args.norm,
+        trainable_layers=args.trainable_layers,
+        roi_batch_size=args.roi_batch_size,
+        rpn_proposals=args.rpn_proposals,
     )
-    message = initialize_backbone(
-        model, args.init, args.arch, experiment_dir / "pretrain" / "pretrained-backbone.pth"
+    message = initialize_backbone(model, args.init, args.arch, ssl_backbone)
+    if args.norm == "syncbn" and dist_info.world_size > 1:
+        model = convert_to_global_batchnorm(model)
+    return model.to(dist_info.device), message
+
+
+def evaluate(model, data, *, epoch, run):
+    """Phase 3: COCO metrics of the evaluation images after `epoch`, on rank 0 (None
+    elsewhere, and when no evaluation is due: every --eval-every epochs and after
+    the last)."""
+    args, dist_info = run.args, run.dist_info
+    last = epoch + 1 == args.epochs
+    if not (last or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
+        return None
+    shard = inference_shard(len(data.eval_dataset), dist_info)
+    results = predict(
+        model,
+        data.eval_dataset,
+        indices=shard,
+        device=dist_info.device,
+        batch_size=args.eval_batch_size,
+        workers=args.workers,
     )
-    run = open_run(experiment_dir, RUN_OUTPUTS, args, dist_info, ("labeled_images.txt", labeled))
-    logger = run.logger
-    logger.log(message, event="init")
+    results = gather_to_main(results, dist_info)
+    return coco_metrics(data.ground_truth, results) if dist_info.is_main else None
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    with process_group(args.device) as dist_info:
+        run(args, dist_info)
+
+
+def run(args, dist_info):
+    check_amp(args.amp, dist_info.device)
+    experiment_dir = Path(args.output_dir) / args.experiment_name
+    meta, ssl_pool = pretrain_record(args)
+    settle_defaults(args, meta)
+    data = choose_data(args, dist_info, meta, ssl_pool)
+    ssl_backbone = experiment_dir / layout.PRETRAIN / layout.BACKBONE
+    model, message = build_model(args, dist_info, data.classes, ssl_backbone)
+    rebuild = rebuild_meta(args, data.classes)
+    run = open_run(
+        experiment_dir,
+        outputs=layout.DETECTOR_OUTPUTS,
+        args=args,
+        dist_info=dist_info,
+        images=(layout.LABELED_IMAGES, data.labeled),
+        derived=rebuild,
+    )
+    log_start(run, data, message)
+
+    optimization = Optimization(
+        build_optimizer("sgd", model, args.lr, args.weight_decay),
+        grad_scaler(args.amp, dist_info.device),
+        data.schedule,
+        args.clip_grad,
+    )
+    start_epoch, step = restore(run, model, optimization)
+    history = run.resumed["eval_history"] if run.resumed else []
+    wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+    step_fn = functools.partial(detection_step, amp=args.amp, device=dist_info.device)
+    sampler, loader = data.sampler, data.loader
+    epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        rng = seed_epoch(args.seed, epoch, dist_info)
+        step, mean_loss = train_one_epoch(
+            wrapped, step_fn, loader, optimization, step=step, epoch=epoch, generator=rng, run=run
+        )
+        metrics = evaluate(model, data, epoch=epoch, run=run)
+        if metrics:
+            history.append({"epoch": epoch + 1, **metrics})
+        log_epoch(run, epoch=epoch, mean_loss=mean_loss, **headline(metrics))
+        save_checkpoint(run, model, optimization, epoch=epoch + 1, step=step, eval_history=history)
+        if dist_info.is_main:  # after the checkpoint, which holds the history too
+            atomic_write_json(experiment_dir / layout.EVAL_HISTORY, history, indent=1)
+    if not finished(run, epochs):
+        return
+    if dist_info.is_main:
+        meta = {**rebuild, **final_meta(args, data, message, history)}
+        save_detector(experiment_dir / layout.DETECTOR, model, meta)
+    run.logger.log(f"wrote {experiment_dir / layout.DETECTOR}", event="done")
+
+
+def headline(metrics):
+    """The numbers of an evaluation that go into the epoch's log line."""
+    if not metrics:
+        return {}
+    return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
+
+
+def log_start(run, data, message):
+    args, dist_info = run.args, run.dist_info
+    run.logger.log(message, event="init")
     if args.init == "random" and args.norm == "frozen":
-        logger.log(
+        run.logger.log(
             "warning: --init random with --norm frozen normalizes nothing (identity statistics) "
             f"and keeps the {5 - args.trainable_layers} first stages at random weights; the fair "
             "random baseline is --norm syncbn --trainable-layers 5",
             event="warning",
         )
-    if args.norm == "syncbn" and dist_info.world_size > 1:
-        model = convert_to_global_batchnorm(model)
-    model.to(dist_info.device)
-    history = []
-    if run.resumed is not None:
-        history_path = experiment_dir / "eval_history.json"
-        history = json.loads(history_path.read_text()) if history_path.is_file() else []
-    logger.log(
-        f"Faster R-CNN {args.arch}-FPN at {args.image_size} px (anchors "
-        f"{', '.join(str(s[0]) for s in anchor_sizes(args.image_size, args.anchors))} px, norm "
-        f"{args.norm}, {args.trainable_layers} stages trained): {len(labeled)} labeled images, "
-        f"{len(negatives)} negatives, repeat factors sum {sum(factors):.1f} "
-        f"(t={args.repeat_threshold}, {args.repeat_rounding}), {sum(steps)} iterations of "
-        f"{args.batch_size} x {dist_info.world_size} in {args.epochs} epochs; evaluating on "
-        f"{len(eval_dataset)} {'held-out' if held_out else 'test'} images",
+    run.logger.log(
+        f"Faster R-CNN {args.arch}-FPN at {args.image_size} px, {len(data.classes)} classes, norm "
+        f"{args.norm}, {args.trainable_layers} stages trained: {len(data.labeled)} labeled images, "
+        f"{data.negatives} negatives, repeat factors sum {sum(data.factors):.1f} "
+        f"(t={args.repeat_threshold}, {args.repeat_rounding}), {len(data.schedule)} iterations "
+        f"of {args.batch_size} x {dist_info.world_size} in {args.epochs} epochs; evaluating on "
+        f"{len(data.eval_dataset)} {'held-out' if data.held_out else 'test'} images",
         event="data",
-        labeled=len(labeled),
-        negatives=len(negatives),
-        repeat_factor_sum=sum(factors),
-        scheduled_steps=sum(steps),
+        labeled=len(data.labeled),
+        negatives=data.negatives,
+        repeat_factor_sum=sum(data.factors),
+        scheduled_steps=len(data.schedule),
     )
 
-    def evaluate(epoch):
-        last = epoch + 1 == args.epochs
-        if not (last or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
-            return {}
-        shard = inference_shard(len(eval_dataset), dist_info.world_size, dist_info.rank)
-        results = gather_to_main(
-            predict(
-                model, eval_dataset, shard, dist_info.device, args.eval_batch_size, args.workers
-            )
-        )
-        if not dist_info.is_main:
-            return {}
-        metrics = coco_metrics(ground_truth, results)
-        history.append({"epoch": epoch + 1, **metrics})
-        atomic_write_json(experiment_dir / "eval_history.json", history, indent=1)
-        return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
 
-    finished = train(
-        model,
-        DetectionTask(dist_info.device),
-        loader,
-        sampler,
-        schedule,
-        run,
-        dist_info,
-        args,
-        optimizer_name="sgd",
-        after_epoch=evaluate,
-    )
-    if not finished:
-        return
-    if dist_info.is_main:
-        atomic_torch_save(experiment_dir / "fasterrcnn_final.pth", model.state_dict())
-        atomic_write_json(
-            experiment_dir / "fasterrcnn_final.json",
-            {
-                "arch": args.arch,
-                "image_size": args.image_size,
-                "num_classes": len(CLASS_NAMES) + 1,
-                "classes": list(CLASS_NAMES),
-                "label_is": "COCO category_id = class_id + 1 (0 is background)",
-                "init": args.init,
-                "init_message": message,
-                "norm": args.norm,
-                "trainable_layers": args.trainable_layers,
-                "anchors": args.anchors,
-                "data_dir": str(args.data_dir),
-                "labeled_images": len(labeled),
-                "labeled_fraction": args.labeled_fraction,
-                "split_seed": args.split_seed,
-                "negatives": len(negatives),
-                "repeat_threshold": args.repeat_threshold,
-                "epochs": args.epochs,
-                "final_metrics": history[-1] if history else None,
-            },
-            indent=1,
-        )
-    logger.log(f"wrote {experiment_dir / 'fasterrcnn_final.pth'}", event="done")
+def rebuild_meta(args, classes):
+    """What load_detector needs to rebuild the model (cxr.detector.REBUILD_KEYS)."""
+    return {
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "classes": list(classes),
+        "norm": args.norm,
+        "trainable_layers": args.trainable_layers,
+        "anchor_sizes": list(ANCHOR_SIZES),
+    }
+
+
+def final_meta(args, data, message, history):
+    """What else fasterrcnn_final.json records: the init, the data, the last metrics."""
+    return {
+        "num_classes": len(data.classes) + 1,
+        "label_is": "COCO category_id (1..K); 0 is background",
+        "init": args.init,
+        "init_message": message,
+        "data_dir": str(args.data_dir),
+        "labeled_images": len(data.labeled),
+        "labeled_fraction": args.labeled_fraction,
+        "split_seed": args.split_seed,
+        "negatives": data.negatives,
+        "repeat_threshold": args.repeat_threshold,
+        "epochs": args.epochs,
+        "final_metrics": history[-1] if history else None,
+    }
 
 
 if __name__ == "__main__":

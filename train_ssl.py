@@ -25,38 +25,47 @@ not rescaled per 256 images.
 """
 
 import argparse
+import functools
 import json
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from cxr.backbone import FEATURE_DIMS, build_resnet, recompute_batchnorm_statistics
-from cxr.checkpoint_io import atomic_torch_save
+from cxr import layout
+from cxr.backbone import (
+    FEATURE_DIMS,
+    build_resnet,
+    recompute_batchnorm_statistics,
+    save_backbone,
+)
 from cxr.cli import add_run_flags, add_share_flag, parser
 from cxr.data import ImageList, list_images, split_images, to_network_input
-from cxr.distributed import process_group
-from cxr.engine import check_amp, train
+from cxr.distributed import DistInfo, process_group
+from cxr.engine import (
+    Optimization,
+    Step,
+    autocast,
+    check_amp,
+    epoch_range,
+    finished,
+    grad_scaler,
+    log_epoch,
+    restore,
+    save_checkpoint,
+    seed_epoch,
+    train_one_epoch,
+)
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
-from cxr.optim import check_warmup, warmup_cosine_schedule
-from cxr.outputs import atomic_write_json
+from cxr.optim import build_optimizer, check_warmup, warmup_cosine_schedule
 from cxr.run_folder import open_run
 from cxr.samplers import ShuffleSampler
 from cxr.seeds import stream_seed
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
 from cxr.ssl_views import VIEW_PRESETS, ViewConfig, simclr_views
-
-# The files a run writes in its folder: --replace deletes these and nothing else.
-RUN_OUTPUTS = (
-    "args.json",
-    "log.jsonl",
-    "ssl_images.txt",
-    "checkpoint.pth",
-    "pretrained-backbone.pth",
-    "pretrained-backbone.json",
-)
 
 
 def get_args_parser():
@@ -164,7 +173,7 @@ def get_args_parser():
         help="recompute the trunk's BatchNorm statistics on this many un-augmented SSL images "
         "before saving the backbone (0: keep the running averages of training)",
     )
-    add_run_flags(p, "train_ssl.py")
+    add_run_flags(p, "cxr.layout.PRETRAIN_OUTPUTS")
     return p
 
 
@@ -218,27 +227,18 @@ def ssl_pool(args):
     return paths, extra
 
 
-class SimCLRTask:
-    """Two views per image on the device, one forward over both, NT-Xent."""
-
-    def __init__(self, image_size, views, temperature, device, channels_last):
-        self.image_size, self.views, self.temperature = image_size, views, temperature
-        self.device, self.channels_last = device, channels_last
-
-    def inputs(self, batch, generator):
-        first, second = simclr_views(
-            batch.to(self.device, non_blocking=True), self.image_size, self.views, generator
-        )
-        x = to_network_input(torch.cat([first, second]))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def loss(self, model, inputs):
-        z = model(inputs).float()
-        half = z.shape[0] // 2
-        return nt_xent(z[:half], z[half:], self.temperature), {}
-
-    def batch_images(self, inputs):
-        return inputs.shape[0] // 2
+def simclr_step(model, batch, generator, *, args, views, dist_info):
+    """Two views of each image on the device, one forward over both, NT-Xent."""
+    device = dist_info.device
+    images = batch.to(device, non_blocking=True)  # (n, 1, H, W) uint8
+    first, second = simclr_views(images, args.image_size, views, generator)
+    x = to_network_input(torch.cat([first, second]))  # (2n, 3, size, size)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(args.amp, device):
+        z = model(x).float()  # (2n, projection_dim)
+    n = len(images)
+    return Step(nt_xent(z[:n], z[n:], args.temperature, rank=dist_info.rank), {}, n)
 
 
 def check_devices_flag(devices, dist_info):
@@ -255,9 +255,22 @@ def main(argv=None):
         run(args, dist_info)
 
 
-def run(args, dist_info):
-    check_devices_flag(args.devices, dist_info)
-    check_amp(args.amp, dist_info.device)
+@dataclass
+class Data:
+    """The images of a run and how they are drawn, chosen and checked before anything
+    is written."""
+
+    views: ViewConfig
+    paths: dict  # {name: path} of the SSL pool
+    extra: list  # the --extra-images among them
+    dataset: ImageList
+    sampler: ShuffleSampler
+    loader: torch.utils.data.DataLoader
+    schedule: object  # (total steps,) learning rate of each global step
+
+
+def choose_data(args, dist_info):
+    """The SSL pool, its sampler and loader, the views and the schedule, checked."""
     views = view_config(args.views)
     paths, extra = ssl_pool(args)
     if len(paths) // dist_info.world_size < args.batch_size:
@@ -276,83 +289,131 @@ def run(args, dist_info):
         pin_memory=dist_info.device.type == "cuda",
         persistent_workers=args.workers > 0,
     )
-    warmup_steps, total_steps = round(args.warmup_epochs * len(loader)), args.epochs * len(loader)
-    check_warmup(warmup_steps, total_steps, f"--warmup-epochs {args.warmup_epochs:g}")
-    schedule = warmup_cosine_schedule(args.lr, total_steps, warmup_steps)
-    run_dir = Path(args.output_dir) / args.experiment_name / "pretrain"
-    run = open_run(run_dir, RUN_OUTPUTS, args, dist_info, ("ssl_images.txt", sorted(paths)))
-    logger = run.logger
+    schedule = learning_rates(args, len(loader))
+    return Data(views, paths, extra, dataset, sampler, loader, schedule)
 
+
+def check_data(args, nproc):
+    """What run() checks of the data before it writes anything, for nproc processes
+    (python -m cxr.experiment runs it before its first training stage)."""
+    choose_data(args, DistInfo(0, nproc, 0, torch.device("cpu")))
+
+
+def learning_rates(args, steps_per_epoch):
+    """The learning rate of every global step: warmup, then cosine decay to 0."""
+    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+    total_steps = args.epochs * steps_per_epoch
+    check_warmup(warmup_steps, total_steps, f"--warmup-epochs {args.warmup_epochs:g}")
+    return warmup_cosine_schedule(args.lr, total_steps, warmup_steps)
+
+
+def build_model(args, dist_info):
+    """The SimCLR model on the device, its BatchNorm global over processes under torchrun
+    (unless --no-sync-bn)."""
     torch.manual_seed(stream_seed("weights", seed=args.seed))
     model = SimCLR(build_resnet(args.arch), FEATURE_DIMS[args.arch], args.projection_dim)
-    global_bn = args.sync_bn and dist_info.world_size > 1
-    if global_bn:
+    if args.sync_bn and dist_info.world_size > 1:
         model = convert_to_global_batchnorm(model)
-    channels_last = dist_info.device.type == "cuda"
-    model.to(
-        dist_info.device,
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    if dist_info.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model.to(dist_info.device)
+
+
+def run(args, dist_info):
+    check_devices_flag(args.devices, dist_info)
+    check_amp(args.amp, dist_info.device)
+    data = choose_data(args, dist_info)  # everything checked before the run folder is written
+    run_dir = Path(args.output_dir) / args.experiment_name / layout.PRETRAIN
+    run = open_run(
+        run_dir,
+        outputs=layout.PRETRAIN_OUTPUTS,
+        args=args,
+        dist_info=dist_info,
+        images=(layout.SSL_IMAGES, data.paths),
     )
+    log_data(run, data)
+
+    model = build_model(args, dist_info)
+    optimization = Optimization(
+        build_optimizer(args.optimizer, model, args.lr, args.weight_decay),
+        grad_scaler(args.amp, dist_info.device),
+        data.schedule,
+        args.clip_grad,
+    )
+    start_epoch, step = restore(run, model, optimization)
+    wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+    step_fn = functools.partial(simclr_step, args=args, views=data.views, dist_info=dist_info)
+    sampler, loader = data.sampler, data.loader
+    epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        rng = seed_epoch(args.seed, epoch, dist_info)
+        step, mean_loss = train_one_epoch(
+            wrapped, step_fn, loader, optimization, step=step, epoch=epoch, generator=rng, run=run
+        )
+        log_epoch(run, epoch=epoch, mean_loss=mean_loss)
+        save_checkpoint(run, model, optimization, epoch=epoch + 1, step=step)
+    if not finished(run, epochs):
+        return
+    if args.precise_bn_images:
+        precise_batchnorm(model.trunk, data.dataset, args, dist_info, run.logger)
+    if dist_info.is_main:
+        record = backbone_record(args, data)
+        save_backbone(run_dir / layout.BACKBONE, model.trunk_state_dict(), record)
+    run.logger.log(f"wrote {run_dir / layout.BACKBONE}", event="done")
+
+
+def log_data(run, data):
+    args, dist_info = run.args, run.dist_info
+    images, extra, loader = len(data.paths), len(data.extra), data.loader
+    global_bn = args.sync_bn and dist_info.world_size > 1
     normalization = f"global over {dist_info.world_size} processes" if global_bn else "per process"
-    logger.log(
-        f"SimCLR {args.arch} at {args.image_size} px on {len(paths)} images ({len(extra)} of them "
-        f"from --extra-images) ({len(loader)} iterations of {args.batch_size} x "
+    run.logger.log(
+        f"SimCLR {args.arch} at {args.image_size} px on {images} images ({extra} of them from "
+        f"--extra-images) ({len(loader)} iterations of {args.batch_size} x "
         f"{dist_info.world_size} per epoch); BatchNorm statistics {normalization}",
         event="data",
-        images=len(paths),
+        images=images,
         iterations_per_epoch=len(loader),
         global_batchnorm=global_bn,
     )
-    task = SimCLRTask(args.image_size, views, args.temperature, dist_info.device, channels_last)
-    finished = train(
-        model, task, loader, sampler, schedule, run, dist_info, args, optimizer_name=args.optimizer
-    )
-    if not finished:
-        return
-    if args.precise_bn_images:
-        per_rank = max(1, min(args.precise_bn_images, len(dataset)) // dist_info.world_size)
-        shard = torch.utils.data.Subset(
-            dataset, range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
-        )
-        batches = recompute_batchnorm_statistics(
-            model.trunk,
-            torch.utils.data.DataLoader(
-                shard, batch_size=args.batch_size, num_workers=args.workers
-            ),
-            dist_info.device,
-        )
-        logger.log(
-            f"BatchNorm statistics recomputed on {per_rank * dist_info.world_size} un-augmented "
-            f"images ({batches} batches per process)",
-            event="precise_bn",
-        )
-    if dist_info.is_main:
-        save_backbone(run_dir, model, args, len(paths), len(extra), views)
-    logger.log(f"wrote {run_dir / 'pretrained-backbone.pth'}", event="done")
 
 
-def save_backbone(run_dir, model, args, num_images, num_extra, views):
-    atomic_torch_save(run_dir / "pretrained-backbone.pth", model.trunk_state_dict())
-    atomic_write_json(
-        run_dir / "pretrained-backbone.json",
-        {
-            "arch": args.arch,
-            "image_size": args.image_size,
-            "epochs": args.epochs,
-            "data_dir": str(args.data_dir),
-            "ssl_images": num_images,
-            "ssl_fraction": args.ssl_fraction,
-            "split_seed": args.split_seed,
-            "include_normal": args.include_normal,
-            "extra_images": num_extra,
-            "temperature": args.temperature,
-            "views": views.to_dict(),
-            "learning_rate": args.lr,
-            "optimizer": args.optimizer,
-            "batch_size": args.batch_size,
-        },
-        indent=1,
+def precise_batchnorm(trunk, dataset, args, dist_info, logger):
+    """Recompute the trunk's BatchNorm statistics on --precise-bn-images clean images."""
+    per_rank = max(1, min(args.precise_bn_images, len(dataset)) // dist_info.world_size)
+    shard = torch.utils.data.Subset(
+        dataset, range(dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank)
     )
+    loader = torch.utils.data.DataLoader(
+        shard, batch_size=args.batch_size, num_workers=args.workers
+    )
+    batches = recompute_batchnorm_statistics(trunk, loader, dist_info.device)
+    logger.log(
+        f"BatchNorm statistics recomputed on {per_rank * dist_info.world_size} un-augmented "
+        f"images ({batches} batches per process)",
+        event="precise_bn",
+    )
+
+
+def backbone_record(args, data):
+    """What pretrained-backbone.json says of the backbone and how it was trained."""
+    return {
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "data_dir": str(args.data_dir),
+        "ssl_images": len(data.paths),
+        "ssl_fraction": args.ssl_fraction,
+        "split_seed": args.split_seed,
+        "include_normal": args.include_normal,
+        "extra_images": len(data.extra),
+        "temperature": args.temperature,
+        "views": data.views.to_dict(),
+        "learning_rate": args.lr,
+        "optimizer": args.optimizer,
+        "batch_size": args.batch_size,
+    }
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class CategoryMatches:
     ground_truth: np.ndarray  # (I,) non-ignored ground-truth boxes per image
 
 
-def _detections(coco_gt, results):
+def detections_of(coco_gt, results):
     """pycocotools' COCO object of a list of COCO results (which may be empty)."""
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -66,7 +66,7 @@ def _detections(coco_gt, results):
 
 def match_detections(coco_gt, results, iou_thresholds=COCO_IOU_THRESHOLDS):
     """(image ids, [CategoryMatches]) of COCO results against the COCO object coco_gt."""
-    evaluator = COCOeval(coco_gt, _detections(coco_gt, results), iouType="bbox")
+    evaluator = COCOeval(coco_gt, detections_of(coco_gt, results), iouType="bbox")
     evaluator.params.iouThrs = np.asarray(iou_thresholds, dtype=np.float64)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
@@ -104,6 +104,61 @@ def match_detections(coco_gt, results, iou_thresholds=COCO_IOU_THRESHOLDS):
             )
         )
     return list(params.imgIds), categories
+
+
+def _iou(box, boxes):
+    """(M,) IoU of one xyxy box with (M, 4) xyxy boxes (continuous areas, no +1)."""
+    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = width * height
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)
+
+
+def _xyxy(bbox):
+    x, y, w, h = bbox
+    return (x, y, x + w, y + h)
+
+
+def voc_matches(image_ids, ground_truth, detections, *, category_ids, iou_threshold=0.4):
+    """[CategoryMatches] (one IoU threshold) by VOC 2010's rule.
+
+    Per category, detections are visited by descending score (equal scores in
+    the order listed); each goes to the ground-truth box of its image with
+    the highest IoU, and is a true positive if that IoU exceeds iou_threshold
+    strictly and the box is not yet taken, else a false positive (pycocotools
+    instead moves on to the next-best free box). ground_truth and detections
+    are COCO dicts (bbox xywh; detections with a score)."""
+    position = {image_id: i for i, image_id in enumerate(image_ids)}
+    categories = []
+    for category in category_ids:
+        boxes = [[] for _ in image_ids]
+        for annotation in ground_truth:
+            if annotation["category_id"] == category:
+                boxes[position[annotation["image_id"]]].append(_xyxy(annotation["bbox"]))
+        boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes]
+        taken = [np.zeros(len(b), dtype=bool) for b in boxes]
+        mine = [d for d in detections if d["category_id"] == category]
+        mine.sort(key=lambda d: -d["score"])  # stable
+        image = np.array([position[d["image_id"]] for d in mine], dtype=np.int64)
+        true_positive = np.zeros(len(mine), dtype=bool)
+        for k, (detection, i) in enumerate(zip(mine, image)):
+            if len(boxes[i]):
+                overlaps = _iou(_xyxy(detection["bbox"]), boxes[i])
+                best = int(np.argmax(overlaps))
+                if overlaps[best] > iou_threshold and not taken[i][best]:
+                    taken[i][best] = true_positive[k] = True
+        categories.append(
+            CategoryMatches(
+                category,
+                image,
+                np.array([d["score"] for d in mine], dtype=np.float64),
+                true_positive[None, :],
+                np.zeros((1, len(mine)), dtype=bool),
+                np.array([len(b) for b in boxes], dtype=np.int64),
+            )
+        )
+    return categories
 
 
 def _interpolated(precision, recall, interpolation):

@@ -14,14 +14,17 @@ that move fast, and a detector with frozen norms inherits them as they are.
 """
 
 import functools
+import json
+from pathlib import Path
 
 import torch
 import torchvision
 
-from .checkpoint_io import load_torch_file
+from .checkpoint_io import atomic_torch_save, load_torch_file
 from .data import uint8_to_network_input
 from .distributed import all_reduce_mean
 from .errors import UserError
+from .outputs import atomic_write_json
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
@@ -90,6 +93,21 @@ def pretrained_trunk(arch, path):
     model = headless_resnet(arch)
     model.load_state_dict(state, strict=True)
     return model, message
+
+
+def save_backbone(path, state, meta):
+    """pretrained-backbone.pth (a trunk state dict with torchvision ResNet keys, no fc)
+    and beside it pretrained-backbone.json: meta, with at least arch and image_size."""
+    assert {"arch", "image_size"} <= set(meta), "backbone metadata needs arch and image_size"
+    atomic_torch_save(path, state)
+    atomic_write_json(Path(path).with_suffix(".json"), meta, indent=1)
+
+
+def backbone_meta(path):
+    """The metadata save_backbone wrote beside a backbone file ({} if there is none:
+    a state dict from elsewhere, e.g. ImageNet weights)."""
+    meta_path = Path(path).with_suffix(".json")
+    return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
 
 
 @torch.no_grad()

@@ -44,10 +44,20 @@ class Interval:
         return self.low > 0 or self.high < 0
 
 
-def paired_bootstrap(first, second, num_images, statistic, replicates=2000, level=0.9, seed=0):
-    """{metric: {"first", "second", "difference": Interval}} for two arms.
+def paired_bootstrap(first, second, *, num_images, statistic, replicates=2000, level=0.9, seed=0):
+    """Paired bootstrap intervals of two arms and of their difference.
 
-    first, second: one run per training seed, paired by position."""
+    Args:
+        first, second: one run per training seed each, paired by position
+            (anything `statistic` takes).
+        num_images: the number of test images both were evaluated on.
+        statistic: (run, counts) -> {metric: value or None}, counts being (num_images,)
+            how often each test image is drawn.
+        replicates, level, seed: the number of resamples, the interval's
+            coverage, and the seed of the resampling.
+    Returns:
+        {metric: {"first": Interval, "second": Interval, "difference": Interval}}.
+    """
     if len(first) != len(second) or not first:
         raise ValueError("both arms need the same, non-zero number of runs (one per seed)")
     rng = np.random.default_rng(seed)

@@ -1,12 +1,16 @@
-"""The 14 VinBigData lesion classes: ids, names, colors. One source of truth.
+"""Classes: every prepared dataset's own list, and VinBigData's table.
 
-VinBigData `class_id` runs 0..13 for lesions and 14 for "No finding".
-COCO `category_id` is `class_id + 1` (1..14) so that 0 stays the detector's
-background label; the model's label is the category id.
-Names are spelled exactly as in the competition's train.csv.
+A prepared data folder's COCO files hold its classes as categories with ids
+1..K in order; 0 is the detector's background and the model's label is the
+category id. Every stage after `cxr.prepare` reads the list from there
+(`dataset_classes`), so a dataset brings its own classes. VinBigData's 14
+lesions (class_id 0..13 in train.csv, 14 "No finding", names as written
+there) are one such list; NIH's findings map onto them (`NIH_FINDINGS`).
 """
 
-CLASS_NAMES = (
+from .errors import UserError
+
+VINBIGDATA_CLASSES = (
     "Aortic enlargement",
     "Atelectasis",
     "Calcification",
@@ -22,8 +26,6 @@ CLASS_NAMES = (
     "Pneumothorax",
     "Pulmonary fibrosis",
 )
-NUM_CLASSES = len(CLASS_NAMES)
-
 NO_FINDING_ID = 14
 NO_FINDING_NAME = "No finding"
 
@@ -41,8 +43,8 @@ CSV_BOX_COLUMNS = (
 )
 CSV_SIZE_COLUMNS = ("width", "height")
 
-# One distinct, colour-blind-friendly-ish RGB colour per class for drawings.
-CLASS_COLORS = (
+# Distinct RGB colours for drawings, one per class (repeating after the 14th).
+PALETTE = (
     (230, 25, 75),
     (60, 180, 75),
     (255, 225, 25),
@@ -77,19 +79,38 @@ NIH_FINDINGS = {
 }
 
 
-def category_id(class_id: int) -> int:
-    """COCO category id (1..14) of a VinBigData lesion class id (0..13)."""
-    return class_id + 1
+def category_id(class_index: int) -> int:
+    """COCO category id (1..K) of a class's position in its list (0..K-1)."""
+    return class_index + 1
 
 
-def class_id(category: int) -> int:
-    """VinBigData class id (0..13) of a COCO category id (1..14)."""
+def class_index(category: int) -> int:
+    """Position in the class list (0..K-1) of a COCO category id (1..K); for
+    VinBigData it is train.csv's class_id."""
     return category - 1
 
 
-def coco_categories() -> list:
-    """The COCO `categories` list: ids 1..14 with the CSV's names."""
+def coco_categories(names) -> list:
+    """The COCO `categories` of a class list: ids 1..K in its order."""
     return [
         {"id": category_id(i), "name": name, "supercategory": "lesion"}
-        for i, name in enumerate(CLASS_NAMES)
+        for i, name in enumerate(names)
     ]
+
+
+def dataset_classes(coco, source) -> tuple:
+    """The class names of a COCO dict written by cxr.prepare, checked: its
+    categories must have the ids 1..K (source names the file in errors)."""
+    categories = sorted(coco.get("categories", []), key=lambda c: c.get("id", 0))
+    ids = [c.get("id") for c in categories]
+    if not categories or ids != list(range(1, len(categories) + 1)):
+        raise UserError(
+            f"{source}: its categories must have the ids 1..K (0 is the detector's background); "
+            f"found {ids[:10]}. Prepare the data with python -m cxr.prepare"
+        )
+    return tuple(str(c["name"]) for c in categories)
+
+
+def class_color(category: int) -> tuple:
+    """The drawing colour of a category id."""
+    return PALETTE[class_index(category) % len(PALETTE)]

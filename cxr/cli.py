@@ -49,7 +49,7 @@ def add_run_flags(parser, script):
     parser.add_argument(
         "--replace",
         action="store_true",
-        help=f"delete this run's outputs (RUN_OUTPUTS in {script}, nothing else) and start over",
+        help=f"delete this run's outputs ({script}, nothing else) and start over",
     )
 
 

@@ -1,18 +1,13 @@
 """COCO evaluation of the detector with pycocotools.
 
-- `predict` runs batched inference over dataset indices (one exact shard per
-  rank under DDP, `cxr.samplers.inference_shard`), returning COCO result dicts
-  (image_id, category_id, bbox xywh, score).
-- `gather_to_main` collects every rank's results on rank 0, so each test
-  image is counted exactly once (no padded duplicates).
 - `coco_metrics` gives pycocotools' 12 summary numbers (AP@[.5:.95], AP50,
   AP75, AP/AR by size, AR@1/10/100), AP at IoU 0.4 (the VinBigData
   competition's threshold, here with COCO's 101-point interpolated precision,
   all areas, 100 detections), and per class AP, AP50, AP@0.4 and the number
   of ground-truth boxes.
 - `competition_metrics` gives the VinBigData competition's metric: mean AP at
-  IoU 0.4 over the 14 lesions and "No finding", with VOC 2010's all-point
-  interpolation (`cxr.average_precision`; matching as pycocotools does it).
+  IoU 0.4 over the lesions and "No finding", with VOC 2010's matching and
+  all-point interpolation (`cxr.average_precision.voc_matches`).
   As in the competition, an image without boxes carries one "No finding"
   box (0, 0, 1, 1), and every image gets one "No finding" prediction there,
   scored 1 - its highest lesion score (1 without detections): the detector's
@@ -24,14 +19,10 @@ import contextlib
 import io
 
 import numpy as np
-import torch
-import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .average_precision import average_precision, match_detections
-from .classes import NO_FINDING_NAME, NUM_CLASSES, coco_categories
-from .distributed import world_size
+from .average_precision import average_precision, detections_of, voc_matches
 
 STAT_NAMES = (
     "AP",
@@ -52,49 +43,6 @@ STAT_NAMES = (
 def format_metric(value, digits=4):
     """A metric for tables: 'n/a' where it is undefined (None)."""
     return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def detection_collate(batch):
-    return tuple(zip(*batch))
-
-
-@torch.no_grad()
-def predict(model, dataset, indices, device, batch_size=8, workers=0):
-    """COCO results for dataset[i], i in indices; the dataset yields (image, target)."""
-    model.eval()
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, list(indices)),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=detection_collate,
-    )
-    results = []
-    for images, targets in loader:
-        outputs = model([image.to(device).expand(3, -1, -1) for image in images])
-        for output, target in zip(outputs, targets):
-            boxes = output["boxes"].cpu()
-            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
-            for box, score, label in zip(
-                xywh.tolist(), output["scores"].tolist(), output["labels"].tolist()
-            ):
-                results.append(
-                    {
-                        "image_id": int(target["image_id"]),
-                        "category_id": int(label),
-                        "bbox": box,
-                        "score": score,
-                    }
-                )
-    return results
-
-
-def gather_to_main(results):
-    """Every rank's list, concatenated in rank order, on rank 0 (None elsewhere)."""
-    if world_size() == 1:
-        return results
-    gathered = [None] * world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(results, gathered, dst=0)
-    return [r for part in gathered for r in part] if gathered is not None else None
 
 
 def coco_ground_truth(dataset):
@@ -126,43 +74,28 @@ def _mean_precision(precision):
 
 
 def coco_metrics(coco_gt, results):
-    """Summary and per-class metrics of `results` against the COCO object coco_gt."""
+    """Summary and per-class metrics of `results` against the COCO object coco_gt.
+
+    A metric without ground truth to score (a class without boxes, a size
+    range without boxes) is None, with or without detections; without
+    detections every defined AP and AR is 0."""
     category_ids = sorted(coco_gt.getCatIds())
     gt_counts = {c: len(coco_gt.getAnnIds(catIds=[c], iscrowd=None)) for c in category_ids}
-    if not results:
-        zero = {c: (0.0 if gt_counts[c] else None) for c in category_ids}
-        return {
-            **{name: 0.0 for name in STAT_NAMES},
-            "AP40": 0.0,
-            "detections": 0,
-            "per_class": [
-                {
-                    "category_id": c,
-                    "AP": zero[c],
-                    "AP50": zero[c],
-                    "AP40": zero[c],
-                    "gt_boxes": gt_counts[c],
-                }
-                for c in category_ids
-            ],
-        }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+    coco_dt = detections_of(coco_gt, results)
     standard = _run_cocoeval(coco_gt, coco_dt)
     at_04 = _run_cocoeval(coco_gt, coco_dt, iou_thresholds=[0.4])
     # precision: [IoU thresholds, recall points, categories, area ranges, max detections]
     precision, precision_04 = standard.eval["precision"], at_04.eval["precision"]
-    per_class = []
-    for k, category in enumerate(standard.params.catIds):
-        per_class.append(
-            {
-                "category_id": int(category),
-                "AP": _mean_precision(precision[:, :, k, 0, -1]),
-                "AP50": _mean_precision(precision[0, :, k, 0, -1]),
-                "AP40": _mean_precision(precision_04[0, :, k, 0, -1]),
-                "gt_boxes": gt_counts[category],
-            }
-        )
+    per_class = [
+        {
+            "category_id": int(category),
+            "AP": _mean_precision(precision[:, :, k, 0, -1]),
+            "AP50": _mean_precision(precision[0, :, k, 0, -1]),
+            "AP40": _mean_precision(precision_04[0, :, k, 0, -1]),
+            "gt_boxes": gt_counts[category],
+        }
+        for k, category in enumerate(standard.params.catIds)
+    ]
     return {
         **{
             name: (float(value) if value > -1 else None)
@@ -175,29 +108,16 @@ def coco_metrics(coco_gt, results):
 
 
 def competition_metrics(dataset, results):
-    """The competition's mAP@0.4 (15 classes, VOC interpolation) of COCO results
-    on a COCO dict; {"mAP40": value, "per_class": {category id: AP or None}}."""
-    no_finding = NUM_CLASSES + 1
+    """The competition's mAP@0.4 of COCO results on a COCO dict: VOC 2010's matching
+    and all-point interpolation over the dataset's classes and "No finding"
+    (category K + 1); {"mAP40": value, "per_class": {category id: AP or None}}."""
+    no_finding = len(dataset["categories"]) + 1
     boxed = {a["image_id"] for a in dataset["annotations"]}
-    first_id = 1 + max((a["id"] for a in dataset["annotations"]), default=0)  # pycocotools: ids > 0
     normal_boxes = [
-        {
-            "id": first_id + n,
-            "image_id": image["id"],
-            "category_id": no_finding,
-            "bbox": [0, 0, 1, 1],
-            "area": 1,
-            "iscrowd": 0,
-        }
-        for n, image in enumerate(i for i in dataset["images"] if i["id"] not in boxed)
+        {"image_id": image["id"], "category_id": no_finding, "bbox": [0, 0, 1, 1]}
+        for image in dataset["images"]
+        if image["id"] not in boxed
     ]
-    ground_truth = coco_ground_truth(
-        {
-            **dataset,
-            "annotations": dataset["annotations"] + normal_boxes,
-            "categories": coco_categories() + [{"id": no_finding, "name": NO_FINDING_NAME}],
-        }
-    )
     highest = {}
     for r in results:
         highest[r["image_id"]] = max(highest.get(r["image_id"], 0.0), r["score"])
@@ -210,8 +130,11 @@ def competition_metrics(dataset, results):
         }
         for image in dataset["images"]
     ]
-    _, categories = match_detections(
-        ground_truth, results + normal_predictions, iou_thresholds=[0.4]
+    categories = voc_matches(
+        [image["id"] for image in dataset["images"]],
+        dataset["annotations"] + normal_boxes,
+        results + normal_predictions,
+        category_ids=range(1, no_finding + 1),
     )
     per_class = {}
     for matches in categories:

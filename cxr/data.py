@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .classes import NUM_CLASSES, class_id
+from .classes import class_index, dataset_classes
 from .errors import UserError
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -79,6 +79,12 @@ def load_coco(path):
     return json.loads(path.read_text())
 
 
+def read_classes(data_dir):
+    """The class names of a prepared data folder (its categories, ids 1..K)."""
+    path = Path(data_dir) / "train_annotations.json"
+    return dataset_classes(load_coco(path), path)
+
+
 def split_images(data_dir, split):
     """{image name: path} of one prepared split ('train', 'test' or 'normal')."""
     coco = load_coco(Path(data_dir) / f"{split}_annotations.json")
@@ -113,12 +119,13 @@ def list_images(entries, flag):
 
 
 def image_labels(data_dir, split):
-    """{image name: (14,) float multi-hot of the lesion classes present}."""
+    """{image name: (K,) float multi-hot of the classes present}."""
     coco = load_coco(Path(data_dir) / f"{split}_annotations.json")
+    num_classes = len(dataset_classes(coco, Path(data_dir) / f"{split}_annotations.json"))
     names = {image["id"]: Path(image["file_name"]).stem for image in coco["images"]}
-    labels = {name: np.zeros(NUM_CLASSES, dtype=np.float32) for name in names.values()}
+    labels = {name: np.zeros(num_classes, dtype=np.float32) for name in names.values()}
     for annotation in coco["annotations"]:
-        labels[names[annotation["image_id"]]][class_id(annotation["category_id"])] = 1.0
+        labels[names[annotation["image_id"]]][class_index(annotation["category_id"])] = 1.0
     return labels
 
 

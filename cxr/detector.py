@@ -1,35 +1,19 @@
-"""torchvision Faster R-CNN (Ren et al., 2015) on a ResNet-FPN backbone, and the
-CHECKED transfer of a pretrained trunk into it.
+"""torchvision Faster R-CNN (Ren et al., 2015) on a ResNet-FPN, the checked transfer
+of a pretrained trunk into it, its file format, and batched inference.
 
-The detector has 15 classes (background + the 14 lesions; label = COCO
-category id), reads images at their own size (min_size = max_size =
-image_size, so 512 px images are not upscaled to torchvision's 800) and
-normalizes them with the ImageNet statistics `cxr.data` uses for SSL.
+The detector has one label per class of the prepared data plus background
+(label = COCO category id, 1..K), reads images at their own size (min_size =
+max_size = image_size, so 512 px images are not upscaled to torchvision's
+800) and normalizes them with the ImageNet statistics `cxr.data` uses for
+SSL. Norms: 'frozen' (FrozenBatchNorm2d everywhere), 'bn' or 'syncbn'
+(trainable BatchNorm in the trainable stages; stages outside
+trainable_layers are frozen completely, their norms included). Anchors are
+torchvision's 32-512 px, one size per FPN level, whatever the image size.
 
-Norm layers: 'frozen' (FrozenBatchNorm2d everywhere, torchvision's choice for
-fine-tuning), 'bn' or 'syncbn' (trainable BatchNorm in the trainable layers;
-the layers outside --trainable-layers are frozen completely, their norms
-included, so frozen really means unchanged; train_det.py makes 'syncbn'
-global across processes with `cxr.global_batchnorm`).
-
-Anchors: torchvision's sizes 32, 64, 128, 256, 512 px, one per FPN level
-(strides 4 to 64, so each anchor is 8 strides wide), aspect ratios 0.5, 1, 2,
-whatever the image size ('torchvision', the default). 'scaled' multiplies
-them by image_size / 800, the share of the image they cover on torchvision's
-own 800 px resize (5 to 82 px at 128 px); it keeps the strides, so an object
-is matched on a level whose grid is 8 times coarser relative to its size,
-and it halved mAP at 128 px (docs/experiments.md, "Do anchors need to scale
-with the image?").
-
-`transfer_trunk` maps a torchvision ResNet state dict onto backbone.body,
-asserts the exact sets of missing and unexpected keys and every shape, and
-returns "loaded K/K tensors from FILE". BatchNorm's num_batches_tracked
-counters are the only keys a frozen body may ignore.
-
-`load_detector` rebuilds a trained detector for inference from
-fasterrcnn_final.pth and the metadata JSON train_det.py writes beside it (or
-from a training checkpoint.pth, whose config says the same), refusing a file
-that is not a cxr Faster R-CNN of that shape or whose classes differ.
+`transfer_trunk` maps a torchvision ResNet state dict onto backbone.body and
+refuses any missing, unexpected or mis-shaped tensor. `save_detector` writes
+fasterrcnn_final.pth with a JSON of what rebuilding it needs;
+`load_detector` reads exactly that (or a training checkpoint.pth).
 """
 
 import json
@@ -43,23 +27,15 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .backbone import FEATURE_DIMS, check_trunk_state, load_trunk_weights
-from .checkpoint_io import load_torch_file
-from .classes import CLASS_NAMES, NUM_CLASSES
+from .checkpoint_io import atomic_torch_save, load_torch_file
 from .data import IMAGE_MEAN, IMAGE_STD
 from .errors import UserError
+from .outputs import atomic_write_json
+from .progress import progress
 
 NORMS = ("frozen", "bn", "syncbn")
-ANCHORS = ("torchvision", "scaled")
-TORCHVISION_ANCHOR_SIZES = (32, 64, 128, 256, 512)
-TORCHVISION_IMAGE_SIZE = 800
-
-
-def anchor_sizes(image_size, anchors="torchvision"):
-    """One anchor size per FPN level, in pixels of the image the model reads."""
-    if anchors not in ANCHORS:
-        raise UserError(f"unknown --anchors {anchors!r}; expected one of {', '.join(ANCHORS)}")
-    scale = image_size / TORCHVISION_IMAGE_SIZE if anchors == "scaled" else 1.0
-    return tuple((max(1, round(size * scale)),) for size in TORCHVISION_ANCHOR_SIZES)
+ANCHOR_SIZES = (32, 64, 128, 256, 512)  # torchvision's, one per FPN level (strides 4 to 64)
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
 def _freeze_norms_of_frozen_layers(module):
@@ -75,29 +51,30 @@ def _freeze_norms_of_frozen_layers(module):
 
 
 def build_detector(
+    *,
     arch,
     image_size,
+    num_classes,
     norm="syncbn",
     trainable_layers=5,
     roi_batch_size=512,
-    anchors="torchvision",
     rpn_proposals=2000,
+    anchor_sizes=ANCHOR_SIZES,
 ):
     """Faster R-CNN with a randomly initialized `arch`-FPN backbone.
 
-    roi_batch_size: proposals sampled per image to train the box head
-    (torchvision's default 512); rpn_proposals: proposals the RPN keeps per
-    image in training, before and after NMS (torchvision's 2000; inference
-    keeps torchvision's 1000). Both are sized for 800 px COCO images and
-    dominate a CPU step at small sizes (tests/bench/bench_det.py)."""
+    num_classes: the lesion classes (the model predicts num_classes + 1
+    labels, 0 being background); roi_batch_size: proposals sampled per image
+    to train the box head (torchvision: 512); rpn_proposals: proposals the
+    RPN keeps per image in training (torchvision: 2000; inference keeps
+    1000). Both are sized for 800 px COCO images and dominate a CPU step at
+    small sizes (tests/bench/bench_det.py)."""
     if arch not in FEATURE_DIMS:
         raise UserError(
             f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}"
         )
     if norm not in NORMS:
         raise UserError(f"unknown --norm {norm!r}; expected one of {', '.join(NORMS)}")
-    if not 0 <= trainable_layers <= 5:
-        raise UserError(f"--trainable-layers must be in 0..5, got {trainable_layers}")
     backbone = resnet_fpn_backbone(
         backbone_name=arch,
         weights=None,
@@ -105,16 +82,15 @@ def build_detector(
         trainable_layers=trainable_layers,
     )
     _freeze_norms_of_frozen_layers(backbone.body)
-    sizes = anchor_sizes(image_size, anchors)
-    anchor_generator = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    sizes = tuple((size,) for size in anchor_sizes)
     return FasterRCNN(
         backbone,
-        num_classes=NUM_CLASSES + 1,
+        num_classes=num_classes + 1,
         min_size=image_size,
         max_size=image_size,
         image_mean=list(IMAGE_MEAN),
         image_std=list(IMAGE_STD),
-        rpn_anchor_generator=anchor_generator,
+        rpn_anchor_generator=AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes)),
         box_batch_size_per_image=roi_batch_size,
         rpn_pre_nms_top_n_train=rpn_proposals,
         rpn_post_nms_top_n_train=rpn_proposals,
@@ -122,10 +98,12 @@ def build_detector(
 
 
 def transfer_trunk(detector, state, arch, source):
-    """Load a ResNet trunk state dict into detector.backbone.body, checked."""
+    """Load a ResNet trunk state dict into detector.backbone.body, checked; returns
+    "loaded K/K tensors from SOURCE into backbone.body"."""
     check_trunk_state(state, arch, source)
     body = detector.backbone.body
     expected = body.state_dict()
+    # A frozen body has no num_batches_tracked counters: the only keys it may ignore.
     incoming = {
         k: v for k, v in state.items() if k in expected or not k.endswith("num_batches_tracked")
     }
@@ -144,7 +122,7 @@ def initialize_backbone(detector, init, arch, ssl_backbone_path):
     """--init ssl|random|PATH; returns the log message of what was loaded."""
     if init == "random":
         return f"backbone: random {arch} initialization (torchvision defaults)"
-    path = ssl_backbone_path if init == "ssl" else init
+    path = Path(ssl_backbone_path if init == "ssl" else init)
     if init == "ssl" and not path.is_file():
         raise UserError(
             f"--init ssl: {path} not found; pretrain with train_ssl.py first, "
@@ -161,16 +139,30 @@ def changed_backbone_tensors(detector, state):
     )
 
 
+# The settings that rebuild a detector (build_detector's arguments), recorded beside
+# its weights by save_detector and in every training checkpoint's config.
+REBUILD_KEYS = ("arch", "image_size", "classes", "norm", "trainable_layers", "anchor_sizes")
+
+
+def save_detector(path, model, meta):
+    """fasterrcnn_final.pth (the FasterRCNN state dict) and fasterrcnn_final.json:
+    meta, which holds at least REBUILD_KEYS."""
+    missing = [key for key in REBUILD_KEYS if key not in meta]
+    assert not missing, f"detector metadata lacks {missing}"
+    atomic_torch_save(path, model.state_dict())
+    atomic_write_json(Path(path).with_suffix(".json"), meta, indent=1)
+
+
 def _read_detector_file(path):
     """(state dict, metadata) of fasterrcnn_final.pth + its JSON, or of a checkpoint.pth."""
     saved = load_torch_file(path, "a cxr Faster R-CNN")
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict) and "config" in saved:
-        return saved["model"], saved["config"]
+        return saved["model"], saved["config"]  # a training checkpoint
     meta_path = Path(path).with_suffix(".json")
     if not meta_path.is_file():
         raise UserError(
             f"{meta_path} not found: train_det.py writes it beside {Path(path).name} with the "
-            "architecture and image size the weights need"
+            "architecture, image size and classes the weights need"
         )
     return saved, json.loads(meta_path.read_text())
 
@@ -180,24 +172,18 @@ def load_detector(path):
     state, meta = _read_detector_file(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state dict of tensors")
-    classes = meta.get("classes", list(CLASS_NAMES))
-    head = state.get("roi_heads.box_predictor.cls_score.weight")
-    if list(classes) != list(CLASS_NAMES) or (
-        head is not None and head.shape[0] != NUM_CLASSES + 1
-    ):
-        found = head.shape[0] if head is not None else len(classes) + 1
+    missing = [key for key in REBUILD_KEYS if key not in meta]
+    if missing:
         raise UserError(
-            f"{path}: its classes do not match cxr's: it predicts {found} labels, cxr has "
-            f"{NUM_CLASSES + 1} (background + the 14 VinBigData lesions in cxr/classes.py)"
+            f"{path}: its metadata lacks {', '.join(missing)}; train it with train_det.py"
         )
-    # Files written before anchors and norms were recorded were trained with these defaults.
-    norm = "bn" if meta.get("norm") == "syncbn" else meta.get("norm", "frozen")
     model = build_detector(
-        meta["arch"],
-        meta["image_size"],
-        norm,
-        meta.get("trainable_layers", 3),
-        anchors=meta.get("anchors", "torchvision"),
+        arch=meta["arch"],
+        image_size=meta["image_size"],
+        num_classes=len(meta["classes"]),
+        norm="bn" if meta["norm"] == "syncbn" else meta["norm"],
+        trainable_layers=meta["trainable_layers"],
+        anchor_sizes=meta["anchor_sizes"],
     )
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -206,9 +192,46 @@ def load_detector(path):
     )
     if missing or unexpected or wrong_shape:
         raise UserError(
-            f"{path} is not a cxr Faster R-CNN {meta['arch']}-FPN "
-            f"({meta.get('norm', 'frozen')} norm): missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]}"
+            f"{path} is not a cxr Faster R-CNN {meta['arch']}-FPN with {len(meta['classes'])} "
+            f"classes ({meta['norm']} norm): missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"wrong shape {wrong_shape[:3]}"
         )
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def detection_collate(batch):
+    """A batch of (image, target) pairs as (images, targets): images differ in size."""
+    return tuple(zip(*batch))
+
+
+@torch.no_grad()
+def predict(model, dataset, *, indices, device, batch_size=8, workers=0, log=None):
+    """COCO results (image_id, category_id, bbox xywh, score) of dataset[i] for i in
+    indices; the dataset yields (image (1, H, W), target with image_id). log:
+    where progress lines go (`cxr.progress`; None: nowhere)."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, list(indices)),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=detection_collate,
+    )
+    results = []
+    for images, targets in progress(loader, "inference", log=log):
+        outputs = model([image.to(device).expand(3, -1, -1) for image in images])
+        for output, target in zip(outputs, targets):
+            boxes = output["boxes"].cpu()  # (N, 4) xyxy
+            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+            for box, score, label in zip(
+                xywh.tolist(), output["scores"].tolist(), output["labels"].tolist()
+            ):
+                results.append(
+                    {
+                        "image_id": int(target["image_id"]),
+                        "category_id": int(label),
+                        "bbox": box,
+                        "score": score,
+                    }
+                )
+    return results

@@ -1,18 +1,18 @@
-"""torchrun set-up and teardown, and the collectives the training loops need.
+"""torchrun set-up and teardown, and every collective cxr uses.
 
-Launched by torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) we join
-a process group: nccl on CUDA, gloo on CPU. Launched plainly we run as a single
-process and every collective here is the identity.
+Launched by torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) a
+process joins the group: nccl on CUDA, gloo on CPU; launched plainly it runs
+alone and every collective here is the identity. The process's rank and
+world size are in its `DistInfo`.
 
-`gather_with_grad` is the all-gather SimCLR needs for negatives from every
-rank. Its backward SUMS the gradients that all ranks computed for each shard
-and returns each rank its own: rank k's loss depends on rank j's embeddings,
-so rank j must receive that gradient too. (A plain all_gather has no
-gradient; several public implementations return only the local slice of the
-local gradient, silently dropping the cross-rank terms.) DDP then averages
-parameter gradients over ranks, which makes 2 processes with N images each
-equal to 1 process with 2N images. `all_reduce_sum_with_grad` is the same
-idea for a sum (the batch statistics of `cxr.global_batchnorm`).
+`gather_with_grad` is the all-gather of SimCLR's negatives and of global
+BatchNorm's statistics. Its backward SUMS the gradients that all ranks
+computed for each shard and returns each rank its own: rank k's loss depends
+on rank j's values, so rank j must receive that gradient too (a plain
+all_gather has none). DDP then averages parameter gradients over ranks, so
+2 processes with N images each compute what 1 process with 2N computes.
+`all_reduce_mean` (logging) carries no gradient; `gather_to_main` and
+`inference_shard` make evaluation count every image exactly once.
 """
 
 import contextlib
@@ -97,12 +97,8 @@ def process_group(device=None):
         teardown()
 
 
-def world_size():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank():
-    return dist.get_rank() if world_size() > 1 else 0
+def _distributed():
+    return dist.is_available() and dist.is_initialized()
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -124,37 +120,32 @@ class _GatherWithGrad(torch.autograd.Function):
 def gather_with_grad(tensor):
     """Concatenate `tensor` (same shape on every rank) from all ranks, in rank
     order, with a backward that sums every rank's gradient for each shard."""
-    if world_size() == 1:
+    if not _distributed():
         return tensor
     return _GatherWithGrad.apply(tensor)
 
 
-class _AllReduceSumWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor):
-        total = tensor.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
-
-
-def all_reduce_sum_with_grad(tensor):
-    """Sum of `tensor` over ranks, differentiable: every rank's loss depends on
-    the sum, so each rank's input receives the sum of all ranks' gradients."""
-    if world_size() == 1:
-        return tensor
-    return _AllReduceSumWithGrad.apply(tensor)
-
-
 def all_reduce_mean(tensor):
     """Mean of a tensor over ranks (for logging; no gradient)."""
-    if world_size() == 1:
+    if not _distributed():
         return tensor
     tensor = tensor.detach().clone()
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor / world_size()
+    return tensor / dist.get_world_size()
+
+
+def gather_to_main(items, dist_info):
+    """Every rank's list, concatenated in rank order, on rank 0 (None elsewhere)."""
+    if dist_info.world_size == 1:
+        return items
+    gathered = [None] * dist_info.world_size if dist_info.is_main else None
+    dist.gather_object(items, gathered, dst=0)
+    return [item for part in gathered for item in part] if dist_info.is_main else None
+
+
+def inference_shard(num_items, dist_info):
+    """Contiguous, exact shard of range(num_items) for this rank: no padding and no
+    duplicates, shards differ in size by at most one (evaluation must count
+    every image exactly once)."""
+    rank, world = dist_info.rank, dist_info.world_size
+    return range(num_items * rank // world, num_items * (rank + 1) // world)

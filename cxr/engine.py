@@ -1,28 +1,20 @@
-"""The one training loop of cxr: AMP, DDP, logging, checkpoints, resume.
+"""What the two training scripts share around their epoch loops.
 
-A script supplies a `task` with three methods:
-  task.inputs(batch, generator) -> inputs    on the device, outside autocast
-                                              (augmentations run here)
-  task.loss(model, inputs) -> (loss, logs)   run under autocast
-  task.batch_images(inputs) -> int           images in the batch, for images/s
-bundles it with the model, optimizer, scaler, learning-rate schedule, AMP
-mode, process group and logger in one `Training`, and calls
-`fit(training, loader, ...)`, which does the rest the same way for SimCLR
-and Faster R-CNN:
+Each script writes its own loop (build -> restore -> wrap -> for epoch:
+set_epoch, seed_epoch, train_one_epoch, evaluate, save_checkpoint) and
+supplies one step function, `step(model, batch, generator) -> Step`: the
+batch's loss (forward under `autocast`), the numbers to log and the image
+count. This module holds the rest:
 
-- one AMP path (as in nanoGPT): autocast with bf16 or fp16, a GradScaler
-  enabled only for fp16; fp16 needs CUDA, bf16 also runs on CPU;
-- the learning rate of every global step read from a precomputed array;
-- the loss averaged over ranks every step, so that a non-finite loss stops
-  every rank at the same step, with a clear message, before the optimizer
-  step and without touching the last good checkpoint;
-- rank 0 prints a progress line (epoch, iteration, loss, lr, images/s, data
-  time, ETA) and appends every line it logs to log.jsonl;
-- after each epoch an atomic checkpoint.pth (model, optimizer, scaler, epoch,
-  step: tensors and primitives only, weights_only-loadable). All randomness
-  of an epoch is seeded from (seed, epoch, rank) when it starts (`seed_epoch`),
-  so ranks draw differently and a run resumed after epoch k ends with
-  exactly the weights of an uninterrupted one.
+- `train_one_epoch`: the learning rate of every global step from a
+  precomputed array; the loss averaged over ranks every step, so a
+  non-finite loss stops every rank at the same step, before the optimizer
+  step; backward through a GradScaler (enabled for fp16 only); progress
+  lines with images/s and ETA;
+- `seed_epoch`: all randomness of an epoch from its own streams
+  (`cxr.seeds`), so a run resumed after epoch k ends with the weights of an
+  uninterrupted one;
+- `save_checkpoint` / `restore`: one atomic file of tensors and plain values.
 """
 
 import contextlib
@@ -31,15 +23,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint_io import atomic_torch_save
-from .distributed import DistInfo, all_reduce_mean
+from .distributed import all_reduce_mean
 from .errors import UserError
-from .optim import build_optimizer, set_learning_rate
+from .optim import set_learning_rate
 from .seeds import stream_seed
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,9 +40,44 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
+@dataclass
+class Step:
+    """What a step function returns for one batch of one process."""
+
+    loss: torch.Tensor  # scalar, to backpropagate
+    logs: dict  # {name: scalar tensor} logged with the loss
+    images: int  # images in this process's batch
+
+
+StepFunction = Callable[[torch.nn.Module, object, torch.Generator], Step]
+
+
+@dataclass
+class Optimization:
+    """The optimizer side of every step: the optimizer, the GradScaler (enabled for
+    fp16 only, `grad_scaler`), the learning rate of each global step, and an
+    optional gradient-norm clip."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Sequence[float]  # (total steps,) learning rate of global step s
+    clip_grad: Optional[float] = None
+
+    def step(self, loss, model, global_step):
+        """Backpropagate `loss` and update the weights at global_step's learning rate."""
+        assert global_step < len(self.schedule), f"step {global_step} is past the schedule"
+        set_learning_rate(self.optimizer, self.schedule[global_step])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
 def check_amp(amp, device):
-    if amp not in ("none", *AMP_DTYPES):
-        raise UserError(f"--amp {amp}: expected none, bf16 or fp16")
+    """Refuse fp16 without CUDA: it needs a GradScaler on a device that has fp16 kernels."""
     if amp == "fp16" and device.type != "cuda":
         raise UserError(
             "--amp fp16 needs a CUDA device (it trains with a GradScaler); "
@@ -60,113 +86,156 @@ def check_amp(amp, device):
 
 
 def autocast(amp, device):
+    """The forward pass's mixed-precision context: none, bf16 or fp16."""
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
-def restore(state, model, optimizer, scaler, logger, checkpoint_path):
-    """Load a checkpoint's model, optimizer and scaler; returns (epoch, step) done."""
+def grad_scaler(amp, device):
+    """A GradScaler, enabled for fp16 only (bf16 has float32's range)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def seed_epoch(seed, epoch, dist_info):
+    """Reseed torch's global generators for one epoch of this rank, and return a
+    generator on the device for the step function's own draws (SimCLR's views).
+
+    The global generators drive what the model samples (Faster R-CNN's anchors
+    and RoIs) and the data loader's worker seeds; reseeding them from their
+    own stream gives every rank its own draws and makes an epoch's randomness
+    independent of the epochs before it."""
+    rank = dist_info.rank
+    torch.manual_seed(stream_seed("global", seed=seed, epoch=epoch, rank=rank))
+    generator = torch.Generator(device=dist_info.device)
+    generator.manual_seed(stream_seed("views", seed=seed, epoch=epoch, rank=rank))
+    return generator
+
+
+def epoch_range(start_epoch, epochs, stop_after):
+    """The epochs this invocation trains: start_epoch.. up to --epochs, at most
+    --stop-after of them."""
+    last = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
+    return range(start_epoch, max(start_epoch, last))
+
+
+def log_epoch(run, *, epoch, mean_loss, **metrics):
+    """The line that closes an epoch (mean loss and any evaluation numbers)."""
+    run.logger.log(
+        f"epoch {epoch + 1}/{run.args.epochs} done: mean loss {mean_loss:.4f}"
+        + "".join(f", {k} {v:.4f}" for k, v in metrics.items()),
+        event="epoch",
+        epoch=epoch + 1,
+        mean_loss=mean_loss,
+        **metrics,
+    )
+
+
+def finished(run, epochs_run):
+    """True when the last epoch is done; else says how to continue (--stop-after)."""
+    if epochs_run.stop < run.args.epochs:
+        run.logger.log(
+            f"stopped after epoch {max(epochs_run.stop, epochs_run.start)} of {run.args.epochs}; "
+            "continue with --resume",
+            event="stop",
+        )
+        return False
+    return True
+
+
+def restore(run, model, optimization):
+    """(epochs done, global step) to start from: (0, 0) for a new run, else those of
+    the checkpoint `cxr.run_folder.open_run` checked (--resume), whose model,
+    optimizer and scaler states are loaded."""
+    if run.resumed is None:
+        return 0, 0
+    state = run.resumed
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    logger.log(
-        f"resumed from {checkpoint_path} after epoch {state['epoch']}",
+    optimization.optimizer.load_state_dict(state["optimizer"])
+    optimization.scaler.load_state_dict(state["scaler"])
+    run.logger.log(
+        f"resumed from {run.checkpoint} after epoch {state['epoch']}",
         event="resume",
         epoch=state["epoch"],
     )
     return state["epoch"], state["step"]
 
 
-def seed_epoch(seed, epoch, rank, device):
-    """Reseed torch's global generators for one epoch of one rank, and return a
-    generator on the device for the task's own draws (SimCLR's views).
-
-    The global generators drive what the model samples (Faster R-CNN's
-    anchors and RoIs) and the data loader's worker seeds; reseeding them from
-    (seed, epoch, rank) gives every rank its own draws and makes an epoch's
-    randomness independent of the epochs before it, so a resumed run needs no
-    saved generator state."""
-    torch.manual_seed(stream_seed("global", seed=seed, epoch=epoch, rank=rank))
-    generator = torch.Generator(device=device)
-    generator.manual_seed(stream_seed("views", seed=seed, epoch=epoch, rank=rank))
-    return generator
+def save_checkpoint(run, model, optimization, *, epoch, step, **extra):
+    """On the main process, run.checkpoint after `epoch` epochs: the weights of
+    `model` (without its DDP wrapper), the optimizer and scaler states, the run's
+    settings and `extra`; tensors and plain values only, written atomically."""
+    if not run.dist_info.is_main:
+        return
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimization.optimizer.state_dict(),
+        "scaler": optimization.scaler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "config": run.config,
+        **extra,
+    }
+    atomic_torch_save(run.checkpoint, state)
 
 
 def _eta(seconds):
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
-@dataclass
-class Training:
-    """What every step of a run uses, built once by the script.
-
-    model runs forward and backward (DDP-wrapped when distributed); task is
-    the script's task (see the module docstring); schedule holds the learning
-    rate of every global step; amp is "none", "bf16" or "fp16"."""
-
-    model: torch.nn.Module
-    task: Any
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    schedule: Sequence[float]
-    amp: str
-    dist_info: DistInfo
-    logger: Any
-    clip_grad: Optional[float] = None
-    print_freq: int = 10
+def _diverged(loss, *, epoch, iteration, step, run):
+    kept = (
+        f"{run.checkpoint} (after epoch {epoch}) is kept"
+        if Path(run.checkpoint).is_file()
+        else "no checkpoint was written before it"
+    )
+    return TrainingDiverged(
+        f"loss is {loss} at epoch {epoch + 1}, iteration {iteration + 1} (step {step}); "
+        "stopped before the optimizer step. Try a lower --lr, --clip-grad, or --amp none / "
+        f"bf16 instead of fp16. {kept}."
+    )
 
 
-def train_one_epoch(training, loader, *, epoch, epochs, step, generator=None):
+def train_one_epoch(model, step_fn, loader, optimization, *, step, epoch, run, generator=None):
     """One pass over `loader` from global step `step`; returns (next global step,
-    mean loss)."""
-    t = training
-    t.model.train()
-    total_steps = len(t.schedule)
+    mean loss).
+
+    model: the model to train (DDP-wrapped under torchrun); step_fn: the
+    script's step function; run: the opened run folder (`cxr.run_folder.Run`),
+    for the logger, the checkpoint named if the loss stops being finite, the
+    processes, and the flags both scripts share (--epochs, --print-freq)."""
+    dist_info, args = run.dist_info, run.args
+    model.train()
     losses, started = [], time.perf_counter()
-    tick = started
-    data_time, images_seen = 0.0, 0
+    tick, data_time, images_seen = started, 0.0, 0
     for iteration, batch in enumerate(loader):
         data_time += time.perf_counter() - tick
-        lr = float(t.schedule[min(step, total_steps - 1)])
-        set_learning_rate(t.optimizer, lr)
-        inputs = t.task.inputs(batch, generator)
-        images_seen += t.task.batch_images(inputs) * t.dist_info.world_size
-        with autocast(t.amp, t.dist_info.device):
-            loss, logs = t.task.loss(t.model, inputs)
-        mean_loss = all_reduce_mean(loss.detach().float()).item()
+        out = step_fn(model, batch, generator)
+        images_seen += out.images * dist_info.world_size
+        # Host synchronisation: every rank needs the mean loss to stop at the same step.
+        mean_loss = all_reduce_mean(out.loss.detach().float()).item()
         if not math.isfinite(mean_loss):
-            raise TrainingDiverged(
-                f"loss is {mean_loss} at epoch {epoch + 1}, iteration {iteration + 1} "
-                f"(step {step}); stopped before the optimizer step. "
-                "Try a lower --lr, --clip-grad, or --amp none / bf16 instead of fp16."
-            )
-        t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(loss).backward()
-        if t.clip_grad:
-            t.scaler.unscale_(t.optimizer)
-            torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.clip_grad)
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
+            raise _diverged(mean_loss, epoch=epoch, iteration=iteration, step=step, run=run)
+        optimization.step(out.loss, model, step)
         losses.append(mean_loss)
         step += 1
         tick = time.perf_counter()
-        if (iteration + 1) % t.print_freq == 0 or iteration + 1 == len(loader):
+        if (iteration + 1) % args.print_freq == 0 or iteration + 1 == len(loader):
             elapsed = tick - started
             record = {
                 "epoch": epoch + 1,
                 "iteration": iteration + 1,
                 "step": step,
                 "loss": mean_loss,
-                "lr": lr,
+                "lr": float(optimization.schedule[step - 1]),
                 "images_per_s": images_seen / elapsed,
                 "data_s": data_time / (iteration + 1),
-                **{k: all_reduce_mean(v.detach().float()).item() for k, v in logs.items()},
+                **_mean_over_ranks(out.logs),
             }
-            eta = _eta(elapsed / (iteration + 1) * max(total_steps - step, 0))
-            t.logger.log(
-                f"epoch {epoch + 1}/{epochs} iter {iteration + 1}/{len(loader)} "
-                f"loss {mean_loss:.4f} lr {lr:.5f} img/s {record['images_per_s']:.1f} "
+            eta = _eta(elapsed / (iteration + 1) * max(len(optimization.schedule) - step, 0))
+            run.logger.log(
+                f"epoch {epoch + 1}/{args.epochs} iter {iteration + 1}/{len(loader)} "
+                f"loss {mean_loss:.4f} lr {record['lr']:.5f} img/s {record['images_per_s']:.1f} "
                 f"data {record['data_s']:.3f}s eta {eta}",
                 event="train",
                 **record,
@@ -174,127 +243,10 @@ def train_one_epoch(training, loader, *, epoch, epochs, step, generator=None):
     return step, sum(losses) / max(len(losses), 1)
 
 
-def fit(
-    training,
-    loader,
-    *,
-    sampler,
-    unwrapped,
-    epochs,
-    seed,
-    checkpoint_path,
-    checkpoint_extra=None,
-    start_epoch=0,
-    start_step=0,
-    stop_after=None,
-    after_epoch=None,
-):
-    """Train epochs start_epoch..epochs-1 (at most stop_after of them in this run),
-    saving checkpoint_path after each: the weights of `unwrapped` (the model
-    without its DDP wrapper), the optimizer, the scaler, and checkpoint_extra.
-    sampler.set_epoch(epoch) is called first when there is a sampler;
-    after_epoch(epoch), e.g. an evaluation, may return a dict of numbers to
-    log. Returns the number of epochs completed."""
-    dist_info, logger = training.dist_info, training.logger
-    step = start_step
-    last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, last_epoch):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        generator = seed_epoch(seed, epoch, dist_info.rank, dist_info.device)
-        try:
-            step, mean_loss = train_one_epoch(
-                training, loader, epoch=epoch, epochs=epochs, step=step, generator=generator
-            )
-        except TrainingDiverged as error:
-            kept = (
-                f"{checkpoint_path} (after epoch {epoch}) is kept"
-                if Path(checkpoint_path).is_file()
-                else "no checkpoint was written before it"
-            )
-            raise TrainingDiverged(f"{error} {kept}.") from None
-        extra = (after_epoch(epoch) if after_epoch else None) or {}
-        logger.log(
-            f"epoch {epoch + 1}/{epochs} done: mean loss {mean_loss:.4f}"
-            + "".join(f", {k} {v:.4f}" for k, v in extra.items()),
-            event="epoch",
-            epoch=epoch + 1,
-            mean_loss=mean_loss,
-            **extra,
-        )
-        if dist_info.is_main:
-            atomic_torch_save(
-                checkpoint_path,
-                {
-                    "model": unwrapped.state_dict(),
-                    "optimizer": training.optimizer.state_dict(),
-                    "scaler": training.scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    **(checkpoint_extra or {}),
-                },
-            )
-    return max(start_epoch, last_epoch)
-
-
-def train(
-    model,
-    task,
-    loader,
-    sampler,
-    schedule,
-    run,
-    dist_info,
-    args,
-    *,
-    optimizer_name,
-    after_epoch=None,
-):
-    """What train_ssl.py and train_det.py share once their model, data and
-    schedule are built: the optimizer and GradScaler, resuming from
-    run.resumed, the DDP wrapper, and `fit` with checkpoints in run.checkpoint.
-
-    run: a `cxr.run_folder.Run`; args: the parsed command line, for the flags
-    both scripts have (lr, weight_decay, amp, clip_grad, print_freq, epochs,
-    seed, stop_after). Returns True when the last epoch is done, False when
-    --stop-after ended the run early (and says how to continue)."""
-    optimizer = build_optimizer(optimizer_name, model, args.lr, args.weight_decay)
-    scaler = torch.amp.GradScaler(dist_info.device.type, enabled=args.amp == "fp16")
-    start_epoch = start_step = 0
-    if run.resumed is not None:
-        start_epoch, start_step = restore(
-            run.resumed, model, optimizer, scaler, run.logger, run.checkpoint
-        )
-    wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
-    training = Training(
-        wrapped,
-        task,
-        optimizer,
-        scaler,
-        schedule,
-        args.amp,
-        dist_info,
-        run.logger,
-        clip_grad=args.clip_grad,
-        print_freq=args.print_freq,
-    )
-    completed = fit(
-        training,
-        loader,
-        sampler=sampler,
-        unwrapped=model,
-        epochs=args.epochs,
-        seed=args.seed,
-        checkpoint_path=run.checkpoint,
-        checkpoint_extra={"config": run.config},
-        start_epoch=start_epoch,
-        start_step=start_step,
-        stop_after=args.stop_after,
-        after_epoch=after_epoch,
-    )
-    if completed < args.epochs:
-        run.logger.log(
-            f"stopped after epoch {completed} of {args.epochs}; continue with --resume",
-            event="stop",
-        )
-    return completed == args.epochs
+def _mean_over_ranks(logs):
+    """{name: mean over ranks} of scalar tensors, in one stacked all-reduce (one host
+    synchronisation for all of them)."""
+    if not logs:
+        return {}
+    means = all_reduce_mean(torch.stack([v.detach().float() for v in logs.values()]))
+    return dict(zip(logs, means.tolist()))

@@ -1,375 +1,335 @@
-"""The paper's experiment in one command: data -> SimCLR -> probe -> Faster R-CNN
-from the SSL backbone AND from a random one -> mAP -> pictures -> report.
+"""The paper's experiment in one command: data -> SimCLR -> probe -> Faster R-CNN from
+the SSL backbone AND from a random one -> mAP -> pictures -> report.
 
-    python -m cxr.experiment                           # CPU preset, synthetic data (15 min)
-    python -m cxr.experiment --ssl-fractions 0.2,0.4,0.6,0.8           # the paper's sweep
-    python -m cxr.experiment --preset paper --vinbig vinbigdata --nproc-per-node 8 --out paper_run
-    python -m cxr.experiment --nih nih --extra-images nih_unlabeled --out nih_run   # NIH images
+    python -m cxr.experiment                                   # CPU preset, synthetic data
+    python -m cxr.experiment --nih NIH --extra-images UNLABELED --out nih_run
+    python -m cxr.experiment --preset paper --vinbig vinbigdata --nproc-per-node 8
 
-Every stage is one of the project's own command lines (python -m
-cxr.synthetic, python -m cxr.prepare, train_ssl.py, train_det.py,
-evaluate.py), run as a subprocess from the repository root; its output is
-shown and kept in logs/, and the exact command goes into experiment.json and
-the report, so any stage can be rerun by hand. With --nproc-per-node N the
-training and evaluation stages run under torchrun.
-
-For each SSL fraction f (the share of the training images pretrained on, as
-in Bencevic et al., 2022) and each training seed s, the detector is
-fine-tuned twice on the same labeled images (the last 1 - f of the seeded
-permutation, cxr.splits): from the SSL backbone (runs/sslP-sS) and from a
-random one (runs/randomP-sS). The two fine-tuning commands are one command
-that differs only in --experiment-name and --init: same flags, same labeled
-images, same seed, and a protocol under which a random start trains (all
-stages, BatchNorm global across processes: train_det.py's defaults). With
-more than one fraction, a random-init detector on all labeled images
-(runs/random100-sS) gives the all-labels baseline. The report compares the
-arms with paired bootstrap intervals over the test images and the seeds.
-
-Everything goes into --out. A rerun refuses an existing folder unless
---replace (start over) or --resume (skip the stages that completed; a
-training stage that was interrupted continues from its checkpoint). A
---resume may add training seeds after the old ones (--train-seeds 0 ->
-0,1,2) when the intervals are too wide: only the new seeds' runs and the
-report are computed.
+Every stage is one of cxr's own command lines, run from the experiment folder
+(so every path in it and in the report is relative to the report), its output
+kept in logs/. For each SSL fraction f and training seed s the detector is
+fine-tuned on the same labeled images from the SSL backbone (runs/sslP-sS)
+and from a random one (runs/randomP-sS), by one command that differs only in
+--experiment-name and --init; --pretrained-init adds a third arm from given
+weights. Every command is parsed before the first stage runs and checked
+against the prepared data before the first training stage; --resume skips
+the stages that completed.
 """
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
+import io
 import json
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from .backbone import infer_arch, load_trunk_weights
 from .cli import flags, parser
 from .errors import UserError, exit_on_user_error
+from .layout import CHECKPOINT, PRETRAIN, RunName, percent
 from .outputs import atomic_write_json, check_output_folder, make_folder, mark_as_ours
-from .report import percent, run_name, write_report
+from .presets import PRESETS, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 NIH_BOX_FILE = "BBox_List_2017.csv"
-
-
-def _setting(text):
-    return field(metadata={"help": text})
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What each stage is given; the presets below fill it in."""
-
-    synthetic_images: int = _setting("synthetic training images (python -m cxr.synthetic --images)")
-    synthetic_size: int = _setting("synthetic PNG side in pixels")
-    arch: str = _setting("ResNet of SimCLR and the detector backbone")
-    ssl_image_size: int = _setting("SimCLR view size in pixels (and the probe's)")
-    ssl_epochs: int = _setting("SimCLR epochs")
-    ssl_batch_size: int = _setting("SimCLR images per process")
-    ssl_lr: float = _setting("SimCLR peak learning rate")
-    ssl_warmup_epochs: float = _setting("SimCLR warmup epochs")
-    ssl_views: str = _setting("SimCLR view preset or JSON (train_ssl.py --views)")
-    ssl_temperature: float = _setting("NT-Xent temperature")
-    det_image_size: int = _setting("detector image size in pixels")
-    det_epochs: int = _setting("detector epochs")
-    det_batch_size: int = _setting("detector images per process")
-    det_lr: float = _setting("detector peak learning rate")
-    det_warmup_iters: int = _setting("detector warmup iterations")
-    det_warmup_factor: float = _setting("detector learning rate's share at the start of warmup")
-    det_clip_grad: float = _setting("detector gradient-norm clip (none: off)")
-    det_roi_batch_size: int = _setting("RoIs sampled per image for the box head")
-    workers: int = _setting("data loader processes per training process")
-    pictures: int = _setting("test images drawn per arm")
-
-
-PRESETS = {
-    # Sized for a 2-core CPU: about 20 minutes for one SSL fraction. SimCLR
-    # runs 210 steps of 32 images (it ran 50 of 64): more steps lifted the
-    # linear probe (docs/experiments.md).
-    "cpu": Settings(
-        synthetic_images=800,
-        synthetic_size=128,
-        arch="resnet18",
-        ssl_image_size=128,
-        ssl_epochs=10,
-        ssl_batch_size=32,
-        ssl_lr=0.05,
-        ssl_warmup_epochs=1,
-        ssl_views="cxr",
-        ssl_temperature=0.2,
-        det_image_size=128,
-        det_epochs=4,
-        det_batch_size=4,
-        det_lr=0.01,
-        det_warmup_iters=20,
-        det_warmup_factor=0.0,
-        det_clip_grad=None,
-        det_roi_batch_size=64,
-        workers=1,
-        pictures=4,
-    ),
-    # The seed project's published commands (ResNet-50, 512 px), for GPUs.
-    "paper": Settings(
-        synthetic_images=15000,
-        synthetic_size=512,
-        arch="resnet50",
-        ssl_image_size=512,
-        ssl_epochs=100,
-        ssl_batch_size=8,
-        ssl_lr=0.05,
-        ssl_warmup_epochs=10,
-        ssl_views="simclr",
-        ssl_temperature=0.5,
-        det_image_size=512,
-        det_epochs=100,
-        det_batch_size=8,
-        det_lr=0.01,
-        det_warmup_iters=500,
-        det_warmup_factor=0.0,
-        det_clip_grad=None,
-        det_roi_batch_size=512,
-        workers=8,
-        pictures=8,
-    ),
-}
+SCRIPTS = ("train_ssl.py", "train_det.py", "evaluate.py")
 
 
 @dataclass(frozen=True)
 class Stage:
+    """One step: a cxr command (`program` is a script of SCRIPTS or ["-m", module]),
+    run with `argv` from the experiment folder."""
+
     name: str
     description: str
-    command: list = None  # a subprocess, run from the repository root
-    run_dir: Path = None  # a training run: resumable from run_dir/checkpoint.pth
+    program: tuple
+    argv: tuple = ()
+    run_dir: str = None  # a training run's folder: resumable from its checkpoint
+    distributed: bool = False  # under torchrun with --nproc-per-node > 1
+
+    def command(self, nproc, display=False):
+        """The command line; display: as the report shows it (python, <cxr>/script)."""
+        python = "python" if display else sys.executable
+        script = [f"<cxr>/{p}" if display else str(REPO / p) for p in self.program]
+        if self.program[0] == "-m":
+            script = list(self.program)
+        launcher = [python]
+        if self.distributed and nproc > 1:
+            launcher += ["-m", "torch.distributed.run", "--standalone"]
+            launcher += [f"--nproc_per_node={nproc}"]
+        return [*launcher, *script, *self.argv]
 
 
-def parse_seeds(text):
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(
-            f"--train-seeds {text!r}: expected comma-separated whole numbers like 0,1,2"
-        ) from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UserError(f"--train-seeds {text!r}: give distinct non-negative seeds")
-    return seeds
+@dataclass(frozen=True)
+class Plan:
+    """What the stage builders need: the parsed command line and the settings."""
+
+    args: argparse.Namespace
+    settings: Settings
+    out: Path
+
+    def relative(self, path):
+        """A path the user gave, as the experiment folder's commands see it."""
+        return os.path.relpath(Path(path).resolve(), self.out)
 
 
-def parse_fractions(text):
-    try:
-        fractions = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(
-            f"--ssl-fractions {text!r}: expected comma-separated numbers like 0.2,0.4,0.6"
-        ) from None
-    if (
-        not fractions
-        or not all(0 < f < 1 for f in fractions)
-        or len(set(map(percent, fractions))) != len(fractions)
-    ):
-        raise UserError(
-            f"--ssl-fractions {text!r}: each must be in (0, 1) and distinct to the percent"
+def data_source(plan):
+    """([stages that make the data], prepare's flags) for the chosen data."""
+    args, s = plan.args, plan.settings
+    if args.vinbig:
+        source = flags(csv=plan.relative(Path(args.vinbig) / "train.csv"))
+        return [], [*source, *flags(images=plan.relative(Path(args.vinbig) / "train"))]
+    if args.nih:
+        source = flags(format="nih", csv=plan.relative(Path(args.nih) / NIH_BOX_FILE))
+        return [], [*source, *flags(images=plan.relative(Path(args.nih) / "images"))]
+    if args.coco:
+        source = flags(format="coco", annotations=plan.relative(args.coco), fuse=args.fuse)
+        images = flags(images=plan.relative(args.coco_images), group_by=args.group_by)
+        return [], [*source, *images]
+    synthetic = flags(
+        out="vinbigdata", images=s.synthetic_images, size=s.synthetic_size, seed=args.seed
+    )
+    what = f"synthetic VinBigData: {s.synthetic_images} images at {s.synthetic_size} px"
+    stage = Stage("synthetic", what, ("-m", "cxr.synthetic"), (*synthetic, "--replace"))
+    return [stage], flags(csv="vinbigdata/train.csv", images="vinbigdata/train")
+
+
+def prepare_stage(plan, source_flags):
+    options = flags(out="data", keep_normal=True, normal_in_test=plan.args.normal_in_test)
+    description = "prepare: validate the boxes (fuse several readers'), split train/test"
+    return Stage("prepare", description, ("-m", "cxr.prepare"), (*source_flags, *options))
+
+
+def common_flags(plan):
+    return flags(data_dir="data", output_dir="runs", workers=plan.settings.workers)
+
+
+def pretrain_stage(plan, fraction, seed):
+    s, name = plan.settings, str(RunName("ssl", percent(fraction), seed))
+    extra = [plan.relative(p) for p in plan.args.extra_images or []]
+    options = flags(
+        experiment_name=name,
+        arch=s.arch,
+        ssl_fraction=fraction,
+        split_seed=plan.args.seed,
+        include_normal=True,
+        image_size=s.ssl_image_size,
+        epochs=s.ssl_epochs,
+        batch_size=s.ssl_batch_size,
+        lr=s.ssl_lr,
+        warmup_epochs=s.ssl_warmup_epochs,
+        views=s.ssl_views,
+        temperature=s.ssl_temperature,
+        seed=seed,
+        print_freq=5,
+        device=plan.args.device,
+    )
+    argv = (*common_flags(plan), *options, *(["--extra-images", *extra] if extra else []))
+    description = f"SimCLR pretraining on {percent(fraction)}% of the training images, seed {seed}"
+    run_dir = f"runs/{name}/{PRETRAIN}"
+    return Stage(f"pretrain-{name}", description, ("train_ssl.py",), argv, run_dir, True)
+
+
+def detector_stage(plan, run, *, init, labeled_fraction, what):
+    """The one fine-tuning command: the arms differ in --experiment-name and --init only."""
+    s = plan.settings
+    options = flags(
+        experiment_name=str(run),
+        init=init,
+        arch=s.arch,
+        labeled_fraction=labeled_fraction,
+        split_seed=plan.args.seed,
+        image_size=s.det_image_size,
+        epochs=s.det_epochs,
+        batch_size=s.det_batch_size,
+        lr=s.det_lr,
+        warmup_iters=s.det_warmup_iters,
+        warmup_factor=s.det_warmup_factor,
+        clip_grad=s.det_clip_grad,
+        roi_batch_size=s.det_roi_batch_size,
+        seed=run.seed,
+        print_freq=5,
+        device=plan.args.device,
+    )
+    description = f"Faster R-CNN from {what}, seed {run.seed}"
+    argv = (*common_flags(plan), *options)
+    return Stage(f"det-{run}", description, ("train_det.py",), argv, f"runs/{run}", True)
+
+
+def evaluation_stage(plan, mode, run, description, *more, distributed=False):
+    argv = (*common_flags(plan), "--mode", mode, "--experiment-name", str(run), *more)
+    options = flags(device=plan.args.device, replace=True)
+    return Stage(
+        f"{mode}-{run}", description, ("evaluate.py",), (*argv, *options), None, distributed
+    )
+
+
+def probe_stages(plan, fraction, seed, first):
+    s = plan.settings
+    ssl = RunName("ssl", percent(fraction), seed)
+    stages = [evaluation_stage(plan, "probe", ssl, f"linear probe of the {ssl} backbone")]
+    baseline = flags(arch=s.arch, image_size=s.ssl_image_size)
+    if first:
+        random = RunName("random", None, seed)
+        what = f"linear probe of a random backbone, seed {seed} (the baseline)"
+        more = [*flags(backbone="random", seed=seed), *baseline]
+        stages.append(evaluation_stage(plan, "probe", random, what, *more))
+    if first and plan.args.pretrained_init:
+        pretrained = RunName("pretrained", None, seed)
+        what = f"linear probe of the --pretrained-init backbone ({pretrained})"
+        weights = plan.relative(plan.args.pretrained_init)
+        stages.append(
+            evaluation_stage(plan, "probe", pretrained, what, "--backbone", weights, *baseline)
         )
-    return fractions
+    return stages
+
+
+def detector_stages(plan, fraction, seed):
+    """The arms at one SSL fraction and seed: SSL, random, and --pretrained-init's."""
+    p, labeled = percent(fraction), round(1 - fraction, 6)
+    arms = [("ssl", "ssl", "the SSL backbone"), ("random", "random", "a random backbone")]
+    if plan.args.pretrained_init:
+        weights = plan.relative(plan.args.pretrained_init)
+        arms.append(("pretrained", weights, f"the --pretrained-init weights {weights}"))
+    return [
+        detector_stage(
+            plan,
+            RunName(arm, p, seed),
+            init=init,
+            labeled_fraction=labeled,
+            what=f"{what} on the labeled {100 - p}%",
+        )
+        for arm, init, what in arms
+    ]
+
+
+def detector_runs(args):
+    """Every fine-tuned run of the experiment, in the order they are trained."""
+    arms = ("ssl", "random", "pretrained") if args.pretrained_init else ("ssl", "random")
+    runs = [
+        RunName(arm, percent(f), seed)
+        for f in args.fractions
+        for seed in args.train_seeds
+        for arm in arms
+    ]
+    if len(args.fractions) > 1:
+        runs += [RunName("random", 100, seed) for seed in args.train_seeds]
+    return runs
 
 
 def plan_stages(args, settings, out):
     """Every stage of the experiment, in order."""
-    s, python, data, runs = settings, sys.executable, out / "data", out / "runs"
-    launcher = [python]
-    if args.nproc_per_node > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone"]
-        launcher += [f"--nproc_per_node={args.nproc_per_node}"]
-    stages = []
-    if args.vinbig:
-        csv, images = Path(args.vinbig) / "train.csv", Path(args.vinbig) / "train"
-    elif args.nih:
-        csv, images = Path(args.nih) / NIH_BOX_FILE, Path(args.nih) / "images"
-    else:
-        csv, images = out / "vinbigdata" / "train.csv", out / "vinbigdata" / "train"
-        synthetic = flags(
-            out=out / "vinbigdata",
-            images=s.synthetic_images,
-            size=s.synthetic_size,
-            seed=args.seed,
-            replace=True,
-        )
-        stages.append(
-            Stage(
-                "synthetic",
-                f"synthetic VinBigData: {s.synthetic_images} images at {s.synthetic_size} px",
-                [python, "-m", "cxr.synthetic", *synthetic],
-            )
-        )
-    prepare = flags(
-        format="nih" if args.nih else None,
-        csv=csv,
-        images=images,
-        out=data,
-        keep_normal=True,
-        normal_in_test=args.normal_in_test,
-        replace=True,
-    )
-    what = (
-        "validate NIH's boxes, split train/test by patient"
-        if args.nih
-        else "validate, fuse the readers' boxes (WBF), split train/test"
-    )
-    stages.append(Stage("prepare", f"prepare: {what}", [python, "-m", "cxr.prepare", *prepare]))
-    both = flags(data_dir=data, output_dir=runs, workers=s.workers, device=args.device)
-    training = [*both, *flags(arch=s.arch)]
-    evaluation = [*both, *flags(replace=True)]
-    extra = ["--extra-images", *map(str, args.extra_images)] if args.extra_images else []
-
-    def pretraining(name, fraction, seed):
-        options = flags(
-            experiment_name=name,
-            ssl_fraction=fraction,
-            split_seed=args.seed,
-            include_normal=True,
-            image_size=s.ssl_image_size,
-            epochs=s.ssl_epochs,
-            batch_size=s.ssl_batch_size,
-            lr=s.ssl_lr,
-            warmup_epochs=s.ssl_warmup_epochs,
-            views=s.ssl_views,
-            temperature=s.ssl_temperature,
-            seed=seed,
-            print_freq=5,
-        )
-        return [*launcher, "train_ssl.py", *training, *options, *extra]
-
-    def detector(name, init, labeled_fraction, seed):
-        """The one fine-tuning command: the arms differ in --experiment-name and --init only."""
-        options = flags(
-            experiment_name=name,
-            init=init,
-            labeled_fraction=labeled_fraction,
-            split_seed=args.seed,
-            image_size=s.det_image_size,
-            epochs=s.det_epochs,
-            batch_size=s.det_batch_size,
-            lr=s.det_lr,
-            warmup_iters=s.det_warmup_iters,
-            warmup_factor=s.det_warmup_factor,
-            clip_grad=s.det_clip_grad,
-            roi_batch_size=s.det_roi_batch_size,
-            seed=seed,
-            print_freq=5,
-        )
-        return [*launcher, "train_det.py", *training, *options]
-
-    def evaluate(mode, name, *more, launch=(python,)):
-        return [
-            *launch,
-            "evaluate.py",
-            "--mode",
-            mode,
-            *evaluation,
-            "--experiment-name",
-            name,
-            *more,
-        ]
-
+    plan = Plan(args, settings, Path(out).resolve())
+    stages, source_flags = data_source(plan)
+    stages.append(prepare_stage(plan, source_flags))
     for i, fraction in enumerate(args.fractions):
-        p = percent(fraction)
         for seed in args.train_seeds:
-            ssl, random = run_name("ssl", p, seed), run_name("random", p, seed)
-            stages.append(
-                Stage(
-                    f"pretrain-{ssl}",
-                    f"SimCLR pretraining on {p}% of the training images (+ normal images), "
-                    f"seed {seed}",
-                    pretraining(ssl, fraction, seed),
-                    runs / ssl / "pretrain",
-                )
-            )
-            stages.append(
-                Stage(f"probe-{ssl}", f"linear probe of the {ssl} backbone", evaluate("probe", ssl))
-            )
-            if i == 0:
-                name = run_name("random", None, seed)
-                baseline = flags(
-                    backbone="random", seed=seed, arch=s.arch, image_size=s.ssl_image_size
-                )
-                stages.append(
-                    Stage(
-                        f"probe-{name}",
-                        f"linear probe of a random backbone, seed {seed} (the baseline)",
-                        evaluate("probe", name, *baseline),
-                    )
-                )
-            labeled = round(1 - fraction, 6)
-            for init, name in (("ssl", ssl), ("random", random)):
-                start = "the SSL backbone" if init == "ssl" else "a random backbone"
-                stages.append(
-                    Stage(
-                        f"det-{name}",
-                        f"Faster R-CNN from {start} on the labeled {100 - p}%, seed {seed}",
-                        detector(name, init, labeled, seed),
-                        runs / name,
-                    )
-                )
+            stages.append(pretrain_stage(plan, fraction, seed))
+            stages += probe_stages(plan, fraction, seed, first=i == 0)
+            stages += detector_stages(plan, fraction, seed)
     if len(args.fractions) > 1:
         for seed in args.train_seeds:
-            name = run_name("random", 100, seed)
             stages.append(
-                Stage(
-                    f"det-{name}",
-                    f"Faster R-CNN from a random backbone on all labeled images, seed {seed}",
-                    detector(name, "random", 1.0, seed),
-                    runs / name,
+                detector_stage(
+                    plan,
+                    RunName("random", 100, seed),
+                    init="random",
+                    labeled_fraction=1.0,
+                    what="a random backbone on all labeled images",
                 )
             )
-    for name in detector_runs(args.fractions, args.train_seeds):
-        stages.append(
-            Stage(
-                f"map-{name}",
-                f"COCO mAP of {name} on the test split",
-                evaluate("map", name, launch=launcher),
-            )
-        )
-    for init in ("ssl", "random"):
-        name = run_name(init, percent(args.fractions[0]), args.train_seeds[0])
-        pictures = flags(num_images=s.pictures, seed=args.seed)
-        stages.append(
-            Stage(
-                f"pictures-{name}",
-                f"pictures of {name}'s detections",
-                evaluate("visualize", name, *pictures),
-            )
-        )
-    stages.append(Stage("report", "report.md with tables and charts"))
+    for run in detector_runs(args):
+        description = f"COCO mAP of {run} on the test split"
+        stages.append(evaluation_stage(plan, "map", run, description, distributed=True))
+    arms = ("ssl", "random", "pretrained") if args.pretrained_init else ("ssl", "random")
+    for arm in arms:
+        run = RunName(arm, percent(args.fractions[0]), args.train_seeds[0])
+        pictures = flags(num_images=settings.pictures, seed=args.seed)
+        stages.append(evaluation_stage(plan, "visualize", run, f"pictures of {run}", *pictures))
+    stages.append(Stage("report", "report.md with tables and charts", ("-m", "cxr.report"), (".",)))
     return stages
 
 
-def detector_runs(fractions, seeds):
-    names = [
-        run_name(init, percent(f), seed)
-        for f in fractions
-        for seed in seeds
-        for init in ("ssl", "random")
-    ]
-    return names + ([run_name("random", 100, seed) for seed in seeds] if len(fractions) > 1 else [])
+def program_module(stage):
+    """The module of a stage's command: a cxr module, or one of the scripts, loaded from
+    the checkout (they are not installed as modules)."""
+    if stage.program[0] == "-m":
+        return importlib.import_module(stage.program[1])
+    script = stage.program[0]
+    if script not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"cxr_{Path(script).stem}", REPO / script)
+        _SCRIPTS[script] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_SCRIPTS[script])
+    return _SCRIPTS[script]
 
 
-def run_command(stage, log_path, resuming):
-    """Run a stage's command, echoing its output indented and keeping it in log_path."""
-    command = list(stage.command)
+_SCRIPTS = {}
+
+
+def parse_stage(stage):
+    """The stage's command line parsed by its own parser; a value it refuses is refused
+    here, naming the stage, before any stage runs."""
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return program_module(stage).get_args_parser().parse_args(list(stage.argv))
+    except SystemExit:
+        lines = errors.getvalue().strip().splitlines() or ["its command line is refused"]
+        raise UserError(f"stage {stage.name}: {lines[-1]}") from None
+
+
+@contextlib.contextmanager
+def working_directory(path):
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def check_against_data(stages, out, nproc):
+    """Every training stage's checks that need the prepared data (pool and batch sizes,
+    warmup against the run's length), run before the first training stage."""
+    with working_directory(out):
+        for stage in stages:
+            if stage.program[0] in ("train_ssl.py", "train_det.py"):
+                try:
+                    program_module(stage).check_data(parse_stage(stage), nproc)
+                except UserError as error:
+                    raise UserError(f"stage {stage.name}: {error}") from None
+
+
+def run_command(stage, out, log_path, *, resuming, nproc):
+    """Run a stage's command from the experiment folder, echoing its output indented and
+    keeping it in log_path; returns the exit status."""
+    extra = []
     if stage.run_dir is not None:
-        command.append(
-            "--resume" if resuming and (stage.run_dir / "checkpoint.pth").is_file() else "--replace"
-        )
-    print(f"  $ {shlex.join(command)}", flush=True)
+        resume = resuming and (out / stage.run_dir / CHECKPOINT).is_file()
+        extra = ["--resume" if resume else "--replace"]
+    command = stage.command(nproc) + extra
+    print(f"  $ {shlex.join(stage.command(nproc, display=True) + extra)}", flush=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(command)}\n")
         process = subprocess.Popen(
-            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for line in process.stdout:
             print(f"    {line}", end="", flush=True)
             log.write(line)
-        code = process.wait()
-    return command, code
+        return process.wait(), shlex.join(stage.command(nproc, display=True) + extra)
 
 
 class Experiment:
@@ -378,54 +338,44 @@ class Experiment:
     def __init__(self, out, record):
         self.out, self.record = out, record
 
-    @property
-    def record_path(self):
-        return self.out / "experiment.json"
-
     def save(self):
-        atomic_write_json(self.record_path, self.record, indent=1)
+        atomic_write_json(self.out / "experiment.json", self.record, indent=1)
 
     def done(self, name):
         return self.record["stages"].get(name, {}).get("status") == "done"
 
-    def run(self, stages, resuming):
+    def run(self, stages, *, resuming, nproc):
         make_folder(self.out / "logs")
+        checked = False
         for number, stage in enumerate(stages, 1):
             if resuming and self.done(stage.name):
-                print(
-                    f"[{number}/{len(stages)}] {stage.description}: done before, skipped",
-                    flush=True,
-                )
+                print(f"[{number}/{len(stages)}] {stage.description}: done before, skipped")
                 continue
+            if stage.program[0] in ("train_ssl.py", "train_det.py") and not checked:
+                check_against_data(stages, self.out, nproc)
+                checked = True
             print(f"[{number}/{len(stages)}] {stage.description}", flush=True)
-            start = time.perf_counter()
-            entry = {"description": stage.description, "status": "running"}
-            self.record["stages"][stage.name] = entry
-            self.save()
-            if stage.command is None:
-                path = write_report(self.out)
-                entry["command"] = (
-                    "python -c 'from cxr.report import write_report; write_report(OUT)'"
-                )
-                print(f"  wrote {path}", flush=True)
-            else:
-                log_path = self.out / "logs" / f"{number:02d}-{stage.name}.log"
-                command, code = run_command(stage, log_path, resuming)
-                entry["command"] = shlex.join(command)
-                if code != 0:
-                    entry.update(
-                        status="failed",
-                        exit_code=code,
-                        seconds=round(time.perf_counter() - start, 1),
-                    )
-                    self.save()
-                    raise UserError(
-                        f"stage {stage.name} failed (exit {code}); its output is in {log_path}. "
-                        f"Fix the cause and rerun with --resume to continue from this stage."
-                    )
-            entry.update(status="done", seconds=round(time.perf_counter() - start, 1))
-            self.save()
-            print(f"  {stage.name} done in {entry['seconds']:.0f} s", flush=True)
+            self.run_stage(stage, number, resuming=resuming, nproc=nproc)
+
+    def run_stage(self, stage, number, *, resuming, nproc):
+        start = time.perf_counter()
+        entry = {"description": stage.description, "status": "running"}
+        self.record["stages"][stage.name] = entry
+        self.save()
+        log_path = self.out / "logs" / f"{number:02d}-{stage.name}.log"
+        code, entry["command"] = run_command(
+            stage, self.out, log_path, resuming=resuming, nproc=nproc
+        )
+        entry.update(
+            status="done" if code == 0 else "failed", seconds=round(time.perf_counter() - start, 1)
+        )
+        self.save()
+        if code != 0:
+            raise UserError(
+                f"stage {stage.name} failed (exit {code}); its output is in {log_path}. "
+                "Fix the cause and rerun with --resume to continue from this stage."
+            )
+        print(f"  {stage.name} done in {entry['seconds']:.0f} s", flush=True)
 
 
 def adds_seeds(old, new):
@@ -433,41 +383,59 @@ def adds_seeds(old, new):
     return len(new) > len(old) and new[: len(old)] == old
 
 
-def open_experiment(args, settings):
-    """Create, replace or reopen --out; returns the Experiment."""
-    out = Path(args.out).resolve()
-    config = {
+def experiment_config(args, settings, out):
+    """What the experiment computes from; --resume compares it with the record's."""
+    plan = Plan(args, settings, out)
+    inputs = {
+        name: plan.relative(getattr(args, name)) if getattr(args, name) else None
+        for name in ("vinbig", "nih", "coco", "coco_images", "pretrained_init")
+    }
+    return {
         "preset": args.preset,
         "settings": asdict(settings),
         "ssl_fractions": args.fractions,
         "seed": args.seed,
         "train_seeds": args.train_seeds,
         "normal_in_test": args.normal_in_test,
-        "vinbig": str(Path(args.vinbig).resolve()) if args.vinbig else None,
-        "nih": str(Path(args.nih).resolve()) if args.nih else None,
-        "extra_images": [str(Path(p).resolve()) for p in args.extra_images or []],
+        **inputs,
+        "group_by": args.group_by,
+        "fuse": args.fuse,
+        "extra_images": [plan.relative(p) for p in args.extra_images or []],
         "nproc_per_node": args.nproc_per_node,
         "device": args.device,
     }
+
+
+def reopen(out, config, args):
+    """The Experiment of --resume: the same settings, or more training seeds."""
     record_path = out / "experiment.json"
+    if not record_path.is_file():
+        raise UserError(f"--resume: {record_path} not found; start without --resume")
+    record = json.loads(record_path.read_text())
+    changed = sorted(k for k in config if record["config"].get(k) != config[k])
+    if changed == ["train_seeds"] and adds_seeds(record["config"]["train_seeds"], args.train_seeds):
+        record["config"]["train_seeds"] = args.train_seeds
+        record["stages"].pop("report", None)
+    elif changed:
+        raise UserError(
+            f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
+            "rerun with the same flags (--train-seeds may add seeds after the old ones), "
+            "or --replace to start over"
+        )
+    return Experiment(out, record)
+
+
+def open_experiment(args, settings):
+    """Create, replace or reopen --out; returns the Experiment."""
+    out = Path(args.out).resolve()
+    config = experiment_config(args, settings, out)
     if args.resume:
-        if not record_path.is_file():
-            raise UserError(f"--resume: {record_path} not found; start without --resume")
-        record = json.loads(record_path.read_text())
-        changed = sorted(k for k in config if record["config"].get(k) != config[k])
-        if changed == ["train_seeds"] and adds_seeds(
-            record["config"]["train_seeds"], args.train_seeds
-        ):
-            record["config"]["train_seeds"] = args.train_seeds
-            record["stages"].pop("report", None)
-        elif changed:
-            raise UserError(
-                f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
-                "rerun with the same flags (--train-seeds may add seeds after the old ones), "
-                "or --replace to start over"
-            )
-        return Experiment(out, record)
-    inputs = [p for p in (args.vinbig, args.nih, *(args.extra_images or [])) if p]
+        return reopen(out, config, args)
+    inputs = [
+        p
+        for p in (args.vinbig, args.nih, args.coco, args.coco_images, *(args.extra_images or []))
+        if p
+    ]
     if out.is_dir() and any(out.iterdir()) and not args.replace:
         raise UserError(
             f"{out} already holds an experiment; pass --resume to finish it, --replace to start "
@@ -481,7 +449,7 @@ def open_experiment(args, settings):
     record = {
         "config": config,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": shlex.join([sys.executable, "-m", "cxr.experiment", *args.argv]),
+        "command": displayed_command(args.argv, out),
         "stages": {},
     }
     return Experiment(out, record)
@@ -495,6 +463,26 @@ def settings_from(args):
         if getattr(args, f.name, None) is not None
     }
     return replace(settings, **overrides)
+
+
+PATH_FLAGS = ("--vinbig", "--nih", "--coco", "--coco-images", "--extra-images", "--pretrained-init")
+
+
+def displayed_command(argv, out):
+    """The experiment's own command line as run from its folder: --out is '.', and every
+    input path is relative to the folder, so the report holds no path of the machine."""
+    words, flag = ["python", "-m", "cxr.experiment"], None
+    for word in argv:
+        if word.startswith("--"):
+            flag = word.split("=")[0]
+            words.append(word)
+        elif flag == "--out":
+            words[-1:] = []
+        elif flag in PATH_FLAGS:
+            words.append(os.path.relpath(Path(word).resolve(), out))
+        else:
+            words.append(word)
+    return shlex.join(words + ["--out", "."])
 
 
 def get_args_parser():
@@ -520,6 +508,22 @@ def get_args_parser():
         help=f"NIH ChestX-ray14 ({NIH_BOX_FILE} and images/) instead of synthetic data "
         "(default: none)",
     )
+    source.add_argument(
+        "--coco",
+        default=None,
+        metavar="FILE",
+        help="a COCO detection file with its own classes (with --coco-images; default: none)",
+    )
+    p.add_argument(
+        "--coco-images", default=None, help="--coco: the folder of its images (default: none)"
+    )
+    p.add_argument(
+        "--group-by",
+        default=None,
+        metavar="REGEX",
+        help="--coco: the patient in an image's name (prepare --group-by; default: none)",
+    )
+    p.add_argument("--fuse", action="store_true", help="--coco: fuse several readers' boxes")
     p.add_argument(
         "--extra-images",
         nargs="+",
@@ -527,6 +531,13 @@ def get_args_parser():
         metavar="DIR",
         help="unlabeled images added to every SSL pool (train_ssl.py --extra-images; default: "
         "none)",
+    )
+    p.add_argument(
+        "--pretrained-init",
+        default=None,
+        metavar="FILE",
+        help="a torchvision ResNet state dict (e.g. ImageNet weights): a third arm fine-tuned "
+        "from it with the same settings, compared as SSL - pretrained (default: none)",
     )
     p.add_argument(
         "--ssl-fractions",
@@ -576,6 +587,36 @@ def get_args_parser():
     return p
 
 
+def parse_seeds(text):
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(
+            f"--train-seeds {text!r}: expected comma-separated whole numbers like 0,1,2"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--train-seeds {text!r}: give distinct non-negative seeds")
+    return seeds
+
+
+def parse_fractions(text):
+    try:
+        fractions = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(
+            f"--ssl-fractions {text!r}: expected comma-separated numbers like 0.2,0.4,0.6"
+        ) from None
+    if (
+        not fractions
+        or not all(0 < f < 1 for f in fractions)
+        or len(set(map(percent, fractions))) != len(fractions)
+    ):
+        raise UserError(
+            f"--ssl-fractions {text!r}: each must be in (0, 1) and distinct to the percent"
+        )
+    return fractions
+
+
 def parse_args(argv):
     """The parsed command line, with the fraction and seed lists checked."""
     args = get_args_parser().parse_args(argv)
@@ -584,8 +625,8 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def check_inputs(args):
+    """The data folders hold what their flags promise."""
     if args.resume and args.replace:
         raise UserError("--resume and --replace contradict each other; pick one")
     if args.vinbig and not (Path(args.vinbig) / "train.csv").is_file():
@@ -598,16 +639,40 @@ def main(argv=None):
         raise UserError(
             f"--nih {args.nih}: expected {NIH_BOX_FILE} and images/ there (NIH's download layout)"
         )
+    if args.coco and not args.coco_images:
+        raise UserError("--coco needs --coco-images, the folder of its images")
+    if (args.coco_images or args.group_by or args.fuse) and not args.coco:
+        raise UserError("--coco-images, --group-by and --fuse go with --coco")
+
+
+def check_pretrained(args, settings):
+    """--pretrained-init must hold the preset's architecture: the arms differ only in init."""
+    if not args.pretrained_init:
+        return
+    arch = infer_arch(load_trunk_weights(args.pretrained_init))
+    if arch != settings.arch:
+        raise UserError(
+            f"--pretrained-init {args.pretrained_init} holds a {arch or 'non-ResNet'} trunk, but "
+            f"the arms train a {settings.arch}; pass --arch {arch}, or {settings.arch} weights"
+        )
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    check_inputs(args)
     settings = settings_from(args)
+    check_pretrained(args, settings)
+    stages = plan_stages(args, settings, Path(args.out).resolve())
+    for stage in stages:
+        parse_stage(stage)
     experiment = open_experiment(args, settings)
-    stages = plan_stages(args, settings, experiment.out)
     print(
         f"cxr experiment in {experiment.out}: {len(stages)} stages, preset {args.preset}, "
         f"SSL fractions {', '.join(f'{percent(f)}%' for f in args.fractions)}",
         flush=True,
     )
     start = time.perf_counter()
-    experiment.run(stages, args.resume)
+    experiment.run(stages, resuming=args.resume, nproc=args.nproc_per_node)
     experiment.record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     experiment.save()
     print(

@@ -1,32 +1,24 @@
 """BatchNorm over the union of every process's batch (global BN), on any backend.
 
-SimCLR normalizes with statistics of the whole global batch (Chen et al.,
+SimCLR normalizes with the statistics of the whole global batch (Chen et al.,
 2020, sec. 3: "we aggregate BN mean and variance over all devices"): with
-per-device BN a rank's positives share its batch statistics, a cue that lets
-the contrastive task leak information instead of learning features, and two
-processes with N images each do not train like one process with 2N.
-torch's SyncBatchNorm runs only on CUDA; this module is the same
-normalization written with two differentiable all-reduces, so it also runs
-under gloo on CPUs.
-
-In training mode, for input x of shape (N, C, ...) on every rank:
-    mean_c = sum over all ranks of sum(x[:, c]) / n
-    var_c  = sum over all ranks of sum((x[:, c] - mean_c)^2) / n
-    y      = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
-n being the number of values per channel on all ranks together. The sums
-are all-reduced with gradient (`cxr.distributed.all_reduce_sum_with_grad`),
-so backward is exactly that of one BatchNorm over the concatenated batch. The
-running averages follow nn.BatchNorm (momentum, or a cumulative average
-when momentum is None; the unbiased variance n / (n - 1)). Statistics are
-computed in float32 whatever the AMP setting. In eval mode it is
-nn.BatchNorm. On one process the sums are the local ones, so it computes
-what nn.BatchNorm computes.
+per-device BN a rank's positives share its batch statistics, a cue the
+contrastive task can use instead of learning features, and N processes do
+not train like one process with all their images. torch's SyncBatchNorm runs
+only on CUDA; this is the same normalization written with one differentiable
+all-gather per layer (`cxr.distributed.gather_with_grad`), so it runs on
+gloo too. Each process contributes its count, mean and sum of squared
+deviations per channel; they combine exactly into the global mean and
+(biased) variance (Chan, Golub & LeVeque, 1979), whose backward is that of
+one BatchNorm over the concatenated batch. Running averages follow
+nn.BatchNorm (momentum or cumulative; unbiased variance). Statistics are
+float32 whatever the AMP setting; in eval mode this is nn.BatchNorm.
 """
 
 import torch
 from torch import nn
 
-from .distributed import all_reduce_sum_with_grad
+from .distributed import gather_with_grad
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -39,20 +31,22 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             )
 
     def forward(self, x):
+        """x: (N, C, ...) on every process; returns the normalized x, same shape."""
         if not self.training:
             return super().forward(x)
         reduced = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         values = x.float()
-        local_count = torch.tensor(
-            [values.numel() // values.shape[1]], dtype=torch.float32, device=x.device
-        )
-        count = all_reduce_sum_with_grad(local_count)
-        mean = all_reduce_sum_with_grad(values.sum(reduced)) / count
-        centered = values - mean.view(shape)
-        var = all_reduce_sum_with_grad(centered.pow(2).sum(reduced)) / count
-        self._update_running_statistics(mean.detach(), var.detach(), count)
-        y = centered * torch.rsqrt(var + self.eps).view(shape)
+        count = torch.full((1,), values.numel() / values.shape[1], device=x.device)
+        mean = values.mean(reduced)  # (C,) this process's
+        squares = (values - mean.view(shape)).pow(2).sum(reduced)  # (C,)
+        stats = gather_with_grad(torch.cat([count, mean, squares]).unsqueeze(0))  # (W, 1 + 2C)
+        counts, means, sums = stats[:, :1], stats[:, 1 : 1 + len(mean)], stats[:, 1 + len(mean) :]
+        total = counts.sum()
+        global_mean = (counts * means).sum(0) / total  # (C,)
+        var = (sums + counts * (means - global_mean).pow(2)).sum(0) / total  # (C,) biased
+        self._update_running_statistics(global_mean.detach(), var.detach(), total.detach())
+        y = (values - global_mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)

@@ -1,303 +1,128 @@
-"""VinBigData train.csv (or NIH's box file) -> fused COCO ground truth and a
-seeded train/test split.
+"""A box table -> COCO ground truth in each image's own pixels, and a seeded train/test split.
 
     python -m cxr.prepare --csv vinbigdata/train.csv --images vinbigdata/train --out data
     python -m cxr.prepare --format nih --csv BBox_List_2017.csv --images images --out data
+    python -m cxr.prepare --format coco --annotations boxes.json --images images --out data
 
-Writes data/train/, data/test/ (hard links to the PNGs, copies where linking
-is impossible), data/train_annotations.json, data/test_annotations.json,
-data/split.json and data/prepare_summary.json; with --keep-normal also
-data/normal/ and data/normal_annotations.json (COCO images, no annotations),
-for later stages that use normal images as unlabeled or negative data. With
---normal-in-test the test split also holds --test-fraction of the normal
-images (without boxes, split by the same seed; the rest stay in normal/), as
-the competition's test set did.
-
-Each image was read by three radiologists, so one lesion is usually drawn two
-or three times. Per image and class the boxes are fused with Weighted Boxes
-Fusion (`cxr.wbf`, iou_thr 0.2 and skip_box_thr 1e-4 as in Bencevic et al.
-2022), the rows of a group taken in file order as one model of weight 1
-(every box scores 1, so the readers' boxes are visited in file order). Boxes are
-rescaled from the original DICOM width/height columns to the PNG's own size
-(read from its header); x and y scale differently because the 512 px PNGs
-were squashed to a square. COCO category_id = class_id + 1.
-
-With --format nih the rows are NIH ChestX-ray14's boxes (`cxr.nih`): one
-radiologist per image, so boxes are only checked (swapped, clipped, empty
-ones dropped), not fused; they are rescaled from --original-size (1024) to
-the PNG's size; findings map to VinBigData classes by
-`cxr.classes.NIH_FINDINGS`; and the test split is drawn by patient, so no
-patient has images on both sides.
-
-The whole output folder is built under a temporary name and renamed into
-place when complete; an existing one is refused unless --replace.
-Preparation needs numpy only: torch is not imported.
+Phases: read the table (`cxr.vinbigdata`, `cxr.nih`, `cxr.coco_format`) ->
+check the images (`cxr.image_files`) -> fuse several readers' boxes per
+image and class with Weighted Boxes Fusion (iou_thr 0.2, as Bencevic et al.,
+2022), or only clean one reader's -> rescale them to each image's pixels ->
+split the images with findings into train/test (by patient where the data
+has patients) -> write the folder, staged and renamed into place when
+complete -> summarize. The folder holds train/ and test/ (hard links),
+{split}_annotations.json with the dataset's own classes (category ids 1..K),
+split.json and prepare_summary.json; with --keep-normal also normal/, the
+images without findings. Needs numpy and Pillow only: torch is not imported.
 """
 
-import csv
-import io
-import os
-import shutil
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from . import cli
-from .classes import (
-    CLASS_NAMES,
-    CSV_BOX_COLUMNS,
-    CSV_SIZE_COLUMNS,
-    NIH_FINDINGS,
-    NO_FINDING_ID,
-    NO_FINDING_NAME,
-    NUM_CLASSES,
-    category_id,
-    coco_categories,
-)
+from .classes import NIH_FINDINGS, category_id, coco_categories
+from .coco_format import group_by, read_coco
 from .errors import UserError, exit_on_user_error
-from .nih import patient_of, read_nih_table
+from .image_files import link_images, locate_images
+from .nih import read_nih_table
 from .outputs import atomic_write_json, check_output_folder, staged_directory
 from .splits import split_test
+from .vinbigdata import read_vinbigdata
 from .wbf import fuse_box_groups
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FORMATS = ("vinbigdata", "nih")
+FORMATS = ("vinbigdata", "nih", "coco")
+
+
+def read_table(source, settings):
+    """Phase 1: the input file as a BoxTable (`cxr.box_table`)."""
+    if settings.data_format == "vinbigdata":
+        return read_vinbigdata(source)
+    if settings.data_format == "nih":
+        return read_nih_table(source, settings.original_size)
+    group_of = group_by(settings.group_pattern) if settings.group_pattern else None
+    return read_coco(source, fuse=settings.fuse, group_of=group_of)
+
+
+def describe_table(table, log):
+    """What the table's format implies: NIH's class mapping, boxes already in pixels."""
+    if table.format == "nih":
+        mapping = ", ".join(f"{k} -> {v}" for k, v in NIH_FINDINGS.items())
+        log(f"NIH findings as VinBigData classes: {mapping}")
+    if table.reference_sizes is None:
+        what = "width/height columns" if table.format == "vinbigdata" else "image sizes"
+        log(f"{table.path} has no {what}: boxes are taken to be in the images' pixels already")
 
 
 @dataclass
-class Table:
-    """train.csv as arrays; row i is CSV line i + 2."""
+class Images:
+    """Phase 2's result: the usable images, by name."""
 
-    path: Path
-    image_names: list  # distinct image ids, in order of first appearance
-    image_index: np.ndarray  # (N,) int: row -> position in image_names
-    class_ids: np.ndarray  # (N,) int, 0..14
-    boxes: np.ndarray  # (N, 4) float, NaN on "No finding" rows
-    original_sizes: np.ndarray  # (num_images, 2) width, height, or None if the CSV has none
-
-
-def _line(row_index):
-    return row_index + 2
+    files: dict  # {name: file name under --images}
+    sizes: dict  # {name: (width, height)} of the image files
+    finding: list  # names of images with at least one box row, in table order
+    normal: list  # names of images without (when asked for)
+    missing: int  # images left out by --skip-missing
 
 
-def _parse_numbers(path, column, values, rows, dtype):
-    """Convert `values` (strings of CSV rows `rows`) to `dtype`, naming the first bad line."""
-    try:
-        numbers = np.asarray(values, dtype=dtype) if len(values) else np.zeros(0, dtype)
-    except ValueError:
-        numbers = None
-    if numbers is not None and (dtype is int or np.isfinite(numbers).all()):
-        return numbers
-    for row, value in zip(rows, values):
-        try:
-            ok = np.isfinite(dtype(value))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise UserError(
-                f"{path}, line {_line(row)}: column {column} is {value!r}, "
-                f"expected a {'whole' if dtype is int else 'finite'} number"
-            )
-    raise AssertionError("unreachable: some value failed to parse")
-
-
-def _read_columns(path):
-    """(header, {column: list of strings}, number of rows) of a CSV file.
-
-    A file without quotes (the real train.csv) is joined into one flat list of
-    fields and sliced into columns, several times faster than splitting it
-    row by row with the csv module, which is used for files with quotes."""
-    try:
-        text = Path(path).read_text(
-            encoding="utf-8-sig"
-        )  # a byte-order mark, as Excel writes, is no column
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(
-            f"{path} is not a UTF-8 text file; expected VinBigData's train.csv"
-        ) from None
-    if '"' in text:
-        rows = [row for row in csv.reader(io.StringIO(text)) if row]
-        lines = [",".join(row) for row in rows]
-    else:
-        lines = [line for line in text.splitlines() if line]
-        rows = None
-    if not lines:
-        raise UserError(f"{path} is empty; expected a header with {', '.join(CSV_BOX_COLUMNS)}")
-    header = rows[0] if rows else lines[0].split(",")
-    body = rows[1:] if rows else lines[1:]
-    fields = (
-        [field for row in body for field in row]
-        if rows
-        else (",".join(body).split(",") if body else [])
+def select_images(table, images_dir, settings, log):
+    """Phase 2: the images with findings (and the normal ones if wanted), checked."""
+    want_normal = settings.keep_normal or settings.normal_in_test
+    files = dict(zip(table.image_names, table.file_names))
+    if len(files) < len(table.file_names):
+        raise UserError(f"{table.path}: two image files share a name (a file name without suffix)")
+    has_finding = np.zeros(len(table.image_names), dtype=bool)
+    has_finding[table.image_index[table.class_ids >= 0]] = True
+    finding = [n for n, f in zip(table.image_names, has_finding) if f]
+    if not finding:
+        raise UserError(f"{table.path}: no image has a box; a detector needs images with lesions")
+    normal = [n for n, f in zip(table.image_names, has_finding) if not f] if want_normal else []
+    wanted = [files[n] for n in finding + normal]
+    by_file, missing = locate_images(
+        wanted,
+        images_dir,
+        skip_missing=settings.skip_missing,
+        source=table.path,
+        log=log,
+        decode=settings.verify_pixels,
     )
-    if len(fields) != len(body) * len(header):
-        counts = [len(row) if rows else len(row.split(",")) for row in body]
-        bad = next(i for i, count in enumerate(counts) if count != len(header))
-        raise UserError(
-            f"{path}, line {_line(bad)}: {counts[bad]} fields, the header has {len(header)}"
-        )
-    return header, {name: fields[i :: len(header)] for i, name in enumerate(header)}, len(body)
-
-
-def _original_sizes_per_image(path, sizes, image_index, image_names):
-    """One (width, height) per image; an image listed with two sizes is an error."""
-    _, first_row = np.unique(image_index, return_index=True)
-    per_image = sizes[first_row]
-    mismatch = np.flatnonzero((per_image[image_index] != sizes).any(axis=1))
-    if len(mismatch):
-        row = mismatch[0]
-        raise UserError(
-            f"{path}, line {_line(row)}: image {image_names[image_index[row]]} has width/height "
-            f"{sizes[row].tolist()}, but {per_image[image_index[row]].tolist()} on an earlier line"
-        )
-    return per_image
-
-
-def read_table(path):
-    """Read and validate train.csv (with or without width/height columns)."""
-    path = Path(path)
-    header, columns, num_rows = _read_columns(path)
-    missing = [c for c in CSV_BOX_COLUMNS if c not in header]
-    if missing:
-        raise UserError(
-            f"{path} lacks column(s) {', '.join(missing)}; its header is {','.join(header)}"
-        )
-    size_present = [c in header for c in CSV_SIZE_COLUMNS]
-    if any(size_present) and not all(size_present):
-        raise UserError(f"{path} has only one of the columns width/height; give both or neither")
-    if num_rows == 0:
-        raise UserError(f"{path} has a header but no rows: nothing to prepare")
-    all_rows = range(num_rows)
-    class_ids = _parse_numbers(path, "class_id", columns["class_id"], all_rows, int)
-    bad_class = np.flatnonzero((class_ids < 0) | (class_ids > NO_FINDING_ID))
-    if len(bad_class):
-        row = bad_class[0]
-        raise UserError(
-            f"{path}, line {_line(row)}: class_id {class_ids[row]} is not in 0..{NO_FINDING_ID}"
-        )
-    names = CLASS_NAMES + (NO_FINDING_NAME,)
-    id_of_name = {name: class_id for class_id, name in enumerate(names)}
-    named_ids = np.array(
-        [id_of_name.get(name, -1) for name in columns["class_name"]], dtype=np.int64
+    sizes = {n: by_file[files[n]] for n in finding + normal if files[n] in by_file}
+    return Images(
+        files=files,
+        sizes=sizes,
+        finding=[n for n in finding if n in sizes],
+        normal=[n for n in normal if n in sizes],
+        missing=missing,
     )
-    wrong_name = np.flatnonzero(named_ids != class_ids)
-    if len(wrong_name):
-        row = wrong_name[0]
-        raise UserError(
-            f"{path}, line {_line(row)}: class_name {columns['class_name'][row]!r} does not "
-            f"match class_id {class_ids[row]} ({names[class_ids[row]]!r})"
-        )
-
-    lesion_rows = np.flatnonzero(class_ids != NO_FINDING_ID)
-    boxes = np.full((num_rows, 4), np.nan)
-    for k, name in enumerate(("x_min", "y_min", "x_max", "y_max")):
-        values = [columns[name][i] for i in lesion_rows]
-        boxes[lesion_rows, k] = _parse_numbers(path, name, values, lesion_rows, float)
-
-    codes = {}
-    image_index = np.array(
-        [codes.setdefault(name, len(codes)) for name in columns["image_id"]], dtype=np.int64
-    )
-    original_sizes = None
-    if all(size_present):
-        sizes = np.stack(
-            [_parse_numbers(path, c, columns[c], all_rows, int) for c in CSV_SIZE_COLUMNS], axis=1
-        )
-        bad_size = np.flatnonzero((sizes <= 0).any(axis=1))
-        if len(bad_size):
-            row = bad_size[0]
-            raise UserError(
-                f"{path}, line {_line(row)}: width and height must be positive, "
-                f"got {sizes[row].tolist()}"
-            )
-        original_sizes = _original_sizes_per_image(path, sizes, image_index, list(codes))
-    return Table(path, list(codes), image_index, class_ids, boxes, original_sizes)
 
 
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
-
-
-def png_check(path, decode=False):
-    """((width, height), None) of a complete PNG, or (None, why) if it is not one.
-
-    Reads the IHDR header and the file's last 12 bytes, which must be the IEND
-    chunk: a PNG cut short (a copy or download that stopped) is refused
-    without decoding it. A file with bytes after IEND, and every file when
-    `decode` is set (--verify-pixels), is decoded in full."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        head = os.read(fd, 24)
-        tail = os.pread(fd, 12, max(os.fstat(fd).st_size - 12, 0))
-    finally:
-        os.close(fd)
-    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
-        return None, "not a PNG"
-    if decode or tail != PNG_END:
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except (OSError, ValueError, SyntaxError) as error:
-            return None, f"truncated or corrupt PNG: {error}"
-    return struct.unpack(">II", head[16:24]), None
-
-
-def locate_images(names, images_dir, skip_missing, log, decode=False):
-    """PNG (width, height) per image name; missing, incomplete or unreadable
-    files are an error naming the first few, or are dropped with --skip-missing."""
-    sizes, problems = {}, []
-    for name in names:
-        path = os.path.join(images_dir, f"{name}.png")
-        try:
-            size, why = png_check(path, decode)
-        except OSError as error:
-            problems.append(f"{path} ({error.strerror})")
-            continue
-        if size is None:
-            problems.append(f"{path} ({why})")
-        else:
-            sizes[name] = size
-    if problems:
-        message = (
-            f"{len(problems)} of {len(names)} images listed in the CSV are missing or "
-            f"unreadable in {images_dir}, e.g. " + "; ".join(problems[:5])
-        )
-        if not skip_missing:
-            raise UserError(message + ". Fix --images, or pass --skip-missing to leave them out.")
-        log(f"warning: {message}; left out (--skip-missing)")
-    return sizes, len(problems)
-
-
-def fuse_annotations(table, png_sizes, iou_thr, skip_box_thr, fuse=True):
-    """Fused boxes per (image, class), in PNG pixels; with fuse=False (one reader
-    per image, as NIH's) every box stays its own group, and only the input
-    checks (swap, clip, drop empty) apply.
-
-    Returns ({image name: [(class_id, xyxy, readers)]}, CleaningReport)."""
-    png = np.zeros((len(table.image_names), 2))
+def annotate(table, sizes, *, iou_thr, skip_box_thr):
+    """Phase 3: per image, [(class index, xyxy in the image's pixels, readers)]: the
+    readers' boxes of each image and class fused (several readers), or each box
+    on its own (one reader), after the input checks (swap, clip, drop empty).
+    Returns (annotations, CleaningReport)."""
+    num_classes = len(table.classes)
+    image_size = np.zeros((len(table.image_names), 2))
     located = np.zeros(len(table.image_names), dtype=bool)
     for index, name in enumerate(table.image_names):
-        if name in png_sizes:
-            png[index], located[index] = png_sizes[name], True
-    keep = (table.class_ids != NO_FINDING_ID) & located[table.image_index]
+        if name in sizes:
+            image_size[index], located[index] = sizes[name], True
+    keep = (table.class_ids >= 0) & located[table.image_index]
     image_index, class_ids = table.image_index[keep], table.class_ids[keep]
-    scale = png if table.original_sizes is None else table.original_sizes.astype(np.float64)
-    normalized = table.boxes[keep] / np.tile(scale[image_index], 2)
-
-    groups = image_index * NUM_CLASSES + class_ids if fuse else np.arange(len(image_index))
+    reference = image_size if table.reference_sizes is None else table.reference_sizes
+    relative = table.boxes[keep] / np.tile(reference[image_index], 2)  # (N, 4) in [0, 1]
+    fuse = table.several_readers
+    groups = image_index * num_classes + class_ids if fuse else np.arange(len(image_index))
     fusion = fuse_box_groups(
-        normalized, np.ones(len(normalized)), groups, iou_thr=iou_thr, skip_box_thr=skip_box_thr
+        relative, np.ones(len(relative)), groups, iou_thr=iou_thr, skip_box_thr=skip_box_thr
     )
     if fuse:
-        cluster_image, cluster_class = fusion.groups // NUM_CLASSES, fusion.groups % NUM_CLASSES
+        cluster_image, cluster_class = np.divmod(fusion.groups, num_classes)
     else:
         cluster_image, cluster_class = image_index[fusion.groups], class_ids[fusion.groups]
-    pixels = fusion.boxes * np.tile(png[cluster_image], 2)
+    pixels = fusion.boxes * np.tile(image_size[cluster_image], 2)
     annotations = {table.image_names[i]: [] for i in np.unique(image_index)}
     for index, class_id, box, readers in zip(
         cluster_image.tolist(), cluster_class.tolist(), pixels.tolist(), fusion.sizes.tolist()
@@ -306,16 +131,59 @@ def fuse_annotations(table, png_sizes, iou_thr, skip_box_thr, fuse=True):
     return annotations, fusion.report
 
 
-def coco_dataset(names, png_sizes, original_sizes, annotations, info):
-    """A COCO detection dict; image ids are 1..n in sorted image name order.
-    original_sizes: {name: (width, height)} of the DICOMs, or None."""
-    images, coco_annotations = [], []
+@dataclass
+class Split:
+    """Phase 4's result: image names per split (sorted)."""
+
+    train: list
+    test: list
+    test_normal: list  # normal images in the test split (--normal-in-test)
+    normal: list  # normal images kept apart (--keep-normal)
+
+
+def split_images(table, images, settings):
+    """Phase 4: train/test by the seeded permutation, by patient when the data has them."""
+    fraction, seed = settings.test_fraction, settings.seed
+    train, test = split_test(images.finding, fraction, seed, group_of=table.group_of)
+    normal, test_normal = images.normal, []
+    if settings.normal_in_test:
+        normal, test_normal = split_test(images.normal, fraction, seed)
+    return Split(train, test, test_normal, sorted(normal) if settings.keep_normal else [])
+
+
+def check_boxes(split, annotations, report, *, skip_box_thr):
+    """Refuse a dataset that cannot give a result: no box to train on, or a test split
+    whose images hold no box to score."""
+    dropped = (
+        f"{report.zero_area} zero-area boxes dropped, {report.below_threshold} below "
+        f"--skip-box-thr {skip_box_thr:g}"
+    )
+    if not any(annotations.get(n) for n in split.train):
+        raise UserError(f"no training image has a box left ({dropped}); nothing to learn from")
+    if split.test and not any(annotations.get(n) for n in split.test):
+        raise UserError(
+            f"the {len(split.test)} test images hold no box ({dropped}); there would be "
+            "nothing to score: lower --test-fraction to 0 or check the boxes"
+        )
+
+
+def original_sizes(table):
+    """{name: (width, height)} of VinBigData's DICOMs, which a submission's boxes refer
+    to (`cxr.submission`); None for other formats."""
+    if table.format != "vinbigdata" or table.reference_sizes is None:
+        return None
+    return {n: tuple(map(int, size)) for n, size in zip(table.image_names, table.reference_sizes)}
+
+
+def coco_dataset(names, *, images, classes, originals, annotations, info):
+    """A COCO detection dict of the named images; image ids 1..n in name order."""
+    coco_images, coco_annotations = [], []
     for number, name in enumerate(sorted(names), 1):
-        width, height = png_sizes[name]
-        image = {"id": number, "file_name": f"{name}.png", "width": width, "height": height}
-        if original_sizes is not None:
-            image["original_width"], image["original_height"] = original_sizes[name]
-        images.append(image)
+        width, height = images.sizes[name]
+        image = {"id": number, "file_name": images.files[name], "width": width, "height": height}
+        if originals is not None:
+            image["original_width"], image["original_height"] = originals[name]
+        coco_images.append(image)
         for class_id, (x0, y0, x1, y1), readers in annotations.get(name, ()):
             coco_annotations.append(
                 {
@@ -330,51 +198,143 @@ def coco_dataset(names, png_sizes, original_sizes, annotations, info):
             )
     return {
         "info": info,
-        "images": images,
+        "images": coco_images,
         "annotations": coco_annotations,
-        "categories": coco_categories(),
+        "categories": coco_categories(classes),
     }
 
 
-def link_images(names, source_dir, target_dir):
-    """Hard-link each PNG into target_dir (copy if linking fails); returns copies made."""
-    os.mkdir(target_dir)
-    copies = 0
-    for name in names:
-        source, target = (
-            os.path.join(source_dir, f"{name}.png"),
-            os.path.join(target_dir, f"{name}.png"),
-        )
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
-            copies += 1
-    return copies
-
-
-def class_table(annotations_by_split, table, kept_names):
-    """Rows: class, CSV box rows, fused boxes per split, mean readers per fused box."""
-    kept = np.array([name in kept_names for name in table.image_names], dtype=bool)
-    csv_boxes = np.bincount(table.class_ids[kept[table.image_index]], minlength=NO_FINDING_ID + 1)
-    readers = {split: [[] for _ in CLASS_NAMES] for split in annotations_by_split}
-    for split, per_image in annotations_by_split.items():
-        for annotations in per_image.values():
-            for class_id, _, count in annotations:
-                readers[split][class_id].append(count)
+def class_table(table, split, annotations):
+    """Rows: class, input boxes, boxes per split after fusion, mean readers per box."""
+    kept = set(split.train) | set(split.test)
+    rows_kept = np.array([table.image_names[i] in kept for i in table.image_index], dtype=bool)
+    input_boxes = np.bincount(
+        table.class_ids[rows_kept & (table.class_ids >= 0)], minlength=len(table.classes)
+    )
     rows = []
-    for class_id, name in enumerate(CLASS_NAMES):
-        counts = [r for split in readers for r in readers[split][class_id]]
+    for class_id, name in enumerate(table.classes):
+        per_split = {
+            side: [r for n in names for c, _, r in annotations.get(n, ()) if c == class_id]
+            for side, names in (("train", split.train), ("test", split.test))
+        }
+        readers = per_split["train"] + per_split["test"]
         rows.append(
             {
                 "class_id": class_id,
                 "class_name": name,
-                "csv_boxes": int(csv_boxes[class_id]),
-                **{f"fused_{split}": len(readers[split][class_id]) for split in readers},
-                "mean_readers": round(float(np.mean(counts)), 2) if counts else 0.0,
+                "input_boxes": int(input_boxes[class_id]),
+                "boxes_train": len(per_split["train"]),
+                "boxes_test": len(per_split["test"]),
+                "mean_readers": round(float(np.mean(readers)), 2) if readers else 0.0,
             }
         )
     return rows
+
+
+def summarize(table, images, split, annotations, report):
+    """Phase 6: the numbers prepare_summary.json records and the log prints."""
+    per_class = class_table(table, split, annotations)
+    return {
+        "format": table.format,
+        "classes": list(table.classes),
+        "input_rows": len(table.image_index) + table.duplicates,
+        "duplicate_rows_dropped": table.duplicates,
+        "crowd_regions_dropped": table.crowd,
+        "input_images": len(table.image_names),
+        "finding_images": len(images.finding),
+        "normal_images_kept": len(split.normal),
+        "missing_images": images.missing,
+        "train_images": len(split.train),
+        "test_images": len(split.test),
+        "test_normal_images": len(split.test_normal),
+        "input_boxes": int(sum(r["input_boxes"] for r in per_class)),
+        "boxes": sum(r["boxes_train"] + r["boxes_test"] for r in per_class),
+        "fused": table.several_readers,
+        "boxes_swapped": report.swapped,
+        "boxes_clipped": report.clipped,
+        "boxes_dropped_zero_area": report.zero_area,
+        "boxes_below_skip_thr": report.below_threshold,
+        "finding_images_left_without_boxes": sum(not annotations.get(n) for n in images.finding),
+        "per_class": per_class,
+    }
+
+
+def write_folder(out, *, table, images, split, annotations, summary, settings, inputs):
+    """Phase 5: the prepared folder, built under a temporary name and renamed into place
+    when complete. Returns (images copied instead of linked, bytes copied)."""
+    info = {
+        "description": f"{table.format} boxes, "
+        + ("fused with WBF" if table.several_readers else "one reader, not fused"),
+        "source": str(table.path),
+        "format": table.format,
+        "iou_thr": settings.iou_thr,
+        "skip_box_thr": settings.skip_box_thr,
+        "seed": settings.seed,
+        "test_fraction": settings.test_fraction,
+        "split_by_patient": table.group_of is not None,
+    }
+    splits = [("train", split.train), ("test", sorted(split.test + split.test_normal))]
+    splits += [("normal", split.normal)] if split.normal else []
+    originals = original_sizes(table)
+    copies = copied_bytes = 0
+    replace = settings.replace
+    with staged_directory(out, replace, inputs=inputs, command="python -m cxr.prepare") as staging:
+        for name, names in splits:
+            files = [images.files[n] for n in names]
+            made, size = link_images(files, inputs[1], staging / name)
+            copies, copied_bytes = copies + made, copied_bytes + size
+            dataset = coco_dataset(
+                names,
+                images=images,
+                classes=table.classes,
+                originals=originals,
+                annotations=annotations,
+                info={**info, "split": name},
+            )
+            atomic_write_json(staging / f"{name}_annotations.json", dataset)
+        split_record = {"seed": info["seed"], "test_fraction": info["test_fraction"]}
+        atomic_write_json(staging / "split.json", {**split_record, **vars(split)})
+        summary = {**summary, "image_copies_instead_of_links": copies}
+        atomic_write_json(staging / "prepare_summary.json", summary, indent=1)
+    return copies, copied_bytes
+
+
+def log_summary(log, summary, *, source, out, copied_bytes, seconds):
+    log(
+        f"read {summary['input_rows']} rows on {summary['input_images']} images from {source}: "
+        f"{summary['finding_images']} with findings, {summary['missing_images']} missing, "
+        f"{summary['duplicate_rows_dropped']} duplicated rows dropped"
+        + (
+            f", {summary['crowd_regions_dropped']} crowd regions dropped"
+            if summary["format"] == "coco"
+            else ""
+        )
+    )
+    log(format_class_table(summary["per_class"]))
+    log(
+        f"boxes: {summary['input_boxes']} drawn -> {summary['boxes']} "
+        + ("after WBF; " if summary["fused"] else "(one reader, not fused); ")
+        + f"{summary['boxes_swapped']} swapped, {summary['boxes_clipped']} clipped, "
+        f"{summary['boxes_dropped_zero_area']} zero-area dropped, "
+        f"{summary['boxes_below_skip_thr']} below skip_box_thr; "
+        f"{summary['finding_images_left_without_boxes']} finding images left without boxes"
+    )
+    if summary["image_copies_instead_of_links"]:
+        log(
+            f"warning: {summary['image_copies_instead_of_links']} images copied "
+            f"({copied_bytes / 1e6:.1f} MB): hard links to --images are impossible across file "
+            "systems"
+        )
+    log(
+        f"split: {summary['train_images']} train, {summary['test_images']} test"
+        + (
+            f" + {summary['test_normal_images']} normal test images"
+            if summary["test_normal_images"]
+            else ""
+        )
+        + (f", {summary['normal_images_kept']} normal" if summary["normal_images_kept"] else "")
+        + f"; wrote {out} in {seconds:.1f} s"
+    )
 
 
 def format_class_table(rows):
@@ -390,186 +350,88 @@ def format_class_table(rows):
     return "\n".join([line(keys)] + [line([r[k] for k in keys]) for r in rows])
 
 
-def read_nih(path, original_size):
-    """NIH's BBox_List_2017.csv as a Table (`cxr.nih`)."""
-    names, image_index, class_ids, boxes, sizes = read_nih_table(path, original_size)
-    return Table(Path(path), names, image_index, class_ids, boxes, sizes)
+@dataclass(frozen=True)
+class Settings:
+    """prepare's options (the command line's flags)."""
+
+    data_format: str = "vinbigdata"
+    iou_thr: float = 0.2  # WBF's IoU threshold (Bencevic et al., 2022)
+    skip_box_thr: float = 1e-4  # WBF's score threshold
+    test_fraction: float = 0.2
+    seed: int = 1  # of the train/test permutation
+    keep_normal: bool = False
+    normal_in_test: bool = False
+    skip_missing: bool = False
+    verify_pixels: bool = False
+    original_size: int = 1024  # nih: the side of the images NIH's boxes refer to
+    fuse: bool = False  # coco: the file holds several readers' boxes
+    group_pattern: str = None  # coco: a regular expression whose first group is the patient
+    replace: bool = False
 
 
-def prepare(
-    csv_path,
-    images_dir,
-    out,
-    iou_thr=0.2,
-    skip_box_thr=1e-4,
-    test_fraction=0.2,
-    seed=1,
-    keep_normal=False,
-    skip_missing=False,
-    replace=False,
-    normal_in_test=False,
-    verify_pixels=False,
-    data_format="vinbigdata",
-    original_size=1024,
-    log=print,
-):
-    """Run the whole preparation; returns the summary dict also written to disk.
-
-    data_format 'nih' reads NIH's box file (`cxr.nih`): one reader per image,
-    so boxes are not fused, and the train/test split keeps each patient's
-    images on one side."""
-    start = time.perf_counter()
-    if data_format not in FORMATS:
-        raise UserError(f"--format {data_format}: expected one of {', '.join(FORMATS)}")
+def prepare(source, images_dir, out, *, log=print, **options):
+    """Prepare a data folder (module docstring) with the `Settings` given as keyword
+    arguments; returns the summary it writes."""
+    start, settings = time.perf_counter(), Settings(**options)
     if not Path(images_dir).is_dir():
         raise UserError(f"--images {images_dir} is not a folder")
-    check_output_folder(out, replace, inputs=(csv_path, images_dir))
-    nih = data_format == "nih"
-    table = read_nih(csv_path, original_size) if nih else read_table(csv_path)
-    if nih:
-        log(
-            "NIH findings as VinBigData classes: "
-            + ", ".join(f"{k} -> {v}" for k, v in NIH_FINDINGS.items())
-        )
-    elif table.original_sizes is None:
-        log(f"{csv_path} has no width/height columns: boxes are taken to be in PNG pixels already")
-    has_finding = np.zeros(len(table.image_names), dtype=bool)
-    has_finding[table.image_index[table.class_ids != NO_FINDING_ID]] = True
-    finding_names = [n for n, f in zip(table.image_names, has_finding) if f]
-    if not finding_names:
-        raise UserError(
-            f"{csv_path}: every row is 'No finding'; a detector needs images with lesion boxes"
-        )
-    wants_normal = keep_normal or normal_in_test
-    normal_names = (
-        [n for n, f in zip(table.image_names, has_finding) if not f] if wants_normal else []
+    inputs = (source, images_dir)
+    check_output_folder(out, settings.replace, inputs=inputs)
+    table = read_table(source, settings)
+    describe_table(table, log)
+    images = select_images(table, images_dir, settings, log)
+    annotations, report = annotate(
+        table, images.sizes, iou_thr=settings.iou_thr, skip_box_thr=settings.skip_box_thr
     )
-    png_sizes, num_missing = locate_images(
-        finding_names + normal_names, images_dir, skip_missing, log, decode=verify_pixels
+    split = split_images(table, images, settings)
+    check_boxes(split, annotations, report, skip_box_thr=settings.skip_box_thr)
+    summary = summarize(table, images, split, annotations, report)
+    copies, copied_bytes = write_folder(
+        out,
+        table=table,
+        images=images,
+        split=split,
+        annotations=annotations,
+        summary=summary,
+        settings=settings,
+        inputs=inputs,
     )
-    finding_names = [n for n in finding_names if n in png_sizes]
-    normal_names = [n for n in normal_names if n in png_sizes]
-    original_sizes = (
-        None
-        if table.original_sizes is None
-        else dict(zip(table.image_names, table.original_sizes.tolist()))
-    )
-
-    annotations, report = fuse_annotations(table, png_sizes, iou_thr, skip_box_thr, fuse=not nih)
-    train_names, test_names = split_test(
-        finding_names, test_fraction, seed, group_of=patient_of if nih else None
-    )
-    normal_names, test_normal = (
-        split_test(normal_names, test_fraction, seed) if normal_in_test else (normal_names, [])
-    )
-    normal_names = normal_names if keep_normal else []
-    split = {
-        "seed": seed,
-        "test_fraction": test_fraction,
-        "train": train_names,
-        "test": test_names,
-        "test_normal": test_normal,
-        "normal": sorted(normal_names),
-    }
-    info = {
-        "description": (
-            "NIH ChestX-ray14 boxes, one reader per image, split by patient"
-            if nih
-            else "VinBigData boxes fused per image and class with WBF"
-        ),
-        "source_csv": str(csv_path),
-        "format": data_format,
-        "iou_thr": iou_thr,
-        "skip_box_thr": skip_box_thr,
-        "seed": seed,
-        "test_fraction": test_fraction,
-    }
-    split_annotations = {
-        "train": {n: annotations.get(n, []) for n in train_names},
-        "test": {n: annotations.get(n, []) for n in test_names},
-    }
-    per_class = class_table(split_annotations, table, png_sizes)
-    box_free = [n for n in finding_names if not annotations.get(n)]
-    summary = {
-        "format": data_format,
-        "csv_rows": len(table.image_index),
-        "csv_images": len(table.image_names),
-        "finding_images": len(finding_names),
-        "normal_images_kept": len(normal_names),
-        "missing_images": num_missing,
-        "train_images": len(train_names),
-        "test_images": len(test_names),
-        "test_normal_images": len(test_normal),
-        "csv_boxes": int(sum(r["csv_boxes"] for r in per_class)),
-        "fused_boxes": sum(len(a) for a in annotations.values()),
-        "boxes_swapped": report.swapped,
-        "boxes_clipped": report.clipped,
-        "boxes_dropped_zero_area": report.zero_area,
-        "boxes_below_skip_thr": report.below_threshold,
-        "finding_images_left_without_boxes": len(box_free),
-        "per_class": per_class,
-    }
-
-    splits = [("train", train_names), ("test", sorted(test_names + test_normal))]
-    splits += [("normal", split["normal"])] if keep_normal else []
-    with staged_directory(
-        out, replace, inputs=(csv_path, images_dir), command="python -m cxr.prepare"
-    ) as staging:
-        copies = 0
-        for name, names in splits:
-            copies += link_images(names, images_dir, staging / name)
-            dataset = coco_dataset(
-                names,
-                png_sizes,
-                original_sizes,
-                split_annotations.get(name, {}),
-                {**info, "split": name},
-            )
-            atomic_write_json(staging / f"{name}_annotations.json", dataset)
-        summary["image_copies_instead_of_links"] = copies
-        summary["seconds"] = round(time.perf_counter() - start, 3)
-        atomic_write_json(staging / "split.json", split)
-        atomic_write_json(staging / "prepare_summary.json", summary, indent=1)
-
-    log(
-        f"read {summary['csv_rows']} rows on {summary['csv_images']} images from {csv_path}: "
-        f"{len(finding_names)} with findings, {num_missing} missing"
-    )
-    log(format_class_table(per_class))
-    log(
-        f"boxes: {summary['csv_boxes']} drawn -> {summary['fused_boxes']} "
-        + ("(one reader, not fused); " if nih else f"after WBF (iou_thr {iou_thr}); ")
-        + f"{report.swapped} swapped, {report.clipped} clipped, {report.zero_area} zero-area "
-        f"dropped, {report.below_threshold} below skip_box_thr; {len(box_free)} finding images "
-        "left without boxes"
-    )
-    log(
-        f"split (seed {seed}, test fraction {test_fraction}{' of the patients' if nih else ''}): "
-        f"{len(train_names)} train, {len(test_names)} test"
-        + (f" + {len(test_normal)} normal test images" if normal_in_test else "")
-        + (f", {len(normal_names)} normal" if keep_normal else "")
-        + f"; wrote {out} in {summary['seconds']} s"
-    )
+    summary["image_copies_instead_of_links"] = copies
+    seconds = time.perf_counter() - start
+    log_summary(log, summary, source=source, out=out, copied_bytes=copied_bytes, seconds=seconds)
     return summary
 
 
 def get_args_parser():
     parser = cli.parser(
         "python -m cxr.prepare",
-        "Fuse VinBigData radiologist boxes into COCO ground truth "
-        "and split the images with findings into train/test.",
+        "Check a box table and its images, fuse several readers' boxes, rescale them to "
+        "each image, and split the images with findings into train/test. Formats: "
+        "VinBigData's train.csv, NIH ChestX-ray14's BBox_List_2017.csv, any COCO file.",
     )
     parser.add_argument(
         "--format",
         default="vinbigdata",
         choices=FORMATS,
         dest="data_format",
-        help="vinbigdata: the competition's train.csv; nih: NIH ChestX-ray14's BBox_List_2017.csv",
+        help="vinbigdata: the competition's train.csv (--csv); nih: NIH ChestX-ray14's "
+        "BBox_List_2017.csv (--csv); coco: any COCO detection file (--annotations)",
     )
+    table = parser.add_mutually_exclusive_group(required=True)
+    table.add_argument(
+        "--csv",
+        default=None,
+        help="vinbigdata, nih: the box table (no default: give --csv or --annotations)",
+    )
+    table.add_argument(
+        "--annotations",
+        default=None,
+        help="coco: the COCO file, JSON (no default: give --csv or --annotations)",
+    )
+    parser.add_argument("--images", required=True, help="folder of the table's images")
     parser.add_argument(
-        "--csv", required=True, help="VinBigData's train.csv, or NIH's BBox_List_2017.csv"
+        "--out", required=True, help="output folder (refused if it exists, unless --replace)"
     )
-    parser.add_argument("--images", required=True, help="folder of <image_id>.png")
     parser.add_argument(
         "--original-size",
         type=int,
@@ -577,7 +439,18 @@ def get_args_parser():
         help="nih: side in pixels of the images NIH's box coordinates refer to",
     )
     parser.add_argument(
-        "--out", required=True, help="output folder (refused if it exists, unless --replace)"
+        "--fuse",
+        action="store_true",
+        help="coco: the file holds several readers' boxes; fuse them per image and class (WBF)",
+    )
+    parser.add_argument(
+        "--group-by",
+        default=None,
+        dest="group_pattern",
+        metavar="REGEX",
+        help="coco: a regular expression whose first group is the patient in an image's name "
+        "(e.g. '^([0-9]+)_'), so that a patient's images stay on one side of the split "
+        "(default: none; nih splits by patient always)",
     )
     parser.add_argument("--iou-thr", type=float, default=0.2, help="WBF IoU threshold (paper: 0.2)")
     parser.add_argument("--skip-box-thr", type=float, default=1e-4, help="WBF score threshold")
@@ -614,26 +487,18 @@ def get_args_parser():
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    source = args.annotations if args.data_format == "coco" else args.csv
+    if source is None:
+        flag = "--annotations" if args.data_format == "coco" else "--csv"
+        parser.error(f"--format {args.data_format} reads its table from {flag}")
     if not 0.0 <= args.test_fraction < 1.0:
         parser.error(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     if not 0.0 <= args.iou_thr <= 1.0:
         parser.error(f"--iou-thr must be in [0, 1], got {args.iou_thr}")
-    prepare(
-        args.csv,
-        args.images,
-        Path(args.out),
-        args.iou_thr,
-        args.skip_box_thr,
-        args.test_fraction,
-        args.seed,
-        args.keep_normal,
-        args.skip_missing,
-        args.replace,
-        args.normal_in_test,
-        args.verify_pixels,
-        args.data_format,
-        args.original_size,
-    )
+    options = {
+        k: v for k, v in vars(args).items() if k not in ("csv", "annotations", "images", "out")
+    }
+    prepare(source, args.images, Path(args.out), **options)
 
 
 if __name__ == "__main__":

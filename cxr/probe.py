@@ -18,27 +18,30 @@ import numpy as np
 import torch
 
 from .data import ImageList, image_labels, split_images, uint8_to_network_input
+from .progress import progress
 
 
 @torch.no_grad()
-def extract_features(trunk, paths, image_size, batch_size, device, workers=0):
+def extract_features(trunk, paths, *, image_size, batch_size, device, workers=0, log=None):
     """Pooled trunk features (n, d) of the images, in eval mode, no augmentation."""
     trunk.eval().to(device)
     loader = torch.utils.data.DataLoader(
         ImageList(paths, image_size), batch_size=batch_size, num_workers=workers
     )
-    features = [trunk(uint8_to_network_input(batch, device)).float().cpu() for batch in loader]
+    features = [
+        trunk(uint8_to_network_input(batch, device)).float().cpu()
+        for batch in progress(loader, "features", log=log)
+    ]
     return torch.cat(features) if features else torch.zeros(0, 0)
 
 
-def split_features(trunk, data_dir, split, image_size, batch_size, device, workers=0):
-    """(features (n, d), 14 image-level labels (n, 14)) of a prepared split's
-    images in name order: what the probe is fitted and scored on."""
+def split_features(trunk, data_dir, split, **options):
+    """(features (n, d), image-level labels (n, K)) of a prepared split's images in
+    name order: what the probe is fitted and scored on. options: those of
+    extract_features."""
     paths, labels = split_images(data_dir, split), image_labels(data_dir, split)
     names = sorted(paths)
-    features = extract_features(
-        trunk, [paths[n] for n in names], image_size, batch_size, device, workers
-    )
+    features = extract_features(trunk, [paths[n] for n in names], **options)
     return features, torch.tensor(np.stack([labels[n] for n in names]))
 
 

@@ -1,137 +1,48 @@
-"""report.md for an experiment folder written by `python -m cxr.experiment`.
+"""report.md of an experiment folder:  python -m cxr.report EXPERIMENT_FOLDER
 
-The report answers "did self-supervision help?" in its first lines (SSL vs
-random initialization on the same labeled images, by mAP and by the linear
-probe). The answer follows from a paired bootstrap interval of the mAP
-difference over the test images and the training seeds (`cxr.bootstrap`):
-"Yes" or "No" only when the interval excludes zero, else "Not shown". It
-then says what was run on what data with which settings (read from each
-stage's args.json), gives the
-results in the paper's table layout (Bencevic et al., 2022: mAP@[.5:.95],
-mAP50, mAP small, AR@100, AR small, labeled images), charts (SSL loss,
-detection losses, mAP per epoch, per-class AP, and with several SSL fractions
-mAP against labeled images), pictures of detections, and the time each stage
-took. Everything is read from the files the stages wrote; the charts are SVGs
-from `cxr.svg`.
+The report answers "did self-supervision help?" first: SSL against random
+initialization on the same labeled images, by a paired bootstrap interval of
+the mAP difference over the test images and the training seeds. It says
+"Yes" or "No" only when the interval excludes zero AND holds at least
+MIN_SEEDS training seeds (an initialization's effect cannot be told from one
+training run), else "Not shown" with the command that would decide it. Each
+arm is set against the location prior and chance (`cxr.baselines`) on the
+same images. Then what ran on which data with which settings (each stage's
+args.json), the results table (Bencevic et al., 2022's columns), AP50 per
+class, charts (`cxr.svg`), pictures, and the time and command of every
+stage. Every path in it is relative to the report.
 """
 
 import json
 import math
+import shlex
 from pathlib import Path
 
-import numpy as np
-
-from .average_precision import average_precision, match_detections
-from .bootstrap import paired_bootstrap
-from .classes import CLASS_NAMES
-from .coco_metrics import coco_ground_truth, format_metric
+from . import cli, layout
+from .coco_metrics import format_metric
+from .errors import UserError, exit_on_user_error
+from .experiment_folder import LEVEL, ExperimentFolder, read_json
 from .outputs import atomic_write_text
 from .svg import bar_chart, line_chart
 
-BOOTSTRAP_REPLICATES = 2000
-LEVEL = 0.9
+MIN_SEEDS = 3
+ARM_NAMES = {"ssl": "SSL", "random": "random", "pretrained": "pretrained"}
 
 
-def _read_json(path, default=None):
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else default
-
-
-def _train_records(log_path):
-    """The training progress records of a log.jsonl, last one per global step."""
-    by_step = {}
-    if Path(log_path).is_file():
-        for line in Path(log_path).read_text().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "train":
-                by_step[record["step"]] = record
-    return [by_step[step] for step in sorted(by_step)]
-
-
-def percent(fraction):
-    """A fraction as the whole percent that names its runs (0.6 -> 60: runs/ssl60-s0)."""
-    return round(fraction * 100)
-
-
-def run_name(init, percent_, seed):
-    """The run folder of one arm: ssl60-s0, random60-s0, random100-s0; the random
-    backbone of the probe baseline (no fraction): random-s0."""
-    return f"{init}{'' if percent_ is None else percent_}-s{seed}"
-
-
-def verdict(difference):
-    """'helped', 'hurt' or 'not shown' from the interval of SSL minus random."""
-    if not difference.excludes_zero():
+def verdict(difference, seeds):
+    """'helped', 'hurt' or 'not shown' from the interval of SSL minus random over `seeds`
+    training seeds."""
+    if seeds < MIN_SEEDS or not difference.excludes_zero():
         return "not shown"
     return "helped" if difference.low > 0 else "hurt"
 
 
-def map_summary(categories, counts):
-    """mAP@[.5:.95] and mAP50 of one run on the test images taken counts[i] times."""
-    per_class = [ap for ap in (average_precision(c, counts) for c in categories) if ap is not None]
-    if not per_class:
-        return {"AP": None, "AP50": None}
-    return {
-        "AP": float(np.mean([ap.mean() for ap in per_class])),
-        "AP50": float(np.mean([ap[0] for ap in per_class])),
-    }
+def _interval(interval, digits=3):
+    return f"{interval.estimate:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
 
 
-class ExperimentFolder:
-    """Read access to what the stages of one experiment wrote."""
-
-    def __init__(self, out):
-        self.out = Path(out)
-        self.record = _read_json(self.out / "experiment.json")
-        self.config = self.record["config"]
-        self.fractions = self.config["ssl_fractions"]
-        self.seeds = self.config["train_seeds"]
-        self._ground_truth = None
-
-    def run(self, name):
-        return self.out / "runs" / name
-
-    def names(self, init, percent_):
-        """The runs of one arm (or, percent_ None, the random probe backbones), one per
-        training seed."""
-        return [run_name(init, percent_, seed) for seed in self.seeds]
-
-    def metrics(self, name):
-        return _read_json(self.run(name) / "eval" / "metrics.json")
-
-    def labeled_images(self, name):
-        path = self.run(name) / "labeled_images.txt"
-        return len(path.read_text().split()) if path.is_file() else None
-
-    def probe(self, name):
-        """The probe of an SSL run's backbone, or of the random backbone random-sS."""
-        folder = self.run(name) / "eval"
-        if name.startswith("ssl"):
-            return _read_json(folder / "probe-ssl.json")
-        return _read_json(folder / f"probe-random-seed{name.rsplit('-s', 1)[1]}.json")
-
-    def matches(self, name):
-        """Per-category matches of a run's test predictions (cxr.average_precision)."""
-        if self._ground_truth is None:
-            dataset = _read_json(self.out / "data" / "test_annotations.json")
-            self._ground_truth = dataset, coco_ground_truth(dataset)
-        results = _read_json(self.run(name) / "eval" / "test_predictions.json")
-        return match_detections(self._ground_truth[1], results)[1]
-
-    def comparison(self, percent_):
-        """Paired bootstrap of SSL vs random at one SSL percentage, or None if a run is missing."""
-        ssl, random = self.names("ssl", percent_), self.names("random", percent_)
-        if not all(self.metrics(name) for name in ssl + random):
-            return None
-        first, second = [self.matches(n) for n in ssl], [self.matches(n) for n in random]
-        return paired_bootstrap(
-            first,
-            second,
-            len(first[0][0].ground_truth),
-            map_summary,
-            replicates=BOOTSTRAP_REPLICATES,
-            level=LEVEL,
-        )
+def _signed(interval):
+    return f"{interval.estimate:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]"
 
 
 def _mean(values):
@@ -139,120 +50,166 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def _interval(interval, digits=3):
-    return f"{interval.estimate:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+def _deciding_command(folder):
+    """The experiment's command with --resume and MIN_SEEDS training seeds."""
+    words = shlex.split(folder.record["command"])
+    if "--train-seeds" in words:
+        at = words.index("--train-seeds")
+        del words[at : at + 2]
+    seeds = list(folder.seeds) + [s for s in range(100) if s not in folder.seeds]
+    wanted = ",".join(map(str, seeds[:MIN_SEEDS]))
+    return shlex.join([*words, "--resume", "--train-seeds", wanted])
 
 
-def _headline(folder, main, comparison):
-    if comparison is None:
-        return ["The detector runs are incomplete; rerun with `--resume`."]
-    ap, ap50 = comparison["AP"]["difference"], comparison["AP50"]["difference"]
-    answer = {"helped": "**Yes**", "hurt": "**No** - it hurt", "not shown": "**Not shown**"}[
-        verdict(ap)
-    ]
-    ssl_name = folder.names("ssl", main)[0]
-    test = folder.metrics(ssl_name)
+def _answer(folder, comparison):
+    """The verdict's first sentence."""
+    ap = comparison["AP"]["difference"]
     seeds = len(folder.seeds)
+    result = verdict(ap, seeds)
+    if result == "helped":
+        return "**Yes**: the mAP interval of SSL minus random lies above zero."
+    if result == "hurt":
+        return "**No**, it hurt: the mAP interval of SSL minus random lies below zero."
+    if seeds < MIN_SEEDS:
+        return (
+            f"**Not shown ({seeds} training seed{'s' if seeds > 1 else ''})**: a verdict on an "
+            f"initialization needs at least {MIN_SEEDS} training seeds in the interval; "
+            f"`{_deciding_command(folder)}` would decide it."
+        )
+    return "**Not shown**: the mAP interval of SSL minus random includes zero."
+
+
+def _mean_probe(folder, arm):
+    """The mean macro-AUROC of an arm's backbones (the SSL ones at the main percentage)."""
+    runs = folder.runs(arm, folder.main if arm == "ssl" else None)
+    return _mean([(folder.probe(run) or {}).get("macro_auroc") for run in runs])
+
+
+def headline(folder, comparisons):
+    """The answer, the arms' mAP against each other and against the location prior."""
+    main = folder.main
+    versus = comparisons.get((main, "ssl", "random"))
+    if versus is None:
+        return ["The detector runs are incomplete; rerun the experiment with `--resume`."]
+    test = folder.metrics(folder.runs("ssl", main)[0])
     lines = [
-        f"**Did self-supervision help?** {answer}. With SimCLR on {main}% of the training images "
-        f"and {folder.labeled_images(ssl_name)} labeled images for fine-tuning, the detector "
-        "started from the SSL backbone reaches mAP@[.5:.95] "
-        f"**{comparison['AP']['first'].estimate:.3f}** and mAP50 "
-        f"**{comparison['AP50']['first'].estimate:.3f}**, against "
-        f"**{comparison['AP']['second'].estimate:.3f}** and "
-        f"**{comparison['AP50']['second'].estimate:.3f}** from a random backbone trained the same "
-        f"way. SSL minus random: mAP {_interval(ap)}, mAP50 {_interval(ap50)} ({LEVEL:.0%} paired "
-        f"bootstrap intervals over the {test['test_images']} test images with {test['test_boxes']} "
-        f"boxes and the {seeds} training seed{'s' if seeds > 1 else ''}"
-        f"{'' if seeds > 1 else ', so training randomness is not in them'}). "
-        + {
-            "helped": "The mAP interval lies above zero.",
-            "hurt": "The mAP interval lies below zero.",
-            "not shown": "The mAP interval includes zero: this run cannot tell the two starts "
-            "apart.",
-        }[verdict(ap)]
+        f"**Did self-supervision help?** {_answer(folder, versus)} With SimCLR on {main}% of the "
+        f"training images and {folder.labeled_images(folder.runs('ssl', main)[0])} labeled "
+        f"images for fine-tuning, mAP@[.5:.95] / mAP50: SSL {versus['AP']['first'].estimate:.3f}"
+        f" / {versus['AP50']['first'].estimate:.3f}, random "
+        f"{versus['AP']['second'].estimate:.3f} / {versus['AP50']['second'].estimate:.3f}; SSL "
+        f"minus random {_signed(versus['AP']['difference'])} / "
+        f"{_signed(versus['AP50']['difference'])} ({LEVEL:.0%} paired bootstrap intervals over "
+        f"{test['test_images']} test images with {test['test_boxes']} boxes and "
+        f"{len(folder.seeds)} training seed{'s' if len(folder.seeds) > 1 else ''})."
     ]
-    probe_ssl = _mean(
-        [(folder.probe(n) or {}).get("macro_auroc") for n in folder.names("ssl", main)]
+    above = [
+        f"{ARM_NAMES[arm]} {_signed(comparisons[main, arm, 'prior']['AP50']['difference'])}"
+        for arm in folder.arms
+        if comparisons.get((main, arm, "prior"))
+    ]
+    lines.append(
+        f"Against the location prior (each class's mean training box on every test image: "
+        f"mAP50 {folder.prior['AP50']:.3f}; chance {folder.chance['AP50']:.3f}), mAP50 above "
+        f"the prior: {', '.join(above)}."
     )
-    probe_random = _mean(
-        [(folder.probe(n) or {}).get("macro_auroc") for n in folder.names("random", None)]
-    )
-    if probe_ssl is not None and probe_random is not None:
+    pretrained = comparisons.get((main, "ssl", "pretrained"))
+    if pretrained:
+        lines.append(f"SSL minus pretrained: mAP {_signed(pretrained['AP']['difference'])}.")
+    probes = {arm: _mean_probe(folder, arm) for arm in folder.arms}
+    if probes["ssl"] is not None and probes["random"] is not None:
+        pretrained = probes.get("pretrained")
         lines.append(
-            f"Linear probe (macro-AUROC, mean over seeds, no interval): {probe_ssl:.3f} for the "
-            f"SSL backbone against {probe_random:.3f} for a random one."
+            f"Linear probe (macro-AUROC, mean over seeds): {probes['ssl']:.3f} for the SSL "
+            f"backbone, {probes['random']:.3f} for a random one"
+            + (f", {pretrained:.3f} for the pretrained one" if pretrained is not None else "")
+            + "."
         )
     return [" ".join(lines)]
 
 
-def _data_section(folder):
-    summary = _read_json(folder.out / "data" / "prepare_summary.json", {})
-    settings = folder.config["settings"]
-    if folder.config["vinbig"]:
-        source = f"the real VinBigData download in `{folder.config['vinbig']}`"
-    elif folder.config.get("nih"):
+def _source(folder):
+    config, settings = folder.config, folder.config["settings"]
+    if config["vinbig"]:
+        source = f"the VinBigData download in `{config['vinbig']}`"
+    elif config["nih"]:
         source = (
-            f"real radiographs: NIH ChestX-ray14 boxes and images in `{folder.config['nih']}` "
-            "(Wang et al., 2017, 'ChestX-ray8'), one radiologist per image, train/test split by "
-            "patient, NIH's findings mapped to VinBigData classes (`cxr.classes.NIH_FINDINGS`)"
+            f"NIH ChestX-ray14 boxes and images in `{config['nih']}` (Wang et al., 2017), one "
+            "radiologist per image, split by patient, NIH's findings as VinBigData classes "
+            "(`cxr.classes.NIH_FINDINGS`)"
+        )
+    elif config["coco"]:
+        source = (
+            f"the COCO file `{config['coco']}` with its own classes, images in "
+            f"`{config['coco_images']}`"
+            + (
+                f", split by patient (`--group-by {config['group_by']}`)"
+                if config["group_by"]
+                else ""
+            )
         )
     else:
         source = (
             f"synthetic VinBigData from `python -m cxr.synthetic` ({settings['synthetic_images']} "
-            f"images at {settings['synthetic_size']} px, seed {folder.config['seed']}): a stand-in "
-            "with the real layout and statistics, so its numbers test the machinery, not the "
-            "method on real radiographs"
+            f"images at {settings['synthetic_size']} px, seed {config['seed']}): a stand-in with "
+            "the real layout and statistics, so its numbers test the machinery, not the method"
         )
-    if folder.config.get("extra_images"):
-        folders = ", ".join(f"`{p}`" for p in folder.config["extra_images"])
-        source += f"; unlabeled images for SimCLR from {folders}"
-    normal_test = summary.get("test_normal_images", 0)
-    if folder.config.get("nih"):
-        boxes = f"{summary.get('fused_boxes', '?')} boxes, one reader each, not fused"
-        prepared = "one radiologist per image"
-    else:
-        boxes = (
-            f"{summary.get('fused_boxes', '?')} fused boxes from {summary.get('csv_boxes', '?')} "
-            "reader boxes"
+    if config["extra_images"]:
+        source += "; unlabeled images for SimCLR from " + ", ".join(
+            f"`{p}`" for p in config["extra_images"]
         )
-        prepared = "readers' boxes fused by WBF at IoU 0.2"
+    return source
+
+
+def data_section(folder):
+    summary = read_json(folder.out / "data" / "prepare_summary.json", {})
+    boxes = (
+        f"{summary.get('boxes', '?')} boxes fused by WBF from {summary.get('input_boxes', '?')}"
+        if summary.get("fused")
+        else f"{summary.get('boxes', '?')} boxes, one reader each"
+    )
     lines = [
-        f"Data: {source}. After `cxr.prepare` ({prepared}): "
-        f"{summary.get('train_images', '?')} training and {summary.get('test_images', '?')} test "
-        f"images with findings ({boxes}), {normal_test} normal test images, and "
-        f"{summary.get('normal_images_kept', '?')} other images without findings.",
+        f"Data: {_source(folder)}. After `cxr.prepare`: {summary.get('train_images', '?')} "
+        f"training and {summary.get('test_images', '?')} test images with findings ({boxes}, "
+        f"{len(folder.classes)} classes), {summary.get('test_normal_images', 0)} normal test "
+        f"images, and {summary.get('normal_images_kept', '?')} other images without findings.",
         "",
+        "| SSL fraction | SSL pool (incl. normal and extra images) | labeled images (the rest) |",
+        "|---|---|---|",
     ]
-    lines.append("| SSL fraction | SSL pool (incl. normal images) | labeled images (the rest) |")
-    lines.append("|---|---|---|")
     for fraction in folder.fractions:
-        name = folder.names("ssl", percent(fraction))[0]
-        meta = _read_json(folder.run(name) / "pretrain" / "pretrained-backbone.json", {})
+        run = folder.runs("ssl", layout.percent(fraction))[0]
+        meta = read_json(folder.run(run) / layout.PRETRAIN / layout.BACKBONE_META, {})
         lines.append(
-            f"| {percent(fraction)}% | {meta.get('ssl_images', '?')} | "
-            f"{folder.labeled_images(name)} |"
+            f"| {layout.percent(fraction)}% | {meta.get('ssl_images', '?')} | "
+            f"{folder.labeled_images(run)} |"
         )
     return lines
 
 
-def _settings_section(folder):
+def _plural(count, word):
+    return f"{count:g} {word}{'' if count == 1 else ('es' if word.endswith('s') else 's')}"
+
+
+def settings_section(folder):
     """The settings as each stage's args.json recorded them."""
-    name = folder.names("ssl", percent(folder.fractions[0]))[0]
-    ssl = (_read_json(folder.run(name) / "pretrain" / "args.json") or {}).get("args", {})
-    det = (_read_json(folder.run(name) / "args.json") or {}).get("args", {})
+    run = folder.runs("ssl", folder.main)[0]
+    ssl = (read_json(folder.run(run) / layout.PRETRAIN / layout.ARGS) or {}).get("args")
+    det = (read_json(folder.run(run) / layout.ARGS) or {}).get("args")
     lines = [
-        f"Preset `{folder.config['preset']}`, processes per node "
-        f"{folder.config['nproc_per_node']}, training seeds {', '.join(map(str, folder.seeds))}.",
+        f"Preset `{folder.config['preset']}`, "
+        f"{_plural(folder.config['nproc_per_node'], 'process')} per node, training "
+        f"{_plural(len(folder.seeds), 'seed')} {', '.join(map(str, folder.seeds))}.",
         "",
         "| stage | settings |",
         "|---|---|",
     ]
     if ssl:
         lines.append(
-            f"| SimCLR | {ssl['arch']}, {ssl['image_size']} px, {ssl['epochs']} epochs, batch "
-            f"{ssl['batch_size']}, {ssl['optimizer']} lr {ssl['lr']} (warmup "
-            f"{ssl['warmup_epochs']} epochs, cosine), weight decay {ssl['weight_decay']}, views "
+            f"| SimCLR | {ssl['arch']}, {ssl['image_size']} px, {_plural(ssl['epochs'], 'epoch')}, "
+            f"batch {ssl['batch_size']}, {ssl['optimizer']} lr {ssl['lr']} (warmup "
+            f"{_plural(ssl['warmup_epochs'], 'epoch')}, cosine), weight decay "
+            f"{ssl['weight_decay']}, views "
             f"`{ssl['views']}`, temperature {ssl['temperature']} |"
         )
     if det:
@@ -262,169 +219,178 @@ def _settings_section(folder):
             else "cosine"
         )
         lines.append(
-            f"| Faster R-CNN (both arms) | {det['arch']}-FPN, {det['image_size']} px, "
-            f"{det['anchors']} anchors, norm {det['norm']}, {det['trainable_layers']} stages "
-            f"trained, {det['epochs']} epochs, batch {det['batch_size']}, lr {det['lr']} "
-            f"({det['warmup_iters']} warmup iterations from {det.get('warmup_factor', 0):g} x lr, "
+            f"| Faster R-CNN (every arm) | {det['arch']}-FPN, {det['image_size']} px, norm "
+            f"{det['norm']}, {det['trainable_layers']} stages trained, "
+            f"{_plural(det['epochs'], 'epoch')}, batch {det['batch_size']}, lr {det['lr']} "
+            f"({det['warmup_iters']} warmup iterations from {det['warmup_factor']:g} x lr, "
             f"{schedule}), gradient clip {det['clip_grad'] or 'off'}, {det['roi_batch_size']} RoIs "
             f"per image, repeat factors t={det['repeat_threshold']} ({det['repeat_rounding']}), "
             f"{'online augmentation' if det['augment'] else 'no augmentation'} |"
         )
     lines.append(
         "| linear probe | pooled trunk features, standardized, one-vs-rest logistic regression "
-        "C=1, 14 image-level labels |"
+        f"C=1, {len(folder.classes)} image-level labels |"
     )
     return lines
 
 
-def _results_table(folder, comparisons):
+def _arm_row(folder, arm, percent, comparison):
+    """One results row: the arm's means over seeds, mAP and mAP50 with intervals."""
+    label = "0% (all labels)" if percent == 100 else f"{percent}%"
+    runs = folder.runs(arm, percent)
+    found = [folder.metrics(run) for run in runs]
+    if not all(found):
+        return f"| {label} | - | {ARM_NAMES[arm]} | not run | | | | | | | |"
+    if comparison:
+        ap, ap50 = (_interval(comparison[k]["first"]) for k in ("AP", "AP50"))
+    else:
+        ap, ap50 = (format_metric(_mean([m[k] for m in found]), 3) for k in ("AP", "AP50"))
+    means = [
+        format_metric(_mean([m[k] for m in found]), 3)
+        for k in ("AP_small", "AR100", "AR_small", "AP40")
+    ]
+    competition = format_metric(_mean([m["competition"]["mAP40"] for m in found]), 3)
+    probes = runs if arm == "ssl" else folder.runs(arm, None)
+    probe = format_metric(_mean([(folder.probe(r) or {}).get("macro_auroc") for r in probes]), 3)
+    return (
+        f"| {label} | {folder.labeled_images(runs[0])} | {ARM_NAMES[arm]} | {ap} | {ap50} | "
+        + " | ".join(means)
+        + f" | {competition} | {probe} |"
+    )
+
+
+def results_table(folder, comparisons):
     lines = [
         "| SSL fraction | labeled images | init | mAP@[.5:.95] | mAP50 | mAP small | AR@100 | AR "
         "small | AP@0.4 | competition mAP@0.4 | probe macro-AUROC |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [(percent(f), init) for f in folder.fractions for init in ("ssl", "random")]
+    for fraction in folder.fractions:
+        p = layout.percent(fraction)
+        for arm in folder.arms:
+            lines.append(_arm_row(folder, arm, p, comparisons.get((p, arm, "prior"))))
+        for other in folder.arms[1:]:
+            difference = comparisons.get((p, "ssl", other))
+            if difference:
+                lines.append(
+                    f"| {p}% | | **SSL - {other}** | **{_signed(difference['AP']['difference'])}** "
+                    f"| **{_signed(difference['AP50']['difference'])}** | | | | | | |"
+                )
     if len(folder.fractions) > 1:
-        rows.append((100, "random"))
-    for p, init in rows:
-        label = "0% (all labels)" if p == 100 else f"{p}%"
-        names = folder.names(init, p)
-        found = [folder.metrics(n) for n in names]
-        if not all(found):
-            lines.append(f"| {label} | - | {init} | not run | | | | | | | |")
-            continue
-        comparison = comparisons.get(p)
-        arm = "first" if init == "ssl" else "second"
-        ap, ap50 = (
-            _interval(comparison[k][arm])
-            if comparison
-            else format_metric(_mean([m[k] for m in found]), 3)
-            for k in ("AP", "AP50")
-        )
-        means = {
-            k: format_metric(_mean([m[k] for m in found]), 3)
-            for k in ("AP_small", "AR100", "AR_small", "AP40")
-        }
-        competition = format_metric(
-            _mean([m.get("competition", {}).get("mAP40") for m in found]), 3
-        )
-        probes = names if init == "ssl" else folder.names("random", None)
-        probe = format_metric(
-            _mean([(folder.probe(n) or {}).get("macro_auroc") for n in probes]), 3
-        )
-        lines.append(
-            f"| {label} | {folder.labeled_images(names[0])} | {'SSL' if init == 'ssl' else init} | "
-            f"{ap} | {ap50} | {means['AP_small']} | {means['AR100']} | {means['AR_small']} | "
-            f"{means['AP40']} | {competition} | {probe} |"
-        )
-        if init == "random" and comparison:
-            lines.append(
-                f"| {label} | | **SSL - random** | **{_interval(comparison['AP']['difference'])}** "
-                f"| **{_interval(comparison['AP50']['difference'])}** | | | | | | |"
-            )
+        lines.append(_arm_row(folder, "random", 100, None))
+    prior, chance = folder.prior, folder.chance
+    lines.append(
+        f"| | | location prior | {prior['AP']:.3f} | {prior['AP50']:.3f} | | {prior['AR100']:.3f} "
+        f"| | {prior['AP40']:.3f} | | |"
+    )
+    lines.append(f"| | | chance | {chance['AP']:.3f} | {chance['AP50']:.3f} | | | | | | |")
     return lines
 
 
-def _ssl_loss_chart(folder):
+def per_class_table(folder):
+    """AP50 per class of each arm's first seed at the main percentage, and of the prior."""
+    runs = [folder.runs(arm, folder.main)[0] for arm in folder.arms]
+    metrics = [folder.metrics(run) for run in runs]
+    if not all(metrics):
+        return []
+    columns = [*(str(run) for run in runs), "location prior"]
+    rows = [*(m["per_class"] for m in metrics), folder.prior["per_class"]]
+    lines = [
+        "| class | test boxes | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for k, name in enumerate(folder.classes):
+        values = " | ".join(format_metric(row[k]["AP50"], 3) for row in rows)
+        lines.append(f"| {name} | {rows[-1][k]['gt_boxes']} | {values} |")
+    return lines
+
+
+def _train_records(log_path):
+    """The training progress records of a log.jsonl, the last one per global step."""
+    by_step = {}
+    if Path(log_path).is_file():
+        for line in Path(log_path).read_text().splitlines():
+            record = json.loads(line)
+            if record.get("event") == "train":
+                by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def ssl_loss_chart(folder):
     series = []
     for fraction in folder.fractions:
-        for name in folder.names("ssl", percent(fraction)):
-            records = _train_records(folder.run(name) / "pretrain" / "log.jsonl")
+        for run in folder.runs("ssl", layout.percent(fraction)):
+            records = _train_records(folder.run(run) / layout.PRETRAIN / layout.LOG)
             if records:
-                series.append((name, [r["step"] for r in records], [r["loss"] for r in records]))
+                series.append(
+                    (str(run), [r["step"] for r in records], [r["loss"] for r in records])
+                )
     if not series:
         return {}
     batch = folder.config["settings"]["ssl_batch_size"] * folder.config["nproc_per_node"]
     chance = math.log(2 * batch - 1)  # NT-Xent of uniform similarities: 2N - 1 candidates
     steps = [x for _, xs, _ in series for x in xs]
     series.append(("chance", [min(steps), max(steps)], [chance, chance]))
-    return {
-        "ssl_loss.svg": (
-            "SimCLR loss (NT-Xent) per step",
-            line_chart(series, "SimCLR loss", "step", "NT-Xent loss"),
-        )
-    }
+    chart = line_chart(series, "SimCLR loss", "step", "NT-Xent loss")
+    return {"ssl_loss.svg": ("SimCLR loss (NT-Xent) per step", chart)}
 
 
-def _detector_charts(folder, main):
-    """Training loss, test mAP per epoch and per-class AP50 of both arms at `main`%, first seed."""
-    charts, loss_series, map_series = {}, [], []
-    names = [folder.names(init, main)[0] for init in ("ssl", "random")]
-    for name in names:
-        records = _train_records(folder.run(name) / "log.jsonl")
+def detector_charts(folder):
+    """Training loss, test mAP per epoch and per-class AP50 of each arm's first seed."""
+    charts, losses, maps = {}, [], []
+    runs = [folder.runs(arm, folder.main)[0] for arm in folder.arms]
+    for run in runs:
+        records = _train_records(folder.run(run) / layout.LOG)
         if records:
-            loss_series.append((name, [r["step"] for r in records], [r["loss"] for r in records]))
-        history = _read_json(folder.run(name) / "eval_history.json", [])
+            losses.append((str(run), [r["step"] for r in records], [r["loss"] for r in records]))
+        history = read_json(folder.run(run) / layout.EVAL_HISTORY, [])
         for key, label in (("AP50", "mAP50"), ("AP", "mAP")):
             if history:
-                map_series.append(
-                    (f"{name} {label}", [h["epoch"] for h in history], [h[key] for h in history])
-                )
-    if loss_series:
-        charts["det_loss.svg"] = (
-            "Faster R-CNN training loss (sum of the four losses)",
-            line_chart(loss_series, "Detection loss", "step", "loss"),
-        )
-    if map_series:
-        charts["map_per_epoch.svg"] = (
-            "Test mAP after each epoch",
-            line_chart(map_series, "Test mAP per epoch", "epoch", "mAP", markers=True),
-        )
-    metrics = [folder.metrics(name) for name in names]
+                epochs = [h["epoch"] for h in history]
+                maps.append((f"{run} {label}", epochs, [h[key] for h in history]))
+    if losses:
+        chart = line_chart(losses, "Detection loss", "step", "loss")
+        charts["det_loss.svg"] = ("Faster R-CNN training loss (sum of the four losses)", chart)
+    if maps:
+        chart = line_chart(maps, "Test mAP per epoch", "epoch", "mAP", markers=True)
+        charts["map_per_epoch.svg"] = ("Test mAP after each epoch", chart)
+    metrics = [folder.metrics(run) for run in runs]
     if all(metrics):
         groups = [
-            (name, [row["AP50"] for row in m["per_class"]]) for name, m in zip(names, metrics)
+            (str(run), [row["AP50"] for row in m["per_class"]]) for run, m in zip(runs, metrics)
         ]
-        charts["per_class_ap50.svg"] = (
-            "AP50 per class (n/a: no test boxes of that class)",
-            bar_chart(list(CLASS_NAMES), groups, "AP50 per class", "AP50"),
-        )
+        groups.append(("location prior", [row["AP50"] for row in folder.prior["per_class"]]))
+        chart = bar_chart(list(folder.classes), groups, "AP50 per class", "AP50")
+        charts["per_class_ap50.svg"] = ("AP50 per class (n/a: no test boxes of that class)", chart)
     return charts
 
 
-def _sweep_chart(folder):
-    """mAP (mean over seeds) against labeled images for each init, with the all-labels baseline."""
+def sweep_chart(folder):
+    """mAP (mean over seeds) against labeled images for each arm, and the all-labels run."""
     series = []
-    for init in ("ssl", "random"):
+    for arm in folder.arms:
         points = []
         for fraction in folder.fractions:
-            names = folder.names(init, percent(fraction))
-            found = [folder.metrics(n) for n in names]
+            runs = folder.runs(arm, layout.percent(fraction))
+            found = [folder.metrics(run) for run in runs]
             if all(found):
-                points.append((folder.labeled_images(names[0]), _mean([m["AP"] for m in found])))
+                points.append((folder.labeled_images(runs[0]), _mean([m["AP"] for m in found])))
         if points:
             points.sort()
-            series.append((f"{init} init", [n for n, _ in points], [ap for _, ap in points]))
-    baseline = [folder.metrics(n) for n in folder.names("random", 100)]
-    if all(baseline):
-        series.append(
-            (
-                "all labels, random",
-                [folder.labeled_images(folder.names("random", 100)[0])],
-                [_mean([m["AP"] for m in baseline])],
-            )
-        )
+            series.append((f"{arm} init", [n for n, _ in points], [ap for _, ap in points]))
+    baseline = folder.runs("random", 100)
+    if all(folder.metrics(run) for run in baseline):
+        ap = _mean([folder.metrics(run)["AP"] for run in baseline])
+        series.append(("all labels, random", [folder.labeled_images(baseline[0])], [ap]))
     if not series:
         return {}
-    return {
-        "sweep.svg": (
-            "mAP@[.5:.95] (mean over seeds) against the number of labeled images",
-            line_chart(
-                series, "mAP vs labeled images", "labeled images", "mAP@[.5:.95]", markers=True
-            ),
-        )
-    }
+    chart = line_chart(
+        series, "mAP vs labeled images", "labeled images", "mAP@[.5:.95]", markers=True
+    )
+    return {"sweep.svg": ("mAP@[.5:.95] (mean over seeds) against the labeled images", chart)}
 
 
-def _charts(folder, main):
-    """{file name: (title, svg text)} of every chart the data allows."""
-    charts = {**_ssl_loss_chart(folder), **_detector_charts(folder, main)}
-    if len(folder.fractions) > 1:
-        charts.update(_sweep_chart(folder))
-    return charts
-
-
-def _timing_section(folder):
+def timing_section(folder):
     lines = ["| stage | what | seconds |", "|---|---|---|"]
     total = 0.0
     for name, entry in folder.record["stages"].items():
@@ -438,79 +404,129 @@ def _timing_section(folder):
     return lines
 
 
+def commands_section(folder):
+    lines = [
+        "Each stage ran this command from this folder, `<cxr>` being the cxr checkout (its output "
+        "is in `logs/`):",
+        "",
+        "```",
+    ]
+    for name, entry in folder.record["stages"].items():
+        if entry.get("command"):
+            lines += [f"# {name}", entry["command"]]
+    return lines + ["```"]
+
+
+def pictures_section(folder):
+    pictures = [
+        f"runs/{folder.runs(arm, folder.main)[0]}/{layout.EVAL}/{layout.PICTURES}/"
+        f"{layout.CONTACT_SHEET}"
+        for arm in folder.arms
+    ]
+    existing = [p for p in pictures if (folder.out / p).is_file()]
+    if not existing:
+        return []
+    lines = [
+        "## Pictures",
+        "",
+        "Ground truth: solid boxes, name above. Predictions with score >= 0.3: dashed, name and "
+        "score inside. One PNG per image next to each contact sheet.",
+        "",
+    ]
+    return lines + [f"**{Path(p).parts[1]}**\n\n![{Path(p).parts[1]}]({p})\n" for p in existing]
+
+
+NOTES = (
+    "Means over the training seeds; mAP and mAP50 with {level:.0%} paired bootstrap intervals over "
+    "the test images and the seeds (`cxr.bootstrap`). mAP@[.5:.95], mAP50, mAP small, AR@100 and "
+    "AR small are pycocotools' numbers; 'small' means boxes under 32 x 32 px in the images the "
+    "model reads (COCO's absolute areas). AP@0.4 is the VinBigData competition's IoU threshold "
+    "with COCO's 101-point interpolation; competition mAP@0.4 is the competition's metric (VOC "
+    "matching and interpolation, 'No finding' included when the test split holds normal films). "
+    "The location prior places each class's mean training box on every test image, scored by the "
+    "class's share of training images; chance places the same boxes at random (mean of 20 "
+    "draws). Per-class tables: `runs/<run>/eval/per_class.csv`."
+)
+
+
+def comparisons_of(folder):
+    """{(percent, arm, other): paired bootstrap} of SSL against the other arms and of every
+    arm against the location prior."""
+    comparisons = {}
+    for fraction in folder.fractions:
+        p = layout.percent(fraction)
+        for other in folder.arms[1:]:
+            comparisons[p, "ssl", other] = folder.comparison("ssl", other, p)
+        for arm in folder.arms:
+            comparisons[p, arm, "prior"] = folder.comparison(arm, "prior", p)
+    return {key: value for key, value in comparisons.items() if value is not None}
+
+
 def write_report(out):
     """Write out/report.md and out/charts/*.svg; returns the report's path."""
     folder = ExperimentFolder(out)
-    main = percent(folder.fractions[0])
-    comparisons = {percent(f): folder.comparison(percent(f)) for f in folder.fractions}
-    charts_dir = folder.out / "charts"
-    charts_dir.mkdir(exist_ok=True)
-    charts = _charts(folder, main)
+    comparisons = comparisons_of(folder)
+    charts = {**ssl_loss_chart(folder), **detector_charts(folder)}
+    if len(folder.fractions) > 1:
+        charts.update(sweep_chart(folder))
+    (folder.out / "charts").mkdir(exist_ok=True)
     for file_name, (_, svg) in charts.items():
-        atomic_write_text(charts_dir / file_name, svg)
+        atomic_write_text(folder.out / "charts" / file_name, svg)
     lines = [
         "# cxr experiment report",
         "",
-        *_headline(folder, main, comparisons[main]),
+        *headline(folder, comparisons),
         "",
         "## What was run",
         "",
+    ]
+    lines += [
         "SimCLR pretraining on the SSL pool, a linear probe of its backbone and of a random one, "
-        "then Faster R-CNN fine-tuned on the labeled images twice - from the SSL backbone and "
-        "from a random backbone, by one command that differs only in `--init` - and both "
-        "evaluated with pycocotools on the same test images.",
+        "then Faster R-CNN fine-tuned on the labeled images from the SSL backbone and from a "
+        "random one"
+        + (" and from the --pretrained-init weights" if "pretrained" in folder.arms else "")
+        + ", by one command that differs only in `--init`, all evaluated with pycocotools on the "
+        "same test images.",
         "",
-        *_data_section(folder),
+        *data_section(folder),
         "",
-        *_settings_section(folder),
+        *settings_section(folder),
         "",
         f"Command: `{folder.record['command']}` (started {folder.record['started']}).",
         "",
         "## Results",
         "",
-        *_results_table(folder, comparisons),
+        *results_table(folder, comparisons),
         "",
-        f"Means over the training seeds; mAP and mAP50 with {LEVEL:.0%} paired bootstrap intervals "
-        "over the test images and the seeds (`cxr.bootstrap`). mAP@[.5:.95], mAP50, mAP small, "
-        "AR@100 and AR small are pycocotools' numbers; 'small' means boxes under 32 x 32 px in "
-        "the images the model reads (COCO's absolute areas), so at small image sizes nearly every "
-        "box is small. AP@0.4 is the VinBigData competition's IoU threshold with COCO's 101-point "
-        "interpolation; competition mAP@0.4 is the competition's metric (VOC interpolation, 'No "
-        "finding' included when the test split holds normal films; `cxr.coco_metrics`). Per-class "
-        "tables: `runs/<run>/eval/per_class.csv`.",
+        NOTES.format(level=LEVEL),
+        "",
+        "### AP50 per class (first training seed)",
+        "",
+        *per_class_table(folder),
         "",
     ]
     for file_name, (title, _) in charts.items():
         lines += [f"### {title}", "", f"![{title}](charts/{file_name})", ""]
-    pictures = [
-        f"runs/{folder.names(init, main)[0]}/eval/visualize/contact_sheet.png"
-        for init in ("ssl", "random")
-    ]
-    existing = [p for p in pictures if (folder.out / p).is_file()]
-    if existing:
-        lines += [
-            "## Pictures",
-            "",
-            "Ground truth: solid boxes, name above. Predictions with score >= 0.3: dashed, "
-            "name and score inside. One PNG per image next to each contact sheet.",
-            "",
-        ]
-        lines += [f"**{Path(p).parts[1]}**\n\n![{Path(p).parts[1]}]({p})\n" for p in existing]
-    lines += [
-        "## Time per stage",
-        "",
-        *_timing_section(folder),
-        "",
-        "## Commands",
-        "",
-        "Each stage ran this command from the repository root (logs in `logs/`):",
-        "",
-        "```",
-    ]
-    lines += [
-        f"# {name}\n{entry.get('command', '')}" for name, entry in folder.record["stages"].items()
-    ]
-    lines += ["```", ""]
+    lines += pictures_section(folder)
+    lines += ["## Time per stage", "", *timing_section(folder), "", "## Commands", ""]
+    lines += [*commands_section(folder), ""]
     path = folder.out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def get_args_parser():
+    parser = cli.parser("python -m cxr.report", "report.md of an experiment folder")
+    parser.add_argument("folder", help="a folder written by python -m cxr.experiment")
+    return parser
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if not (Path(args.folder) / "experiment.json").is_file():
+        raise UserError(f"{args.folder} holds no experiment.json: not an experiment folder")
+    print(f"wrote {write_report(args.folder)}")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

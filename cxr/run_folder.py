@@ -18,6 +18,7 @@ so that nothing is written until every check has passed:
 `RunLogger` is rank 0's printer: each line also goes to log.jsonl.
 """
 
+import argparse
 import json
 import subprocess
 import sys
@@ -28,8 +29,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint_io import load_torch_file
+from .distributed import DistInfo
 from .errors import UserError
-from .outputs import atomic_write_json, atomic_write_text, make_folder
+from .image_lists import data_fingerprint, write_image_list
+from .layout import CHECKPOINT
+from .outputs import atomic_write_json, make_folder
 
 
 def git_revision():
@@ -179,25 +183,33 @@ def read_resumable(checkpoint_path, config):
 @dataclass
 class Run:
     """An opened run folder: where to checkpoint, the logger, the settings to
-    save with each checkpoint, and the checked state to resume from (or None)."""
+    save with each checkpoint, the checked state to resume from (or None), the
+    parsed command line and the processes."""
 
     checkpoint: Path
     logger: RunLogger
     config: dict
     resumed: dict
+    args: argparse.Namespace
+    dist_info: DistInfo
 
 
-def open_run(run_dir, outputs, args, dist_info, image_list):
-    """Check, prepare and start the run folder (module docstring); image_list is
-    (file name, image names) of the images the run uses."""
+def open_run(run_dir, *, outputs, args, dist_info, images, derived=None):
+    """Check, prepare and start the run folder (module docstring).
+
+    images: (file name, names) of the images the run uses, written as an image
+    list with the prepared data's fingerprint; derived: settings computed from
+    the data (the classes, ...). Both the fingerprint and derived are saved in
+    every checkpoint and checked on --resume like the arguments."""
     run_dir = Path(run_dir)
-    config = run_config(args, dist_info)
-    resume = resuming(args, run_dir / "checkpoint.pth")
-    resumed = read_resumable(run_dir / "checkpoint.pth", config) if resume else None
+    fingerprint = data_fingerprint(args.data_dir)
+    config = {**run_config(args, dist_info), **(derived or {}), "data_fingerprint": fingerprint}
+    resume = resuming(args, run_dir / CHECKPOINT)
+    resumed = read_resumable(run_dir / CHECKPOINT, config) if resume else None
     checkpoint = prepare_run_dir(run_dir, outputs, resume, args.replace, dist_info)
     logger = RunLogger(run_dir, dist_info.is_main)
     write_run_header(logger, run_dir, args, dist_info)
     if dist_info.is_main:
-        file_name, names = image_list
-        atomic_write_text(run_dir / file_name, "".join(f"{name}\n" for name in names))
-    return Run(checkpoint, logger, config, resumed)
+        file_name, names = images
+        write_image_list(run_dir / file_name, names, fingerprint=fingerprint)
+    return Run(checkpoint, logger, config, resumed, args, dist_info)

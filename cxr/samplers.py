@@ -1,5 +1,5 @@
 """Repeat-factor sampling (LVIS, Gupta et al. 2019) over distributed shards,
-SimCLR's shuffled shards, and exact inference shards.
+and SimCLR's shuffled shards.
 
 Repeat factors: with f(c) the share of training images that contain class c,
 r(c) = max(1, sqrt(t / f(c))) and r(image) = max over its classes (1 for an
@@ -136,11 +136,3 @@ class ShuffleSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return self.num_items // self.num_replicas
-
-
-def inference_shard(num_items, num_replicas, rank):
-    """Contiguous, exact shard of range(num_items) for rank: no padding and no
-    duplicates, shards differ in size by at most one (evaluation must count
-    every image exactly once)."""
-    start = num_items * rank // num_replicas
-    return range(start, num_items * (rank + 1) // num_replicas)

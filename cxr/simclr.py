@@ -14,28 +14,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import gather_with_grad, rank
+from .distributed import gather_with_grad
 
 
-def nt_xent(z1, z2, temperature=0.5):
-    """NT-Xent of two views' projections z1, z2 of shape (n, d), row i of each
-    being the same image. With DDP the candidates come from every rank.
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature=0.5, *, rank=0) -> torch.Tensor:
+    """NT-Xent of two views' projections (Chen et al., 2020, eq. 1), averaged over
+    the 2N anchors of all processes.
 
-    Computed in float32 whatever the AMP setting: under bf16 autocast the
-    similarity matmul would otherwise round the logits to 1/16 at
-    temperature 0.1."""
+    Args:
+        z1, z2: (n, d) projections of this process's images, row i of each being
+            the two views of image i.
+        temperature: divides the cosine similarities.
+        rank: this process's position in the process group: under DDP the
+            candidates are the views of every process, gathered in rank order.
+    Returns:
+        A float32 scalar, whatever the AMP setting: under bf16 autocast the
+        similarity matmul would round the logits to 1/16 at temperature 0.1.
+    """
     with torch.autocast(z1.device.type, enabled=False):
-        return _nt_xent_float32(z1.float(), z2.float(), temperature)
+        return _nt_xent_float32(z1.float(), z2.float(), temperature, rank)
 
 
-def _nt_xent_float32(z1, z2, temperature):
+def _nt_xent_float32(z1, z2, temperature, rank):
     n = z1.shape[0]
-    local1, local2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    local1, local2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)  # (n, d)
     all1, all2 = gather_with_grad(local1), gather_with_grad(local2)  # (N, d), ranks in order
     total = all1.shape[0]
     anchors = torch.cat([local1, local2])  # (2n, d)
     logits = anchors @ torch.cat([all1, all2]).T / temperature  # (2n, 2N)
-    mine = torch.arange(n, device=z1.device) + rank() * n  # my images' rows in all1
+    mine = torch.arange(n, device=z1.device) + rank * n  # this process's rows of all1
     self_column = torch.cat([mine, mine + total])
     positive_column = torch.cat([mine + total, mine])
     is_self = torch.zeros_like(logits, dtype=torch.bool)
@@ -69,9 +76,6 @@ class SimCLR(nn.Module):
         return self.head(self.trunk(images))
 
     def trunk_state_dict(self):
-        """The trunk's weights under torchvision ResNet keys, without fc."""
-        return {
-            k: v.detach().clone()
-            for k, v in self.trunk.state_dict().items()
-            if not k.startswith("fc.")
-        }
+        """The trunk's weights under torchvision ResNet keys (its fc is the identity,
+        which has none)."""
+        return {k: v.detach().clone() for k, v in self.trunk.state_dict().items()}

@@ -1,14 +1,14 @@
 """Predictions for unlabeled images in the VinBigData competition's CSV format.
 
     image_id,PredictionString
-    0a1b...,3 0.9120 690.0 1500.5 1902.0 2048.0 0 0.4410 1201.0 610.0 1420.0 830.0
-    0c2d...,14 1 0 0 1 1
+    0a1b...,3 0.9120 690.0 1500.5 1902.0 2048.0 0 0.4410 1201.0 610.0 1420.0 830.0 14 0.0880 0 0 1 1
+    0c2d...,14 1.0000 0 0 1 1
 
 PredictionString is a space-separated list of `class_id score x_min y_min
 x_max y_max` groups (class_id 0..13, boxes in the ORIGINAL DICOM's pixels),
-and `14 1 0 0 1 1` ("No finding" with confidence 1 on a one-pixel box) for
-an image with no box at or above the score threshold, as the competition's
-sample submission does.
+ending with "No finding" on a one-pixel box, `14 score 0 0 1 1`, scored 1 -
+the image's highest lesion score: the detector's own confidence that the
+film is normal, which is how cxr's competition metric scores it.
 
 The network sees resized PNGs, so boxes are scaled back with each image's
 original size, read by `read_original_sizes` from
@@ -22,11 +22,9 @@ import csv
 import json
 from pathlib import Path
 
-from .classes import NO_FINDING_ID, class_id
+from .classes import class_index
 from .errors import UserError
 from .outputs import atomic_write_text
-
-NO_FINDING_PREDICTION = f"{NO_FINDING_ID} 1 0 0 1 1"
 
 
 def _positive_int(value, path, line, column):
@@ -74,15 +72,20 @@ def read_original_sizes(path):
         }
 
 
-def prediction_string(detections, scale_x=1.0, scale_y=1.0, score_threshold=0.0):
-    """detections: (category_id, score, xyxy in PNG pixels); boxes scaled to the original."""
+def prediction_string(detections, *, no_finding, scale=(1.0, 1.0), score_threshold=0.0):
+    """One image's PredictionString. detections: (category_id, score, xyxy in PNG
+    pixels), those at or above score_threshold written with boxes scaled by
+    scale = (x, y) to the original; then "No finding" (class id no_finding)
+    on (0, 0, 1, 1) scored 1 - the highest of those scores (1 without any),
+    the rule `cxr.coco_metrics.competition_metrics` scores."""
+    kept = sorted((d for d in detections if d[1] >= score_threshold), key=lambda d: -d[1])
     groups = [
-        f"{class_id(category)} {score:.4f} {x0 * scale_x:.1f} {y0 * scale_y:.1f} "
-        f"{x1 * scale_x:.1f} {y1 * scale_y:.1f}"
-        for category, score, (x0, y0, x1, y1) in sorted(detections, key=lambda d: -d[1])
-        if score >= score_threshold
+        f"{class_index(category)} {score:.4f} {x0 * scale[0]:.1f} {y0 * scale[1]:.1f} "
+        f"{x1 * scale[0]:.1f} {y1 * scale[1]:.1f}"
+        for category, score, (x0, y0, x1, y1) in kept
     ]
-    return " ".join(groups) if groups else NO_FINDING_PREDICTION
+    normal = 1.0 - (kept[0][1] if kept else 0.0)
+    return " ".join([*groups, f"{no_finding} {normal:.4f} 0 0 1 1"])
 
 
 def write_submission(path, rows):

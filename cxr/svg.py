@@ -17,8 +17,9 @@ def nice_ticks(low, high, count=5):
     gives the number of intervals closest to count - 1."""
     if not math.isfinite(low) or not math.isfinite(high):
         raise ValueError("tick range must be finite")
-    if high <= low:
-        high = low + (abs(low) or 1.0)
+    if high <= low:  # one value: centre it in a range half its size on either side
+        pad = abs(low) / 2 or 1.0
+        low, high = low - pad, high + pad
     intervals = max(count - 1, 1)
     magnitude = 10 ** math.floor(math.log10((high - low) / intervals))
     step = min(

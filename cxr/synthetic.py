@@ -40,11 +40,11 @@ from PIL import Image
 
 from . import cli
 from .classes import (
-    CLASS_NAMES,
     CSV_BOX_COLUMNS,
     CSV_SIZE_COLUMNS,
     NO_FINDING_ID,
     NO_FINDING_NAME,
+    VINBIGDATA_CLASSES,
 )
 from .errors import exit_on_user_error
 from .outputs import staged_directory
@@ -179,7 +179,7 @@ def _draw_lesion(image, class_id, box, rng):
     u = ((np.arange(w) + 0.5) / w)[None, :]
     v = ((np.arange(h) + 0.5) / h)[:, None]
     disk = _ellipse(u, v, 0.5, 0.5, 0.5, 0.5, 0.3)
-    name = CLASS_NAMES[class_id]
+    name = VINBIGDATA_CLASSES[class_id]
     if name in ("Aortic enlargement", "Cardiomegaly"):
         patch += 0.22 * disk
     elif name == "Atelectasis":
@@ -324,7 +324,15 @@ def csv_rows(plan):
                 f"{round(y1 * height):.1f}",
             )
             rows.append(
-                (plan.image_id, CLASS_NAMES[class_id], class_id, reader, *coords, width, height)
+                (
+                    plan.image_id,
+                    VINBIGDATA_CLASSES[class_id],
+                    class_id,
+                    reader,
+                    *coords,
+                    width,
+                    height,
+                )
             )
     return rows
 

@@ -10,7 +10,7 @@ strip under the image says which is which and the score threshold.
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .classes import CLASS_COLORS, CLASS_NAMES, class_id
+from .classes import class_color, class_index
 
 GT_WIDTH, PREDICTION_WIDTH, DASH = 3, 2, 8
 LEGEND_HEIGHT = 22
@@ -51,64 +51,48 @@ def _tag(draw, xy, text, fill, text_color, font):
     draw.text(xy, text, fill=text_color, font=font)
 
 
-def draw_detections(gray, ground_truth, predictions, score_threshold, display_size=512):
+def draw_detections(gray, *, ground_truth, predictions, classes, score_threshold, size=512):
     """An RGB picture of a grayscale PIL image with its boxes.
 
     ground_truth: (category_id, xyxy) pairs; predictions: (category_id, score,
     xyxy) triples, drawn when score >= score_threshold; boxes in the image's
-    pixels (they are scaled with the picture to display_size)."""
-    scale = display_size / max(gray.size)
-    size = (round(gray.width * scale), round(gray.height * scale))
-    picture = Image.new("RGB", (size[0], size[1] + LEGEND_HEIGHT), (0, 0, 0))
-    picture.paste(gray.convert("RGB").resize(size, Image.BILINEAR), (0, 0))
+    pixels (scaled with the picture, whose longer side becomes `size`);
+    classes: the names of categories 1..K."""
+    scale = size / max(gray.size)
+    shown = (round(gray.width * scale), round(gray.height * scale))
+    picture = Image.new("RGB", (shown[0], shown[1] + LEGEND_HEIGHT), (0, 0, 0))
+    picture.paste(gray.convert("RGB").resize(shown, Image.BILINEAR), (0, 0))
     draw, font = ImageDraw.Draw(picture), _font()
-
-    def scaled(box):
-        return [round(c * scale) for c in box]
-
     for category, box in ground_truth:
-        x0, y0, x1, y1 = scaled(box)
-        color = CLASS_COLORS[class_id(category)]
+        x0, y0, x1, y1 = (round(c * scale) for c in box)
+        color = class_color(category)
         draw.rectangle((x0, y0, x1, y1), outline=color, width=GT_WIDTH)
-        _tag(
-            draw,
-            (x0 + 2, max(y0 - 13, 0)),
-            CLASS_NAMES[class_id(category)],
-            color,
-            readable_text_color(color),
-            font,
-        )
+        name = classes[class_index(category)]
+        _tag(draw, (x0 + 2, max(y0 - 13, 0)), name, color, readable_text_color(color), font)
     for category, score, box in predictions:
         if score < score_threshold:
             continue
-        x0, y0, x1, y1 = scaled(box)
-        color = CLASS_COLORS[class_id(category)]
+        x0, y0, x1, y1 = (round(c * scale) for c in box)
+        color = class_color(category)
         _dashed_rectangle(draw, (x0, y0, x1, y1), color, PREDICTION_WIDTH)
-        _tag(
-            draw,
-            (x0 + 3, max(y1 - 14, y0 + 2)),
-            f"{CLASS_NAMES[class_id(category)]} {score:.2f}",
-            (20, 20, 20),
-            color,
-            font,
-        )
-    legend_y = size[1] + 5
-    draw.line([(6, legend_y + 6), (36, legend_y + 6)], fill=(255, 255, 255), width=GT_WIDTH)
-    draw.text((42, legend_y), "ground truth", fill=(255, 255, 255), font=font)
-    _dashed_rectangle(
-        draw, (140, legend_y + 6, 170, legend_y + 6), (255, 255, 255), PREDICTION_WIDTH, dash=5
-    )
-    draw.text(
-        (176, legend_y),
-        f"prediction (score >= {score_threshold:g})",
-        fill=(255, 255, 255),
-        font=font,
-    )
+        label = f"{classes[class_index(category)]} {score:.2f}"
+        _tag(draw, (x0 + 3, max(y1 - 14, y0 + 2)), label, (20, 20, 20), color, font)
+    _legend(draw, font, shown[1] + 5, score_threshold)
     return picture
 
 
+def _legend(draw, font, y, score_threshold):
+    draw.line([(6, y + 6), (36, y + 6)], fill=(255, 255, 255), width=GT_WIDTH)
+    draw.text((42, y), "ground truth", fill=(255, 255, 255), font=font)
+    _dashed_rectangle(draw, (140, y + 6, 170, y + 6), (255, 255, 255), PREDICTION_WIDTH, dash=5)
+    label = f"prediction (score >= {score_threshold:g})"
+    draw.text((176, y), label, fill=(255, 255, 255), font=font)
+
+
 def contact_sheet(pictures, captions, columns=4, thumb_size=256):
-    """The pictures as thumbnails in a grid, each with its caption underneath."""
+    """The pictures as thumbnails in a grid (at most `columns` wide, no wider than
+    the pictures need), each with its caption underneath."""
+    columns = max(1, min(columns, len(pictures)))
     rows = -(-len(pictures) // columns)
     caption_height = 16
     sheet = Image.new(

@@ -6,7 +6,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from cxr.average_precision import average_precision, match_detections, mean_ap
-from cxr.classes import coco_categories
+from cxr.classes import VINBIGDATA_CLASSES, coco_categories
 from cxr.coco_metrics import coco_metrics
 
 
@@ -57,7 +57,11 @@ def random_case(seed, num_images=12):
         {"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"}
         for i in range(1, num_images + 1)
     ]
-    return {"images": images, "annotations": annotations, "categories": coco_categories()}, results
+    return {
+        "images": images,
+        "annotations": annotations,
+        "categories": coco_categories(VINBIGDATA_CLASSES),
+    }, results
 
 
 def coco(dataset):
@@ -112,7 +116,7 @@ def test_voc_all_point_and_coco_101_point_by_hand():
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": A, "area": 1600, "iscrowd": 0},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": B, "area": 1200, "iscrowd": 0},
         ],
-        "categories": coco_categories(),
+        "categories": coco_categories(VINBIGDATA_CLASSES),
     }
     results = [
         {"image_id": 1, "category_id": 1, "bbox": A, "score": 0.9},

@@ -12,13 +12,13 @@ def weighted_mean(values, counts):
 
 def test_identical_arms_differ_by_exactly_zero_and_a_shift_by_exactly_the_shift():
     values = np.random.default_rng(0).normal(size=50)
-    same = paired_bootstrap([values], [values.copy()], 50, weighted_mean, replicates=200)["mean"][
-        "difference"
-    ]
+    same = paired_bootstrap(
+        [values], [values.copy()], num_images=50, statistic=weighted_mean, replicates=200
+    )["mean"]["difference"]
     assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero()
-    shifted = paired_bootstrap([values + 0.3], [values], 50, weighted_mean, replicates=200)["mean"][
-        "difference"
-    ]
+    shifted = paired_bootstrap(
+        [values + 0.3], [values], num_images=50, statistic=weighted_mean, replicates=200
+    )["mean"]["difference"]
     assert (
         shifted.low == pytest.approx(0.3)
         and shifted.high == pytest.approx(0.3)
@@ -29,9 +29,9 @@ def test_identical_arms_differ_by_exactly_zero_and_a_shift_by_exactly_the_shift(
 def test_interval_of_a_mean_has_the_normal_theory_width():
     """n = 400 values of sd 1: a 90% interval is about 2 x 1.645 / sqrt(400) = 0.164 wide."""
     values = np.random.default_rng(1).normal(size=400)
-    result = paired_bootstrap([values], [np.zeros(400)], 400, weighted_mean, replicates=4000)[
-        "mean"
-    ]
+    result = paired_bootstrap(
+        [values], [np.zeros(400)], num_images=400, statistic=weighted_mean, replicates=4000
+    )["mean"]
     first = result["first"]
     assert first.estimate == pytest.approx(values.mean())
     assert first.high - first.low == pytest.approx(2 * 1.645 * values.std() / 20, rel=0.1)
@@ -59,8 +59,12 @@ def test_seeds_that_disagree_widen_the_interval_to_both_signs():
     alone is certain."""
     ones = np.ones(30)
     result = paired_bootstrap(
-        [ones, -ones], [np.zeros(30), np.zeros(30)], 30, weighted_mean, replicates=1000
+        [ones, -ones],
+        [np.zeros(30), np.zeros(30)],
+        num_images=30,
+        statistic=weighted_mean,
+        replicates=1000,
     )["mean"]["difference"]
     assert result.estimate == 0.0 and (result.low, result.high) == (-1.0, 1.0)
     with pytest.raises(ValueError, match="same, non-zero number"):
-        paired_bootstrap([ones], [], 30, weighted_mean)
+        paired_bootstrap([ones], [], num_images=30, statistic=weighted_mean)

@@ -3,7 +3,7 @@
 import pytest
 from pycocotools.coco import COCO
 
-from cxr.classes import coco_categories
+from cxr.classes import VINBIGDATA_CLASSES, coco_categories
 from cxr.coco_metrics import coco_metrics, competition_metrics
 
 
@@ -16,7 +16,7 @@ def ground_truth(boxes):
             {"id": n, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
             for n, (i, c, b) in enumerate(boxes, 1)
         ],
-        "categories": coco_categories(),
+        "categories": coco_categories(VINBIGDATA_CLASSES),
     }
     coco.createIndex()
     return coco
@@ -89,7 +89,7 @@ def test_competition_metric_scores_no_finding_on_normal_films():
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 3, "bbox": A, "area": 1600, "iscrowd": 0}
         ],
-        "categories": coco_categories(),
+        "categories": coco_categories(VINBIGDATA_CLASSES),
     }
     perfect = competition_metrics(dataset, [detection(1, 3, A, 0.9)])
     assert perfect["mAP40"] == pytest.approx(1.0)
@@ -101,3 +101,36 @@ def test_competition_metric_scores_no_finding_on_normal_films():
         15
     ] == pytest.approx(0.5)
     assert fooled["mAP40"] == pytest.approx(0.5)
+
+
+def test_without_detections_undefined_metrics_stay_undefined():
+    """No box is small (under 32 x 32 px): AP small is undefined with or without
+    detections, not 0; the defined ones are 0 without detections."""
+    gt = ground_truth([(1, 1, A)])
+    found = coco_metrics(gt, [detection(1, 1, A, 0.9)])
+    nothing = coco_metrics(gt, [])
+    assert found["AP_small"] is None and nothing["AP_small"] is None
+    assert nothing["AP"] == nothing["AR100"] == nothing["AP_medium"] == 0.0
+
+
+def test_competition_matching_is_voc_not_pycocotools():
+    """Two overlapping boxes G1 = [0, 0, 10, 10] and G2 = [4, 0, 10, 10] of one class.
+    D1 (0.9) = G1 itself: IoU 1 with G1. D2 (0.8) = [1, 0, 10, 10]: IoU 9/11 = 0.82 with
+    G1 and 7/13 = 0.54 with G2. VOC 2010 sends D2 to its best box, G1, taken: a false
+    positive, so AP = precision 1 up to recall 1/2 = 0.5. pycocotools moves on to G2
+    (0.54 > 0.4): a true positive, AP 1."""
+    g1, g2, d2 = [0, 0, 10, 10], [4, 0, 10, 10], [1, 0, 10, 10]
+    dataset = {
+        "images": [{"id": 1, "width": 100, "height": 100, "file_name": "1.png"}],
+        "annotations": [
+            {"id": n, "image_id": 1, "category_id": 2, "bbox": b, "area": 100, "iscrowd": 0}
+            for n, b in ((1, g1), (2, g2))
+        ],
+        "categories": coco_categories(VINBIGDATA_CLASSES),
+    }
+    results = [detection(1, 2, g1, 0.9), detection(1, 2, d2, 0.8)]
+    assert competition_metrics(dataset, results)["per_class"][2] == pytest.approx(0.5)
+    gt = COCO()
+    gt.dataset = dataset
+    gt.createIndex()
+    assert coco_metrics(gt, results)["AP40"] == pytest.approx(1.0)

@@ -21,10 +21,12 @@ from test_simclr import free_port
 from torch import nn
 
 import train_det
+from cxr import layout
+from cxr.classes import VINBIGDATA_CLASSES
 from cxr.data import DetectionDataset
 from cxr.detection_augment import BoxAugment, BoxAugmentConfig
 from cxr.detector import (
-    anchor_sizes,
+    ANCHOR_SIZES,
     build_detector,
     changed_backbone_tensors,
     initialize_backbone,
@@ -32,6 +34,7 @@ from cxr.detector import (
 )
 from cxr.distributed import DistInfo
 from cxr.errors import UserError
+from cxr.image_lists import data_fingerprint, read_image_list, write_image_list
 from cxr.samplers import RepeatFactorSampler
 from cxr.splits import partition
 
@@ -50,9 +53,15 @@ def trunk_file(tmp_path, seed=3):
     return path, state
 
 
+def vinbig_detector(arch, image_size, **options):
+    return build_detector(
+        arch=arch, image_size=image_size, num_classes=len(VINBIGDATA_CLASSES), **options
+    )
+
+
 def test_transfer_loads_every_backbone_tensor_and_says_so(tmp_path):
     path, state = trunk_file(tmp_path)
-    detector = build_detector("resnet18", 64)
+    detector = vinbig_detector("resnet18", 64)
     body_keys = detector.backbone.body.state_dict().keys()
     message = initialize_backbone(detector, str(path), "resnet18", None)
     assert (
@@ -82,21 +91,23 @@ def test_transfer_refuses_sequential_keys_and_wrong_arch(tmp_path):
     )
     with pytest.raises(UserError, match="does not hold a torchvision resnet18 trunk"):
         initialize_backbone(
-            build_detector("resnet18", 64), str(tmp_path / "sequential.pth"), "resnet18", None
+            vinbig_detector("resnet18", 64), str(tmp_path / "sequential.pth"), "resnet18", None
         )
     path, state = trunk_file(tmp_path)
     with pytest.raises(UserError, match="resnet50"):
-        transfer_trunk(build_detector("resnet50", 64), state, "resnet50", path)
+        transfer_trunk(vinbig_detector("resnet50", 64), state, "resnet50", path)
     with pytest.raises(UserError, match="--init ssl: .* not found"):
         initialize_backbone(
-            build_detector("resnet18", 64), "ssl", "resnet18", tmp_path / "none.pth"
+            vinbig_detector("resnet18", 64), "ssl", "resnet18", tmp_path / "none.pth"
         )
 
 
 @pytest.mark.parametrize("norm", ["frozen", "bn"])
 def test_frozen_layers_are_unchanged_by_training(tmp_path, norm):
     path, state = trunk_file(tmp_path)
-    detector = build_detector("resnet18", 64, norm=norm, trainable_layers=2)
+    detector = build_detector(
+        arch="resnet18", image_size=64, num_classes=14, norm=norm, trainable_layers=2
+    )
     initialize_backbone(detector, str(path), "resnet18", None)
     optimizer = torch.optim.SGD(
         [p for p in detector.parameters() if p.requires_grad], lr=0.05, momentum=0.9
@@ -143,8 +154,8 @@ def test_resumed_detector_run_equals_uninterrupted(data_dir, tmp_path):
     assert meta["num_classes"] == 15 and [h["epoch"] for h in history] == [1, 2]
     assert history == json.loads((tmp_path / "resumed" / "eval_history.json").read_text())
     assert 0.0 <= history[-1]["AP50"] <= 1.0 and len(history[-1]["per_class"]) == 14
-    detector = build_detector("resnet18", 64)
-    detector.load_state_dict(straight)  # the file is exactly a FasterRCNN state dict
+    model = vinbig_detector("resnet18", 64)
+    model.load_state_dict(straight)  # the file is exactly a FasterRCNN state dict
     records = [
         json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
     ]
@@ -172,7 +183,7 @@ def one_epoch_run(data_dir, tmp_path_factory):
         ("--no-augment",),
         ("--amp", "bf16"),
         ("--clip-grad", "1"),
-        ("--anchors", "scaled"),
+        ("--warmup-factor", "0.5"),
         ("--norm", "bn"),
     ],
 )
@@ -194,8 +205,10 @@ def test_labeled_set_must_not_overlap_the_ssl_pool(data_dir, tmp_path):
     ]
     pretrain = tmp_path / "exp" / "pretrain"
     pretrain.mkdir(parents=True)
-    (pretrain / "ssl_images.txt").write_text(
-        "\n".join(partition(train_names, 0.5, seed=0).ssl) + "\n"
+    write_image_list(
+        pretrain / layout.SSL_IMAGES,
+        partition(train_names, 0.5, seed=0).ssl,
+        fingerprint=data_fingerprint(data_dir),
     )
     (pretrain / "pretrained-backbone.json").write_text(
         json.dumps({"ssl_fraction": 0.5, "split_seed": 0, "arch": "resnet18"})
@@ -206,10 +219,10 @@ def test_labeled_set_must_not_overlap_the_ssl_pool(data_dir, tmp_path):
         )
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["pretrain"]  # nothing written
     train_det.main(det_args(data_dir, tmp_path, "exp", "--epochs", "1", "--eval-every", "0"))
-    labeled = (tmp_path / "exp" / "labeled_images.txt").read_text().split()
-    pool = (pretrain / "ssl_images.txt").read_text().split()
+    labeled = read_image_list(tmp_path / "exp" / layout.LABELED_IMAGES).names
+    pool = read_image_list(pretrain / layout.SSL_IMAGES).names
     assert labeled and not set(labeled) & set(pool) and len(labeled) + len(pool) == len(train_names)
-    assert (pretrain / "ssl_images.txt").exists()  # --replace and runs never touch pretrain/
+    assert (pretrain / layout.SSL_IMAGES).exists()  # --replace and runs never touch pretrain/
 
 
 def test_seed_project_command_line_parses_with_its_meaning(capsys):
@@ -347,17 +360,11 @@ def test_schedule_spans_every_step_of_the_repeat_factor_epochs():
         train_det.learning_rates(args, 300)
 
 
-def test_anchor_choices_and_the_default_protocol_trains_a_random_start():
-    assert (
-        anchor_sizes(128) == anchor_sizes(800, "scaled") == ((32,), (64,), (128,), (256,), (512,))
-    )
-    assert anchor_sizes(128, "scaled") == ((5,), (10,), (20,), (41,), (82,))
-    assert build_detector(
-        "resnet18", 128, anchors="scaled"
-    ).rpn.anchor_generator.sizes == anchor_sizes(128, "scaled")
-    detector = build_detector("resnet18", 128)
-    assert detector.rpn.anchor_generator.sizes == anchor_sizes(128)
-    body = detector.backbone.body
+def test_anchors_are_torchvisions_and_the_default_protocol_trains_a_random_start():
+    model = vinbig_detector("resnet18", 128)
+    assert ANCHOR_SIZES == (32, 64, 128, 256, 512)
+    assert model.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    body = model.backbone.body
     assert all(p.requires_grad for p in body.parameters())  # all five stages train
     norms = [m for m in body.modules() if "Norm" in type(m).__name__]
     assert norms and all(isinstance(m, nn.BatchNorm2d) for m in norms)  # normalization that learns

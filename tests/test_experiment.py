@@ -5,8 +5,9 @@ import xml.dom.minidom
 
 import pytest
 
-from cxr import experiment
+from cxr import experiment, layout
 from cxr.errors import UserError
+from cxr.image_lists import read_image_list
 
 TINY = [
     "--synthetic-images",
@@ -57,12 +58,12 @@ def test_sweep_pretrains_and_fine_tunes_each_fraction_twice_plus_the_all_labels_
         "det-random100-s0",
         "det-random100-s3",
     ]
-    random20 = stages["det-random20-s3"].command
+    random20 = stages["det-random20-s3"].argv
     assert (
         random20[random20.index("--labeled-fraction") + 1] == "0.8"
         and random20[random20.index("--seed") + 1] == "3"
     )
-    pretrain = stages["pretrain-ssl80-s3"].command
+    pretrain = stages["pretrain-ssl80-s3"].argv
     assert (
         pretrain[pretrain.index("--ssl-fraction") + 1] == "0.8"
         and pretrain[pretrain.index("--seed") + 1] == "3"
@@ -92,7 +93,7 @@ def flag_values(command):
 def test_the_two_arms_differ_only_in_name_and_init(tmp_path, fraction):
     stages = {s.name: s for s in planned(tmp_path, "--ssl-fractions", str(fraction))}
     p = round(fraction * 100)
-    ssl, random = (flag_values(stages[f"det-{init}{p}-s0"].command) for init in ("ssl", "random"))
+    ssl, random = (flag_values(stages[f"det-{init}{p}-s0"].argv) for init in ("ssl", "random"))
     assert ssl.keys() == random.keys()
     assert {k for k in ssl if ssl[k] != random[k]} == {"--experiment-name", "--init"}
     assert float(ssl["--labeled-fraction"]) == pytest.approx(1 - fraction)
@@ -105,19 +106,19 @@ def test_torchrun_and_preset_overrides_reach_the_commands(tmp_path):
             tmp_path, "--nproc-per-node", "4", "--preset", "paper", "--det-epochs", "3"
         )
     }
-    command = stages["det-ssl60-s0"].command
+    command = stages["det-ssl60-s0"].command(nproc=4)
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     assert (
         command[command.index("--epochs") + 1] == "3"
         and command[command.index("--arch") + 1] == "resnet50"
     )
-    pretrain = stages["pretrain-ssl60-s0"].command
+    pretrain = stages["pretrain-ssl60-s0"].argv
     assert (
         pretrain[pretrain.index("--temperature") + 1] == "0.5"
     )  # the paper preset keeps the seed's
     cpu = {s.name: s for s in planned(tmp_path, "--ssl-temperature", "0.3")}[
         "pretrain-ssl60-s0"
-    ].command
+    ].argv
     assert cpu[cpu.index("--temperature") + 1] == "0.3"
 
 
@@ -139,12 +140,11 @@ def test_nih_data_and_extra_images_reach_prepare_and_every_pretraining(tmp_path)
         )
     }
     assert "synthetic" not in stages
-    prepare = flag_values(stages["prepare"].command)
-    assert prepare["--format"] == "nih" and prepare["--csv"] == str(nih / "BBox_List_2017.csv")
+    prepare = flag_values(stages["prepare"].argv)
+    # paths relative to the experiment folder, from where every stage runs
+    assert prepare["--format"] == "nih" and prepare["--csv"] == "../nih/BBox_List_2017.csv"
     for seed in (0, 1):
-        assert flag_values(stages[f"pretrain-ssl60-s{seed}"].command)["--extra-images"] == str(
-            archive
-        )
+        assert flag_values(stages[f"pretrain-ssl60-s{seed}"].argv)["--extra-images"] == "../archive"
     with pytest.raises(SystemExit):
         experiment.parse_args(["--nih", str(nih), "--vinbig", str(nih)])
 
@@ -202,10 +202,10 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     assert len(record["stages"]) == 12
 
     runs = out / "runs"
-    ssl_pool = set((runs / "ssl60-s0" / "pretrain" / "ssl_images.txt").read_text().split())
-    labeled = (runs / "ssl60-s0" / "labeled_images.txt").read_text().split()
+    ssl_pool = set(read_image_list(runs / "ssl60-s0" / "pretrain" / layout.SSL_IMAGES).names)
+    labeled = read_image_list(runs / "ssl60-s0" / layout.LABELED_IMAGES).names
     assert (
-        labeled == (runs / "random60-s0" / "labeled_images.txt").read_text().split()
+        labeled == read_image_list(runs / "random60-s0" / layout.LABELED_IMAGES).names
     )  # same labeled images
     assert labeled and not ssl_pool & set(labeled)
     ssl_args, random_args = (

@@ -87,10 +87,10 @@ def views():
     return torch.randn(8, 1, 5, 5, generator=g), torch.randn(8, 1, 5, 5, generator=g) * 2 + 1
 
 
-def simclr_loss(model, x1, x2):
+def simclr_loss(model, x1, x2, rank=0):
     """Both views in one forward pass, as train_ssl.py does."""
     z = model(torch.cat([x1, x2]))
-    return nt_xent(z[: len(x1)], z[len(x1) :], temperature=0.5)
+    return nt_xent(z[: len(x1)], z[len(x1) :], temperature=0.5, rank=rank)
 
 
 def _worker(rank, world_size, port, out, global_bn):
@@ -103,7 +103,7 @@ def _worker(rank, world_size, port, out, global_bn):
         ddp = DistributedDataParallel(model)
         x1, x2 = views()
         rows = slice(rank * 4, rank * 4 + 4)
-        loss = simclr_loss(ddp, x1[rows], x2[rows])
+        loss = simclr_loss(ddp, x1[rows], x2[rows], rank)
         loss.backward()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)

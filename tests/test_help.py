@@ -8,7 +8,7 @@ import pytest
 import evaluate
 import train_det
 import train_ssl
-from cxr import experiment, prepare, synthetic
+from cxr import experiment, prepare, report, synthetic
 
 PARSERS = {
     "train_ssl.py": train_ssl,
@@ -16,6 +16,7 @@ PARSERS = {
     "evaluate.py": evaluate,
     "python -m cxr.experiment": experiment,
     "python -m cxr.prepare": prepare,
+    "python -m cxr.report": report,
     "python -m cxr.synthetic": synthetic,
 }
 

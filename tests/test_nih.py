@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cxr.classes import CLASS_NAMES, NIH_FINDINGS
+from cxr.classes import NIH_FINDINGS, VINBIGDATA_CLASSES
 from cxr.errors import UserError
 from cxr.nih import patient_of, read_nih_table
 from cxr.prepare import prepare
@@ -40,10 +40,17 @@ ROWS = [
 @pytest.mark.parametrize("trailing", [True, False])
 def test_the_published_file_parses_with_or_without_trailing_columns(tmp_path, trailing):
     csv_path, _ = write_nih(tmp_path, ROWS, trailing=trailing)
-    names, image_index, class_ids, boxes, sizes = read_nih_table(csv_path)
+    table = read_nih_table(csv_path)
+    names, image_index, class_ids, boxes = (
+        table.image_names,
+        table.image_index,
+        table.class_ids,
+        table.boxes,
+    )
     assert names == ["00000001_000", "00000001_001", "00000002_000", "00000003_000", "00000004_000"]
+    assert table.file_names == [f"{name}.png" for name in names]
     assert image_index.tolist() == [0, 0, 1, 2, 3, 4]
-    assert [CLASS_NAMES[c] for c in class_ids] == [
+    assert [VINBIGDATA_CLASSES[c] for c in class_ids] == [
         "Nodule/Mass",
         "Nodule/Mass",
         "Lung Opacity",
@@ -51,7 +58,8 @@ def test_the_published_file_parses_with_or_without_trailing_columns(tmp_path, tr
         "Infiltration",
         "Cardiomegaly",
     ]
-    assert boxes[0].tolist() == [100, 200, 150, 280] and sizes.tolist() == [[1024, 1024]] * 5
+    assert boxes[0].tolist() == [100, 200, 150, 280]
+    assert table.reference_sizes.tolist() == [[1024, 1024]] * 5
 
 
 def test_every_nih_finding_maps_to_a_vinbigdata_class():
@@ -65,7 +73,7 @@ def test_every_nih_finding_maps_to_a_vinbigdata_class():
         "Pneumonia",
         "Pneumothorax",
     }
-    assert set(NIH_FINDINGS.values()) <= set(CLASS_NAMES)
+    assert set(NIH_FINDINGS.values()) <= set(VINBIGDATA_CLASSES)
 
 
 def test_prepare_rescales_one_reader_boxes_and_splits_by_patient(tmp_path):
@@ -73,7 +81,7 @@ def test_prepare_rescales_one_reader_boxes_and_splits_by_patient(tmp_path):
     summary = prepare(
         csv_path, images, tmp_path / "data", data_format="nih", test_fraction=0.5, seed=3, **quiet
     )
-    assert summary["fused_boxes"] == summary["csv_boxes"] == 6  # one reader: nothing fused
+    assert summary["boxes"] == summary["input_boxes"] == 6  # one reader: nothing fused
     split = json.loads((tmp_path / "data" / "split.json").read_text())
     patients = {side: {patient_of(n) for n in split[side]} for side in ("train", "test")}
     assert (

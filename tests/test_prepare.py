@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from cxr.classes import CLASS_NAMES
+from cxr.classes import VINBIGDATA_CLASSES
 from cxr.errors import UserError
 from cxr.outputs import staged_directory
 from cxr.prepare import prepare
@@ -47,7 +47,7 @@ def test_coco_files_load_and_hold_every_finding_image(synthetic):
     for split in ("train", "test", "normal"):
         coco = COCO(str(root / "data" / f"{split}_annotations.json"))
         seen[split] = {Path(img["file_name"]).stem for img in coco.dataset["images"]}
-        assert [c["name"] for c in coco.dataset["categories"]] == list(CLASS_NAMES)
+        assert [c["name"] for c in coco.dataset["categories"]] == list(VINBIGDATA_CLASSES)
         assert [c["id"] for c in coco.dataset["categories"]] == list(range(1, 15))
         assert {p.stem for p in (root / "data" / split).glob("*.png")} == seen[split]
     assert seen["train"] | seen["test"] == finding and not seen["train"] & seen["test"]
@@ -252,7 +252,7 @@ def test_missing_images_are_reported_or_skipped(tmp_path):
         (images / f"gone{i}.png").unlink()
     (images / "gone0.png").write_bytes(b"not a png at all, just text")
     with pytest.raises(
-        UserError, match="7 of 8 images .* missing or unreadable.*not a PNG.*--skip-missing"
+        UserError, match="7 of 8 images .* missing or unusable.*not a PNG.*--skip-missing"
     ):
         prepare(csv_path, images, tmp_path / "data", **quiet)
     summary = prepare(
@@ -312,7 +312,7 @@ def test_incomplete_pngs_empty_tables_and_a_byte_order_mark(tmp_path):
     write_table(tmp_path / "vin", [GOOD])
     csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())  # UTF-8 with BOM, as Excel saves
     summary = prepare(csv_path, images, tmp_path / "data3", test_fraction=0.0, **quiet)
-    assert summary["csv_rows"] == 1
+    assert summary["input_rows"] == 1
 
 
 def test_interrupted_staging_leaves_previous_output_and_no_debris(tmp_path):
@@ -388,4 +388,4 @@ def test_quoted_csv_reads_like_the_plain_one(tmp_path):
     assert (tmp_path / "plain" / "train_annotations.json").read_text() == (
         tmp_path / "quoted" / "train_annotations.json"
     ).read_text()
-    assert plain["fused_boxes"] == quoted["fused_boxes"] == 1
+    assert plain["boxes"] == quoted["boxes"] == 1

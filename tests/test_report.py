@@ -1,65 +1,19 @@
-"""The SVG charts and the report's verdict, against values computed by hand."""
-
-import xml.dom.minidom
-
-import pytest
+"""The report's verdict: from the interval and the number of training seeds."""
 
 from cxr.bootstrap import Interval
-from cxr.report import verdict
-from cxr.svg import bar_chart, line_chart, nice_ticks
-
-
-def test_nice_ticks_are_round_and_cover_the_range():
-    assert nice_ticks(0.0, 0.87) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(3.42, 4.84) == [3.0, 3.5, 4.0, 4.5, 5.0]
-    assert nice_ticks(1, 1) == [
-        1.0,
-        1.2,
-        1.4,
-        1.6,
-        1.8,
-        2.0,
-    ]  # an empty range is widened, not divided by zero
-    with pytest.raises(ValueError):
-        nice_ticks(0, float("nan"))
-
-
-def parse(svg):
-    return xml.dom.minidom.parseString(svg)  # well-formed XML, or this raises
-
-
-def test_line_chart_maps_data_to_the_plot_area():
-    # x ticks 0..10 (step 2), y ticks 0..1 (step 0.2);
-    # plot area x 60..410 (560-60-150), y 30..275 (320-30-45).
-    svg = line_chart([("a", [0, 10], [0.0, 1.0]), ("b", [5], [0.5])], "t", "x", "y")
-    document = parse(svg)
-    polyline = document.getElementsByTagName("polyline")[0].getAttribute("points")
-    assert polyline == "60.0,275.0 410.0,30.0"
-    single = document.getElementsByTagName("circle")  # one-point series get a marker
-    assert [(c.getAttribute("cx"), c.getAttribute("cy")) for c in single] == [("235.0", "152.5")]
-    assert [t.firstChild.data for t in document.getElementsByTagName("text")].count(
-        "a"
-    ) == 1  # legend
-
-
-def test_line_chart_skips_missing_values_and_refuses_empty_data():
-    svg = line_chart([("a", [0, 1, 2], [0.0, None, 1.0])], "t", "x", "y")
-    assert parse(svg).getElementsByTagName("polyline")[0].getAttribute("points").count(",") == 2
-    with pytest.raises(ValueError, match="no data"):
-        line_chart([("a", [0], [None])], "empty", "x", "y")
-
-
-def test_bar_lengths_are_proportional_and_missing_values_say_na():
-    # x ticks 0..0.8 (step 0.2); plot width 560 - 150 - 30 = 380 px.
-    svg = bar_chart(["c1", "c2"], [("ssl", [0.4, None]), ("random", [0.8, 0.2])], "t", "AP")
-    document = parse(svg)
-    bars = [r for r in document.getElementsByTagName("rect") if r.getAttribute("height") == "7"]
-    assert [float(r.getAttribute("width")) for r in bars] == [190.0, 380.0, 95.0]
-    assert "n/a" in [t.firstChild.data for t in document.getElementsByTagName("text")]
+from cxr.report import MIN_SEEDS, verdict
 
 
 def test_verdict_follows_the_interval_not_the_point_estimate():
-    assert verdict(Interval(0.02, 0.005, 0.04)) == "helped"
-    assert verdict(Interval(-0.02, -0.04, -0.001)) == "hurt"
-    assert verdict(Interval(0.03, -0.001, 0.06)) == "not shown"  # ahead on the run, not shown
-    assert verdict(Interval(0.0, 0.0, 0.0)) == "not shown"
+    assert verdict(Interval(0.02, 0.005, 0.04), seeds=3) == "helped"
+    assert verdict(Interval(-0.02, -0.04, -0.001), seeds=3) == "hurt"
+    assert verdict(Interval(0.03, -0.001, 0.06), seeds=3) == "not shown"  # ahead, not shown
+    assert verdict(Interval(0.0, 0.0, 0.0), seeds=5) == "not shown"
+
+
+def test_fewer_than_three_training_seeds_never_decide():
+    """An interval over test images alone says nothing about another training run."""
+    assert MIN_SEEDS == 3
+    for seeds in (1, 2):
+        assert verdict(Interval(0.05, 0.04, 0.06), seeds=seeds) == "not shown"
+        assert verdict(Interval(-0.05, -0.06, -0.04), seeds=seeds) == "not shown"

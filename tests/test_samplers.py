@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from cxr.samplers import RepeatFactorSampler, inference_shard, repeat_factors
+from cxr.samplers import RepeatFactorSampler, repeat_factors
 
 
 def test_factors_equal_the_lvis_formula_by_hand():
@@ -99,10 +99,3 @@ def test_invalid_arguments():
         RepeatFactorSampler([1.0], num_replicas=2, rank=2)
     with pytest.raises(ValueError, match=">= 1"):
         RepeatFactorSampler([0.5])
-
-
-@pytest.mark.parametrize("items, world", [(10, 3), (2, 4), (0, 2), (7, 1)])
-def test_inference_shards_are_exact(items, world):
-    shards = [list(inference_shard(items, world, rank)) for rank in range(world)]
-    assert [i for shard in shards for i in shard] == list(range(items))
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1

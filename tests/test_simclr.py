@@ -90,7 +90,7 @@ def _two_process_worker(rank, world_size, port, out):
         model = DistributedDataParallel(tiny_encoder())
         x1, x2 = batches()
         rows = slice(rank * 4, rank * 4 + 4)
-        loss = nt_xent(model(x1[rows]), model(x2[rows]), temperature=0.5)
+        loss = nt_xent(model(x1[rows]), model(x2[rows]), temperature=0.5, rank=rank)
         loss.backward()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)

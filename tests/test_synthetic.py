@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.classes import CLASS_NAMES, NO_FINDING_ID, NO_FINDING_NAME
+from cxr.classes import NO_FINDING_ID, NO_FINDING_NAME, VINBIGDATA_CLASSES
 from cxr.errors import UserError
 from cxr.synthetic import (
     CSV_COLUMNS,
@@ -59,7 +59,7 @@ def test_three_distinct_readers_and_no_finding_rows(dataset):
                 assert r["class_name"] == NO_FINDING_NAME
                 assert (r["x_min"], r["y_min"], r["x_max"], r["y_max"]) == ("", "", "", "")
             else:
-                assert r["class_name"] == CLASS_NAMES[int(r["class_id"])]
+                assert r["class_name"] == VINBIGDATA_CLASSES[int(r["class_id"])]
                 x0, y0, x1, y1 = (float(r[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
                 assert 0 <= x0 < x1 <= int(r["width"]) and 0 <= y0 < y1 <= int(r["height"])
     assert num_findings == round(30 * REAL_FINDING_IMAGES / REAL_IMAGES)
@@ -88,7 +88,7 @@ def test_class_frequencies_follow_the_real_long_tail():
     for class_id, spec in enumerate(LESION_SPECS):
         share = np.mean([any(c == class_id for c, _ in p.lesions) for p in plans])
         # ~1760 finding images: 4 standard errors of a proportion is below 0.05
-        assert share == pytest.approx(spec.share, abs=0.05), CLASS_NAMES[class_id]
+        assert share == pytest.approx(spec.share, abs=0.05), VINBIGDATA_CLASSES[class_id]
 
 
 def test_every_lesion_is_marked_by_one_to_three_readers_near_its_box():

@@ -16,15 +16,13 @@ import torch
 import torchvision
 from conftest import prepared_synthetic
 from PIL import Image
-from torch import nn
 
 import train_ssl
+from cxr import layout
 from cxr.cli import flags
 from cxr.distributed import DistInfo
-from cxr.engine import Training, TrainingDiverged, fit, train_one_epoch
 from cxr.errors import UserError
-from cxr.optim import warmup_cosine_schedule
-from cxr.run_folder import RunLogger
+from cxr.image_lists import read_image_list
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +74,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, ca
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
     meta = json.loads((run / "pretrained-backbone.json").read_text())
     assert meta["arch"] == "resnet18" and meta["image_size"] == 32
-    pool = (run / "ssl_images.txt").read_text().split()
+    pool = read_image_list(run / layout.SSL_IMAGES).names
     assert len(pool) == meta["ssl_images"] and pool == sorted(pool)
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"start", "train", "epoch", "resume", "done"} <= {r["event"] for r in records}
@@ -141,7 +139,7 @@ def test_replace_deletes_only_the_runs_own_files_and_a_failed_start_blocks_nothi
     )
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
     assert (run / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in run.iterdir()) == sorted([*train_ssl.RUN_OUTPUTS, "notes.txt"])
+    assert sorted(p.name for p in run.iterdir()) == sorted([*layout.PRETRAIN_OUTPUTS, "notes.txt"])
     with pytest.raises(UserError, match="--replace starts over, --resume / --auto-resume continue"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--auto-resume", "--replace"))
 
@@ -187,7 +185,7 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
         )
     )
     run = tmp_path / "extra" / "pretrain"
-    listed = (run / "ssl_images.txt").read_text().split()
+    listed = read_image_list(run / layout.SSL_IMAGES).names
     assert sorted(n for n in listed if "/" in n) == sorted(
         str(p) for p in extra.iterdir()
     )  # once each
@@ -321,92 +319,6 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_uninter
     )
     restarted = torch.load(run / "pretrained-backbone.pth", weights_only=True)
     assert all(torch.equal(expected[k], restarted[k]) for k in expected)
-
-
-class NaNAtSecondBatch:
-    """A task whose loss becomes NaN on its second batch."""
-
-    def inputs(self, batch, generator):
-        return batch
-
-    def loss(self, model, inputs):
-        loss = model(inputs).pow(2).mean()
-        return (loss * float("nan") if inputs[0, 0] < 0 else loss), {}
-
-    def batch_images(self, inputs):
-        return len(inputs)
-
-
-def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
-    model = nn.Linear(3, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    batches = [torch.ones(2, 3), -torch.ones(2, 3), torch.ones(2, 3)]
-    after_first = {}
-
-    class Recorder(list):
-        def __iter__(self):
-            for i, batch in enumerate(super().__iter__()):
-                if i == 1:
-                    after_first.update({k: v.clone() for k, v in model.state_dict().items()})
-                yield batch
-
-    with pytest.raises(
-        TrainingDiverged, match="loss is nan at epoch 1, iteration 2 .*stopped before the optimizer"
-    ):
-        train_one_epoch(
-            Training(
-                model,
-                NaNAtSecondBatch(),
-                optimizer,
-                torch.amp.GradScaler("cpu", enabled=False),
-                warmup_cosine_schedule(0.1, 3),
-                "none",
-                DistInfo(0, 1, 0, torch.device("cpu")),
-                RunLogger(tmp_path, False),
-            ),
-            Recorder(batches),
-            epoch=0,
-            epochs=1,
-            step=0,
-        )
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, after_first[key]), key
-
-
-@pytest.mark.parametrize(
-    "bad_epoch, kept",
-    [(0, "no checkpoint was written before it"), (1, "checkpoint.pth \\(after epoch 1\\) is kept")],
-)
-def test_divergence_says_whether_a_checkpoint_is_kept(tmp_path, bad_epoch, kept):
-    model = nn.Linear(3, 1)
-
-    class Epochs(list):
-        epoch = 0
-
-        def set_epoch(self, epoch):
-            self.epoch = epoch
-            self[:] = [-torch.ones(2, 3) if epoch == bad_epoch else torch.ones(2, 3)]
-
-    loader = Epochs()
-    with pytest.raises(TrainingDiverged, match=kept):
-        fit(
-            Training(
-                model,
-                NaNAtSecondBatch(),
-                torch.optim.SGD(model.parameters(), lr=0.1),
-                torch.amp.GradScaler("cpu", enabled=False),
-                warmup_cosine_schedule(0.1, 2),
-                "none",
-                DistInfo(0, 1, 0, torch.device("cpu")),
-                RunLogger(tmp_path, False),
-            ),
-            loader,
-            sampler=loader,
-            unwrapped=model,
-            epochs=2,
-            seed=0,
-            checkpoint_path=tmp_path / "checkpoint.pth",
-        )
 
 
 def test_view_presets_and_overrides():

@@ -1,7 +1,7 @@
 """Benchmark: the detector's training step and its data pipeline.
 
-1. Images/s of our training step (cxr.engine.train_one_epoch with the
-   detection task) against the bare torchvision step on the same batches
+1. Images/s of our training step (cxr.engine.train_one_epoch with
+   train_det.detection_step) against the bare torchvision step on the same batches
    (forward, summed losses, backward, SGD step): the engine's overhead.
 2. Images/s of one data-loader worker (PNG decode + box-aware augmentation,
    cxr.data.DetectionDataset with BoxAugment) at --size, with augmentation on
@@ -25,17 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxr.coco_metrics import detection_collate  # noqa: E402
-from cxr.data import DetectionDataset  # noqa: E402
+from engine_epoch import engine_epoch, sgd  # noqa: E402
+
+from cxr.data import DetectionDataset, read_classes  # noqa: E402
 from cxr.detection_augment import BoxAugment  # noqa: E402
-from cxr.detector import build_detector  # noqa: E402
-from cxr.distributed import DistInfo  # noqa: E402
-from cxr.engine import Training, train_one_epoch  # noqa: E402
-from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
+from cxr.detector import build_detector, detection_collate  # noqa: E402
 from cxr.prepare import prepare  # noqa: E402
-from cxr.run_folder import RunLogger  # noqa: E402
 from cxr.synthetic import generate  # noqa: E402
-from train_det import DetectionTask  # noqa: E402
+from train_det import detection_step  # noqa: E402
 
 
 def timed(fn, repeats=2):
@@ -71,30 +68,13 @@ def bare_step(model, optimizer, batches, device):
 def bench_step(data_dir, arch, size, batch, steps, device):
     batches = training_batches(data_dir, batch, steps)
     torch.manual_seed(0)
-    model = build_detector(arch, size).to(device)
-    optimizer = build_optimizer("sgd", model, 0.01, 1e-4)
-    task = DetectionTask(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    schedule = warmup_cosine_schedule(0.01, 100 * steps)
+    classes = read_classes(data_dir)
+    model = build_detector(arch=arch, image_size=size, num_classes=len(classes)).to(device)
+    optimizer = sgd(model, 0.01)
+    step_fn = partial(detection_step, amp="none", device=device)
 
     def engine():
-        train_one_epoch(
-            Training(
-                model,
-                task,
-                optimizer,
-                scaler,
-                schedule,
-                "none",
-                DistInfo(0, 1, 0, device),
-                RunLogger(Path("."), enabled=False),
-                print_freq=10**9,
-            ),
-            batches,
-            epoch=0,
-            epochs=1,
-            step=0,
-        )
+        engine_epoch(model, step_fn, batches, optimizer=optimizer, device=device)
 
     def bare():
         bare_step(model, optimizer, batches, device)
@@ -134,8 +114,14 @@ def bench_settings(data_dir, arch, size, batch, steps, device, settings):
     rates = {}
     for rois, proposals in [(512, 2000)] + [s for s in settings if s != (512, 2000)]:
         torch.manual_seed(0)
-        model = build_detector(arch, size, roi_batch_size=rois, rpn_proposals=proposals).to(device)
-        optimizer = build_optimizer("sgd", model, 0.01, 1e-4)
+        model = build_detector(
+            arch=arch,
+            image_size=size,
+            num_classes=len(read_classes(data_dir)),
+            roi_batch_size=rois,
+            rpn_proposals=proposals,
+        ).to(device)
+        optimizer = sgd(model, 0.01)
         seconds = timed(partial(bare_step, model, optimizer, batches, device))
         rates[rois, proposals] = batch * len(batches) / seconds
         print(

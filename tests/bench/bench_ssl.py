@@ -6,7 +6,7 @@
    0.08-1, flips, colour jitter 0.4 p=0.8, grayscale p=0.2, PIL Gaussian blur
    p=0.5, histogram equalization, to tensor).
 2. The same view pipeline on a batch on the GPU, when there is one.
-3. Our training step (cxr.engine.train_one_epoch with the SimCLR task)
+3. Our training step (cxr.engine.train_one_epoch with train_ssl.simclr_step)
    against the bare model step on the same batches (forward, NT-Xent,
    backward, SGD step): the engine's overhead in percent.
 
@@ -17,7 +17,9 @@ import argparse
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -25,14 +27,15 @@ from PIL import Image, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from engine_epoch import engine_epoch  # noqa: E402
+
 from cxr.backbone import FEATURE_DIMS, build_resnet  # noqa: E402
+from cxr.data import to_network_input  # noqa: E402
 from cxr.distributed import DistInfo  # noqa: E402
-from cxr.engine import Training, train_one_epoch  # noqa: E402
-from cxr.optim import build_optimizer, warmup_cosine_schedule  # noqa: E402
-from cxr.run_folder import RunLogger  # noqa: E402
+from cxr.optim import build_optimizer  # noqa: E402
 from cxr.simclr import SimCLR, nt_xent  # noqa: E402
 from cxr.ssl_views import ViewConfig, simclr_views  # noqa: E402
-from train_ssl import SimCLRTask  # noqa: E402
+from train_ssl import simclr_step  # noqa: E402
 
 
 def radiographs(n, size, seed=0):
@@ -121,7 +124,9 @@ def bench_step(arch, size, batch, steps, rounds):
         torch.from_numpy(np.stack(radiographs(batch, size, seed=i)).astype(np.uint8)).unsqueeze(1)
         for i in range(steps)
     ]
-    task = SimCLRTask(size, ViewConfig(), 0.5, device, channels_last=device.type == "cuda")
+    dist_info = DistInfo(0, 1, 0, device)
+    args = SimpleNamespace(image_size=size, amp="none", temperature=0.5)
+    step_fn = partial(simclr_step, args=args, views=ViewConfig(), dist_info=dist_info)
 
     def fresh():
         torch.manual_seed(0)
@@ -130,34 +135,17 @@ def bench_step(arch, size, batch, steps, rounds):
 
     model, optimizer = fresh()
     generator = torch.Generator(device=device).manual_seed(0)
-    schedule = warmup_cosine_schedule(0.05, 10 * steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    logger = RunLogger(Path("."), enabled=False)
 
     def engine():
-        train_one_epoch(
-            Training(
-                model,
-                task,
-                optimizer,
-                scaler,
-                schedule,
-                "none",
-                DistInfo(0, 1, 0, device),
-                logger,
-                print_freq=10**9,
-            ),
-            batches,
-            epoch=0,
-            epochs=1,
-            step=0,
-            generator=generator,
+        engine_epoch(
+            model, step_fn, batches, optimizer=optimizer, device=device, generator=generator
         )
 
     def bare():
         model.train()
         for images in batches:
-            z = model(task.inputs(images, generator)).float()
+            first, second = simclr_views(images.to(device), size, ViewConfig(), generator)
+            z = model(to_network_input(torch.cat([first, second]))).float()
             loss = nt_xent(z[:batch], z[batch:], 0.5)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

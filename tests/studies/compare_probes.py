@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.backbone import headless_resnet, pretrained_trunk  # noqa: E402
-from cxr.classes import CLASS_NAMES  # noqa: E402
+from cxr.classes import VINBIGDATA_CLASSES  # noqa: E402
 from cxr.probe import macro_auroc, probe_test_scores, split_features  # noqa: E402
 
 
@@ -38,7 +38,8 @@ def probe_scores(trunk, data_dir, image_size):
     """(test scores, test labels) of the probe fitted on the train split, as
     evaluate.py --mode probe."""
     (train_x, train_y), (test_x, test_y) = (
-        split_features(trunk, data_dir, split, image_size, 64, "cpu") for split in ("train", "test")
+        split_features(trunk, data_dir, split, image_size=image_size, batch_size=64, device="cpu")
+        for split in ("train", "test")
     )
     return probe_test_scores(train_x, train_y, test_x), test_y
 
@@ -105,7 +106,7 @@ def print_per_class(labels, random_per_class, ssl_per_class):
     """Per class: test positives, mean random AUROC, and each SSL backbone's difference from it."""
     numbers = " ".join(f"{'ssl' + str(i):>6}" for i in range(1, len(ssl_per_class) + 1))
     print(f"{'class':<20} {'test+':>5} {'random':>6}  {numbers}")
-    for k, name in enumerate(CLASS_NAMES):
+    for k, name in enumerate(VINBIGDATA_CLASSES):
         if random_per_class[0][k] is None:
             print(f"{name:<20} {int(labels[:, k].sum()):>5}    n/a")
             continue

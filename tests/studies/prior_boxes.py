@@ -13,7 +13,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.baselines import chance, location_prior  # noqa: E402
-from cxr.classes import CLASS_NAMES  # noqa: E402
+from cxr.classes import dataset_classes  # noqa: E402
 from cxr.coco_metrics import coco_ground_truth, coco_metrics, competition_metrics  # noqa: E402
 from cxr.data import load_coco  # noqa: E402
 
@@ -37,12 +37,11 @@ def main():
         f"{metrics['AP50']:.4f}, AP@0.4 {metrics['AP40']:.4f}, competition mAP@0.4 "
         f"{competition_metrics(test, results)['mAP40']:.4f}"
     )
+    classes = dataset_classes(test, Path(args.data_dir) / "test_annotations.json")
     for row in metrics["per_class"]:
         if row["gt_boxes"]:
-            print(
-                f"  {CLASS_NAMES[row['category_id'] - 1]:<20} {row['gt_boxes']:>4} boxes  AP50 "
-                f"{row['AP50']:.4f}"
-            )
+            name = classes[row["category_id"] - 1]
+            print(f"  {name:<20} {row['gt_boxes']:>4} boxes  AP50 {row['AP50']:.4f}")
     rng = np.random.default_rng(0)
     draws = [coco_metrics(ground_truth, chance(train, test, rng)) for _ in range(args.chance_draws)]
     mean_ap, mean_ap50 = (np.mean([m[k] for m in draws]) for k in ("AP", "AP50"))

@@ -1,0 +1,49 @@
+"""The rows every input format is read into: one row per box, or per image without one.
+
+`cxr.vinbigdata`, `cxr.nih` and `cxr.coco_format` read their files into a
+`BoxTable`; `cxr.prepare` checks the images, fuses or cleans the boxes and
+splits the images from it, whatever the format.
+"""
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class BoxTable:
+    path: Path  # the file read
+    format: str  # vinbigdata, nih or coco
+    classes: tuple  # class names; class ids index into them
+    image_names: list  # distinct image names (file stems), in order of first appearance
+    file_names: list  # per image, its file under --images
+    image_index: np.ndarray  # (N,) int: row -> position in image_names
+    class_ids: np.ndarray  # (N,) int: 0..K-1, or -1 on a row without a box ("No finding")
+    boxes: np.ndarray  # (N, 4) float xyxy in reference pixels; NaN on rows without a box
+    reference_sizes: Optional[np.ndarray]  # (images, 2) width, height the boxes refer to;
+    # None: the boxes are in the image files' own pixels
+    several_readers: bool  # each image was read by several readers: fuse their boxes
+    group_of: Optional[Callable] = None  # image name -> patient, kept on one side of a split
+    duplicates: int = 0  # rows that repeated an earlier row exactly, dropped
+    crowd: int = 0  # COCO crowd regions (iscrowd 1), dropped
+
+
+def drop_duplicate_rows(table, key_columns):
+    """The table without rows whose key (image, then key_columns: (N, k) arrays of the
+    rows' other identifying values) repeats an earlier row; counts them."""
+    keys = np.concatenate(
+        [table.image_index[:, None].astype(np.float64), *key_columns], axis=1
+    )  # (N, 1 + k)
+    keys = np.where(np.isnan(keys), np.inf, keys)  # NaN (no box) compares equal to itself
+    _, first = np.unique(keys, axis=0, return_index=True)
+    keep = np.zeros(len(keys), dtype=bool)
+    keep[first] = True
+    return replace(
+        table,
+        image_index=table.image_index[keep],
+        class_ids=table.class_ids[keep],
+        boxes=table.boxes[keep],
+        duplicates=int((~keep).sum()),
+    )
