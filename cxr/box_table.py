@@ -37,9 +37,12 @@ def drop_duplicate_rows(table, key_columns):
         [table.image_index[:, None].astype(np.float64), *key_columns], axis=1
     )  # (N, 1 + k)
     keys = np.where(np.isnan(keys), np.inf, keys)  # NaN (no box) compares equal to itself
-    _, first = np.unique(keys, axis=0, return_index=True)
-    keep = np.zeros(len(keys), dtype=bool)
-    keep[first] = True
+    order = np.lexsort(keys.T[::-1])  # stable: equal rows in table order
+    ordered = keys[order]
+    repeats = np.zeros(len(keys), dtype=bool)
+    repeats[1:] = (ordered[1:] == ordered[:-1]).all(axis=1)
+    keep = np.ones(len(keys), dtype=bool)
+    keep[order[repeats]] = False
     return replace(
         table,
         image_index=table.image_index[keep],

@@ -95,7 +95,9 @@ def link_images(files, source_dir, target_dir):
     os.mkdir(target_dir)
     copies = copied_bytes = 0
     for name in files:
-        source = os.path.realpath(os.path.join(source_dir, name))
+        source = os.path.join(source_dir, name)
+        if os.path.islink(source):  # link to the file, not to a (relative) link
+            source = os.path.realpath(source)
         target = os.path.join(target_dir, name)
         try:
             os.link(source, target)

@@ -23,6 +23,8 @@ def name_problem(name):
         return f"{name!r} names a folder"
     if any(separator in name for separator in SEPARATORS):
         return "it holds a path separator (an image id must be a bare file name)"
+    if name.isascii() and name.isprintable():  # the common case, without a scan
+        return None
     bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
     if bad:
         return f"it holds the control character {bad[0]!r}"

@@ -207,28 +207,29 @@ def coco_dataset(names, *, images, classes, originals, annotations, info):
 def class_table(table, split, annotations):
     """Rows: class, input boxes, boxes per split after fusion, mean readers per box."""
     kept = set(split.train) | set(split.test)
-    rows_kept = np.array([table.image_names[i] in kept for i in table.image_index], dtype=bool)
+    rows_kept = np.array([name in kept for name in table.image_names])[table.image_index]
     input_boxes = np.bincount(
         table.class_ids[rows_kept & (table.class_ids >= 0)], minlength=len(table.classes)
     )
-    rows = []
-    for class_id, name in enumerate(table.classes):
-        per_split = {
-            side: [r for n in names for c, _, r in annotations.get(n, ()) if c == class_id]
-            for side, names in (("train", split.train), ("test", split.test))
+    counts = {side: np.zeros(len(table.classes), np.int64) for side in ("train", "test")}
+    readers = np.zeros(len(table.classes))
+    for side, names in (("train", split.train), ("test", split.test)):
+        for name in names:
+            for class_id, _, count in annotations.get(name, ()):
+                counts[side][class_id] += 1
+                readers[class_id] += count
+    boxes = counts["train"] + counts["test"]
+    return [
+        {
+            "class_id": class_id,
+            "class_name": name,
+            "input_boxes": int(input_boxes[class_id]),
+            "boxes_train": int(counts["train"][class_id]),
+            "boxes_test": int(counts["test"][class_id]),
+            "mean_readers": round(float(readers[class_id] / max(boxes[class_id], 1)), 2),
         }
-        readers = per_split["train"] + per_split["test"]
-        rows.append(
-            {
-                "class_id": class_id,
-                "class_name": name,
-                "input_boxes": int(input_boxes[class_id]),
-                "boxes_train": len(per_split["train"]),
-                "boxes_test": len(per_split["test"]),
-                "mean_readers": round(float(np.mean(readers)), 2) if readers else 0.0,
-            }
-        )
-    return rows
+        for class_id, name in enumerate(table.classes)
+    ]
 
 
 def summarize(table, images, split, annotations, report):

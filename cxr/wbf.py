@@ -1,42 +1,20 @@
-"""Weighted Boxes Fusion (Solovyev, Wang & Gabruseva, 2021, arXiv:1910.13302).
+"""Weighted Boxes Fusion (Solovyev, Wang & Gabruseva, 2021, arXiv:1910.13302), per label:
 
-The algorithm, per label (the paper's Section 2.1):
+1. Boxes scoring below skip_box_thr are skipped; reversed corners are swapped,
+   coordinates clipped to [0, 1], zero-area boxes dropped (counted, not silent).
+2. Boxes are visited by descending weighted score (score x the model's
+   weight); equal scores the box listed last first, as ensemble-boxes' sort
+   visits them (`visit_order`; prepare gives every reader's box score 1, so
+   this decides which reader's box seeds each cluster).
+3. A box joins the cluster whose CURRENT fused box (the score-weighted mean
+   of its members) has the highest IoU with it, the earliest cluster on equal
+   IoU, if that IoU exceeds iou_thr; otherwise it starts a new cluster.
+4. Each cluster's confidence per conf_type, as ensemble-boxes 1.0.9 defines it.
 
-1. Boxes with score < skip_box_thr are skipped. Reversed corners are swapped,
-   coordinates clipped to [0, 1], and zero-area boxes dropped; each of these
-   is reported once per call with counts.
-2. Boxes are visited in descending weighted score (score * the model's
-   weight). Equal scores are visited in the order the boxes are listed: model
-   by model, and within a model in its list's order. (prepare gives every
-   reader's box the score 1, so this rule decides which reader's box seeds
-   each cluster.)
-3. A box joins the cluster whose CURRENT fused box has the highest IoU with
-   it, the earliest-created cluster on equal IoU, if that IoU is strictly
-   greater than iou_thr; otherwise it starts a new cluster. A cluster's fused
-   box is the weighted-score-weighted mean of its members, recomputed after
-   each join.
-4. Each cluster's confidence per conf_type, as ensemble-boxes 1.0.9 defines
-   them: 'avg' is the mean member score times min(len(weights), n) /
-   sum(weights) (n / sum(weights) with allows_overflow), 'max' the largest
-   member score / max(weights), and the model-aware averages
-   'box_and_model_avg' and 'absent_model_aware_avg'. All labels' clusters are
-   returned by descending confidence (ties: labels in order of first
-   appearance, clusters in order of creation).
-
-`weighted_boxes_fusion` has the signature, inputs and outputs of the function
-of that name in the ensemble-boxes package, version 1.0.9, so a user can swap
-one for the other. Two differences from that package, both documented choices:
-its visit order among equal scores is whatever numpy's unstable argsort
-returns, reversed (for short lists: last listed first), and it stores fused
-boxes in float32; here the order is rule 2 and the arithmetic float64. On a
-table the size of VinBigData's the two agree on the fused boxes of 99.84% of
-images, and on random calls with continuous scores everywhere
-(docs/benchmarks.md). Bad arguments raise ValueError (the reference
-prints and exits).
-
-`fuse_box_groups` fuses many independent groups at once (one per image and
-class for prepare), each exactly as one `weighted_boxes_fusion` call with its
-boxes as a single model of weight 1.
+`weighted_boxes_fusion` takes ensemble-boxes 1.0.9's arguments (its options
+by keyword) and returns its results, in float64 (docs/design.md says where
+they can differ); `fuse_box_groups` fuses many groups (one per image and
+class in prepare) with the same loop.
 """
 
 import warnings
@@ -113,22 +91,33 @@ def box_iou(a, b):
     return intersection / union
 
 
+def visit_order(scores):
+    """Step 2's order: descending score, and among equal scores the box listed last
+    first (ensemble-boxes' sort: a stable ascending one, reversed)."""
+    return sorted(range(len(scores)), key=lambda i: scores[i])[::-1]
+
+
 def cluster_boxes(boxes, scores, iou_thr):
     """Steps 2 and 3 of the module docstring for one label's boxes.
 
-    boxes: list of xyxy tuples; scores: their weighted scores, same order.
-    Returns (members, fused): per cluster in order of creation, the indices of
-    its boxes in visit order, and its fused box.
+    Args:
+        boxes: xyxy boxes in [0, 1] (N of them, as lists or tuples of 4 floats);
+            scores: their N weighted scores.
+        iou_thr: a box joins a cluster only if its IoU with the cluster's fused
+            box exceeds this.
+    Returns:
+        (members, fused): per cluster in order of creation, the indices of its
+        boxes in visit order, and its fused box (a tuple of 4 floats).
     """
     members, fused, weighted_sums, score_sums = [], [], [], []
-    for i in sorted(range(len(boxes)), key=lambda i: -scores[i]):  # sorted() is stable
+    for i in visit_order(scores):
         box, score = boxes[i], scores[i]
         best, best_iou = None, iou_thr
-        for k, cluster_box in enumerate(fused):
+        for k, cluster_box in enumerate(fused):  # the first of equal IoUs wins
             overlap = box_iou(cluster_box, box)
             if overlap > best_iou:
                 best, best_iou = k, overlap
-        if best is None:
+        if best is None:  # a new cluster: the box itself
             members.append([i])
             fused.append(tuple(box))
             weighted_sums.append([score * c for c in box])
@@ -141,13 +130,13 @@ def cluster_boxes(boxes, scores, iou_thr):
     return members, fused
 
 
-def fuse_box_groups(boxes, scores, groups, iou_thr=0.55, skip_box_thr=0.0):
+def fuse_box_groups(boxes, scores, groups, *, iou_thr=0.55, skip_box_thr=0.0):
     """Fuse many independent groups of boxes (e.g. one per image and class).
 
     boxes: (N, 4) xyxy in [0, 1]; scores: (N,); groups: (N,) integer group ids.
-    Within a group, boxes listed first are treated as one model with weight 1,
-    exactly like one `weighted_boxes_fusion` call per group with that group's
-    boxes as a single model. Returns a GroupFusion.
+    Each group is fused exactly as one `weighted_boxes_fusion` call with that
+    group's boxes, in the order listed, as one model of weight 1. Returns a
+    GroupFusion.
     """
     boxes, keep, report = clean_boxes(boxes, scores, skip_box_thr)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)[keep]
@@ -198,7 +187,7 @@ def _validate(boxes_list, scores_list, labels_list, weights, conf_type):
         )
 
 
-def cluster_confidence(member_scores, member_models, weights, conf_type, allows_overflow):
+def cluster_confidence(member_scores, member_models, weights, *, conf_type, allows_overflow):
     """Step 4 of the module docstring for one cluster: its members' weighted
     scores and model indices, the models' weights."""
     n = len(member_scores)
@@ -219,18 +208,24 @@ def weighted_boxes_fusion(
     boxes_list,
     scores_list,
     labels_list,
+    *,
     weights=None,
     iou_thr=0.55,
     skip_box_thr=0.0,
     conf_type="avg",
     allows_overflow=False,
 ):
-    """Fuse the boxes of several models; drop-in for ensemble_boxes' function.
+    """Fuse the boxes of several models; ensemble_boxes' function, its options given
+    by keyword.
 
-    boxes_list: per model, (n_m, 4) xyxy normalized to [0, 1];
-    scores_list, labels_list: per model, (n_m,); weights: per model, default 1.
-    Returns (boxes (N, 4), scores (N,), labels (N,)) as float64 arrays sorted
-    by descending score. See the module docstring for the exact semantics.
+    Args:
+        boxes_list: per model, (n_m, 4) xyxy normalized to [0, 1].
+        scores_list, labels_list: per model, (n_m,).
+        weights: per model (default 1); iou_thr, skip_box_thr, conf_type,
+            allows_overflow: as in ensemble-boxes 1.0.9 (module docstring).
+    Returns:
+        (boxes (N, 4), scores (N,), labels (N,)) float64 arrays by descending
+        score, equal scores the later-found first (ensemble-boxes' order).
     """
     _validate(boxes_list, scores_list, labels_list, weights, conf_type)
     weights = np.ones(len(boxes_list)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -265,11 +260,11 @@ def weighted_boxes_fusion(
                 [label_scores[i] for i in indices],
                 model_of_row[rows[indices]].tolist(),
                 weights,
-                conf_type,
-                allows_overflow,
+                conf_type=conf_type,
+                allows_overflow=allows_overflow,
             )
             results.append((confidence, box, label))
-    results.sort(key=lambda result: -result[0])  # stable: ties keep label, then creation order
+    results = sorted(results, key=lambda result: result[0])[::-1]  # as visit_order sorts
     return (
         np.array([box for _, box, _ in results], dtype=np.float64),
         np.array([confidence for confidence, _, _ in results], dtype=np.float64),

@@ -142,24 +142,41 @@ def test_mismatched_lengths_raise_value_error():
 
 
 @pytest.mark.parametrize("as_models", [False, True])
-def test_equal_scores_are_visited_in_the_order_listed(as_models):
-    # IoU(a, b) = IoU(b, c) = 0.23 > 0.2 and IoU(a, c) = 0. Visiting a, b, c fuses
-    # b into a, and c (IoU 0.03 with the fused box) stays alone; visiting c, b, a
-    # would do the opposite. Listed in one model or as three models of weight 1.
+def test_equal_scores_are_visited_last_listed_first_as_ensemble_boxes_does(as_models):
+    # IoU(a, b) = IoU(b, c) = 0.23 > 0.2 and IoU(a, c) = 0. ensemble-boxes sorts the
+    # scores ascending (stable) and reverses: c, b, a. c seeds a cluster, b joins it,
+    # and a (IoU 0.03 with the fused box) stays alone; visiting a, b, c would fuse a
+    # with b instead. Listed in one model or as three models of weight 1.
     a, b, c = [0.0, 0.0, 0.4, 1.0], [0.25, 0.0, 0.65, 1.0], [0.5, 0.0, 0.9, 1.0]
     if as_models:
         boxes, _, _ = fuse([[a], [b], [c]], [[1], [1], [1]], [[0], [0], [0]], iou_thr=0.2)
     else:
         boxes, _, _ = fuse([[a, b, c]], [[1, 1, 1]], [[0, 0, 0]], iou_thr=0.2)
-    fused_ab = (np.array(a) + np.array(b)) / 2
+    fused_bc = (np.array(b) + np.array(c)) / 2
     assert sorted(map(tuple, np.round(boxes, 9))) == sorted(
-        [tuple(c), tuple(np.round(fused_ab, 9))]
+        [tuple(a), tuple(np.round(fused_bc, 9))]
     )
+
+
+def test_a_chain_of_tied_readers_fuses_as_the_seed_conversion_did():
+    """Five tied boxes a..e in a chain, a = [0, .4] ... e = [.4, .8] in x: neighbours
+    overlap with IoU 0.6, second neighbours 1/3. By hand, visiting e, d, c, b, a at
+    iou_thr 0.4: e seeds; d joins (0.6): [.35, .75]; c joins (.25 / .55 = 0.45):
+    [.3, .7]; b overlaps that .2 / .6 = 1/3: a new cluster; a joins b (0.6 against
+    0.14): [.05, .45]. Equal confidences come out the later cluster first. Visiting
+    a first instead gives [.1, .5] and [.35, .75]."""
+    chain = [[x / 10, 0.0, (x + 4) / 10, 1.0] for x in range(5)]
+    boxes, scores, _ = fuse([chain], [[1] * 5], [[0] * 5], iou_thr=0.4)
+    np.testing.assert_allclose(boxes, [[0.05, 0.0, 0.45, 1.0], [0.3, 0.0, 0.7, 1.0]], atol=1e-12)
+    assert scores.tolist() == [1.0, 1.0]
+    groups = fuse_box_groups(np.array(chain), np.ones(5), np.zeros(5, int), iou_thr=0.4)
+    np.testing.assert_allclose(groups.boxes, [[0.3, 0.0, 0.7, 1.0], [0.05, 0.0, 0.45, 1.0]])
+    assert groups.sizes.tolist() == [3, 2]  # clusters in order of creation
 
 
 def reference_wbf(boxes, scores, iou_thr):
     """First principles, one label, one model of weight 1: visit boxes by
-    descending score (equal scores in the order listed), join the cluster whose
+    descending score (equal scores the last listed first), join the cluster whose
     current weighted-mean box has the highest IoU if above iou_thr."""
 
     def iou(p, q):
@@ -168,7 +185,7 @@ def reference_wbf(boxes, scores, iou_thr):
         union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - w * h
         return w * h / union
 
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], -i))
     clusters = []
     for i in order:
         means = [
