@@ -1,45 +1,17 @@
 """Evaluation of cxr models: mAP, pictures, predictions, and the linear probe.
 
     python evaluate.py --mode map --data-dir data --experiment-name simclr_40pct
-    python evaluate.py --mode map --checkpoint fasterrcnn_final.pth --experiment-name simclr_60pct \
-        --test-data-dir data/test --test-ann-file data/test_annotations.json --device cuda:0
-    torchrun --nproc_per_node=4 evaluate.py --mode map --data-dir data \
-        --experiment-name simclr_40pct
-    python evaluate.py --mode visualize --data-dir data --experiment-name simclr_40pct \
-        --num-images 8
-    python evaluate.py --mode predict --experiment-name simclr_40pct --images vinbigdata/test \
-        --original-sizes vinbigdata/test_meta.csv --submission
-    python evaluate.py --mode probe --data-dir data --experiment-name simclr_40pct \
-        [--backbone random]
+    python evaluate.py --mode visualize --data-dir data --experiment-name simclr_40pct
+    python evaluate.py --mode predict --experiment-name simclr_40pct --images DIR --submission ...
+    python evaluate.py --mode probe --data-dir data --experiment-name simclr_40pct
 
---mode map runs the detector (a bare --checkpoint name is looked up in the
-experiment folder; architecture and image size come from the JSON train_det.py
-wrote beside it) on the test images, batched, in exact shards under torchrun,
-and reports pycocotools' 12 numbers, AP at IoU 0.4 (the competition's
-threshold, with COCO's 101-point interpolation), a per-class table, and the
-competition's own metric (mAP@0.4 over the lesions and "No finding", VOC
-interpolation; see cxr.coco_metrics). It writes metrics.json, per_class.csv
-and test_predictions.json (COCO results) into <output-dir>/<experiment>/eval/.
-
---mode visualize draws ground truth (solid) and predictions (dashed, with
-scores) on --num-images test images or --image-ids, one PNG each plus a
-contact sheet, into eval/visualize/.
-
---mode predict runs the detector on images without annotations (a folder or
-files) and writes eval/predictions.json (COCO results; each entry also names
-its file) and, with --submission, the competition's submission.csv (boxes in
-original pixels when --original-sizes is given, see cxr.submission).
-
---mode probe gauges a backbone with a linear probe: pooled features of the
-prepared train and test images (frozen, eval mode, no augmentation),
-standardized with the train statistics, one-vs-rest L2 logistic regression
-(C=1.0, as scikit-learn's default) on the 14 image-level labels, and
-macro-AUROC on the test split. The default backbone is the experiment's
-pretrain/pretrained-backbone.pth, whose JSON gives the architecture and image
-size; --backbone random gives the baseline of a randomly initialized trunk of
-the same architecture. Results go to eval/probe-<name>.json.
-
-Every output is refused if it exists, unless --replace.
+map: pycocotools' 12 numbers, AP@0.4, a per-class table and the
+competition's metric (`cxr.coco_metrics`), every test image inferred once
+across ranks; visualize: ground truth and predictions drawn; predict:
+detections of unlabeled images, with --submission the competition's CSV
+(`cxr.submission`); probe: a linear probe of a backbone (`cxr.probe`) or of a
+random one (--backbone random). Results go to the experiment's eval/
+(cxr.layout); an existing result is refused unless --replace.
 """
 
 import csv
@@ -52,9 +24,21 @@ import torch
 from PIL import Image
 
 from cxr import layout
-from cxr.backbone import backbone_meta, headless_resnet, pretrained_trunk
+from cxr.backbone import FEATURE_DIMS, backbone_meta, headless_resnet, pretrained_trunk
 from cxr.classes import class_index, dataset_classes
-from cxr.cli import parser
+from cxr.cli import (
+    bare_name,
+    default_workers,
+    device,
+    fraction,
+    image_size,
+    int_range,
+    parser,
+    positive_float,
+    positive_int,
+    seed,
+    seed_project_group,
+)
 from cxr.coco_metrics import (
     STAT_NAMES,
     coco_ground_truth,
@@ -100,6 +84,7 @@ def get_args_parser():
     p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
     p.add_argument(
         "--experiment-name",
+        type=bare_name,
         default="simclr",
         help="the experiment folder: its detector, backbone and eval/",
     )
@@ -110,15 +95,23 @@ def get_args_parser():
         "its train and test splits (probe)",
     )
     p.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+        "--device",
+        type=device,
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda if available)",
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="images per forward pass (default: 8 for map, 32 for probe)",
     )
-    p.add_argument("--workers", type=int, default=2, help="data loader processes")
+    p.add_argument(
+        "--workers",
+        type=int_range(0, 256),
+        default=default_workers(),
+        help="data loader processes (default: this machine's cores per process, at most 4)",
+    )
     p.add_argument("--replace", action="store_true", help="overwrite existing results")
     detector = p.add_argument_group("map, visualize, predict")
     detector.add_argument(
@@ -127,25 +120,17 @@ def get_args_parser():
         help="detector weights; a bare file name is looked up in the experiment folder",
     )
     detector.add_argument(
-        "--test-data-dir", default=None, help="image folder (default: DATA_DIR/test)"
-    )
-    detector.add_argument(
-        "--test-ann-file",
-        default=None,
-        help="COCO annotations of those images (default: DATA_DIR/test_annotations.json)",
-    )
-    detector.add_argument(
         "--eval-dir", default=None, help="where results go (default: the experiment's eval/)"
     )
     detector.add_argument(
         "--score-threshold",
-        type=float,
+        type=fraction,
         default=None,
         help="lowest detection score kept (map, predict: 0.05, torchvision's default) "
         "or drawn (visualize: 0.3)",
     )
     detector.add_argument(
-        "--num-images", type=int, default=8, help="visualize: how many test images"
+        "--num-images", type=positive_int, default=8, help="visualize: how many test images"
     )
     detector.add_argument(
         "--image-ids",
@@ -178,16 +163,37 @@ def get_args_parser():
         help="'random', or a ResNet state dict (default: the experiment's pretrained-backbone.pth)",
     )
     probe.add_argument(
-        "--arch", default=None, help="default: from the backbone's JSON, else resnet50"
+        "--arch",
+        default=None,
+        choices=sorted(FEATURE_DIMS),
+        help="default: from the backbone's JSON, else resnet50",
     )
     probe.add_argument(
-        "--image-size", type=int, default=None, help="default: from the backbone's JSON, else 512"
+        "--image-size",
+        type=image_size,
+        default=None,
+        help="default: from the backbone's JSON, else 512",
     )
     probe.add_argument(
-        "--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression"
+        "--C",
+        type=positive_float,
+        default=1.0,
+        help="inverse L2 strength of the logistic regression",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the random backbone and of the pictured images"
+        "--seed",
+        type=seed,
+        default=0,
+        help="seed of the random backbone and of the pictured images",
+    )
+    seed_project = seed_project_group(p)
+    seed_project.add_argument(
+        "--test-data-dir", default=None, help="image folder (default: DATA_DIR/test)"
+    )
+    seed_project.add_argument(
+        "--test-ann-file",
+        default=None,
+        help="COCO annotations of those images (default: DATA_DIR/test_annotations.json)",
     )
     return p
 

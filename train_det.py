@@ -1,28 +1,18 @@
 """Faster R-CNN fine-tuning on the labeled set, from the SSL backbone or a random one.
 
-One process:
     python train_det.py --data-dir data --experiment-name simclr_40pct
-Several GPUs / nodes (DDP), surviving a lost worker:
-    torchrun --nproc_per_node=8 --max-restarts=3 train_det.py --data-dir data \
-        --experiment-name simclr_40pct --auto-resume
+    torchrun --nproc_per_node=8 --max-restarts=3 train_det.py ... --auto-resume
 
-The labeled set is the last --labeled-fraction of the seeded permutation of
-the training images (`cxr.splits.partition`, the split seed recorded by
-train_ssl.py); if it overlaps the SSL pool recorded in the experiment's
-pretrain folder the run stops, unless --allow-overlap. By default all five
-ResNet stages train, with BatchNorm global across processes, so that a
-random start trains as well as a pretrained one: an SSL-vs-random comparison
-changes --init and nothing else. Training oversamples images with rare
-classes by repeat factors (LVIS) and augments each image online with
-box-aware transforms (`cxr.detection_augment`), every item with its own seed from
-the sampler, so ranks never share draws; the learning-rate schedule counts
-the steps of every (variable-length) epoch. Every --eval-every
-epochs the model is evaluated (COCO mAP with pycocotools) on the test split,
-or on a held-out --val-fraction of the labeled images, with exact shards
-under DDP. Writes into <output-dir>/<experiment-name>/: args.json,
-log.jsonl, labeled_images.txt, checkpoint.pth (each epoch; --resume),
-eval_history.json, and at the end fasterrcnn_final.pth (the FasterRCNN state
-dict) with fasterrcnn_final.json. --lr is absolute for the total batch.
+The labeled set is the last --labeled-fraction of the SSL split's seeded
+permutation (`cxr.splits`); an overlap with the experiment's SSL pool is
+refused. All five ResNet stages train with global BatchNorm by default, so a
+random start trains too and an SSL-vs-random comparison changes --init only.
+Training oversamples rare classes by repeat factors and augments every item
+with its own seed (`cxr.samplers`, `cxr.detection_augment`); the schedule
+counts the steps of every epoch. Every --eval-every epochs COCO mAP is
+measured on the test split (or a held-out --val-fraction). Writes
+<output-dir>/<experiment-name>/ (cxr.layout): checkpoint.pth every epoch,
+eval_history.json, and at the end fasterrcnn_final.pth with its JSON.
 """
 
 import argparse
@@ -35,8 +25,25 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr import layout
-from cxr.backbone import backbone_meta, infer_arch, load_trunk_weights
-from cxr.cli import add_run_flags, add_share_flag, fraction_arg, parser
+from cxr.backbone import FEATURE_DIMS, backbone_meta, infer_arch, load_trunk_weights
+from cxr.cli import (
+    add_run_flags,
+    add_share_flag,
+    bare_name,
+    default_workers,
+    device,
+    float_range,
+    fraction,
+    fraction_list,
+    image_size,
+    int_range,
+    non_negative_float,
+    non_negative_int,
+    parser,
+    positive_float,
+    positive_int,
+    seed,
+)
 from cxr.coco_metrics import coco_ground_truth, coco_metrics
 from cxr.data import DetectionDataset, load_coco, read_classes, split_images
 from cxr.detection_augment import BoxAugment
@@ -66,7 +73,13 @@ from cxr.engine import (
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
 from cxr.image_lists import data_fingerprint, read_image_list
-from cxr.optim import build_optimizer, check_warmup, step_schedule, warmup_cosine_schedule
+from cxr.optim import (
+    build_optimizer,
+    check_run_length,
+    check_warmup,
+    step_schedule,
+    warmup_cosine_schedule,
+)
 from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
 from cxr.samplers import RepeatFactorSampler, repeat_factors
@@ -80,6 +93,7 @@ def get_args_parser():
     p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
     p.add_argument(
         "--experiment-name",
+        type=bare_name,
         default="simclr",
         help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/, beside pretrain/",
     )
@@ -92,22 +106,26 @@ def get_args_parser():
     p.add_argument(
         "--arch",
         default=None,
+        choices=sorted(FEATURE_DIMS),
         help="default: the SSL backbone's, or the architecture of the --init file's tensors; "
         "resnet50 for --init random",
     )
     p.add_argument(
-        "--image-size", type=int, default=512, help="images are read at this size, not upscaled"
+        "--image-size",
+        type=image_size,
+        default=512,
+        help="images are read at this size, not upscaled",
     )
     add_share_flag(
         p,
         "--labeled-fraction",
-        "labeled_fraction",
-        None,
-        "the share of the training images fine-tuned on, with their labels",
+        dest="labeled_fraction",
+        default=None,
+        meaning="the share of the training images fine-tuned on, with their labels",
         default_text=" (default: 1 - the SSL fraction recorded in pretrain/, else 1)",
     )
     p.add_argument(
-        "--split-seed", type=int, default=None, help="default: the one pretraining used, else 0"
+        "--split-seed", type=seed, default=None, help="default: the one pretraining used, else 0"
     )
     p.add_argument(
         "--allow-overlap",
@@ -116,7 +134,7 @@ def get_args_parser():
     )
     p.add_argument(
         "--trainable-layers",
-        type=int,
+        type=int_range(0, 5),
         default=5,
         help="ResNet stages trained, 0-5; 5 (all) trains a random start too (torchvision's "
         "fine-tuning recipe for ImageNet weights is 3 with --norm frozen)",
@@ -130,30 +148,33 @@ def get_args_parser():
     )
     p.add_argument(
         "--roi-batch-size",
-        type=int,
+        type=positive_int,
         default=512,
         help="proposals sampled per image to train the box head (torchvision: 512); "
         "lower it to train faster on a CPU",
     )
     p.add_argument(
         "--rpn-proposals",
-        type=int,
+        type=positive_int,
         default=2000,
         help="proposals the RPN keeps per image in training (torchvision: 2000); lower it to train "
         "faster on a CPU",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="images per process")
-    p.add_argument("--epochs", type=int, default=26, help="passes over the oversampled labeled set")
-    p.add_argument("--lr", type=float, default=0.01, help="absolute peak learning rate")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per process")
+    p.add_argument(
+        "--epochs", type=positive_int, default=26, help="passes over the oversampled labeled set"
+    )
+    p.add_argument("--lr", type=positive_float, default=0.01, help="absolute peak learning rate")
     p.add_argument(
         "--warmup-iters",
-        type=int,
-        default=500,
-        help="iterations of linear warmup; refused if longer than the run",
+        type=non_negative_int,
+        default=None,
+        help="iterations of linear warmup (default: a tenth of the run, at most 500; a value "
+        "longer than the run is refused)",
     )
     p.add_argument(
         "--warmup-factor",
-        type=float,
+        type=fraction,
         default=0.0,
         help="the learning rate's share at the start of warmup (torchvision's detection "
         "recipe: 0.001); it rises linearly to 1",
@@ -165,13 +186,22 @@ def get_args_parser():
         help="after warmup: x0.1 at each of --lr-steps, or cosine decay to 0",
     )
     p.add_argument(
-        "--lr-steps", default="0.67,0.89", help="step schedule: fractions of training to decay x0.1"
+        "--lr-steps",
+        type=lr_steps,
+        default="0.67,0.89",
+        help="step schedule: rising shares of the run at which the rate decays x0.1",
     )
     p.add_argument(
-        "--weight-decay", type=float, default=1e-4, help="on weights; biases and norms are exempt"
+        "--weight-decay",
+        type=non_negative_float,
+        default=1e-4,
+        help="on weights; biases and norms are exempt",
     )
     p.add_argument(
-        "--repeat-threshold", type=float, default=0.4, help="LVIS repeat-factor threshold t"
+        "--repeat-threshold",
+        type=fraction,
+        default=0.4,
+        help="LVIS repeat-factor threshold t (0: no oversampling)",
     )
     p.add_argument(
         "--repeat-rounding",
@@ -187,22 +217,28 @@ def get_args_parser():
     )
     p.add_argument(
         "--negatives",
-        type=float,
+        type=float_range(0.0, 100.0),
         default=0.0,
         help="add this many normal images per labeled image as box-free negatives "
         "(needs prepare --keep-normal)",
     )
     p.add_argument(
         "--val-fraction",
-        type=fraction_arg,
+        type=float_range(0.0, 1.0, high_open=True, what="a share"),
         default=0.0,
         help="evaluate on this held-out share of the labeled images instead of the test split",
     )
     p.add_argument(
-        "--eval-every", type=int, default=1, help="epochs between evaluations (0: only at the end)"
+        "--eval-every",
+        type=non_negative_int,
+        default=1,
+        help="epochs between evaluations (0: only at the end)",
     )
     p.add_argument(
-        "--eval-batch-size", type=int, default=8, help="images per forward pass when evaluating"
+        "--eval-batch-size",
+        type=positive_int,
+        default=8,
+        help="images per forward pass when evaluating",
     )
     p.add_argument(
         "--amp",
@@ -211,21 +247,37 @@ def get_args_parser():
         help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)",
     )
     p.add_argument(
-        "--clip-grad", type=float, default=None, help="max gradient norm (off by default)"
+        "--clip-grad", type=positive_float, default=None, help="max gradient norm (off by default)"
     )
     p.add_argument(
-        "--workers", type=int, default=4, help="data loader processes per training process"
+        "--workers",
+        type=int_range(0, 256),
+        default=default_workers(),
+        help="data loader processes per training process (default: this machine's cores per "
+        "process, at most 4)",
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         default=0,
         help="seed of the head weights, the epoch order and the augmentations",
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--print-freq", type=int, default=20, help="iterations between progress lines")
-    add_run_flags(p, "cxr.layout.DETECTOR_OUTPUTS; never pretrain/ or eval/")
+    p.add_argument(
+        "--device", type=device, default=None, help="cpu or cuda (default: cuda if available)"
+    )
+    p.add_argument(
+        "--print-freq", type=positive_int, default=20, help="iterations between progress lines"
+    )
+    add_run_flags(p, ", ".join(layout.DETECTOR_OUTPUTS) + "; never pretrain/ or eval/")
     return p
+
+
+def lr_steps(text):
+    """--lr-steps: rising shares of the run in (0, 1), kept as typed."""
+    steps = fraction_list(text, low_open=True, high_open=True)
+    if steps != sorted(steps):
+        raise argparse.ArgumentTypeError(f"{text!r}: the shares must rise")
+    return text
 
 
 def pretrain_record(args):
@@ -313,7 +365,11 @@ def detection_step(model, batch, generator, *, amp, device):
 def training_loader(dataset, factors, args, dist_info):
     """(sampler, loader) of the oversampled, sharded, per-item-seeded training epochs."""
     sampler = RepeatFactorSampler(
-        factors, dist_info.world_size, dist_info.rank, seed=args.seed, rounding=args.repeat_rounding
+        factors,
+        num_replicas=dist_info.world_size,
+        rank=dist_info.rank,
+        seed=args.seed,
+        rounding=args.repeat_rounding,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -332,16 +388,32 @@ def epoch_steps(sampler, batch_size, epochs):
     return [math.ceil(sampler.shard_length(epoch) / batch_size) for epoch in range(epochs)]
 
 
+DEFAULT_WARMUP = 500  # iterations, unless a tenth of the run is shorter
+
+
+def warmup_iters(args, total_steps):
+    """--warmup-iters, or by default a tenth of the run, at most DEFAULT_WARMUP."""
+    if args.warmup_iters is not None:
+        check_warmup(args.warmup_iters, total_steps, f"--warmup-iters {args.warmup_iters}")
+        return args.warmup_iters
+    return min(DEFAULT_WARMUP, math.ceil(total_steps / 10))
+
+
 def learning_rates(args, total_steps):
     """The learning rate of every global step of the whole run."""
-    check_warmup(args.warmup_iters, total_steps, f"--warmup-iters {args.warmup_iters}")
+    check_run_length(total_steps, f"--epochs {args.epochs} and --batch-size {args.batch_size}")
+    warmup = warmup_iters(args, total_steps)
     if args.lr_schedule == "cosine":
         return warmup_cosine_schedule(
-            args.lr, total_steps, args.warmup_iters, start_factor=args.warmup_factor
+            args.lr, total_steps, warmup_steps=warmup, start_factor=args.warmup_factor
         )
     milestones = [round(float(f) * total_steps) for f in args.lr_steps.split(",")]
     return step_schedule(
-        args.lr, total_steps, args.warmup_iters, milestones, start_factor=args.warmup_factor
+        args.lr,
+        total_steps,
+        warmup_steps=warmup,
+        milestones=milestones,
+        start_factor=args.warmup_factor,
     )
 
 
@@ -374,6 +446,8 @@ def choose_data(args, dist_info, meta, ssl_pool):
     )
     factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
     sampler, loader = training_loader(dataset, factors, args, dist_info)
+    per_epoch = math.ceil(sum(factors) / (args.batch_size * dist_info.world_size))
+    check_run_length(args.epochs * per_epoch, f"--epochs {args.epochs}")  # before counting them
     schedule = learning_rates(args, sum(epoch_steps(sampler, args.batch_size, args.epochs)))
     eval_dataset, ground_truth = evaluation_set(args, held_out)
     return Data(
@@ -470,7 +544,7 @@ def run(args, dist_info):
     log_start(run, data, message)
 
     optimization = Optimization(
-        build_optimizer("sgd", model, args.lr, args.weight_decay),
+        build_optimizer("sgd", model, lr=args.lr, weight_decay=args.weight_decay),
         grad_scaler(args.amp, dist_info.device),
         data.schedule,
         args.clip_grad,
@@ -524,7 +598,8 @@ def log_start(run, data, message):
         f"{args.norm}, {args.trainable_layers} stages trained: {len(data.labeled)} labeled images, "
         f"{data.negatives} negatives, repeat factors sum {sum(data.factors):.1f} "
         f"(t={args.repeat_threshold}, {args.repeat_rounding}), {len(data.schedule)} iterations "
-        f"of {args.batch_size} x {dist_info.world_size} in {args.epochs} epochs; evaluating on "
+        f"of {args.batch_size} x {dist_info.world_size} in {args.epochs} epochs "
+        f"({warmup_iters(args, len(data.schedule))} of warmup); evaluating on "
         f"{len(data.eval_dataset)} {'held-out' if data.held_out else 'test'} images",
         event="data",
         labeled=len(data.labeled),

@@ -1,33 +1,22 @@
 """SimCLR pretraining of a ResNet trunk on the SSL pool of a prepared data folder.
 
-One process (CPU or one GPU):
     python train_ssl.py --data-dir data --experiment-name simclr_40pct
-Several GPUs / nodes (DDP; nccl on CUDA, gloo on CPU), surviving a lost worker:
     torchrun --nproc_per_node=4 train_ssl.py --data-dir data --experiment-name simclr_40pct
-    torchrun --nnodes=2 --node_rank=R --rdzv_endpoint=HOST:29400 --nproc_per_node=8 \
-        --max-restarts=3 train_ssl.py ... --auto-resume
 
 The SSL pool is the first --ssl-fraction of a seeded permutation of the
-training images (`cxr.splits.partition`), plus the normal images with
---include-normal and unlabeled --extra-images; train_det.py fine-tunes on the
-last --labeled-fraction, disjoint by construction. Under torchrun BatchNorm
-normalizes with the global batch's statistics (`cxr.global_batchnorm`), as
-SimCLR does, so that N processes train like one with the whole batch.
-Writes, under <output-dir>/<experiment-name>/pretrain/: args.json,
-log.jsonl, ssl_images.txt, checkpoint.pth (each epoch; --resume continues
-it) and, at the end, pretrained-backbone.pth (torchvision ResNet keys, no
-fc) with pretrained-backbone.json. Before saving, the trunk's BatchNorm statistics are
-recomputed on --precise-bn-images un-augmented images of the pool (precise
-BN): the running averages of training follow augmented views and lag behind
-the weights, and a detector with frozen norms would inherit them. --lr is the
-absolute learning rate for the total batch (batch size x processes); it is
-not rescaled per 256 images.
+training images (`cxr.splits`), plus the normal images (--include-normal) and
+unlabeled --extra-images; train_det.py fine-tunes on the rest. Under torchrun
+BatchNorm uses the global batch's statistics (`cxr.global_batchnorm`), as
+SimCLR does. Writes <output-dir>/<experiment-name>/pretrain/ (cxr.layout):
+checkpoint.pth every epoch (--resume continues), and at the end
+pretrained-backbone.pth (torchvision ResNet keys) after recomputing its
+BatchNorm statistics on clean images (precise BN). --lr is the absolute rate
+for the whole batch (batch size x processes).
 """
 
 import argparse
 import functools
-import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -40,7 +29,22 @@ from cxr.backbone import (
     recompute_batchnorm_statistics,
     save_backbone,
 )
-from cxr.cli import add_run_flags, add_share_flag, parser
+from cxr.cli import (
+    add_run_flags,
+    add_share_flag,
+    bare_name,
+    default_workers,
+    device,
+    image_size,
+    int_range,
+    non_negative_float,
+    non_negative_int,
+    parser,
+    positive_float,
+    positive_int,
+    seed,
+    seed_project_group,
+)
 from cxr.data import ImageList, list_images, split_images, to_network_input
 from cxr.distributed import DistInfo, process_group
 from cxr.engine import (
@@ -59,13 +63,13 @@ from cxr.engine import (
 )
 from cxr.errors import UserError, exit_on_user_error
 from cxr.global_batchnorm import convert_to_global_batchnorm
-from cxr.optim import build_optimizer, check_warmup, warmup_cosine_schedule
+from cxr.optim import build_optimizer, check_run_length, check_warmup, warmup_cosine_schedule
 from cxr.run_folder import open_run
 from cxr.samplers import ShuffleSampler
 from cxr.seeds import stream_seed
 from cxr.simclr import SimCLR, nt_xent
 from cxr.splits import partition
-from cxr.ssl_views import VIEW_PRESETS, ViewConfig, simclr_views
+from cxr.ssl_views import VIEW_PRESETS, ViewConfig, parse_views, simclr_views, views_flag
 
 
 def get_args_parser():
@@ -74,27 +78,34 @@ def get_args_parser():
     p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
     p.add_argument(
         "--experiment-name",
+        type=bare_name,
         default="simclr",
         help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/pretrain/",
     )
     p.add_argument(
         "--arch", default="resnet50", choices=sorted(FEATURE_DIMS), help="torchvision ResNet trunk"
     )
-    p.add_argument("--image-size", type=int, default=512, help="side of the square views in pixels")
     p.add_argument(
-        "--batch-size", type=int, default=32, help="images per process (each gives two views)"
+        "--image-size", type=image_size, default=512, help="side of the square views in pixels"
     )
-    p.add_argument("--epochs", type=int, default=100, help="passes over the SSL pool")
-    p.add_argument("--lr", type=float, default=0.05, help="absolute peak learning rate")
+    p.add_argument(
+        "--batch-size",
+        type=int_range(2),
+        default=32,
+        help="images per process (each gives two views; one image has no negative)",
+    )
+    p.add_argument("--epochs", type=positive_int, default=100, help="passes over the SSL pool")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="absolute peak learning rate")
     p.add_argument(
         "--warmup-epochs",
-        type=float,
-        default=10,
-        help="linear warmup of the learning rate, then cosine decay to 0",
+        type=non_negative_float,
+        default=None,
+        help="linear warmup of the learning rate, then cosine decay to 0 (default: a tenth of "
+        "--epochs, SimCLR's 10 of 100; a value longer than the run is refused)",
     )
     p.add_argument(
         "--weight-decay",
-        type=float,
+        type=non_negative_float,
         default=5e-4,
         help="on weights only; biases and norm parameters are exempt",
     )
@@ -105,23 +116,34 @@ def get_args_parser():
         help="SGD with momentum 0.9, or LARS (SimCLR's, for large batches)",
     )
     p.add_argument(
-        "--temperature", type=float, default=0.5, help="NT-Xent temperature (the paper: 0.5)"
+        "--temperature",
+        type=positive_float,
+        default=0.5,
+        help="NT-Xent temperature (the paper: 0.5)",
     )
     p.add_argument(
-        "--projection-dim", type=int, default=128, help="output size of the projection head"
+        "--projection-dim",
+        type=positive_int,
+        default=128,
+        help="output size of the projection head",
     )
     p.add_argument(
         "--views",
+        type=views_flag,
         default="simclr",
         help="view augmentations: a preset (" + ", ".join(VIEW_PRESETS) + ") or JSON overriding "
         'one, e.g. \'{"preset": "cxr", "blur_p": 0.3}\'; keys: '
         + ", ".join(f.name for f in fields(ViewConfig)),
     )
     add_share_flag(
-        p, "--ssl-fraction", "ssl_fraction", 0.4, "the share of the training images pretrained on"
+        p,
+        "--ssl-fraction",
+        dest="ssl_fraction",
+        default=0.4,
+        meaning="the share of the training images pretrained on",
     )
     p.add_argument(
-        "--split-seed", type=int, default=0, help="seed of the SSL / labeled permutation"
+        "--split-seed", type=seed, default=0, help="seed of the SSL / labeled permutation"
     )
     p.add_argument(
         "--extra-images",
@@ -137,7 +159,11 @@ def get_args_parser():
         help="add the normal images (prepare --keep-normal) to the SSL pool",
     )
     p.add_argument(
-        "--workers", type=int, default=4, help="data loader processes per training process"
+        "--workers",
+        type=int_range(0, 256),
+        default=default_workers(),
+        help="data loader processes per training process (default: this machine's cores per "
+        "process, at most 4)",
     )
     p.add_argument(
         "--amp",
@@ -153,45 +179,40 @@ def get_args_parser():
         "cxr.global_batchnorm, any backend); --no-sync-bn normalizes per process",
     )
     p.add_argument(
-        "--clip-grad", type=float, default=None, help="max gradient norm (off by default)"
+        "--clip-grad", type=positive_float, default=None, help="max gradient norm (off by default)"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the weights, the data order and the views"
+        "--seed", type=seed, default=0, help="seed of the weights, the data order and the views"
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument(
-        "--devices",
-        default="auto",
-        help="accepted for the seed project's command lines: 'auto' or 1 runs one process "
-        "here; for N GPUs launch with torchrun --nproc_per_node=N instead",
+        "--device", type=device, default=None, help="cpu or cuda (default: cuda if available)"
     )
-    p.add_argument("--print-freq", type=int, default=10, help="iterations between progress lines")
+    p.add_argument(
+        "--print-freq", type=positive_int, default=10, help="iterations between progress lines"
+    )
     p.add_argument(
         "--precise-bn-images",
-        type=int,
+        type=non_negative_int,
         default=1024,
         help="recompute the trunk's BatchNorm statistics on this many un-augmented SSL images "
         "before saving the backbone (0: keep the running averages of training)",
     )
-    add_run_flags(p, "cxr.layout.PRETRAIN_OUTPUTS")
+    add_run_flags(p, ", ".join(layout.PRETRAIN_OUTPUTS))
+    seed_project_group(p).add_argument(
+        "--devices",
+        type=devices_flag,
+        default="auto",
+        help="'auto' or 1 runs one process here; for N GPUs launch with torchrun "
+        "--nproc_per_node=N instead",
+    )
     return p
 
 
-def view_config(text):
-    """--views: a preset name, or a JSON object of overrides (optionally on a "preset")."""
-    if text in VIEW_PRESETS:
-        return VIEW_PRESETS[text]
-    try:
-        overrides = json.loads(text)
-        base = VIEW_PRESETS[overrides.pop("preset", "simclr")]
-        return replace(
-            base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        )
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as error:
-        raise UserError(
-            f"--views {text!r}: expected one of {', '.join(VIEW_PRESETS)} or a JSON object of "
-            f"ViewConfig fields ({error})"
-        ) from None
+def devices_flag(text):
+    """The seed project's --devices: 'auto' or a number of devices."""
+    if text != "auto":
+        positive_int(text)
+    return text
 
 
 def ssl_pool(args):
@@ -241,7 +262,7 @@ def simclr_step(model, batch, generator, *, args, views, dist_info):
     return Step(nt_xent(z[:n], z[n:], args.temperature, rank=dist_info.rank), {}, n)
 
 
-def check_devices_flag(devices, dist_info):
+def check_devices_flag(devices, dist_info):  # the seed project's --devices
     if devices not in ("auto", "1") and dist_info.world_size == 1:
         raise UserError(
             f"--devices {devices}: cxr runs one process per device; launch with "
@@ -267,11 +288,12 @@ class Data:
     sampler: ShuffleSampler
     loader: torch.utils.data.DataLoader
     schedule: object  # (total steps,) learning rate of each global step
+    warmup_steps: int
 
 
 def choose_data(args, dist_info):
     """The SSL pool, its sampler and loader, the views and the schedule, checked."""
-    views = view_config(args.views)
+    views = parse_views(args.views)
     paths, extra = ssl_pool(args)
     if len(paths) // dist_info.world_size < args.batch_size:
         raise UserError(
@@ -279,7 +301,9 @@ def choose_data(args, dist_info):
             f"x {dist_info.world_size} processes; lower --batch-size or raise --ssl-fraction"
         )
     dataset = ImageList([paths[name] for name in sorted(paths)], args.image_size)
-    sampler = ShuffleSampler(len(dataset), dist_info.world_size, dist_info.rank, seed=args.seed)
+    sampler = ShuffleSampler(
+        len(dataset), num_replicas=dist_info.world_size, rank=dist_info.rank, seed=args.seed
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch_size,
@@ -289,8 +313,8 @@ def choose_data(args, dist_info):
         pin_memory=dist_info.device.type == "cuda",
         persistent_workers=args.workers > 0,
     )
-    schedule = learning_rates(args, len(loader))
-    return Data(views, paths, extra, dataset, sampler, loader, schedule)
+    schedule, warmup_steps = learning_rates(args, len(loader))
+    return Data(views, paths, extra, dataset, sampler, loader, schedule, warmup_steps)
 
 
 def check_data(args, nproc):
@@ -300,11 +324,14 @@ def check_data(args, nproc):
 
 
 def learning_rates(args, steps_per_epoch):
-    """The learning rate of every global step: warmup, then cosine decay to 0."""
-    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+    """The learning rate of every global step: warmup (a tenth of the run unless
+    --warmup-epochs says otherwise), then cosine decay to 0."""
+    warmup_epochs = args.epochs / 10 if args.warmup_epochs is None else args.warmup_epochs
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
     total_steps = args.epochs * steps_per_epoch
-    check_warmup(warmup_steps, total_steps, f"--warmup-epochs {args.warmup_epochs:g}")
-    return warmup_cosine_schedule(args.lr, total_steps, warmup_steps)
+    check_run_length(total_steps, f"--epochs {args.epochs} and --batch-size {args.batch_size}")
+    check_warmup(warmup_steps, total_steps, f"--warmup-epochs {warmup_epochs:g}")
+    return warmup_cosine_schedule(args.lr, total_steps, warmup_steps=warmup_steps), warmup_steps
 
 
 def build_model(args, dist_info):
@@ -335,7 +362,7 @@ def run(args, dist_info):
 
     model = build_model(args, dist_info)
     optimization = Optimization(
-        build_optimizer(args.optimizer, model, args.lr, args.weight_decay),
+        build_optimizer(args.optimizer, model, lr=args.lr, weight_decay=args.weight_decay),
         grad_scaler(args.amp, dist_info.device),
         data.schedule,
         args.clip_grad,
@@ -371,7 +398,8 @@ def log_data(run, data):
     run.logger.log(
         f"SimCLR {args.arch} at {args.image_size} px on {images} images ({extra} of them from "
         f"--extra-images) ({len(loader)} iterations of {args.batch_size} x "
-        f"{dist_info.world_size} per epoch); BatchNorm statistics {normalization}",
+        f"{dist_info.world_size} per epoch, {data.warmup_steps} of {len(data.schedule)} steps "
+        f"of warmup); BatchNorm statistics {normalization}",
         event="data",
         images=images,
         iterations_per_epoch=len(loader),

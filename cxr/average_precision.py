@@ -1,28 +1,16 @@
-"""Average precision recomputed from pycocotools' per-image matches, for any
-multiset of test images (the bootstrap) and with VOC's interpolation (the
-VinBigData competition's metric).
+"""Average precision recomputed from pycocotools' per-image matches, for any multiset
+of test images (the bootstrap) and with VOC's interpolation (the VinBigData
+competition's metric).
 
-pycocotools decides which detection matches which ground-truth box
-(`COCOeval.evaluate`: per image and category, detections by descending
-score, each to the unmatched box of highest IoU >= the threshold). Its
-`accumulate` then pools every image's detections per category. This module
-keeps the matches and does the pooling itself, so that a resample of the
-test images with repeats is simply its images' detections taken that many
-times:
-
-- `match_detections` -> one `CategoryMatches` per category: every detection
-  (the top 100 per image, as COCO's AP counts them) with its image, score,
-  and per IoU threshold whether it is a true positive or ignored, plus the
-  number of non-ignored ground-truth boxes on each image.
-- `average_precision(matches, counts)`: AP per IoU threshold of the images
-  taken counts[i] times each, by pycocotools' accumulate (detections in
-  image order, stably sorted by descending score; precision made
-  non-increasing; 'coco': mean of the precision at the 101 recall points
-  0, 0.01, ..., 1) or VOC 2010's all-point interpolation ('voc': the area
-  under the non-increasing precision-recall curve). None where the images
-  hold no box of the category.
-- `mean_ap`: the mean over categories with boxes (and over thresholds),
-  which with counts of ones is exactly pycocotools' AP, AP50, ...
+pycocotools matches each detection to a ground-truth box per image
+(`COCOeval.evaluate`) and then pools the images (`accumulate`). Here the
+matches are kept (`match_detections`) and the pooling is done here, so a
+resample with repeats is its images' detections taken that many times:
+`average_precision(matches, counts)` follows accumulate (101-point 'coco'
+interpolation) or VOC 2010 ('voc': the area under the non-increasing
+precision-recall curve); with counts of ones `mean_ap` is exactly
+pycocotools' AP. `voc_matches` matches as VOC 2010 does (each detection to its
+best box, taken or not), for the competition's metric.
 """
 
 import contextlib

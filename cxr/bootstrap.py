@@ -1,29 +1,15 @@
-"""Paired bootstrap intervals for comparing two arms (SSL vs random init) that
-were evaluated on the same test images, over one or several training seeds.
+"""Paired bootstrap intervals for two arms (SSL vs random init) evaluated on the
+same test images, over one or several training seeds.
 
-Each replicate draws the training seeds with replacement (when there are
-several) and the test images with replacement, evaluates both arms of every
-drawn seed on the same drawn images, and records each arm's mean over the
-drawn seeds and the mean of the paired differences. The estimate is the
-value on the real test set averaged over the real seeds. Resampling both
-sources makes the interval account for test-set sampling and training
-randomness; with one seed it covers the test images only, so the report
-names the number of seeds beside it.
-
-The interval is the bias-corrected percentile interval (Efron & Tibshirani,
-1993, "An Introduction to the Bootstrap", sec. 14.3, BCa without the
-acceleration): with z0 = Phi^-1(share of replicates below the estimate), the
-Phi(2 z0 -+ z) percentiles of the replicates, z = Phi^-1((1 + level) / 2).
-For replicates spread as N(estimate + b, s^2) that is estimate - b -+ z s:
-by the bootstrap principle, the estimate is as biased against the truth as
-the replicates are against the estimate. mAP has such a bias: a small test
-set leaves out or thins rare classes, whose AP is low, so a resample's mAP
-runs about a tenth above the full set's, as the full set's runs above the
-population's. With no bias (z0 = 0) it is the plain (1 - level) / 2 and
-(1 + level) / 2 percentiles.
-
-`statistic(run, counts)` returns a dict of numbers (e.g. mAP and mAP50) of one
-run (one arm, one seed) on the test images taken counts[i] times each.
+Each replicate draws the training seeds and the test images with
+replacement, evaluates both arms of every drawn seed on the same drawn
+images, and records each arm's mean and the mean paired difference; the
+interval so covers test-set sampling and training randomness (with one seed,
+the test images only). It is the bias-corrected percentile interval (Efron
+& Tibshirani, 1993, sec. 14.3: BCa without the acceleration), because mAP's
+replicates run above the full set's value (a resample thins rare, low-AP
+classes); docs/design.md gives the derivation. `statistic(run, counts)`
+returns a dict of numbers of one run on the test images taken counts[i] times.
 """
 
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ boxes of one class on one image are kept as they are (one reader), or fused
 with `--fuse` when the file holds several readers' boxes.
 """
 
+import argparse
 import json
 import math
 import re
@@ -105,6 +106,15 @@ def group_by(pattern):
         return match.group(1)
 
     return group_of
+
+
+def group_pattern(text):
+    """argparse type of --group-by: a regular expression with a group (`group_by`)."""
+    try:
+        group_by(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def read_coco(path, *, fuse=False, group_of=None):

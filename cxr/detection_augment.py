@@ -1,21 +1,15 @@
-"""Box-aware online augmentation for detection, one image at a time in the
-data loader's workers (the seed project's albumentations pipeline, rewritten
-in torch with its probabilities as defaults):
+"""Box-aware online augmentation for detection, one image at a time in the data
+loader's workers: the seed project's albumentations pipeline rewritten in
+torch, its probabilities as defaults (`BoxAugmentConfig`): shift-scale-rotate
+(p 0.4), horizontal flip (0.5), brightness/contrast (0.25), gamma (0.25),
+Gaussian noise (0.2), motion blur (0.1).
 
-    shift-scale-rotate  shift 0.0625, scale 0.1, rotate 10 deg    p=0.4
-    horizontal flip                                               p=0.5
-    brightness/contrast 0.15 (x -> a x + b)                       p=0.25
-    gamma               0.85-1.15                                 p=0.25
-    Gaussian noise      std 10-50 on the 0-255 scale (variance)    p=0.2
-    motion blur         3 px line kernel                          p=0.1
-
-The geometric step maps each box to the bounding box of its four transformed
-corners, clipped to the image; a box whose area after clipping is below
-16 px^2, or below 30% of the transformed box before clipping, is dropped with
-its label. Images are float (1, H, W) in [0, 1], boxes float (N, 4) xyxy in
-pixels; inputs are never modified in place. Every random draw comes from the
-torch.Generator passed in, which the dataset seeds per item from the
-sampler (`cxr.samplers`), so ranks and workers never share draws.
+A geometric step maps each box to the bounds of its four transformed corners,
+clipped to the image; a box under 16 px^2, or under 30% of its unclipped
+area, is dropped with its label. Images are float (1, H, W) in [0, 1], boxes
+float (N, 4) xyxy in pixels, never modified in place. Every draw comes from
+the generator passed in, which the dataset seeds per item from the sampler,
+so ranks and workers never share draws.
 """
 
 import math
@@ -51,11 +45,12 @@ def hflip(image, boxes):
     )
 
 
-def shift_scale_rotate(image, boxes, shift_x, shift_y, scale, degrees):
+def shift_scale_rotate(image, boxes, *, shift, scale, degrees):
     """Scale by `scale` and rotate by `degrees` (counter-clockwise on screen)
-    about the image centre, then shift by (shift_x * W, shift_y * H); bilinear,
-    zeros outside. Returns the image and each box's transformed corners' bounds
-    (unclipped)."""
+    about the image centre, then shift by (shift[0] * W, shift[1] * H); bilinear,
+    zeros outside. image (1, H, W), boxes (N, 4) xyxy; returns the image and
+    each box's transformed corners' bounds (unclipped)."""
+    shift_x, shift_y = shift
     _, height, width = image.shape
     angle = math.radians(degrees)
     # Forward map in pixel coordinates about the centre, y down: p' = s R p + t.
@@ -87,9 +82,10 @@ def shift_scale_rotate(image, boxes, shift_x, shift_y, scale, degrees):
     return warped, bounds
 
 
-def clip_and_filter(boxes, labels, width, height, min_area, min_visibility):
-    """Clip to the image; drop boxes under min_area px^2 or under min_visibility of their
-    unclipped area."""
+def clip_and_filter(boxes, labels, *, size, min_area, min_visibility):
+    """Clip to an image of size (width, height); drop boxes under min_area px^2 or
+    under min_visibility of their unclipped area."""
+    width, height = size
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     clipped = torch.stack(
         [
@@ -139,16 +135,18 @@ class BoxAugment:
         c, g = self.config, generator
         _, height, width = image.shape
         if _happens(c.geometric_p, g):
+            shift = (_uniform(-c.shift, c.shift, g), _uniform(-c.shift, c.shift, g))
+            scale = _uniform(1 - c.scale, 1 + c.scale, g)
+            degrees = _uniform(-c.rotate_degrees, c.rotate_degrees, g)
             image, boxes = shift_scale_rotate(
-                image,
-                boxes,
-                _uniform(-c.shift, c.shift, g),
-                _uniform(-c.shift, c.shift, g),
-                _uniform(1 - c.scale, 1 + c.scale, g),
-                _uniform(-c.rotate_degrees, c.rotate_degrees, g),
+                image, boxes, shift=shift, scale=scale, degrees=degrees
             )
             boxes, labels = clip_and_filter(
-                boxes, labels, width, height, c.min_area, c.min_visibility
+                boxes,
+                labels,
+                size=(width, height),
+                min_area=c.min_area,
+                min_visibility=c.min_visibility,
             )
         if _happens(c.hflip_p, g):
             image, boxes = hflip(image, boxes)

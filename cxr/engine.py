@@ -1,20 +1,16 @@
 """What the two training scripts share around their epoch loops.
 
-Each script writes its own loop (build -> restore -> wrap -> for epoch:
-set_epoch, seed_epoch, train_one_epoch, evaluate, save_checkpoint) and
-supplies one step function, `step(model, batch, generator) -> Step`: the
-batch's loss (forward under `autocast`), the numbers to log and the image
-count. This module holds the rest:
-
-- `train_one_epoch`: the learning rate of every global step from a
-  precomputed array; the loss averaged over ranks every step, so a
-  non-finite loss stops every rank at the same step, before the optimizer
-  step; backward through a GradScaler (enabled for fp16 only); progress
-  lines with images/s and ETA;
-- `seed_epoch`: all randomness of an epoch from its own streams
-  (`cxr.seeds`), so a run resumed after epoch k ends with the weights of an
-  uninterrupted one;
-- `save_checkpoint` / `restore`: one atomic file of tensors and plain values.
+Each script writes its loop (build -> restore -> wrap -> for epoch:
+set_epoch, seed_epoch, train_one_epoch, evaluate, save_checkpoint) and one
+step function, `step(model, batch, generator) -> Step`: the batch's loss
+(forward under `autocast`), what to log, the image count. Here:
+`train_one_epoch` (the learning rate of every global step from an array; the
+loss averaged over ranks every step, so a non-finite loss stops every rank
+before the optimizer step; progress lines with images/s and ETA),
+`Optimization` (GradScaler for fp16 only, gradient clip), `seed_epoch` (an
+epoch's randomness from its own streams, so a resumed run ends with the
+uninterrupted run's weights), and `save_checkpoint` / `restore` (one atomic
+file of tensors and plain values).
 """
 
 import contextlib

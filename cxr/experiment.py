@@ -31,8 +31,10 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from . import cli
 from .backbone import infer_arch, load_trunk_weights
 from .cli import flags, parser
+from .coco_format import group_pattern
 from .errors import UserError, exit_on_user_error
 from .layout import CHECKPOINT, PRETRAIN, RunName, percent
 from .outputs import atomic_write_json, check_output_folder, make_folder, mark_as_ours
@@ -519,6 +521,7 @@ def get_args_parser():
     )
     p.add_argument(
         "--group-by",
+        type=group_pattern,
         default=None,
         metavar="REGEX",
         help="--coco: the patient in an image's name (prepare --group-by; default: none)",
@@ -541,18 +544,20 @@ def get_args_parser():
     )
     p.add_argument(
         "--ssl-fractions",
+        type=ssl_fractions,
         default="0.6",
         help="shares of the training images to pretrain on, e.g. 0.1,0.2,...,0.9 for the paper's "
         "sweep",
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=cli.seed,
         default=0,
         help="seed of the data: the synthetic images and the SSL / labeled split",
     )
     p.add_argument(
         "--train-seeds",
+        type=cli.seed_list,
         default="0",
         help="training seeds, e.g. 0,1,2: each pretrains and fine-tunes both arms once (runs "
         "ssl60-s0, random60-s0, ...); the report's intervals then cover training randomness too",
@@ -563,9 +568,14 @@ def get_args_parser():
         help="prepare --normal-in-test: normal films in the test split, competition-like mAP",
     )
     p.add_argument(
-        "--nproc-per-node", type=int, default=1, help="run training and mAP under torchrun with N"
+        "--nproc-per-node",
+        type=cli.int_range(1, 1024),
+        default=1,
+        help="run training and mAP under torchrun with N",
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (None: cuda if available)")
+    p.add_argument(
+        "--device", type=cli.device, default=None, help="cpu or cuda (None: cuda if available)"
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -581,47 +591,32 @@ def get_args_parser():
             f"--{setting.name.replace('_', '-')}",
             dest=setting.name,
             default=argparse.SUPPRESS,
-            type={str: str, float: float}.get(setting.type, int),
+            type=setting.metadata["type"],
             help=f"{setting.metadata['help']} ({presets})",
         )
     return p
 
 
-def parse_seeds(text):
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(
-            f"--train-seeds {text!r}: expected comma-separated whole numbers like 0,1,2"
-        ) from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UserError(f"--train-seeds {text!r}: give distinct non-negative seeds")
-    return seeds
-
-
-def parse_fractions(text):
-    try:
-        fractions = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(
-            f"--ssl-fractions {text!r}: expected comma-separated numbers like 0.2,0.4,0.6"
-        ) from None
-    if (
-        not fractions
-        or not all(0 < f < 1 for f in fractions)
-        or len(set(map(percent, fractions))) != len(fractions)
-    ):
-        raise UserError(
-            f"--ssl-fractions {text!r}: each must be in (0, 1) and distinct to the percent"
-        )
+def ssl_fractions(text):
+    """--ssl-fractions: shares in (0, 1) that name distinct runs (distinct to the percent)."""
+    fractions = cli.fraction_list(text, low_open=True, high_open=True)
+    if len({percent(f) for f in fractions}) != len(fractions):
+        raise argparse.ArgumentTypeError(f"{text!r}: the shares must differ to the percent")
     return fractions
 
 
 def parse_args(argv):
-    """The parsed command line, with the fraction and seed lists checked."""
+    """The parsed command line (argv kept: the record shows the command)."""
     args = get_args_parser().parse_args(argv)
-    args.argv, args.fractions = list(argv), parse_fractions(args.ssl_fractions)
-    args.train_seeds = parse_seeds(args.train_seeds)
+    args.argv = list(argv)
+    args.fractions = (
+        args.ssl_fractions
+        if isinstance(args.ssl_fractions, list)
+        else ssl_fractions(args.ssl_fractions)
+    )
+    args.train_seeds = (
+        args.train_seeds if isinstance(args.train_seeds, list) else cli.seed_list(args.train_seeds)
+    )
     return args
 
 

@@ -75,7 +75,7 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name, model, lr, weight_decay, momentum=0.9):
+def build_optimizer(name, model, *, lr, weight_decay, momentum=0.9):
     groups = parameter_groups(model, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
@@ -90,7 +90,7 @@ def warmup_factors(warmup_steps, start_factor=0.0):
     return start_factor + (1 - start_factor) * np.arange(1, warmup_steps + 1) / max(warmup_steps, 1)
 
 
-def warmup_cosine_schedule(base_lr, total_steps, warmup_steps=0, final_lr=0.0, start_factor=0.0):
+def warmup_cosine_schedule(base_lr, total_steps, *, warmup_steps=0, final_lr=0.0, start_factor=0.0):
     """Learning rate of every global step: (total_steps,) float64 array.
 
     Step s < warmup_steps: base_lr * warmup_factors(...)[s]. After that,
@@ -104,7 +104,7 @@ def warmup_cosine_schedule(base_lr, total_steps, warmup_steps=0, final_lr=0.0, s
     return np.concatenate([warmup, cosine])
 
 
-def step_schedule(base_lr, total_steps, warmup_steps, milestones, gamma=0.1, start_factor=0.0):
+def step_schedule(base_lr, total_steps, *, warmup_steps, milestones, gamma=0.1, start_factor=0.0):
     """Linear warmup over warmup_steps (`warmup_factors`), then base_lr * gamma **
     (milestones passed); milestones are global steps."""
     steps = np.arange(total_steps)
@@ -112,6 +112,17 @@ def step_schedule(base_lr, total_steps, warmup_steps, milestones, gamma=0.1, sta
     warmup_steps = min(warmup_steps, total_steps)
     rates[:warmup_steps] *= warmup_factors(warmup_steps, start_factor)
     return rates
+
+
+MAX_STEPS = 10**8  # a schedule of float64 rates: 800 MB
+
+
+def check_run_length(total_steps, flags):
+    """Refuse a run too long to schedule (a typo in --epochs, most likely)."""
+    if total_steps > MAX_STEPS:
+        raise UserError(
+            f"{flags} make {total_steps} optimizer steps, more than {MAX_STEPS}; check --epochs"
+        )
 
 
 def check_warmup(warmup_steps, total_steps, flag):

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import cli
 from .classes import NIH_FINDINGS, category_id, coco_categories
-from .coco_format import group_by, read_coco
+from .coco_format import group_by, group_pattern, read_coco
 from .errors import UserError, exit_on_user_error
 from .image_files import link_images, locate_images
 from .nih import read_nih_table
@@ -435,7 +435,7 @@ def get_args_parser():
     )
     parser.add_argument(
         "--original-size",
-        type=int,
+        type=cli.int_range(1, 10**5),
         default=1024,
         help="nih: side in pixels of the images NIH's box coordinates refer to",
     )
@@ -448,17 +448,30 @@ def get_args_parser():
         "--group-by",
         default=None,
         dest="group_pattern",
+        type=group_pattern,
         metavar="REGEX",
         help="coco: a regular expression whose first group is the patient in an image's name "
         "(e.g. '^([0-9]+)_'), so that a patient's images stay on one side of the split "
         "(default: none; nih splits by patient always)",
     )
-    parser.add_argument("--iou-thr", type=float, default=0.2, help="WBF IoU threshold (paper: 0.2)")
-    parser.add_argument("--skip-box-thr", type=float, default=1e-4, help="WBF score threshold")
     parser.add_argument(
-        "--test-fraction", type=float, default=0.2, help="share of finding images held out"
+        "--iou-thr", type=cli.fraction, default=0.2, help="WBF IoU threshold (paper: 0.2)"
     )
-    parser.add_argument("--seed", type=int, default=1, help="seed of the train/test permutation")
+    parser.add_argument(
+        "--skip-box-thr",
+        type=cli.float_range(0.0, 1.0, what="a score"),
+        default=1e-4,
+        help="WBF score threshold (every reader's box scores 1)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=cli.float_range(0.0, 1.0, high_open=True, what="a share"),
+        default=0.2,
+        help="share of finding images held out",
+    )
+    parser.add_argument(
+        "--seed", type=cli.seed, default=1, help="seed of the train/test permutation"
+    )
     parser.add_argument(
         "--keep-normal",
         action="store_true",
@@ -492,10 +505,6 @@ def main(argv=None):
     if source is None:
         flag = "--annotations" if args.data_format == "coco" else "--csv"
         parser.error(f"--format {args.data_format} reads its table from {flag}")
-    if not 0.0 <= args.test_fraction < 1.0:
-        parser.error(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
-    if not 0.0 <= args.iou_thr <= 1.0:
-        parser.error(f"--iou-thr must be in [0, 1], got {args.iou_thr}")
     options = {
         k: v for k, v in vars(args).items() if k not in ("csv", "annotations", "images", "out")
     }

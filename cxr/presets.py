@@ -6,37 +6,52 @@ default); `paper` holds the seed project's published settings (ResNet-50,
 setting with both presets' values; any of them can be overridden.
 """
 
+import argparse
 from dataclasses import dataclass, field
 
+from . import cli
+from .backbone import FEATURE_DIMS
+from .ssl_views import views_flag
 
-def _setting(text):
-    return field(metadata={"help": text})
+
+def _setting(text, kind):
+    return field(metadata={"help": text, "type": kind})
+
+
+def _arch(text):
+    if text not in FEATURE_DIMS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(FEATURE_DIMS)}")
+    return text
 
 
 @dataclass(frozen=True)
 class Settings:
     """What each stage is given; the presets below fill it in."""
 
-    synthetic_images: int = _setting("synthetic training images (python -m cxr.synthetic --images)")
-    synthetic_size: int = _setting("synthetic PNG side in pixels")
-    arch: str = _setting("ResNet of SimCLR and the detector backbone")
-    ssl_image_size: int = _setting("SimCLR view size in pixels (and the probe's)")
-    ssl_epochs: int = _setting("SimCLR epochs")
-    ssl_batch_size: int = _setting("SimCLR images per process")
-    ssl_lr: float = _setting("SimCLR peak learning rate")
-    ssl_warmup_epochs: float = _setting("SimCLR warmup epochs")
-    ssl_views: str = _setting("SimCLR view preset or JSON (train_ssl.py --views)")
-    ssl_temperature: float = _setting("NT-Xent temperature")
-    det_image_size: int = _setting("detector image size in pixels")
-    det_epochs: int = _setting("detector epochs")
-    det_batch_size: int = _setting("detector images per process")
-    det_lr: float = _setting("detector peak learning rate")
-    det_warmup_iters: int = _setting("detector warmup iterations")
-    det_warmup_factor: float = _setting("detector learning rate's share at the start of warmup")
-    det_clip_grad: float = _setting("detector gradient-norm clip (none: off)")
-    det_roi_batch_size: int = _setting("RoIs sampled per image for the box head")
-    workers: int = _setting("data loader processes per training process")
-    pictures: int = _setting("test images drawn per arm")
+    synthetic_images: int = _setting(
+        "synthetic training images (python -m cxr.synthetic --images)", cli.positive_int
+    )
+    synthetic_size: int = _setting("synthetic PNG side in pixels", cli.image_size)
+    arch: str = _setting("ResNet of SimCLR and the detector backbone", _arch)
+    ssl_image_size: int = _setting("SimCLR view size in pixels (and the probe's)", cli.image_size)
+    ssl_epochs: int = _setting("SimCLR epochs", cli.positive_int)
+    ssl_batch_size: int = _setting("SimCLR images per process", cli.int_range(2))
+    ssl_lr: float = _setting("SimCLR peak learning rate", cli.positive_float)
+    ssl_warmup_epochs: float = _setting("SimCLR warmup epochs", cli.non_negative_float)
+    ssl_views: str = _setting("SimCLR view preset or JSON (train_ssl.py --views)", views_flag)
+    ssl_temperature: float = _setting("NT-Xent temperature", cli.positive_float)
+    det_image_size: int = _setting("detector image size in pixels", cli.image_size)
+    det_epochs: int = _setting("detector epochs", cli.positive_int)
+    det_batch_size: int = _setting("detector images per process", cli.positive_int)
+    det_lr: float = _setting("detector peak learning rate", cli.positive_float)
+    det_warmup_iters: int = _setting("detector warmup iterations", cli.non_negative_int)
+    det_warmup_factor: float = _setting(
+        "detector learning rate's share at the start of warmup", cli.fraction
+    )
+    det_clip_grad: float = _setting("detector gradient-norm clip (none: off)", cli.positive_float)
+    det_roi_batch_size: int = _setting("RoIs sampled per image for the box head", cli.positive_int)
+    workers: int = _setting("data loader processes per training process", cli.int_range(0, 256))
+    pictures: int = _setting("test images drawn per arm", cli.positive_int)
 
 
 PRESETS = {

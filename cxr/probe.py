@@ -51,7 +51,7 @@ def standardize(train, test):
     return (train - mean) / std, (test - mean) / std
 
 
-def probe_test_scores(train_x, train_y, test_x, C=1.0):
+def probe_test_scores(train_x, train_y, test_x, *, C=1.0):
     """Scores (n_test, K) of the probe fitted on the training features: both
     splits standardized with the training statistics (in the features' dtype),
     `fit_logistic_ovr`, then the test scores in float64. This is what
@@ -61,7 +61,7 @@ def probe_test_scores(train_x, train_y, test_x, C=1.0):
     return test_x.double() @ weights + bias
 
 
-def fit_logistic_ovr(X, Y, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10):
+def fit_logistic_ovr(X, Y, *, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10):
     """One-vs-rest L2 logistic regression. X (n, d), Y (n, K) in {0, 1}.
     Returns (W (d, K), b (K,)) in float64.
 

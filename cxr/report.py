@@ -331,7 +331,7 @@ def ssl_loss_chart(folder):
     chance = math.log(2 * batch - 1)  # NT-Xent of uniform similarities: 2N - 1 candidates
     steps = [x for _, xs, _ in series for x in xs]
     series.append(("chance", [min(steps), max(steps)], [chance, chance]))
-    chart = line_chart(series, "SimCLR loss", "step", "NT-Xent loss")
+    chart = line_chart(series, title="SimCLR loss", x_label="step", y_label="NT-Xent loss")
     return {"ssl_loss.svg": ("SimCLR loss (NT-Xent) per step", chart)}
 
 
@@ -349,10 +349,12 @@ def detector_charts(folder):
                 epochs = [h["epoch"] for h in history]
                 maps.append((f"{run} {label}", epochs, [h[key] for h in history]))
     if losses:
-        chart = line_chart(losses, "Detection loss", "step", "loss")
+        chart = line_chart(losses, title="Detection loss", x_label="step", y_label="loss")
         charts["det_loss.svg"] = ("Faster R-CNN training loss (sum of the four losses)", chart)
     if maps:
-        chart = line_chart(maps, "Test mAP per epoch", "epoch", "mAP", markers=True)
+        chart = line_chart(
+            maps, title="Test mAP per epoch", x_label="epoch", y_label="mAP", markers=True
+        )
         charts["map_per_epoch.svg"] = ("Test mAP after each epoch", chart)
     metrics = [folder.metrics(run) for run in runs]
     if all(metrics):
@@ -360,7 +362,7 @@ def detector_charts(folder):
             (str(run), [row["AP50"] for row in m["per_class"]]) for run, m in zip(runs, metrics)
         ]
         groups.append(("location prior", [row["AP50"] for row in folder.prior["per_class"]]))
-        chart = bar_chart(list(folder.classes), groups, "AP50 per class", "AP50")
+        chart = bar_chart(list(folder.classes), groups, title="AP50 per class", x_label="AP50")
         charts["per_class_ap50.svg"] = ("AP50 per class (n/a: no test boxes of that class)", chart)
     return charts
 
@@ -385,7 +387,11 @@ def sweep_chart(folder):
     if not series:
         return {}
     chart = line_chart(
-        series, "mAP vs labeled images", "labeled images", "mAP@[.5:.95]", markers=True
+        series,
+        title="mAP vs labeled images",
+        x_label="labeled images",
+        y_label="mAP@[.5:.95]",
+        markers=True,
     )
     return {"sweep.svg": ("mAP@[.5:.95] (mean over seeds) against the labeled images", chart)}
 

@@ -1,23 +1,16 @@
-"""Repeat-factor sampling (LVIS, Gupta et al. 2019) over distributed shards,
-and SimCLR's shuffled shards.
+"""Repeat-factor sampling (LVIS, Gupta et al. 2019) over distributed shards, and
+SimCLR's shuffled shards.
 
-Repeat factors: with f(c) the share of training images that contain class c,
-r(c) = max(1, sqrt(t / f(c))) and r(image) = max over its classes (1 for an
-image without boxes). Rare classes are thus seen about t / f(c) times as
-often, in square root, as in detectron2's RepeatFactorTrainingSampler.
-
-Each epoch, every rank builds the same list: image i appears floor(r_i) times
-plus once more with probability frac(r_i) ('stochastic', detectron2), or
-ceil(r_i) times ('ceil', the seed project / mmdetection), from the epoch's
-own stream (`cxr.seeds`); the list is shuffled with the same generator, padded
-by repeating its head to a multiple of the world size, and rank k takes
-positions k, k + W, k + 2W, ... exactly like torch's DistributedSampler.
-
-Each position p also carries the seed of its item's augmentation, the
-stream ("augment", seed, epoch, p): the sampler yields (index, seed) pairs. Ranks
-hold different positions, so they never draw the same augmentation, and the
-draws do not depend on the number of processes or data-loader workers (an
-item is augmented the same way on 1 or 8 GPUs), nor on the epochs before.
+With f(c) the share of training images holding class c, r(c) = max(1,
+sqrt(t / f(c))) and an image repeats r = the max over its classes (1 without
+boxes), as in detectron2's RepeatFactorTrainingSampler. Each epoch every rank
+builds the same list from the epoch's own stream (`cxr.seeds`): image i
+floor(r_i) times plus once with probability frac(r_i) ('stochastic',
+detectron2) or ceil(r_i) times ('ceil', mmdetection), shuffled, padded to a
+multiple of the world size; rank k takes positions k, k + W, ... as torch's
+DistributedSampler does. Each position also carries its item's augmentation
+seed, so ranks never share draws and an item is augmented alike on 1 or 8
+processes.
 """
 
 import math
@@ -48,7 +41,7 @@ class RepeatFactorSampler(torch.utils.data.Sampler):
     """Indices of one epoch's oversampled list, this rank's shard of it."""
 
     def __init__(
-        self, factors, num_replicas=1, rank=0, seed=0, shuffle=True, rounding="stochastic"
+        self, factors, *, num_replicas=1, rank=0, seed=0, shuffle=True, rounding="stochastic"
     ):
         if rounding not in ("stochastic", "ceil"):
             raise ValueError(f"rounding must be 'stochastic' or 'ceil', got {rounding!r}")
@@ -117,7 +110,7 @@ class ShuffleSampler(torch.utils.data.Sampler):
     the world size and rank k takes positions k, k + W, ..., so every rank
     gets the same number of images and no image twice."""
 
-    def __init__(self, num_items, num_replicas=1, rank=0, seed=0):
+    def __init__(self, num_items, *, num_replicas=1, rank=0, seed=0):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.num_items, self.num_replicas = num_items, num_replicas

@@ -14,8 +14,10 @@ transform takes and returns float images in [0, 1] of shape (B, 1, H, W) and
 never modifies its input.
 """
 
+import argparse
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,58 @@ class ViewConfig:
 
     def to_dict(self):
         return asdict(self)
+
+    def check(self):
+        """Raise ValueError naming the first field a view cannot be drawn with."""
+        for name, value in asdict(self).items():
+            pair = isinstance(value, tuple)
+            numbers = value if pair else (value,)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+                raise ValueError(f"{name} must be {'two numbers' if pair else 'a number'}")
+            if pair and (len(value) != 2 or not 0 < value[0] <= value[1]):
+                raise ValueError(f"{name} must be two numbers 0 < low <= high, got {list(value)}")
+            if name.endswith("_p") and not 0 <= value <= 1:
+                raise ValueError(f"{name} is a probability: give a number in [0, 1]")
+            if not pair and value < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.crop_scale[1] > 1 or max(self.brightness, self.contrast) >= 1:
+            raise ValueError("crop_scale may not exceed 1, brightness and contrast must be < 1")
+
+
+def views_flag(text):
+    """argparse type of --views: refused unless `parse_views` can read it; kept as typed."""
+    try:
+        parse_views(text)
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+    return text
+
+
+def parse_views(text):
+    """A ViewConfig from --views: a preset's name, or a JSON object of fields that
+    override a preset (its "preset" key, default simclr); ValueError says why not."""
+    if text in VIEW_PRESETS:
+        return VIEW_PRESETS[text]
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError:
+        overrides = None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"expected one of {', '.join(VIEW_PRESETS)} or a JSON object")
+    preset = overrides.pop("preset", "simclr")
+    if preset not in VIEW_PRESETS:
+        raise ValueError(f"no preset {preset!r}; presets: {', '.join(VIEW_PRESETS)}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(ViewConfig)})
+    if unknown:
+        raise ValueError(
+            f"unknown field {unknown[0]!r}; fields: {', '.join(f.name for f in fields(ViewConfig))}"
+        )
+    views = replace(
+        VIEW_PRESETS[preset],
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
+    )
+    views.check()
+    return views
 
 
 # "simclr": SimCLR's views for grayscale images as the seed project set them
@@ -81,11 +135,14 @@ def _where_chosen(chosen, images, transform):
     return images.index_copy(0, index, transform(images[index], index))
 
 
-def affine_resample(images, scale_x, scale_y, centre_x, centre_y, angle, out_size):
+def affine_resample(images, *, scale, centre, angle, out_size):
     """Resample each image through x_in = R(angle) diag(scale) x_out + centre,
     in normalized [-1, 1] coordinates (bilinear, zeros outside).
 
-    scale 1, centre 0, angle 0 is the identity; scale < 1 crops."""
+    images (B, C, H, W); scale and centre: (x, y) pairs of (B,) tensors, angle
+    (B,) in radians; returns (B, C, out_size, out_size). Scale 1, centre 0,
+    angle 0 is the identity; scale < 1 crops."""
+    (scale_x, scale_y), (centre_x, centre_y) = scale, centre
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack(
         [
@@ -102,7 +159,7 @@ def affine_resample(images, scale_x, scale_y, centre_x, centre_y, angle, out_siz
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_resized_crop(images, out_size, scale, ratio, degrees, generator):
+def random_resized_crop(images, out_size, *, scale, ratio, degrees, generator):
     """Crop a random area share in `scale` with aspect in `ratio` (log-uniform),
     rotated by up to +-degrees, resized to out_size, as torchvision's
     RandomResizedCrop followed by RandomRotation but in one resampling."""
@@ -115,7 +172,9 @@ def random_resized_crop(images, out_size, scale, ratio, degrees, generator):
     centre_x = (1 - width) * _uniform(-1, 1, n, generator, device)
     centre_y = (1 - height) * _uniform(-1, 1, n, generator, device)
     angle = torch.deg2rad(_uniform(-degrees, degrees, n, generator, device))
-    return affine_resample(images, width, height, centre_x, centre_y, angle, out_size)
+    return affine_resample(
+        images, scale=(width, height), centre=(centre_x, centre_y), angle=angle, out_size=out_size
+    )
 
 
 def flip(images, horizontal, vertical):
@@ -185,7 +244,12 @@ def simclr_view(images, out_size, config, generator):
     """One random view of each image: (B, 1, H, W) in [0, 1] -> (B, 1, out, out)."""
     n, device = images.shape[0], images.device
     x = random_resized_crop(
-        images, out_size, config.crop_scale, config.crop_ratio, config.rotation_degrees, generator
+        images,
+        out_size,
+        scale=config.crop_scale,
+        ratio=config.crop_ratio,
+        degrees=config.rotation_degrees,
+        generator=generator,
     )
     x = flip(
         x,

@@ -1,21 +1,16 @@
 """Predictions for unlabeled images in the VinBigData competition's CSV format.
 
     image_id,PredictionString
-    0a1b...,3 0.9120 690.0 1500.5 1902.0 2048.0 0 0.4410 1201.0 610.0 1420.0 830.0 14 0.0880 0 0 1 1
+    0a1b...,3 0.9120 690.0 1500.5 1902.0 2048.0 14 0.0880 0 0 1 1
     0c2d...,14 1.0000 0 0 1 1
 
-PredictionString is a space-separated list of `class_id score x_min y_min
-x_max y_max` groups (class_id 0..13, boxes in the ORIGINAL DICOM's pixels),
-ending with "No finding" on a one-pixel box, `14 score 0 0 1 1`, scored 1 -
-the image's highest lesion score: the detector's own confidence that the
-film is normal, which is how cxr's competition metric scores it.
-
-The network sees resized PNGs, so boxes are scaled back with each image's
-original size, read by `read_original_sizes` from
-- a CSV with `image_id,width,height`, or `image_id,dim0,dim1` as in the
-  popular 512 px dataset's train_meta.csv / test_meta.csv (dim0 = rows =
-  height, dim1 = columns = width), or
-- a COCO JSON written by `python -m cxr.prepare` (original_width/height).
+A PredictionString lists `class_id score x_min y_min x_max y_max` groups
+(boxes in the ORIGINAL DICOM's pixels), then "No finding" on a one-pixel
+box scored 1 - the image's highest lesion score, which is how cxr's
+competition metric scores it. Boxes are scaled back with each image's
+original size (`read_original_sizes`): a CSV image_id,width,height or
+image_id,dim0,dim1 (the 512 px download's test_meta.csv; dim0 is the
+height), or a COCO JSON written by `python -m cxr.prepare`.
 """
 
 import csv
@@ -30,7 +25,7 @@ from .outputs import atomic_write_text
 def _positive_int(value, path, line, column):
     try:
         number = int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: inf
         number = 0
     if number <= 0:
         raise UserError(

@@ -43,8 +43,9 @@ def _frame(width, height, title):
     ]
 
 
-def line_chart(series, title, x_label, y_label, width=560, height=320, markers=False):
-    """series: (name, xs, ys) triples; None values in ys are skipped."""
+def line_chart(series, *, title, x_label, y_label, width=560, height=320, markers=False):
+    """series: (name, xs, ys) triples; None values in ys are skipped; markers on every
+    point (always on a series of one point)."""
     left, right, top, bottom = 60, 150, 30, 45
     points = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys) if y is not None]
     if not points:
@@ -73,40 +74,43 @@ def line_chart(series, title, x_label, y_label, width=560, height=320, markers=F
             f'<text x="{sx(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
             f"{FONT}>{_label(x)}</text>"
         )
-    parts.append(
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>'
-    )
-    parts.append(
-        f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle" {FONT}>'
-        f"{escape(x_label)}</text>"
-    )
-    parts.append(
-        f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle" '
-        f"{FONT}>{escape(y_label)}</text>"
-    )
+    parts += _axis_titles((left, top, plot_w, plot_h), height, x_label, y_label)
     for i, (name, xs, ys) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
         kept = [(sx(x), sy(y)) for x, y in zip(xs, ys) if y is not None]
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in kept)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        if markers or len(kept) == 1:
-            parts += [
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>' for x, y in kept
-            ]
-        legend_y = top + 10 + 18 * i
-        parts.append(
-            f'<line x1="{left + plot_w + 12}" y1="{legend_y}" x2="{left + plot_w + 32}" '
-            f'y2="{legend_y}" '
-            f'stroke="{color}" stroke-width="3"/>'
-        )
-        parts.append(
-            f'<text x="{left + plot_w + 38}" y="{legend_y + 4}" {FONT}>{escape(name)}</text>'
-        )
+        parts += _series(kept, i, name, (left + plot_w, top), markers or len(kept) == 1)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
 
-def bar_chart(categories, groups, title, x_label, width=560, bar_height=8):
+def _axis_titles(plot, height, x_label, y_label):
+    left, top, plot_w, plot_h = plot
+    return [
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+        'stroke="#333"/>',
+        f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle" {FONT}>'
+        f"{escape(x_label)}</text>",
+        f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle" '
+        f"{FONT}>{escape(y_label)}</text>",
+    ]
+
+
+def _series(points, index, name, legend_at, markers):
+    """One curve (points in SVG pixels), its markers and its legend entry."""
+    color = PALETTE[index % len(PALETTE)]
+    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    parts = [f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>']
+    if markers:
+        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>' for x, y in points]
+    right, top = legend_at
+    legend_y = top + 10 + 18 * index
+    return parts + [
+        f'<line x1="{right + 12}" y1="{legend_y}" x2="{right + 32}" y2="{legend_y}" '
+        f'stroke="{color}" stroke-width="3"/>',
+        f'<text x="{right + 38}" y="{legend_y + 4}" {FONT}>{escape(name)}</text>',
+    ]
+
+
+def bar_chart(categories, groups, *, title, x_label, width=560, bar_height=8):
     """Horizontal grouped bars: groups are (name, values) with one value (or
     None, drawn as 'n/a') per category."""
     left, right, top, bottom = 150, 30, 48, 36

@@ -3,29 +3,15 @@
     python -m cxr.synthetic --out DIR --images N --size 512 --seed S
 
 writes DIR/train.csv (image_id,class_name,class_id,rad_id,x_min,y_min,x_max,
-y_max,width,height), DIR/train/<image_id>.png and DIR/test/<image_id>.png
-(unlabeled), so every stage of the pipeline runs without the real data.
-
-What it imitates (numbers from the real VinBigData train.csv):
-- Frontal chest radiographs: body, two dark lung fields with ribs, spine and
-  mediastinum, heart, correlated noise; anatomy jittered per image but in
-  stable places, so self-supervised features have something to learn.
-- 14 lesion classes, each with its own signature, site and median size
-  (`LESION_SPECS`); 4394/15000 of images have findings; per finding image,
-  each class is present with its real share of finding images, with as many
-  lesions as the real box-rows-per-image imply.
-- Three distinct radiologists of R1..R17 per image; each marks each lesion
-  with probability 0.75 (at least one reader marks every lesion) with a few
-  percent of box jitter. A reader who marks nothing writes one "No finding"
-  row with empty coordinates, as every reader of a normal image does.
-- Boxes in "original" DICOM pixels of a varied width x height; the PNG itself
-  is square, so x and y rescale differently, as in the real download.
-
-Image-wide variation (a gamma and a low-frequency field per image) is kept
-small on purpose. At gamma std 0.1 and field amplitude 0.04 it was a
-per-image fingerprint that survives every crop: SimCLR learned it instead of
-anatomy and lesions, and its linear probe lost to a random backbone by 0.04
-macro-AUROC (docs/experiments.md).
+y_max,width,height), DIR/train/ and DIR/test/ (unlabeled PNGs), so every
+stage runs without the real data. It imitates the real table's statistics
+(docs/design.md): radiograph-like anatomy jittered per image, 14 lesion
+classes with their real sites, sizes and long-tailed frequencies, three of 17
+readers per image who each mark a lesion with probability 0.75, "No finding"
+rows, boxes in varied DICOM sizes while the PNG is square. Image-wide
+variation is kept small: stronger, it became a per-image fingerprint that
+SimCLR learned instead of anatomy (docs/experiments.md). A stand-in for tests
+and the demo: its numbers test the machinery, not the method.
 """
 
 import csv
@@ -138,8 +124,10 @@ def _site_centre(site, anatomy, rng, size_wh):
     return cx + rng.uniform(-0.55, 0.55) * (rx - w / 4), cy + rng.uniform(low, high) * ry
 
 
-def _ellipse(x, y, cx, cy, rx, ry, softness=0.15):
-    """1 inside the ellipse, 0 outside, with a soft edge of relative width softness."""
+def _ellipse(x, y, ellipse, softness=0.15):
+    """1 inside the ellipse (cx, cy, rx, ry), 0 outside, with a soft edge of relative
+    width softness."""
+    cx, cy, rx, ry = ellipse
     r = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
     return np.clip((1 - r) / softness, 0, 1)
 
@@ -149,12 +137,12 @@ def render_anatomy(anatomy, size, rng):
     axis = (np.arange(size, dtype=np.float32) + 0.5) / size
     x, y = axis[None, :], axis[:, None]
     image = np.full((size, size), 0.08, np.float32)
-    image += 0.42 * _ellipse(x, y, anatomy.midline, 0.6, 0.47, 0.62, 0.1)
-    lung_mask = sum(_ellipse(x, y, *lung, 0.12) for lung in anatomy.lungs)
+    image += 0.42 * _ellipse(x, y, (anatomy.midline, 0.6, 0.47, 0.62), 0.1)
+    lung_mask = sum(_ellipse(x, y, lung, 0.12) for lung in anatomy.lungs)
     ribs = 0.5 + 0.5 * np.cos(2 * np.pi * (y * 11 + 2.2 * (x - anatomy.midline) ** 2))
     image -= lung_mask * (0.3 - 0.08 * ribs**3)
     image += 0.22 * np.clip(1 - np.abs(x - anatomy.midline) / 0.05, 0, 1) ** 0.5
-    image += 0.16 * _ellipse(x, y, *anatomy.heart, 0.3)
+    image += 0.16 * _ellipse(x, y, anatomy.heart, 0.3)
     image += _smooth_noise(rng, size, cells=16, amplitude=0.01)
     image += rng.normal(0, 0.015, (size, size)).astype(np.float32)
     return image
@@ -178,7 +166,7 @@ def _draw_lesion(image, class_id, box, rng):
     h, w = patch.shape
     u = ((np.arange(w) + 0.5) / w)[None, :]
     v = ((np.arange(h) + 0.5) / h)[:, None]
-    disk = _ellipse(u, v, 0.5, 0.5, 0.5, 0.5, 0.3)
+    disk = _ellipse(u, v, (0.5, 0.5, 0.5, 0.5), 0.3)
     name = VINBIGDATA_CLASSES[class_id]
     if name in ("Aortic enlargement", "Cardiomegaly"):
         patch += 0.22 * disk
@@ -188,7 +176,7 @@ def _draw_lesion(image, class_id, box, rng):
         patch += 0.22 * np.clip(1 - band / 0.18, 0, 1) * disk**0.3
     elif name == "Calcification":
         for cx, cy in rng.uniform(0.25, 0.75, (rng.integers(3, 7), 2)):
-            patch += 0.55 * _ellipse(u, v, cx, cy, 0.12, 0.12, 0.5)
+            patch += 0.55 * _ellipse(u, v, (cx, cy, 0.12, 0.12), 0.5)
     elif name == "Consolidation":
         patch += 0.32 * disk**0.5 - 0.08 * disk * (np.abs(np.sin(9 * u + 3 * v)) < 0.15)
     elif name == "ILD":
@@ -201,7 +189,7 @@ def _draw_lesion(image, class_id, box, rng):
     elif name == "Lung Opacity":
         patch += 0.24 * np.exp(-(((u - 0.5) / 0.3) ** 2 + ((v - 0.5) / 0.3) ** 2))
     elif name == "Nodule/Mass":
-        patch += 0.4 * _ellipse(u, v, 0.5, 0.5, 0.5, 0.5, 0.1)
+        patch += 0.4 * _ellipse(u, v, (0.5, 0.5, 0.5, 0.5), 0.1)
     elif name == "Other lesion":
         r = np.sqrt((u - 0.5) ** 2 + (v - 0.5) ** 2)
         patch += 0.3 * np.clip(1 - np.abs(r - 0.38) / 0.1, 0, 1)
@@ -365,7 +353,7 @@ def write_csv(path, plans, seed):
     return len(rows)
 
 
-def generate(out, num_images, size=512, seed=0, test_images=None, replace=False, log=print):
+def generate(out, *, num_images, size=512, seed=0, test_images=None, replace=False, log=print):
     """Write a synthetic dataset to `out`; returns a summary dict."""
     test_images = num_images // 5 if test_images is None else test_images
     start = time.perf_counter()
@@ -407,21 +395,33 @@ def get_args_parser():
     parser.add_argument(
         "--out", required=True, help="output folder (refused if it exists, unless --replace)"
     )
-    parser.add_argument("--images", type=int, default=1000, help="labeled training images")
     parser.add_argument(
-        "--test-images", type=int, default=None, help="unlabeled test images (default: images // 5)"
+        "--images", type=cli.positive_int, default=1000, help="labeled training images"
     )
-    parser.add_argument("--size", type=int, default=512, help="PNG side in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
+    parser.add_argument(
+        "--test-images",
+        type=cli.non_negative_int,
+        default=None,
+        help="unlabeled test images (default: images // 5)",
+    )
+    parser.add_argument("--size", type=cli.image_size, default=512, help="PNG side in pixels")
+    parser.add_argument(
+        "--seed", type=cli.seed, default=0, help="the same seed writes the same files"
+    )
     parser.add_argument("--replace", action="store_true", help="overwrite an existing --out")
     return parser
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.images < 1 or args.size < 32:
-        get_args_parser().error("--images must be >= 1 and --size >= 32")
-    generate(Path(args.out), args.images, args.size, args.seed, args.test_images, args.replace)
+    generate(
+        Path(args.out),
+        num_images=args.images,
+        size=args.size,
+        seed=args.seed,
+        test_images=args.test_images,
+        replace=args.replace,
+    )
 
 
 if __name__ == "__main__":

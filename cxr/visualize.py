@@ -45,7 +45,7 @@ def readable_text_color(background):
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 128 else (255, 255, 255)
 
 
-def _tag(draw, xy, text, fill, text_color, font):
+def _tag(draw, xy, text, *, fill, text_color, font):
     left, top, right, bottom = draw.textbbox(xy, text, font=font)
     draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=fill)
     draw.text(xy, text, fill=text_color, font=font)
@@ -68,7 +68,8 @@ def draw_detections(gray, *, ground_truth, predictions, classes, score_threshold
         color = class_color(category)
         draw.rectangle((x0, y0, x1, y1), outline=color, width=GT_WIDTH)
         name = classes[class_index(category)]
-        _tag(draw, (x0 + 2, max(y0 - 13, 0)), name, color, readable_text_color(color), font)
+        tag_color = readable_text_color(color)
+        _tag(draw, (x0 + 2, max(y0 - 13, 0)), name, fill=color, text_color=tag_color, font=font)
     for category, score, box in predictions:
         if score < score_threshold:
             continue
@@ -76,7 +77,8 @@ def draw_detections(gray, *, ground_truth, predictions, classes, score_threshold
         color = class_color(category)
         _dashed_rectangle(draw, (x0, y0, x1, y1), color, PREDICTION_WIDTH)
         label = f"{classes[class_index(category)]} {score:.2f}"
-        _tag(draw, (x0 + 3, max(y1 - 14, y0 + 2)), label, (20, 20, 20), color, font)
+        at = (x0 + 3, max(y1 - 14, y0 + 2))
+        _tag(draw, at, label, fill=(20, 20, 20), text_color=color, font=font)
     _legend(draw, font, shown[1] + 5, score_threshold)
     return picture
 

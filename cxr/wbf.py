@@ -204,6 +204,18 @@ def cluster_confidence(member_scores, member_models, weights, *, conf_type, allo
     return mean * n / (member_weight + absent)
 
 
+def _flatten(boxes_list, scores_list, labels_list):
+    """Every model's boxes (N, 4), scores (N,), labels (N,) and the model of each row."""
+    counts = [len(s) for s in scores_list]
+    model_of_row = np.repeat(np.arange(len(counts)), counts)
+    boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_list]
+    scores = [np.asarray(s, dtype=np.float64).reshape(-1) for s in scores_list]
+    labels = [np.asarray(m).reshape(-1) for m in labels_list]
+    if not counts or sum(counts) == 0:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0), model_of_row
+    return np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels), model_of_row
+
+
 def weighted_boxes_fusion(
     boxes_list,
     scores_list,
@@ -229,15 +241,7 @@ def weighted_boxes_fusion(
     """
     _validate(boxes_list, scores_list, labels_list, weights, conf_type)
     weights = np.ones(len(boxes_list)) if weights is None else np.asarray(weights, dtype=np.float64)
-    counts = [len(s) for s in scores_list]
-    empty = np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,))
-    if sum(counts) == 0:
-        return empty
-    model_of_row = np.repeat(np.arange(len(counts)), counts)
-    boxes = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_list])
-    scores = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for s in scores_list])
-    labels = np.concatenate([np.asarray(m).reshape(-1) for m in labels_list])
-
+    boxes, scores, labels, model_of_row = _flatten(boxes_list, scores_list, labels_list)
     boxes, keep, report = clean_boxes(boxes, scores, skip_box_thr)
     if report.swapped or report.clipped or report.zero_area:
         warnings.warn(
@@ -246,7 +250,7 @@ def weighted_boxes_fusion(
             stacklevel=2,
         )
     if not keep.any():
-        return empty
+        return np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,))
     boxes, labels, model_of_row = boxes[keep], labels[keep], model_of_row[keep]
     weighted_scores = scores[keep] * weights[model_of_row]
 

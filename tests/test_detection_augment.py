@@ -37,7 +37,7 @@ def test_flip_twice_is_identity_for_image_and_boxes():
 def test_zero_shift_scale_rotate_is_identity():
     image = torch.rand(1, 24, 40)
     boxes = torch.tensor([[1.0, 2.0, 30.0, 20.0]])
-    warped, moved = shift_scale_rotate(image, boxes, 0.0, 0.0, 1.0, 0.0)
+    warped, moved = shift_scale_rotate(image, boxes, shift=(0.0, 0.0), scale=1.0, degrees=0.0)
     torch.testing.assert_close(warped, image, atol=1e-5, rtol=0)
     torch.testing.assert_close(moved, boxes)
 
@@ -57,7 +57,11 @@ def test_box_of_a_filled_rectangle_follows_the_rectangle(shift_x, shift_y, scale
     box = (40, 30, 80, 60)
     image = rectangle_image(box)
     warped, moved = shift_scale_rotate(
-        image, torch.tensor([box], dtype=torch.float32), shift_x, shift_y, scale, degrees
+        image,
+        torch.tensor([box], dtype=torch.float32),
+        shift=(shift_x, shift_y),
+        scale=scale,
+        degrees=degrees,
     )
     # The pixels' bounds are inside the box's transformed corners' bounds, within resampling blur.
     torch.testing.assert_close(pixel_bounds(warped), moved[0], atol=1.5, rtol=0)
@@ -66,7 +70,7 @@ def test_box_of_a_filled_rectangle_follows_the_rectangle(shift_x, shift_y, scale
 def test_ninety_degrees_rotates_counter_clockwise_on_screen():
     image = rectangle_image((70, 10, 90, 30), size=(100, 100))  # near the top right
     warped, moved = shift_scale_rotate(
-        image, torch.tensor([[70.0, 10.0, 90.0, 30.0]]), 0, 0, 1.0, 90.0
+        image, torch.tensor([[70.0, 10.0, 90.0, 30.0]]), shift=(0, 0), scale=1.0, degrees=90.0
     )
     torch.testing.assert_close(
         moved[0], torch.tensor([10.0, 10.0, 30.0, 30.0]), atol=1e-4, rtol=0
@@ -83,7 +87,9 @@ def test_clip_and_filter_drops_small_and_mostly_outside_boxes_with_labels():
             [0.0, 0.0, 4.0, 4.0],
         ]
     )  # 16 px^2 -> kept
-    kept, labels = clip_and_filter(boxes, torch.tensor([1, 2, 3, 4]), 50, 50, 16.0, 0.3)
+    kept, labels = clip_and_filter(
+        boxes, torch.tensor([1, 2, 3, 4]), size=(50, 50), min_area=16.0, min_visibility=0.3
+    )
     assert labels.tolist() == [2, 4]
     assert kept.tolist() == [[0.0, 0.0, 15.0, 10.0], [0.0, 0.0, 4.0, 4.0]]
 

@@ -336,7 +336,7 @@ def test_schedule_spans_every_step_of_the_repeat_factor_epochs():
     ends at the last step and the step milestones fall at 67% and 89%."""
     factors = [1.0, 1.2, 2.4, 1.7, 3.1] * 10
     for rounding, world in (("ceil", 1), ("stochastic", 2), ("ceil", 3)):
-        sampler = RepeatFactorSampler(factors, world, 0, seed=4, rounding=rounding)
+        sampler = RepeatFactorSampler(factors, num_replicas=world, seed=4, rounding=rounding)
         steps = train_det.epoch_steps(sampler, batch_size=4, epochs=5)
         real = []
         for epoch in range(5):

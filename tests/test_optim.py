@@ -13,10 +13,7 @@ def test_warmup_then_cosine_by_hand():
     lr = warmup_cosine_schedule(1.0, total_steps=6, warmup_steps=2)
     expected = [0.5, 1.0] + [(1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
     np.testing.assert_allclose(lr, expected)
-    assert (
-        len(warmup_cosine_schedule(0.1, 10, 0)) == 10
-        and warmup_cosine_schedule(0.1, 10, 0)[0] == 0.1
-    )
+    assert len(warmup_cosine_schedule(0.1, 10)) == 10 and warmup_cosine_schedule(0.1, 10)[0] == 0.1
     np.testing.assert_allclose(warmup_cosine_schedule(1.0, 3, warmup_steps=10), [1 / 3, 2 / 3, 1.0])
 
 

@@ -44,7 +44,9 @@ def test_each_image_repeats_floor_or_ceil_times():
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_shards_are_disjoint_and_cover_the_epoch(world):
     factors = [1.0, 1.4, 2.2, 1.0, 3.7, 1.1, 1.0]
-    shards = [RepeatFactorSampler(factors, world, rank, seed=5) for rank in range(world)]
+    shards = [
+        RepeatFactorSampler(factors, num_replicas=world, rank=rank, seed=5) for rank in range(world)
+    ]
     for sampler in shards:
         sampler.set_epoch(3)
     epoch_list = shards[0].epoch_indices(3).tolist()
@@ -56,13 +58,13 @@ def test_shards_are_disjoint_and_cover_the_epoch(world):
         assert [index for index, _ in sampler] == [epoch_list[p] for p in positions[rank]]
         assert len(sampler) == len(epoch_list) // world
     assert len(epoch_list) % world == 0
-    unpadded = RepeatFactorSampler(factors, 1, 0, seed=5).epoch_indices(3).tolist()
+    unpadded = RepeatFactorSampler(factors, seed=5).epoch_indices(3).tolist()
     assert epoch_list[: len(unpadded)] == unpadded and len(epoch_list) - len(unpadded) < world
 
 
 def test_same_epoch_same_order_next_epoch_different():
     factors = [1.0 + i / 10 for i in range(30)]
-    a, b = RepeatFactorSampler(factors, 2, 1, seed=7), RepeatFactorSampler(factors, 2, 1, seed=7)
+    a, b = (RepeatFactorSampler(factors, num_replicas=2, rank=1, seed=7) for _ in range(2))
     a.set_epoch(4)
     b.set_epoch(4)
     assert list(a) == list(b)
@@ -74,13 +76,13 @@ def test_every_position_has_its_own_augmentation_seed_whatever_the_world_size():
     """Ranks never share a seed within an epoch or across epochs, and the item at
     a global position gets the same (index, seed) on 1 process as on 2 or 3."""
     factors = [1.0 + i / 7 for i in range(23)]
-    single = RepeatFactorSampler(factors, 1, 0, seed=9)
+    single = RepeatFactorSampler(factors, seed=9)
     single.set_epoch(2)
     by_position = list(single)
     for world in (2, 3):
         seen = []
         for rank in range(world):
-            sampler = RepeatFactorSampler(factors, world, rank, seed=9)
+            sampler = RepeatFactorSampler(factors, num_replicas=world, rank=rank, seed=9)
             sampler.set_epoch(2)
             items = list(sampler)
             seen += [seed for _, seed in items]

@@ -28,7 +28,10 @@ def test_identity_affine_reproduces_the_image():
     n = x.shape[0]
     ones, zeros = torch.ones(n), torch.zeros(n)
     torch.testing.assert_close(
-        affine_resample(x, ones, ones, zeros, zeros, zeros, 32), x, atol=1e-5, rtol=0
+        affine_resample(x, scale=(ones, ones), centre=(zeros, zeros), angle=zeros, out_size=32),
+        x,
+        atol=1e-5,
+        rtol=0,
     )
 
 
@@ -52,14 +55,17 @@ def test_crop_takes_the_expected_region():
     x = torch.zeros(1, 1, 32, 32)
     x[..., :16, :16] = 1.0
     half, centre = torch.tensor([0.5]), torch.tensor([-0.5])
-    out = affine_resample(x, half, half, centre, centre, torch.zeros(1), 32)
+    out = affine_resample(
+        x, scale=(half, half), centre=(centre, centre), angle=torch.zeros(1), out_size=32
+    )
     assert out[..., 2:-2, 2:-2].min() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_rotation_by_90_degrees_matches_rot90():
     x = batch(n=1)
     one, zero = torch.ones(1), torch.zeros(1)
-    out = affine_resample(x, one, one, zero, zero, torch.tensor([math.pi / 2]), 32)
+    quarter = torch.tensor([math.pi / 2])
+    out = affine_resample(x, scale=(one, one), centre=(zero, zero), angle=quarter, out_size=32)
     # x_in = -y_out, y_in = x_out, i.e. out[i, j] = in[j, W - 1 - i]
     torch.testing.assert_close(out, torch.rot90(x, k=1, dims=(-2, -1)), atol=1e-5, rtol=0)
 

@@ -131,7 +131,7 @@ def bench_step(arch, size, batch, steps, rounds):
     def fresh():
         torch.manual_seed(0)
         model = SimCLR(build_resnet(arch), FEATURE_DIMS[arch]).to(device)
-        return model, build_optimizer("sgd", model, 0.05, 5e-4)
+        return model, build_optimizer("sgd", model, lr=0.05, weight_decay=5e-4)
 
     model, optimizer = fresh()
     generator = torch.Generator(device=device).manual_seed(0)

@@ -33,4 +33,4 @@ def engine_epoch(model, step_fn, batches, *, optimizer, device, generator=None):
 
 
 def sgd(model, lr):
-    return build_optimizer("sgd", model, lr, 1e-4)
+    return build_optimizer("sgd", model, lr=lr, weight_decay=1e-4)
