@@ -14,6 +14,7 @@ random one (--backbone random). Results go to the experiment's eval/
 (cxr.layout); an existing result is refused unless --replace.
 """
 
+import contextlib
 import csv
 import io
 import time
@@ -56,16 +57,10 @@ from cxr.data import (
     xyxy,
 )
 from cxr.detector import load_detector, predict
-from cxr.distributed import gather_to_main, inference_shard, process_group
+from cxr.distributed import agree, gather_to_main, inference_shard, process_group
 from cxr.errors import UserError, exit_on_user_error
-from cxr.outputs import (
-    atomic_write_json,
-    atomic_write_text,
-    check_output_folder,
-    make_folder,
-    refuse_existing,
-    staged_directory,
-)
+from cxr.names import check_name
+from cxr.outputs import check_output_folder, open_output_folder, refuse_existing, staged_directory
 from cxr.probe import macro_auroc, probe_test_scores, split_features
 from cxr.seeds import stream_seed
 from cxr.submission import prediction_string, read_original_sizes, write_submission
@@ -210,12 +205,20 @@ def resolve_checkpoint(args, experiment_dir):
     return path
 
 
-def labeled_test_set(args, classes):
+def labeled_test_set(args, classes, scored=False):
     """(COCO dict, image folder, annotation file) of the evaluation images, checked
-    against the detector's classes."""
+    against the detector's classes; scored: there must be boxes to score."""
     image_dir = Path(args.test_data_dir or Path(args.data_dir) / "test")
     ann_file = Path(args.test_ann_file or Path(args.data_dir) / "test_annotations.json")
     coco = load_coco(ann_file)
+    if not coco.get("images"):
+        raise UserError(f"{ann_file} holds no test images: there is nothing to evaluate")
+    if scored and not coco.get("annotations"):
+        raise UserError(
+            f"{ann_file}: its {len(coco['images'])} images hold no box, so mAP is undefined"
+        )
+    for number, image in enumerate(coco["images"]):
+        check_name(str(image.get("file_name", "")), f"{ann_file}, images[{number}]")
     theirs = dataset_classes(coco, ann_file)
     if theirs != tuple(classes):
         raise UserError(
@@ -303,40 +306,63 @@ def per_class_csv(metrics, classes):
     return buffer.getvalue()
 
 
+@contextlib.contextmanager
+def results_folder(eval_dir, results, args, dist_info):
+    """The eval folder (`cxr.outputs`: cxr's, locked for the block) on the main process,
+    refusing existing `results` unless --replace; None on the other processes."""
+    with contextlib.ExitStack() as stack:
+
+        def open_on_main():
+            folder = stack.enter_context(open_output_folder(eval_dir, command="evaluate.py"))
+            for name in results:
+                refuse_existing(folder.inside(name), args.replace)
+            return folder
+
+        yield agree(dist_info, open_on_main)
+
+
 def run_map(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
     eval_dir = Path(args.eval_dir or experiment_dir / layout.EVAL)
-    refuse_existing(eval_dir / layout.METRICS, args.replace)
     threshold = 0.05 if args.score_threshold is None else args.score_threshold
     model, meta, checkpoint = detector_for(args, dist_info, experiment_dir, threshold)
-    coco, image_dir, ann_file = labeled_test_set(args, meta["classes"])
-    start = time.perf_counter()
-    results = predict_all(model, DetectionDataset(coco, image_dir), args, dist_info)
-    if not dist_info.is_main:
-        return None
+    coco, image_dir, ann_file = labeled_test_set(args, meta["classes"], scored=True)
+    with results_folder(eval_dir, [layout.METRICS], args, dist_info) as folder:
+        start = time.perf_counter()
+        results = predict_all(model, DetectionDataset(coco, image_dir), args, dist_info)
+        if dist_info.is_main:
+            run = {
+                "checkpoint": str(checkpoint),
+                "annotation_file": str(ann_file),
+                "image_dir": str(image_dir),
+                "score_threshold": threshold,
+                "world_size": dist_info.world_size,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            return write_map(folder, coco=coco, results=results, meta=meta, run=run)
+    return None
+
+
+def write_map(folder, *, coco, results, meta, run):
+    """Score the results, print the tables, write metrics.json, per_class.csv and the
+    predictions; returns the summary."""
     metrics = coco_metrics(coco_ground_truth(coco), results)
     competition = competition_metrics(coco, results)
     summary = {
-        "checkpoint": str(checkpoint),
         "arch": meta["arch"],
         "image_size": meta["image_size"],
         "test_images": len(coco["images"]),
         "test_boxes": len(coco["annotations"]),
-        "annotation_file": str(ann_file),
-        "image_dir": str(image_dir),
-        "score_threshold": threshold,
-        "world_size": dist_info.world_size,
-        "seconds": round(time.perf_counter() - start, 1),
+        **run,
         **metrics,
         "competition": competition_summary(coco, competition, len(meta["classes"])),
     }
     print(metrics_tables(metrics, meta["classes"]))
     print_competition(summary["competition"])
-    make_folder(eval_dir)
-    atomic_write_json(eval_dir / layout.TEST_PREDICTIONS, results)
-    atomic_write_text(eval_dir / layout.PER_CLASS, per_class_csv(metrics, meta["classes"]))
-    atomic_write_json(eval_dir / layout.METRICS, summary, indent=1)
-    print(f"wrote {eval_dir / layout.METRICS}, {layout.PER_CLASS}, {layout.TEST_PREDICTIONS}")
+    folder.write_json(layout.TEST_PREDICTIONS, results)
+    folder.write_text(layout.PER_CLASS, per_class_csv(metrics, meta["classes"]))
+    folder.write_json(layout.METRICS, summary, indent=1)
+    print(f"wrote {folder.inside(layout.METRICS)}, {layout.PER_CLASS}, {layout.TEST_PREDICTIONS}")
     return summary
 
 
@@ -436,7 +462,6 @@ def run_predict(args, dist_info):
         )
     experiment_dir = Path(args.output_dir) / args.experiment_name
     eval_dir = Path(args.eval_dir or experiment_dir / layout.EVAL)
-    refuse_existing(eval_dir / "predictions.json", args.replace)
     files = list_images(args.images, "--images")
     sizes = read_original_sizes(args.original_sizes) if args.original_sizes else None
     missing = [f.stem for f in files if sizes is not None and f.stem not in sizes]
@@ -451,24 +476,36 @@ def run_predict(args, dist_info):
         "images": [{"id": i, "file_name": str(f)} for i, f in enumerate(files)],
         "annotations": [],
     }
-    results = predict_all(model, DetectionDataset(unlabeled, ""), args, dist_info)
-    if not dist_info.is_main:
-        return None
-    results = [{**r, "file_name": files[r["image_id"]].name} for r in results]
-    make_folder(eval_dir)
-    atomic_write_json(eval_dir / "predictions.json", results)
+    with results_folder(eval_dir, ["predictions.json"], args, dist_info) as folder:
+        results = predict_all(model, DetectionDataset(unlabeled, ""), args, dist_info)
+        if dist_info.is_main:
+            write_predictions(
+                folder,
+                files,
+                results,
+                sizes=sizes,
+                threshold=threshold,
+                submission=args.submission,
+                classes=meta["classes"],
+            )
+            return results
+    return None
+
+
+def write_predictions(folder, files, results, *, sizes, threshold, submission, classes):
+    """predictions.json (COCO results naming their files) and, with --submission, the
+    competition's submission.csv ("No finding" is class len(classes))."""
+    results[:] = [{**r, "file_name": files[r["image_id"]].name} for r in results]
+    folder.write_json("predictions.json", results)
     print(
         f"wrote {len(results)} detections (score >= {threshold:g}) on {len(files)} images to "
-        f"{eval_dir / 'predictions.json'}"
+        f"{folder.inside('predictions.json')}"
     )
-    if args.submission:
-        rows = submission_rows(files, results, sizes, threshold, no_finding=len(meta["classes"]))
-        write_submission(eval_dir / "submission.csv", rows)
-        pixels = (
-            "original pixels" if sizes else "PNG pixels: pass --original-sizes for original ones"
-        )
-        print(f"wrote {eval_dir / 'submission.csv'} (boxes in {pixels})")
-    return results
+    if submission:
+        rows = submission_rows(files, results, sizes, threshold, no_finding=len(classes))
+        write_submission(folder.inside("submission.csv"), rows)
+        pixels = "original pixels" if sizes else "PNG pixels: pass --original-sizes for them"
+        print(f"wrote {folder.inside('submission.csv')} (boxes in {pixels})")
 
 
 def submission_rows(files, results, sizes, threshold, *, no_finding):
@@ -509,10 +546,23 @@ def resolve_backbone(args, experiment_dir):
 def run_probe(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
     name, trunk, arch, image_size, message = resolve_backbone(args, experiment_dir)
-    out = experiment_dir / layout.EVAL / layout.probe_file(name)
-    refuse_existing(out, args.replace)
     classes = read_classes(args.data_dir)
-    print(message)
+    result_file = layout.probe_file(name)
+    with results_folder(experiment_dir / layout.EVAL, [result_file], args, dist_info) as folder:
+        print(message)
+        result = {"backbone": name, "source": message, "arch": arch, "image_size": image_size}
+        result.update(
+            probe(trunk, classes, args=args, image_size=image_size, device=dist_info.device)
+        )
+        excluded = print_probe(result["per_class"], result["macro_auroc"], name, message)
+        folder.write_json(result_file, {**result, "excluded_classes": excluded}, indent=1)
+        print(f"wrote {folder.inside(result_file)}")
+    return {**result, "excluded_classes": excluded}
+
+
+def probe(trunk, classes, *, args, image_size, device):
+    """The linear probe's figures: features of the prepared train and test images,
+    logistic regression on the train ones, AUROC per class on the test ones."""
     start = time.perf_counter()
     splits = {}
     for split in ("train", "test"):
@@ -522,7 +572,7 @@ def run_probe(args, dist_info):
             split,
             image_size=image_size,
             batch_size=args.batch_size or 32,
-            device=dist_info.device,
+            device=device,
             workers=args.workers,
             log=print,
         )
@@ -534,31 +584,21 @@ def run_probe(args, dist_info):
     rows = [
         {
             "class_id": k,
-            "class_name": name_k,
+            "class_name": class_name,
             "auroc": per_class[k],
             "train_positives": int(train_y[:, k].sum()),
             "test_positives": int(test_y[:, k].sum()),
         }
-        for k, name_k in enumerate(classes)
+        for k, class_name in enumerate(classes)
     ]
-    excluded = print_probe(rows, macro, name, message)
-    result = {
-        "backbone": name,
-        "source": message,
-        "arch": arch,
-        "image_size": image_size,
+    return {
         "C": args.C,
         "macro_auroc": macro,
         "per_class": rows,
-        "excluded_classes": excluded,
         "train_images": len(train_y),
         "test_images": len(test_y),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    make_folder(out.parent)
-    atomic_write_json(out, result, indent=1)
-    print(f"wrote {out}")
-    return result
 
 
 def print_probe(rows, macro, name, message):

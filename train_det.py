@@ -80,7 +80,6 @@ from cxr.optim import (
     step_schedule,
     warmup_cosine_schedule,
 )
-from cxr.outputs import atomic_write_json
 from cxr.run_folder import open_run
 from cxr.samplers import RepeatFactorSampler, repeat_factors
 from cxr.seeds import stream_seed
@@ -322,7 +321,17 @@ def choose_images(args, meta, ssl_pool):
         order = seeded_permutation(list(normal), stream_seed("negatives", seed=args.split_seed))
         negatives = [normal[name] for name in sorted(order[: round(args.negatives * len(labeled))])]
     if not labeled:
-        raise UserError("no labeled images: raise --labeled-fraction")
+        ssl_fraction = meta.get("ssl_fraction", 0.0)
+        raise UserError(
+            f"no labeled images are left: the SSL pool took {ssl_fraction:.0%} of the training "
+            "images"
+            + (
+                " (all of them); pretrain on a smaller --ssl-fraction, or fine-tune on them with "
+                "--allow-overlap --labeled-fraction F"
+                if ssl_fraction >= 1
+                else "; raise --labeled-fraction"
+            )
+        )
     return labeled, held_out, negatives
 
 
@@ -450,6 +459,12 @@ def choose_data(args, dist_info, meta, ssl_pool):
     check_run_length(args.epochs * per_epoch, f"--epochs {args.epochs}")  # before counting them
     schedule = learning_rates(args, sum(epoch_steps(sampler, args.batch_size, args.epochs)))
     eval_dataset, ground_truth = evaluation_set(args, held_out)
+    if not ground_truth.dataset["annotations"]:
+        where = "held-out" if held_out is not None else "test"
+        raise UserError(
+            f"the {len(eval_dataset)} {where} images hold no box: there would be nothing to "
+            "evaluate on (prepare with a --test-fraction, or raise --val-fraction)"
+        )
     return Data(
         classes=classes,
         labeled=labeled,
@@ -529,51 +544,71 @@ def run(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
     meta, ssl_pool = pretrain_record(args)
     settle_defaults(args, meta)
-    data = choose_data(args, dist_info, meta, ssl_pool)
+    data = choose_data(args, dist_info, meta, ssl_pool)  # checked before the folder is opened
     ssl_backbone = experiment_dir / layout.PRETRAIN / layout.BACKBONE
     model, message = build_model(args, dist_info, data.classes, ssl_backbone)
-    rebuild = rebuild_meta(args, data.classes)
-    run = open_run(
+    with open_run(
         experiment_dir,
         outputs=layout.DETECTOR_OUTPUTS,
+        final=layout.DETECTOR,
+        command="train_det.py",
         args=args,
         dist_info=dist_info,
         images=(layout.LABELED_IMAGES, data.labeled),
-        derived=rebuild,
-    )
-    log_start(run, data, message)
-
-    optimization = Optimization(
-        build_optimizer("sgd", model, lr=args.lr, weight_decay=args.weight_decay),
-        grad_scaler(args.amp, dist_info.device),
-        data.schedule,
-        args.clip_grad,
-    )
-    start_epoch, step = restore(run, model, optimization)
-    history = run.resumed["eval_history"] if run.resumed else []
-    wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
-    step_fn = functools.partial(detection_step, amp=args.amp, device=dist_info.device)
-    sampler, loader = data.sampler, data.loader
-    epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
-    for epoch in epochs:
-        sampler.set_epoch(epoch)
-        rng = seed_epoch(args.seed, epoch, dist_info)
-        step, mean_loss = train_one_epoch(
-            wrapped, step_fn, loader, optimization, step=step, epoch=epoch, generator=rng, run=run
+        derived=rebuild_meta(args, data.classes),
+    ) as run:
+        log_start(run, data, message)
+        optimization = Optimization(
+            build_optimizer("sgd", model, lr=args.lr, weight_decay=args.weight_decay),
+            grad_scaler(args.amp, dist_info.device),
+            data.schedule,
+            args.clip_grad,
         )
-        metrics = evaluate(model, data, epoch=epoch, run=run)
-        if metrics:
-            history.append({"epoch": epoch + 1, **metrics})
-        log_epoch(run, epoch=epoch, mean_loss=mean_loss, **headline(metrics))
-        save_checkpoint(run, model, optimization, epoch=epoch + 1, step=step, eval_history=history)
-        if dist_info.is_main:  # after the checkpoint, which holds the history too
-            atomic_write_json(experiment_dir / layout.EVAL_HISTORY, history, indent=1)
-    if not finished(run, epochs):
-        return
-    if dist_info.is_main:
-        meta = {**rebuild, **final_meta(args, data, message, history)}
-        save_detector(experiment_dir / layout.DETECTOR, model, meta)
-    run.logger.log(f"wrote {experiment_dir / layout.DETECTOR}", event="done")
+        start_epoch, step = restore(run, model, optimization)
+        history = run.resumed["eval_history"] if run.resumed else []
+        wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+        step_fn = functools.partial(detection_step, amp=args.amp, device=dist_info.device)
+        sampler, loader = data.sampler, data.loader
+        epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
+        for epoch in epochs:
+            sampler.set_epoch(epoch)
+            rng = seed_epoch(args.seed, epoch, dist_info)
+            step, loss = train_one_epoch(
+                wrapped,
+                step_fn,
+                loader,
+                optimization,
+                step=step,
+                epoch=epoch,
+                generator=rng,
+                run=run,
+            )
+            metrics = evaluate(model, data, epoch=epoch, run=run)
+            if metrics:
+                history.append({"epoch": epoch + 1, **metrics})
+            log_epoch(run, epoch=epoch, mean_loss=loss, **headline(metrics))
+            save_checkpoint(
+                run, model, optimization, epoch=epoch + 1, step=step, eval_history=history
+            )
+            write_history(run, history)  # after the checkpoint, which holds it too
+        if finished(run, epochs):
+            save_final(run, model, data=data, message=message, history=history)
+
+
+def write_history(run, history):
+    if run.dist_info.is_main:
+        run.folder.write_json(layout.EVAL_HISTORY, history, indent=1)
+
+
+def save_final(run, model, *, data, message, history):
+    """After the last epoch: fasterrcnn_final.pth and its metadata."""
+    if run.dist_info.is_main:
+        meta = {
+            **rebuild_meta(run.args, data.classes),
+            **final_meta(run.args, data, message, history),
+        }
+        save_detector(run.folder, model, meta)
+    run.logger.log(f"wrote {run.folder.inside(layout.DETECTOR)}", event="done")
 
 
 def headline(metrics):

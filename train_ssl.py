@@ -45,7 +45,7 @@ from cxr.cli import (
     seed,
     seed_project_group,
 )
-from cxr.data import ImageList, list_images, split_images, to_network_input
+from cxr.data import ImageList, to_network_input
 from cxr.distributed import DistInfo, process_group
 from cxr.engine import (
     Optimization,
@@ -68,7 +68,7 @@ from cxr.run_folder import open_run
 from cxr.samplers import ShuffleSampler
 from cxr.seeds import stream_seed
 from cxr.simclr import SimCLR, nt_xent
-from cxr.splits import partition
+from cxr.ssl_pool import extra_images, ssl_pool
 from cxr.ssl_views import VIEW_PRESETS, ViewConfig, parse_views, simclr_views, views_flag
 
 
@@ -215,39 +215,6 @@ def devices_flag(text):
     return text
 
 
-def ssl_pool(args):
-    """({name: path} of the SSL pool, the extra image paths): the SSL share of
-    the prepared training images, the normal ones with --include-normal, and
-    --extra-images under their paths. An extra image that is also in the
-    prepared data (the same name or the same file, in any split) is refused:
-    it could be a test or labeled image."""
-    train = split_images(args.data_dir, "train")
-    chosen = partition(list(train), args.ssl_fraction, seed=args.split_seed).ssl
-    paths = {name: train[name] for name in chosen}
-    if args.include_normal:
-        paths.update(split_images(args.data_dir, "normal"))
-    extra = list_images(args.extra_images, "--extra-images") if args.extra_images else []
-    if extra:
-        prepared = {
-            name: path
-            for split in ("train", "test", "normal")
-            if (Path(args.data_dir) / f"{split}_annotations.json").is_file()
-            for name, path in split_images(args.data_dir, split).items()
-        }
-        files = {(p.stat().st_dev, p.stat().st_ino) for p in prepared.values() if p.is_file()}
-        clash = [
-            p for p in extra if p.stem in prepared or (p.stat().st_dev, p.stat().st_ino) in files
-        ]
-        if clash:
-            raise UserError(
-                f"{len(clash)} of the {len(extra)} --extra-images are also in the prepared data "
-                f"{args.data_dir} (e.g. {clash[0]}): they may be test or labeled images, which the "
-                "SSL pool must not see. Remove them from the extra folders"
-            )
-        paths.update({str(p): p for p in extra})
-    return paths, extra
-
-
 def simclr_step(model, batch, generator, *, args, views, dist_info):
     """Two views of each image on the device, one forward over both, NT-Xent."""
     device = dist_info.device
@@ -294,7 +261,15 @@ class Data:
 def choose_data(args, dist_info):
     """The SSL pool, its sampler and loader, the views and the schedule, checked."""
     views = parse_views(args.views)
-    paths, extra = ssl_pool(args)
+    log = print if dist_info.is_main else None
+    extra = extra_images(args.extra_images, args.data_dir, log) if args.extra_images else []
+    paths = ssl_pool(
+        args.data_dir,
+        ssl_fraction=args.ssl_fraction,
+        split_seed=args.split_seed,
+        include_normal=args.include_normal,
+        extra=extra,
+    )
     if len(paths) // dist_info.world_size < args.batch_size:
         raise UserError(
             f"the SSL pool has {len(paths)} images, fewer than --batch-size {args.batch_size} "
@@ -349,45 +324,56 @@ def build_model(args, dist_info):
 def run(args, dist_info):
     check_devices_flag(args.devices, dist_info)
     check_amp(args.amp, dist_info.device)
-    data = choose_data(args, dist_info)  # everything checked before the run folder is written
-    run_dir = Path(args.output_dir) / args.experiment_name / layout.PRETRAIN
-    run = open_run(
-        run_dir,
+    data = choose_data(args, dist_info)  # everything checked before the run folder is opened
+    model = build_model(args, dist_info)
+    with open_run(
+        Path(args.output_dir) / args.experiment_name / layout.PRETRAIN,
         outputs=layout.PRETRAIN_OUTPUTS,
+        final=layout.BACKBONE,
+        command="train_ssl.py",
         args=args,
         dist_info=dist_info,
         images=(layout.SSL_IMAGES, data.paths),
-    )
-    log_data(run, data)
-
-    model = build_model(args, dist_info)
-    optimization = Optimization(
-        build_optimizer(args.optimizer, model, lr=args.lr, weight_decay=args.weight_decay),
-        grad_scaler(args.amp, dist_info.device),
-        data.schedule,
-        args.clip_grad,
-    )
-    start_epoch, step = restore(run, model, optimization)
-    wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
-    step_fn = functools.partial(simclr_step, args=args, views=data.views, dist_info=dist_info)
-    sampler, loader = data.sampler, data.loader
-    epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
-    for epoch in epochs:
-        sampler.set_epoch(epoch)
-        rng = seed_epoch(args.seed, epoch, dist_info)
-        step, mean_loss = train_one_epoch(
-            wrapped, step_fn, loader, optimization, step=step, epoch=epoch, generator=rng, run=run
+    ) as run:
+        log_data(run, data)
+        optimization = Optimization(
+            build_optimizer(args.optimizer, model, lr=args.lr, weight_decay=args.weight_decay),
+            grad_scaler(args.amp, dist_info.device),
+            data.schedule,
+            args.clip_grad,
         )
-        log_epoch(run, epoch=epoch, mean_loss=mean_loss)
-        save_checkpoint(run, model, optimization, epoch=epoch + 1, step=step)
-    if not finished(run, epochs):
-        return
+        start_epoch, step = restore(run, model, optimization)
+        wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
+        step_fn = functools.partial(simclr_step, args=args, views=data.views, dist_info=dist_info)
+        sampler, loader = data.sampler, data.loader
+        epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
+        for epoch in epochs:
+            sampler.set_epoch(epoch)
+            rng = seed_epoch(args.seed, epoch, dist_info)
+            step, loss = train_one_epoch(
+                wrapped,
+                step_fn,
+                loader,
+                optimization,
+                step=step,
+                epoch=epoch,
+                generator=rng,
+                run=run,
+            )
+            log_epoch(run, epoch=epoch, mean_loss=loss)
+            save_checkpoint(run, model, optimization, epoch=epoch + 1, step=step)
+        if finished(run, epochs):
+            save_trunk(run, model, data)
+
+
+def save_trunk(run, model, data):
+    """After the last epoch: precise BatchNorm statistics, then pretrained-backbone.pth."""
+    args, dist_info = run.args, run.dist_info
     if args.precise_bn_images:
         precise_batchnorm(model.trunk, data.dataset, args, dist_info, run.logger)
     if dist_info.is_main:
-        record = backbone_record(args, data)
-        save_backbone(run_dir / layout.BACKBONE, model.trunk_state_dict(), record)
-    run.logger.log(f"wrote {run_dir / layout.BACKBONE}", event="done")
+        save_backbone(run.folder, model.trunk_state_dict(), backbone_record(args, data))
+    run.logger.log(f"wrote {run.folder.inside(layout.BACKBONE)}", event="done")
 
 
 def log_data(run, data):

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 import torchvision
 
-from .checkpoint_io import atomic_torch_save, load_torch_file
+from .checkpoint_io import atomic_torch_save, check_finite, load_torch_file
 from .data import uint8_to_network_input
 from .distributed import all_reduce_mean
 from .errors import UserError
-from .outputs import atomic_write_json
+from .layout import BACKBONE, BACKBONE_META
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
@@ -41,8 +41,14 @@ def load_trunk_weights(path):
     """A ResNet trunk state dict from `path`, stripped of fc: our pretrained
     backbone, a torchvision ResNet checkpoint (e.g. ImageNet weights)."""
     state = load_torch_file(path, "ResNet weights (a state dict)")
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        raise UserError(
+            f"{path} is a training checkpoint, not a backbone; pass the run's "
+            f"{BACKBONE} (written beside it when the run finishes)"
+        )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state dict of tensors")
+    check_finite(state, str(path))
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
 
@@ -95,12 +101,14 @@ def pretrained_trunk(arch, path):
     return model, message
 
 
-def save_backbone(path, state, meta):
+def save_backbone(folder, state, meta):
     """pretrained-backbone.pth (a trunk state dict with torchvision ResNet keys, no fc)
-    and beside it pretrained-backbone.json: meta, with at least arch and image_size."""
+    and beside it pretrained-backbone.json: meta, with at least arch and image_size;
+    folder: the run's `cxr.outputs.OutputFolder`."""
     assert {"arch", "image_size"} <= set(meta), "backbone metadata needs arch and image_size"
-    atomic_torch_save(path, state)
-    atomic_write_json(Path(path).with_suffix(".json"), meta, indent=1)
+    check_finite(state, "the trained backbone")
+    atomic_torch_save(folder.inside(BACKBONE), state)
+    folder.write_json(BACKBONE_META, meta, indent=1)
 
 
 def backbone_meta(path):

@@ -17,6 +17,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from .progress import progress
+
 STANDARD_NORMAL = NormalDist()
 
 
@@ -30,7 +32,9 @@ class Interval:
         return self.low > 0 or self.high < 0
 
 
-def paired_bootstrap(first, second, *, num_images, statistic, replicates=2000, level=0.9, seed=0):
+def paired_bootstrap(
+    first, second, *, num_images, statistic, replicates=2000, level=0.9, seed=0, log=None
+):
     """Paired bootstrap intervals of two arms and of their difference.
 
     Args:
@@ -41,6 +45,7 @@ def paired_bootstrap(first, second, *, num_images, statistic, replicates=2000, l
             how often each test image is drawn.
         replicates, level, seed: the number of resamples, the interval's
             coverage, and the seed of the resampling.
+        log: where progress lines go (`cxr.progress`; None: nowhere).
     Returns:
         {metric: {"first": Interval, "second": Interval, "difference": Interval}}.
     """
@@ -52,7 +57,7 @@ def paired_bootstrap(first, second, *, num_images, statistic, replicates=2000, l
     real_second = [statistic(run, ones) for run in second]
     names = list(real_first[0])
     draws = {name: {"first": [], "second": [], "difference": []} for name in names}
-    for _ in range(replicates):
+    for _ in progress(range(replicates), "bootstrap replicates", log=log):
         seeds = rng.integers(0, len(first), len(first)) if len(first) > 1 else [0]
         counts = np.bincount(rng.integers(0, num_images, num_images), minlength=num_images)
         cache = {}

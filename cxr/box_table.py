@@ -7,7 +7,7 @@ splits the images from it, whatever the format.
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class BoxTable:
     reference_sizes: Optional[np.ndarray]  # (images, 2) width, height the boxes refer to;
     # None: the boxes are in the image files' own pixels
     several_readers: bool  # each image was read by several readers: fuse their boxes
-    group_of: Optional[Callable] = None  # image name -> patient, kept on one side of a split
+    group_pattern: Optional[str] = None  # its first group: an image name's patient
     duplicates: int = 0  # rows that repeated an earlier row exactly, dropped
     crowd: int = 0  # COCO crowd regions (iscrowd 1), dropped
 

@@ -8,13 +8,14 @@ last case advises weights_only=False, which cxr never does). Every .pth cxr
 writes goes through `atomic_torch_save` (temp file, then rename).
 """
 
+import io
 import pickle
 import zipfile
 
 import torch
 
 from .errors import UserError
-from .outputs import atomic_path
+from .outputs import atomic_write_bytes
 
 
 def load_torch_file(path, what):
@@ -43,9 +44,22 @@ def load_torch_file(path, what):
         ) from None
 
 
+def check_finite(state, what):
+    """Refuse weights holding NaN or infinity: nothing trained, loaded or scored from
+    them would mean anything."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(
+            f"{what} holds non-finite weights (NaN or infinity in {', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}); they cannot be used"
+        )
+
+
 def atomic_torch_save(path, state):
-    """torch.save to a temp file renamed onto `path`. Written through a file
-    object, so the archive's inner folder has torch's fixed name, not the temp
-    file's: the same state gives the same bytes whichever process saved it."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        torch.save(state, file)
+    """torch.save to memory, then written to a temp file renamed onto `path`: the
+    archive's inner folder has torch's fixed name (the same state gives the same
+    bytes whichever process saved it), and a full disk surfaces as an OSError
+    (`cxr.outputs.DiskFull`), not as torch's own error about the zip writer."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())

@@ -90,8 +90,8 @@ def _box(where, annotation):
 
 
 def group_by(pattern):
-    """image name -> the first group of the regular expression `pattern` (a patient),
-    for --group-by; a name it does not match is an error."""
+    """image name -> the first group of the regular expression `pattern` (a patient,
+    kept on one side of a split); a name it does not match is an error."""
     try:
         regex = re.compile(pattern)
     except re.error as error:
@@ -117,7 +117,7 @@ def group_pattern(text):
     return text
 
 
-def read_coco(path, *, fuse=False, group_of=None):
+def read_coco(path, *, fuse=False, group_pattern=None):
     """A COCO detection file as a BoxTable; fuse: it holds several readers' boxes."""
     path = Path(path)
     coco = _load(path)
@@ -149,7 +149,7 @@ def read_coco(path, *, fuse=False, group_of=None):
         boxes=np.array(boxes + [(np.nan,) * 4] * len(normal), dtype=np.float64).reshape(-1, 4),
         reference_sizes=sizes,
         several_readers=fuse,
-        group_of=group_of,
+        group_pattern=group_pattern,
         crowd=crowd,
     )
     return drop_duplicate_rows(table, [table.class_ids[:, None], table.boxes])

@@ -9,6 +9,7 @@ input distribution.
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,17 @@ def open_grayscale(path):
     0..65535 to 0..255; Pillow's own conversion would clip them to white.
     Colour images are converted to their luminance."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # named, not printed
+            image = Image.open(path)
+        with image:
             if image.mode in SIXTEEN_BIT_MODES:
                 wide = np.asarray(image, dtype=np.float64)
                 return Image.fromarray(
                     np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8)
                 )
             return image.convert("L")
-    except (OSError, ValueError, SyntaxError) as error:
+    except (OSError, ValueError, SyntaxError, Warning, Image.DecompressionBombError) as error:
         raise UserError(f"cannot read image {path}: {error}") from None
 
 

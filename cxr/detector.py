@@ -27,10 +27,10 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .backbone import FEATURE_DIMS, check_trunk_state, load_trunk_weights
-from .checkpoint_io import atomic_torch_save, load_torch_file
+from .checkpoint_io import atomic_torch_save, check_finite, load_torch_file
 from .data import IMAGE_MEAN, IMAGE_STD
 from .errors import UserError
-from .outputs import atomic_write_json
+from .layout import DETECTOR, DETECTOR_META
 from .progress import progress
 
 NORMS = ("frozen", "bn", "syncbn")
@@ -144,13 +144,15 @@ def changed_backbone_tensors(detector, state):
 REBUILD_KEYS = ("arch", "image_size", "classes", "norm", "trainable_layers", "anchor_sizes")
 
 
-def save_detector(path, model, meta):
+def save_detector(folder, model, meta):
     """fasterrcnn_final.pth (the FasterRCNN state dict) and fasterrcnn_final.json:
-    meta, which holds at least REBUILD_KEYS."""
+    meta, which holds at least REBUILD_KEYS; folder: the run's OutputFolder."""
     missing = [key for key in REBUILD_KEYS if key not in meta]
     assert not missing, f"detector metadata lacks {missing}"
-    atomic_torch_save(path, model.state_dict())
-    atomic_write_json(Path(path).with_suffix(".json"), meta, indent=1)
+    state = model.state_dict()
+    check_finite(state, "the trained detector")
+    atomic_torch_save(folder.inside(DETECTOR), state)
+    folder.write_json(DETECTOR_META, meta, indent=1)
 
 
 def _read_detector_file(path):
@@ -177,6 +179,7 @@ def load_detector(path):
         raise UserError(
             f"{path}: its metadata lacks {', '.join(missing)}; train it with train_det.py"
         )
+    check_finite(state, str(path))
     model = build_detector(
         arch=meta["arch"],
         image_size=meta["image_size"],

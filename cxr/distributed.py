@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -132,6 +134,25 @@ def all_reduce_mean(tensor):
     tensor = tensor.detach().clone()
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor / dist.get_world_size()
+
+
+def agree(dist_info, decide):
+    """decide() on the main process, its result returned there (None elsewhere); a
+    UserError it raises is raised on every process, so no rank waits for a peer
+    that stopped (the other ranks wait here until the main process has decided)."""
+    result, message = None, None
+    if dist_info.is_main:
+        try:
+            result = decide()
+        except UserError as error:
+            message = str(error)
+    if dist_info.world_size > 1:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message is not None:
+        raise UserError(message)
+    return result
 
 
 def gather_to_main(items, dist_info):

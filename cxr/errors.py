@@ -3,9 +3,11 @@
 Library code raises `UserError` for mistakes a user can fix (a bad CSV row, a
 missing file, an existing output folder). Command-line entry points wrap their
 `main` in `exit_on_user_error`, which prints the message without a traceback
-and exits with status 2; real bugs still raise with their full traceback.
+and exits with status 2, and which turns SIGTERM into the unwinding Ctrl-C
+gets; real bugs still raise with their full traceback.
 """
 
+import signal
 import sys
 
 
@@ -25,10 +27,25 @@ def user_message(error):
     return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (torchrun, a scheduler, kill): unwinds like Ctrl-C, so every temp file
+    and half-built folder is removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def exit_on_user_error(main, argv=None):
-    """Run `main(argv)`; turn a UserError into `error: ...` on stderr and exit 2."""
+    """Run `main(argv)`: a UserError becomes `error: ...` on stderr and exit status 2;
+    SIGTERM and Ctrl-C clean up and end with one line and 128 + the signal."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(argv)
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:
+        name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
+        print(f"stopped by {name}; temporary files removed", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT))

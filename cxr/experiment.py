@@ -24,7 +24,6 @@ import io
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -36,8 +35,8 @@ from .backbone import infer_arch, load_trunk_weights
 from .cli import flags, parser
 from .coco_format import group_pattern
 from .errors import UserError, exit_on_user_error
-from .layout import CHECKPOINT, PRETRAIN, RunName, percent
-from .outputs import atomic_write_json, check_output_folder, make_folder, mark_as_ours
+from .layout import BACKBONE, CHECKPOINT, DETECTOR, PRETRAIN, RunName, percent
+from .outputs import check_output_folder, clear_folder, make_folder, open_output_folder
 from .presets import PRESETS, Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +55,7 @@ class Stage:
     argv: tuple = ()
     run_dir: str = None  # a training run's folder: resumable from its checkpoint
     distributed: bool = False  # under torchrun with --nproc-per-node > 1
+    result: str = None  # the file whose presence means the stage is done
 
     def command(self, nproc, display=False):
         """The command line; display: as the report shows it (python, <cxr>/script)."""
@@ -137,7 +137,8 @@ def pretrain_stage(plan, fraction, seed):
     argv = (*common_flags(plan), *options, *(["--extra-images", *extra] if extra else []))
     description = f"SimCLR pretraining on {percent(fraction)}% of the training images, seed {seed}"
     run_dir = f"runs/{name}/{PRETRAIN}"
-    return Stage(f"pretrain-{name}", description, ("train_ssl.py",), argv, run_dir, True)
+    result = f"{run_dir}/{BACKBONE}"
+    return Stage(f"pretrain-{name}", description, ("train_ssl.py",), argv, run_dir, True, result)
 
 
 def detector_stage(plan, run, *, init, labeled_fraction, what):
@@ -163,7 +164,10 @@ def detector_stage(plan, run, *, init, labeled_fraction, what):
     )
     description = f"Faster R-CNN from {what}, seed {run.seed}"
     argv = (*common_flags(plan), *options)
-    return Stage(f"det-{run}", description, ("train_det.py",), argv, f"runs/{run}", True)
+    run_dir = f"runs/{run}"
+    return Stage(
+        f"det-{run}", description, ("train_det.py",), argv, run_dir, True, f"{run_dir}/{DETECTOR}"
+    )
 
 
 def evaluation_stage(plan, mode, run, description, *more, distributed=False):
@@ -335,22 +339,26 @@ def run_command(stage, out, log_path, *, resuming, nproc):
 
 
 class Experiment:
-    """The experiment folder and its record, experiment.json."""
+    """The experiment folder (an OutputFolder, locked) and its record, experiment.json."""
 
-    def __init__(self, out, record):
-        self.out, self.record = out, record
+    def __init__(self, folder, record):
+        self.folder, self.out, self.record = folder, folder.path, record
 
     def save(self):
-        atomic_write_json(self.out / "experiment.json", self.record, indent=1)
+        self.folder.write_json("experiment.json", self.record, indent=1)
 
-    def done(self, name):
-        return self.record["stages"].get(name, {}).get("status") == "done"
+    def done(self, stage):
+        """Done before: recorded so, or its result written (a run that finished after
+        the record was last saved)."""
+        if self.record["stages"].get(stage.name, {}).get("status") == "done":
+            return True
+        return stage.result is not None and (self.out / stage.result).is_file()
 
     def run(self, stages, *, resuming, nproc):
-        make_folder(self.out / "logs")
+        make_folder(self.folder.inside("logs"))
         checked = False
         for number, stage in enumerate(stages, 1):
-            if resuming and self.done(stage.name):
+            if resuming and self.done(stage):
                 print(f"[{number}/{len(stages)}] {stage.description}: done before, skipped")
                 continue
             if stage.program[0] in ("train_ssl.py", "train_det.py") and not checked:
@@ -364,7 +372,7 @@ class Experiment:
         entry = {"description": stage.description, "status": "running"}
         self.record["stages"][stage.name] = entry
         self.save()
-        log_path = self.out / "logs" / f"{number:02d}-{stage.name}.log"
+        log_path = self.folder.inside(f"logs/{number:02d}-{stage.name}.log")
         code, entry["command"] = run_command(
             stage, self.out, log_path, resuming=resuming, nproc=nproc
         )
@@ -408,9 +416,9 @@ def experiment_config(args, settings, out):
     }
 
 
-def reopen(out, config, args):
+def reopen(folder, config, args):
     """The Experiment of --resume: the same settings, or more training seeds."""
-    record_path = out / "experiment.json"
+    out, record_path = folder.path, folder.path / "experiment.json"
     if not record_path.is_file():
         raise UserError(f"--resume: {record_path} not found; start without --resume")
     record = json.loads(record_path.read_text())
@@ -424,37 +432,37 @@ def reopen(out, config, args):
             "rerun with the same flags (--train-seeds may add seeds after the old ones), "
             "or --replace to start over"
         )
-    return Experiment(out, record)
+    return Experiment(folder, record)
 
 
-def open_experiment(args, settings):
-    """Create, replace or reopen --out; returns the Experiment."""
-    out = Path(args.out).resolve()
-    config = experiment_config(args, settings, out)
-    if args.resume:
-        return reopen(out, config, args)
-    inputs = [
+def experiment_inputs(args):
+    return [
         p
         for p in (args.vinbig, args.nih, args.coco, args.coco_images, *(args.extra_images or []))
         if p
     ]
-    if out.is_dir() and any(out.iterdir()) and not args.replace:
+
+
+def open_experiment(args, settings, folder):
+    """The Experiment in the opened --out folder: a new one, replaced, or reopened."""
+    out = folder.path
+    config = experiment_config(args, settings, out)
+    if args.resume:
+        return reopen(folder, config, args)
+    if (out / "experiment.json").exists() and not args.replace:
         raise UserError(
             f"{out} already holds an experiment; pass --resume to finish it, --replace to start "
             "over, or choose another --out"
         )
-    check_output_folder(out, args.replace, inputs)
-    if out.is_dir():
-        shutil.rmtree(out)
-    make_folder(out)
-    mark_as_ours(out, "python -m cxr.experiment")
+    check_output_folder(out, args.replace)
+    clear_folder(folder)
     record = {
         "config": config,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": displayed_command(args.argv, out),
         "stages": {},
     }
-    return Experiment(out, record)
+    return Experiment(folder, record)
 
 
 def settings_from(args):
@@ -660,16 +668,18 @@ def main(argv=None):
     stages = plan_stages(args, settings, Path(args.out).resolve())
     for stage in stages:
         parse_stage(stage)
-    experiment = open_experiment(args, settings)
-    print(
-        f"cxr experiment in {experiment.out}: {len(stages)} stages, preset {args.preset}, "
-        f"SSL fractions {', '.join(f'{percent(f)}%' for f in args.fractions)}",
-        flush=True,
-    )
-    start = time.perf_counter()
-    experiment.run(stages, resuming=args.resume, nproc=args.nproc_per_node)
-    experiment.record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    experiment.save()
+    command, inputs = "python -m cxr.experiment", experiment_inputs(args)
+    with open_output_folder(Path(args.out).resolve(), command=command, inputs=inputs) as folder:
+        experiment = open_experiment(args, settings, folder)
+        print(
+            f"cxr experiment in {experiment.out}: {len(stages)} stages, preset {args.preset}, "
+            f"SSL fractions {', '.join(f'{percent(f)}%' for f in args.fractions)}",
+            flush=True,
+        )
+        start = time.perf_counter()
+        experiment.run(stages, resuming=args.resume, nproc=args.nproc_per_node)
+        experiment.record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        experiment.save()
     print(
         f"experiment complete in {(time.perf_counter() - start) / 60:.1f} min (this invocation); "
         f"report: {experiment.out / 'report.md'}",

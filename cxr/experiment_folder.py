@@ -139,4 +139,5 @@ class ExperimentFolder:
             statistic=map_summary,
             replicates=BOOTSTRAP_REPLICATES,
             level=LEVEL,
+            log=print,
         )

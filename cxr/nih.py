@@ -6,13 +6,12 @@ with or without trailing empty fields; x, y is the box's top-left corner in
 the original 1024 x 1024 image (`original_size`). Each image was boxed by
 one NIH radiologist, so its boxes are not fused. Findings become VinBigData
 classes by `cxr.classes.NIH_FINDINGS`. File names are
-`<patient>_<follow-up>.png`; `patient_of` gives the patient, so that a split
+`<patient>_<follow-up>.png`; `PATIENT` finds the patient, so that a split
 keeps a patient's images together.
 """
 
 import csv
 import io
-import re
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,7 @@ from .errors import UserError
 from .names import check_name
 
 COLUMNS = ("Image Index", "Finding Label")
-PATIENT = re.compile(r"([^_]+)_")
-
-
-def patient_of(image_name):
-    """The patient id of an NIH image name: 00013118_008 -> 00013118."""
-    match = PATIENT.match(image_name)
-    return match.group(1) if match else image_name
+PATIENT = r"^([^_]+)_"  # 00013118_008 -> patient 00013118
 
 
 def _rows(path):
@@ -106,6 +99,6 @@ def read_nih_table(path, original_size=1024):
         boxes=boxes,
         reference_sizes=np.full((len(files), 2), original_size, dtype=np.int64),
         several_readers=False,
-        group_of=patient_of,
+        group_pattern=PATIENT,
     )
     return drop_duplicate_rows(table, [class_ids[:, None], boxes])

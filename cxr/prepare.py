@@ -42,8 +42,7 @@ def read_table(source, settings):
         return read_vinbigdata(source)
     if settings.data_format == "nih":
         return read_nih_table(source, settings.original_size)
-    group_of = group_by(settings.group_pattern) if settings.group_pattern else None
-    return read_coco(source, fuse=settings.fuse, group_of=group_of)
+    return read_coco(source, fuse=settings.fuse, group_pattern=settings.group_pattern)
 
 
 def describe_table(table, log):
@@ -144,7 +143,8 @@ class Split:
 def split_images(table, images, settings):
     """Phase 4: train/test by the seeded permutation, by patient when the data has them."""
     fraction, seed = settings.test_fraction, settings.seed
-    train, test = split_test(images.finding, fraction, seed, group_of=table.group_of)
+    group_of = group_by(table.group_pattern) if table.group_pattern else None
+    train, test = split_test(images.finding, fraction, seed, group_of=group_of)
     normal, test_normal = images.normal, []
     if settings.normal_in_test:
         normal, test_normal = split_test(images.normal, fraction, seed)
@@ -272,7 +272,7 @@ def write_folder(out, *, table, images, split, annotations, summary, settings, i
         "skip_box_thr": settings.skip_box_thr,
         "seed": settings.seed,
         "test_fraction": settings.test_fraction,
-        "split_by_patient": table.group_of is not None,
+        "group_pattern": table.group_pattern,
     }
     splits = [("train", split.train), ("test", sorted(split.test + split.test_normal))]
     splits += [("normal", split.normal)] if split.normal else []
@@ -293,7 +293,7 @@ def write_folder(out, *, table, images, split, annotations, summary, settings, i
                 info={**info, "split": name},
             )
             atomic_write_json(staging / f"{name}_annotations.json", dataset)
-        split_record = {"seed": info["seed"], "test_fraction": info["test_fraction"]}
+        split_record = {key: info[key] for key in ("seed", "test_fraction", "group_pattern")}
         atomic_write_json(staging / "split.json", {**split_record, **vars(split)})
         summary = {**summary, "image_copies_instead_of_links": copies}
         atomic_write_json(staging / "prepare_summary.json", summary, indent=1)

@@ -22,7 +22,7 @@ from . import cli, layout
 from .coco_metrics import format_metric
 from .errors import UserError, exit_on_user_error
 from .experiment_folder import LEVEL, ExperimentFolder, read_json
-from .outputs import atomic_write_text
+from .outputs import make_folder, open_output_folder
 from .svg import bar_chart, line_chart
 
 MIN_SEEDS = 3
@@ -475,9 +475,16 @@ def write_report(out):
     charts = {**ssl_loss_chart(folder), **detector_charts(folder)}
     if len(folder.fractions) > 1:
         charts.update(sweep_chart(folder))
-    (folder.out / "charts").mkdir(exist_ok=True)
-    for file_name, (_, svg) in charts.items():
-        atomic_write_text(folder.out / "charts" / file_name, svg)
+    with open_output_folder(folder.out, command="python -m cxr.report", lock=False) as out:
+        make_folder(out.inside("charts"), "python -m cxr.report")
+        for file_name, (_, svg) in charts.items():
+            out.write_text(f"charts/{file_name}", svg)
+        out.write_text("report.md", "\n".join(report_lines(folder, comparisons, charts)))
+    return folder.out / "report.md"
+
+
+def report_lines(folder, comparisons, charts):
+    """The report's Markdown, line by line."""
     lines = [
         "# cxr experiment report",
         "",
@@ -515,10 +522,7 @@ def write_report(out):
         lines += [f"### {title}", "", f"![{title}](charts/{file_name})", ""]
     lines += pictures_section(folder)
     lines += ["## Time per stage", "", *timing_section(folder), "", "## Commands", ""]
-    lines += [*commands_section(folder), ""]
-    path = folder.out / "report.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path
+    return lines + [*commands_section(folder), ""]
 
 
 def get_args_parser():

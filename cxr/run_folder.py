@@ -1,24 +1,21 @@
-"""A training run's folder: what happens before the first step and around it.
+"""A training run's folder, opened before the first step and held until the last.
 
-`open_run` does a script's whole bookkeeping before training, in this order,
-so that nothing is written until every check has passed:
-
-1. `run_config`: every argument that changes what the run computes (all but
-   RESUME_MAY_CHANGE) and the number of processes; saved in each checkpoint;
-2. with --resume (or --auto-resume and a checkpoint present) the checkpoint
-   is read and its settings compared with these (`read_resumable`); any
-   difference is refused;
-3. `prepare_run_dir`: a fresh start in a folder that holds a run (a
-   checkpoint) needs --replace, which deletes the run's own files (`outputs`)
-   and nothing else; files of a start that failed before its first
-   checkpoint are simply overwritten; temp files of a killed write go;
-4. args.json (arguments, git revision, device, command), the first log line,
-   and the list of images the run uses.
-
-`RunLogger` is rank 0's printer: each line also goes to log.jsonl.
+`open_run` checks everything before it writes anything, and the main process
+holds the folder's lock (`cxr.outputs`) for the life of the run:
+1. the folder must be cxr's (or new), and no other process may be writing it;
+2. a folder that holds a run (any of the run's outputs) is continued only with
+   --resume (its checkpoint's settings must equal these, `read_resumable`),
+   restarted only with --replace (which deletes the run's own outputs and
+   nothing else), else refused; a finished run (its final model written)
+   cannot be resumed, only replaced;
+3. then args.json, the first log line and the image list are written.
+Every process reaches the same decision: the main process decides, and an
+error it raises is raised on every rank (`agree`). `RunLogger` is the main
+process's printer; each line also goes to log.jsonl.
 """
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -29,11 +26,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint_io import load_torch_file
-from .distributed import DistInfo
+from .distributed import DistInfo, agree
 from .errors import UserError
 from .image_lists import data_fingerprint, write_image_list
-from .layout import CHECKPOINT
-from .outputs import atomic_write_json, make_folder
+from .layout import ARGS, CHECKPOINT, LOG
+from .outputs import OutputFolder, open_output_folder
 
 
 def git_revision():
@@ -50,20 +47,17 @@ def git_revision():
 
 
 class RunLogger:
-    """Rank 0 prints and appends a JSON record per line to run_dir/log.jsonl."""
+    """The main process prints and appends a JSON record per line to log.jsonl."""
 
-    def __init__(self, run_dir, enabled):
-        self.path = Path(run_dir) / "log.jsonl"
-        self.enabled = enabled
+    def __init__(self, folder, enabled):
+        self.folder, self.enabled = folder, enabled
 
     def log(self, message, **record):
         if not self.enabled:
             return
         print(message, flush=True)
-        with open(self.path, "a") as f:
-            f.write(
-                json.dumps({"time": round(time.time(), 3), "message": message, **record}) + "\n"
-            )
+        line = json.dumps({"time": round(time.time(), 3), "message": message, **record})
+        self.folder.append_text(LOG, line + "\n")
 
 
 def resuming(args, checkpoint_path):
@@ -74,61 +68,24 @@ def resuming(args, checkpoint_path):
     return args.resume or (args.auto_resume and Path(checkpoint_path).is_file())
 
 
-def _leftover_temp_files(run_dir, outputs):
-    """Temp files of `outputs` (cxr.outputs.atomic_path names them .NAME.PID.tmp)
-    that a process killed while writing left behind."""
-    names = {f".{name}" for name in outputs}
-    return [p for p in Path(run_dir).glob(".*.tmp") if p.name.rsplit(".", 2)[0] in names]
-
-
-def prepare_run_dir(run_dir, outputs, resume, replace, dist_info):
-    """Make run_dir ready for a run that writes `outputs` (file names); returns
-    the checkpoint path. Deletes only those files, never anything else in it.
-
-    A folder holds a run once it holds checkpoint.pth: then a fresh start needs
-    --replace, and a resumed run (`read_resumable` checked the checkpoint)
-    continues in place. Without a checkpoint, outputs of a start that failed
-    early (args.json, log.jsonl) are simply overwritten. Temp files that a
-    killed write left behind are removed in either case."""
-    run_dir = Path(run_dir)
-    checkpoint = run_dir / "checkpoint.pth"
-    found = sorted(name for name in outputs if (run_dir / name).exists())
-    if not resume and checkpoint.exists() and not replace:
+def check_run_state(folder, *, outputs, final, resume, replace):
+    """Refuse what would lose a run: a start over one without --replace, a resume of
+    a finished one. With --replace, delete the run's own outputs (nothing else)."""
+    found = sorted(name for name in outputs if (folder.path / name).exists())
+    finished = (folder.path / final).exists()
+    if resume and finished:
         raise UserError(
-            f"run folder {run_dir} already holds a run ({', '.join(found[:4])}); pass --resume to "
-            "continue it, --replace to start over, or choose another --experiment-name"
+            f"the run in {folder.path} finished ({final}); there is nothing to resume. Pass "
+            "--replace to train it again, or choose another --experiment-name"
         )
-    if dist_info.is_main:
-        make_folder(run_dir)
-        stale = _leftover_temp_files(run_dir, outputs) + (
-            [] if resume else [run_dir / name for name in found]
+    if found and not (resume or replace):
+        raise UserError(
+            f"run folder {folder.path} already holds a run ({', '.join(found[:4])}); pass "
+            "--resume to continue it, --replace to start over, or choose another --experiment-name"
         )
-        for path in stale:
-            path.unlink()
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return checkpoint
-
-
-def write_run_header(logger, run_dir, args, dist_info):
-    """args.json (with git revision) and a first log line: sorted args, revision, device."""
-    header = {
-        "args": dict(sorted(vars(args).items())),
-        "git_revision": git_revision(),
-        "device": str(dist_info.device),
-        "world_size": dist_info.world_size,
-        "torch": torch.__version__,
-        "command": " ".join(sys.argv),
-    }
-    if dist_info.is_main:
-        atomic_write_json(Path(run_dir) / "args.json", header, indent=1)
-    arguments = " ".join(f"{k}={v}" for k, v in header["args"].items())
-    logger.log(
-        f"git {header['git_revision']} | device {header['device']} x{dist_info.world_size} | "
-        f"torch {header['torch']}\nargs: {arguments}",
-        event="start",
-        **header,
-    )
+    if replace:
+        for name in found:
+            folder.remove(name)
 
 
 # Arguments that do not change what a run computes: they may differ on --resume.
@@ -172,6 +129,12 @@ def read_resumable(checkpoint_path, config):
         for k in sorted(set(config) | set(state["config"]))
         if state["config"].get(k) != config.get(k)
     ]
+    if "data_fingerprint" in changed:
+        raise UserError(
+            f"--resume: the data folder {config.get('data_dir')} was prepared again since "
+            f"{checkpoint_path} was written (its split or boxes changed); start over with "
+            "--replace, or resume with the data the run started on"
+        )
     if changed:
         raise UserError(
             "--resume with different settings than the checkpoint: "
@@ -180,36 +143,72 @@ def read_resumable(checkpoint_path, config):
     return state
 
 
+def write_run_header(run):
+    """args.json (with git revision) and a first log line: sorted args, revision, device."""
+    args, dist_info = run.args, run.dist_info
+    header = {
+        "args": dict(sorted(vars(args).items())),
+        "git_revision": git_revision(),
+        "device": str(dist_info.device),
+        "world_size": dist_info.world_size,
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+    }
+    if dist_info.is_main:
+        run.folder.write_json(ARGS, header, indent=1)
+    arguments = " ".join(f"{k}={v}" for k, v in header["args"].items())
+    run.logger.log(
+        f"git {header['git_revision']} | device {header['device']} x{dist_info.world_size} | "
+        f"torch {header['torch']}\nargs: {arguments}",
+        event="start",
+        **header,
+    )
+
+
 @dataclass
 class Run:
-    """An opened run folder: where to checkpoint, the logger, the settings to
-    save with each checkpoint, the checked state to resume from (or None), the
-    parsed command line and the processes."""
+    """An opened run folder: where to write (the main process writes), the logger, the
+    settings saved with each checkpoint, the checked state to resume from (or None),
+    the parsed command line and the processes."""
 
-    checkpoint: Path
+    folder: OutputFolder
     logger: RunLogger
     config: dict
     resumed: dict
     args: argparse.Namespace
     dist_info: DistInfo
 
+    @property
+    def checkpoint(self):
+        return self.folder.inside(CHECKPOINT)
 
-def open_run(run_dir, *, outputs, args, dist_info, images, derived=None):
-    """Check, prepare and start the run folder (module docstring).
 
-    images: (file name, names) of the images the run uses, written as an image
-    list with the prepared data's fingerprint; derived: settings computed from
-    the data (the classes, ...). Both the fingerprint and derived are saved in
+@contextlib.contextmanager
+def open_run(run_dir, *, outputs, final, command, args, dist_info, images, derived=None):
+    """Check, open and start the run folder (module docstring), locked for the block.
+
+    outputs: the run's file names (`cxr.layout`); final: the one that means the
+    run finished; images: (file name, names) of the images the run uses,
+    written with the prepared data's fingerprint; derived: settings computed
+    from the data (the classes, ...). The fingerprint and derived are saved in
     every checkpoint and checked on --resume like the arguments."""
     run_dir = Path(run_dir)
     fingerprint = data_fingerprint(args.data_dir)
     config = {**run_config(args, dist_info), **(derived or {}), "data_fingerprint": fingerprint}
     resume = resuming(args, run_dir / CHECKPOINT)
-    resumed = read_resumable(run_dir / CHECKPOINT, config) if resume else None
-    checkpoint = prepare_run_dir(run_dir, outputs, resume, args.replace, dist_info)
-    logger = RunLogger(run_dir, dist_info.is_main)
-    write_run_header(logger, run_dir, args, dist_info)
-    if dist_info.is_main:
-        file_name, names = images
-        write_image_list(run_dir / file_name, names, fingerprint=fingerprint)
-    return Run(checkpoint, logger, config, resumed, args, dist_info)
+    with contextlib.ExitStack() as stack:
+
+        def open_on_main():
+            folder = stack.enter_context(open_output_folder(run_dir, command=command))
+            replace = args.replace
+            check_run_state(folder, outputs=outputs, final=final, resume=resume, replace=replace)
+            return folder
+
+        folder = agree(dist_info, open_on_main) or OutputFolder(run_dir)
+        resumed = read_resumable(run_dir / CHECKPOINT, config) if resume else None
+        run = Run(folder, RunLogger(folder, dist_info.is_main), config, resumed, args, dist_info)
+        write_run_header(run)
+        if dist_info.is_main:
+            file_name, names = images
+            write_image_list(folder.inside(file_name), names, fingerprint=fingerprint)
+        yield run

@@ -35,6 +35,7 @@ from cxr.detector import (
 from cxr.distributed import DistInfo
 from cxr.errors import UserError
 from cxr.image_lists import data_fingerprint, read_image_list, write_image_list
+from cxr.outputs import make_folder
 from cxr.samplers import RepeatFactorSampler
 from cxr.splits import partition
 
@@ -168,8 +169,8 @@ def test_resumed_detector_run_equals_uninterrupted(data_dir, tmp_path):
 @pytest.fixture(scope="module")
 def one_epoch_run(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("one-epoch")
-    train_det.main(det_args(data_dir, root, "run", "--epochs", "1", "--eval-every", "0"))
-    return root
+    train_det.main(det_args(data_dir, root, "run", "--stop-after", "1", "--eval-every", "0"))
+    return root  # a run stopped after one of its two epochs
 
 
 @pytest.mark.slow
@@ -194,7 +195,7 @@ def test_resume_refuses_every_setting_that_changes_the_result(data_dir, one_epoc
     with pytest.raises(
         UserError, match=f"--resume with different settings than the checkpoint: {key} "
     ):
-        train_det.main(det_args(data_dir, root, "run", "--epochs", "1", "--resume", *changed))
+        train_det.main(det_args(data_dir, root, "run", "--resume", *changed))
     assert (root / "run" / "args.json").read_text() == header  # refused before writing anything
 
 
@@ -204,7 +205,7 @@ def test_labeled_set_must_not_overlap_the_ssl_pool(data_dir, tmp_path):
         Path(line).stem for line in json.loads((data_dir / "split.json").read_text())["train"]
     ]
     pretrain = tmp_path / "exp" / "pretrain"
-    pretrain.mkdir(parents=True)
+    make_folder(pretrain)  # as train_ssl.py makes it: both folders marked as cxr's
     write_image_list(
         pretrain / layout.SSL_IMAGES,
         partition(train_names, 0.5, seed=0).ssl,
@@ -217,7 +218,8 @@ def test_labeled_set_must_not_overlap_the_ssl_pool(data_dir, tmp_path):
         train_det.main(
             det_args(data_dir, tmp_path, "exp", "--labeled-fraction", "0.8", "--epochs", "1")
         )
-    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["pretrain"]  # nothing written
+    nothing_written = [".cxr-output", "pretrain"]
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == nothing_written
     train_det.main(det_args(data_dir, tmp_path, "exp", "--epochs", "1", "--eval-every", "0"))
     labeled = read_image_list(tmp_path / "exp" / layout.LABELED_IMAGES).names
     pool = read_image_list(pretrain / layout.SSL_IMAGES).names

@@ -18,6 +18,7 @@ from cxr.engine import (
     train_one_epoch,
 )
 from cxr.optim import warmup_cosine_schedule
+from cxr.outputs import OutputFolder
 from cxr.run_folder import Run, RunLogger
 
 
@@ -30,8 +31,8 @@ def nan_on_negative_inputs(model, batch, generator):
 def tiny_run(tmp_path, epochs=1):
     args = SimpleNamespace(epochs=epochs, print_freq=10)
     dist_info = DistInfo(0, 1, 0, torch.device("cpu"))
-    logger = RunLogger(tmp_path, False)
-    return Run(tmp_path / "checkpoint.pth", logger, {"lr": 0.1}, None, args, dist_info)
+    folder = OutputFolder(tmp_path)
+    return Run(folder, RunLogger(folder, False), {"lr": 0.1}, None, args, dist_info)
 
 
 def optimization(model, steps):
@@ -98,7 +99,7 @@ def test_a_checkpoint_restores_model_optimizer_epoch_and_step(tmp_path):
     state = torch.load(run.checkpoint, weights_only=True)
     assert (state["epoch"], state["step"], state["config"]) == (1, 2, {"lr": 0.1})
     other = nn.Linear(3, 1)
-    resumed = Run(run.checkpoint, run.logger, run.config, state, run.args, run.dist_info)
+    resumed = Run(run.folder, run.logger, run.config, state, run.args, run.dist_info)
     assert restore(resumed, other, optimization(other, 4)) == (1, 2)
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values())

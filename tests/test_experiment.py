@@ -8,6 +8,7 @@ import pytest
 from cxr import experiment, layout
 from cxr.errors import UserError
 from cxr.image_lists import read_image_list
+from cxr.outputs import open_output_folder
 
 TINY = [
     "--synthetic-images",
@@ -165,23 +166,25 @@ def test_replace_never_deletes_a_folder_cxr_did_not_make_or_the_inputs(tmp_path)
     assert (vin / "train.csv").is_file()
 
 
+def reopened(argv):
+    args = experiment.parse_args(argv)
+    with open_output_folder(args.out, command="test") as folder:
+        return experiment.open_experiment(args, experiment.settings_from(args), folder)
+
+
 def test_resume_may_add_seeds_after_the_old_ones_and_then_redoes_the_report(tmp_path):
     out = tmp_path / "exp"
-    args = experiment.parse_args(["--out", str(out), "--train-seeds", "0", *TINY])
-    first = experiment.open_experiment(args, experiment.settings_from(args))
+    first = reopened(["--out", str(out), "--train-seeds", "0", *TINY])
     first.record["stages"] = {"det-ssl60-s0": {"status": "done"}, "report": {"status": "done"}}
     first.save()
 
     for seeds in ("1", "1,0", "2,0"):
         with pytest.raises(UserError, match="settings differ.*train_seeds"):
-            again = experiment.parse_args(
-                ["--out", str(out), "--resume", "--train-seeds", seeds, *TINY]
-            )
-            experiment.open_experiment(again, experiment.settings_from(again))
-    more = experiment.parse_args(["--out", str(out), "--resume", "--train-seeds", "0,1,2", *TINY])
-    resumed = experiment.open_experiment(more, experiment.settings_from(more))
+            reopened(["--out", str(out), "--resume", "--train-seeds", seeds, *TINY])
+    resumed = reopened(["--out", str(out), "--resume", "--train-seeds", "0,1,2", *TINY])
     assert resumed.record["config"]["train_seeds"] == [0, 1, 2]
-    assert resumed.done("det-ssl60-s0") and not resumed.done("report")
+    stages = {s.name: s for s in planned(out, "--train-seeds", "0,1,2", *TINY)}
+    assert resumed.done(stages["det-ssl60-s0"]) and not resumed.done(stages["report"])
 
 
 @pytest.mark.slow
@@ -230,6 +233,8 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
         record["stages"][name]["status"] = "running"
     (out / "experiment.json").write_text(json.dumps(record))
     (out / "report.md").unlink()
+    for name in ("fasterrcnn_final.pth", "fasterrcnn_final.json"):  # stopped before its end
+        (runs / "random60-s0" / name).unlink()
     capsys.readouterr()
     experiment.main(["--out", str(out), "--resume", *TINY])
     printed = capsys.readouterr().out

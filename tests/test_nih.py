@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from cxr.classes import NIH_FINDINGS, VINBIGDATA_CLASSES
+from cxr.coco_format import group_by
 from cxr.errors import UserError
-from cxr.nih import patient_of, read_nih_table
+from cxr.nih import PATIENT, read_nih_table
 from cxr.prepare import prepare
 
 quiet = {"log": lambda *_: None}
@@ -83,6 +84,7 @@ def test_prepare_rescales_one_reader_boxes_and_splits_by_patient(tmp_path):
     )
     assert summary["boxes"] == summary["input_boxes"] == 6  # one reader: nothing fused
     split = json.loads((tmp_path / "data" / "split.json").read_text())
+    patient_of = group_by(PATIENT)
     patients = {side: {patient_of(n) for n in split[side]} for side in ("train", "test")}
     assert (
         not patients["train"] & patients["test"] and len(patients["test"]) == 2

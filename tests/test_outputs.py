@@ -40,7 +40,7 @@ def test_checkpoint_write_that_runs_out_of_space_keeps_the_previous_one(tmp_path
     path = tmp_path / "checkpoint.pth"
     atomic_torch_save(path, {"epoch": 1, "weights": torch.ones(10)})
     file_size_limit(100_000)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(UserError, match="disk full while writing .*checkpoint.pth"):
         atomic_torch_save(path, {"epoch": 2, "weights": torch.zeros(1_000_000)})
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
     kept = torch.load(path, weights_only=True)
@@ -51,7 +51,7 @@ def test_text_write_that_runs_out_of_space_keeps_the_previous_file(tmp_path, fil
     path = tmp_path / "metrics.json"
     atomic_write_json(path, {"map": 0.5})
     file_size_limit(100_000)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="disk full while writing .*metrics.json.*nothing was"):
         atomic_write_text(path, "x" * 1_000_000)
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
     assert path.read_text() == '{"map": 0.5}\n'

@@ -23,6 +23,7 @@ from cxr.cli import flags
 from cxr.distributed import DistInfo
 from cxr.errors import UserError
 from cxr.image_lists import read_image_list
+from cxr.outputs import MARKER, mark_as_ours
 from cxr.ssl_views import VIEW_PRESETS, parse_views
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,12 +88,12 @@ def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
     with pytest.raises(UserError, match="fewer than --batch-size 1000"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--batch-size", "1000"))
     assert not (tmp_path / "exp").exists()  # a refused run leaves nothing behind
-    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
+    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "2", "--stop-after", "1"))
     with pytest.raises(UserError, match="already holds a run .*; pass --resume .* --replace"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
+        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "2"))
     with pytest.raises(UserError, match="--resume with different settings .*batch_size 8 -> 4"):
         train_ssl.main(
-            tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", "--batch-size", "4")
+            tiny_args(data_dir, tmp_path, "exp", "--epochs", "2", "--resume", "--batch-size", "4")
         )
     with pytest.raises(UserError, match="no checkpoint"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "other", "--resume"))
@@ -110,7 +111,7 @@ def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
         key = changed[0].lstrip("-").replace("-", "_").replace("no_", "")
         with pytest.raises(UserError, match=f"different settings than the checkpoint: {key} "):
             train_ssl.main(
-                tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume", *changed)
+                tiny_args(data_dir, tmp_path, "exp", "--epochs", "2", "--resume", *changed)
             )
     assert (
         tmp_path / "exp" / "pretrain" / "args.json"
@@ -124,23 +125,23 @@ def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_replace_deletes_only_the_runs_own_files_and_a_failed_start_blocks_nothing(
-    data_dir, tmp_path
-):
+def test_replace_deletes_only_the_runs_own_files_in_a_folder_cxr_made(data_dir, tmp_path):
     run = tmp_path / "exp" / "pretrain"
     run.mkdir(parents=True)
-    (run / "args.json").write_text("{}")  # what a start that failed before its first checkpoint
-    (run / "log.jsonl").write_text("")  # leaves behind: not a run yet, no --replace needed
-    (run / "notes.txt").write_text("mine")
+    (run / "notes.txt").write_text("mine")  # a folder of the user's: never written into
+    with pytest.raises(UserError, match="was not made by cxr"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    mark_as_ours(run, "test")  # as cxr marks the folders it makes
+    (run / "args.json").write_text("{}")  # what a start that failed early leaves
     (run / ".checkpoint.pth.4242.tmp").write_text("half")  # a write killed midway
-    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
-    assert (
-        not (run / ".checkpoint.pth.4242.tmp").exists()
-        and (run / "pretrained-backbone.pth").is_file()
-    )
+    with pytest.raises(UserError, match="already holds a run .*args.json.*--replace"):
+        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
+    assert (run / "args.json").read_text() == "{}"
     train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
     assert (run / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in run.iterdir()) == sorted([*layout.PRETRAIN_OUTPUTS, "notes.txt"])
+    expected = [*layout.PRETRAIN_OUTPUTS, "notes.txt", MARKER]
+    assert sorted(p.name for p in run.iterdir()) == sorted(expected)  # no temp file, no lock
     with pytest.raises(UserError, match="--replace starts over, --resume / --auto-resume continue"):
         train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--auto-resume", "--replace"))
 
@@ -192,17 +193,19 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
     )  # once each
     assert json.loads((run / "pretrained-backbone.json").read_text())["extra_images"] == 4
     test_image = next((data_dir / "test").glob("*.png"))
-    os.link(test_image, extra / "renamed.png")  # the same file under another name
-    with pytest.raises(UserError, match="1 of the 5 --extra-images are also in the prepared data"):
-        train_ssl.main(
-            tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra))
-        )
-    (extra / "renamed.png").unlink()
-    shutil.copy(next((data_dir / "train").glob("*.png")), extra)  # a copy under its own name
-    with pytest.raises(UserError, match="are also in the prepared data"):
-        train_ssl.main(
-            tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra))
-        )
+    for leak, why in (
+        (lambda: os.link(test_image, extra / "renamed.png"), "the same file"),
+        (lambda: shutil.copy(test_image, extra / "renamed.png"), "the same bytes"),
+        (lambda: shutil.copy(next((data_dir / "train").glob("*.png")), extra), "its name"),
+    ):
+        leak()
+        with pytest.raises(UserError, match=f"is in the prepared data .*{why}"):
+            train_ssl.main(
+                tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra))
+            )
+        for path in extra.iterdir():
+            if not path.name.startswith(("unlabeled", "sixteen")):
+                path.unlink()
     assert not (tmp_path / "leak").exists()
 
 

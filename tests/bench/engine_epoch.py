@@ -1,6 +1,7 @@
 """One epoch of cxr's training engine over given batches, for the benchmarks that time
 the engine against the bare loop (bench_det.py, bench_ssl.py)."""
 
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,6 +10,7 @@ import torch
 from cxr.distributed import DistInfo
 from cxr.engine import Optimization, train_one_epoch
 from cxr.optim import build_optimizer, warmup_cosine_schedule
+from cxr.outputs import OutputFolder
 from cxr.run_folder import Run, RunLogger
 
 
@@ -19,9 +21,10 @@ def engine_epoch(model, step_fn, batches, *, optimizer, device, generator=None):
         torch.amp.GradScaler(device.type, enabled=False),
         warmup_cosine_schedule(optimizer.param_groups[0]["lr"], 100 * len(batches)),
     )
+    folder = OutputFolder(Path(tempfile.gettempdir()))
     run = Run(
-        Path("checkpoint.pth"),
-        RunLogger(Path("."), enabled=False),
+        folder,
+        RunLogger(folder, enabled=False),
         {},
         None,
         SimpleNamespace(epochs=1, print_freq=10**9),

@@ -1,0 +1,69 @@
+"""The SSL pool: prepared images never enter it from --extra-images, by name, file,
+content, or as another film of a test patient."""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+from test_nih import ROWS, write_nih
+
+from cxr.errors import UserError
+from cxr.prepare import prepare
+from cxr.ssl_pool import extra_images, ssl_pool
+
+
+@pytest.fixture
+def nih_data(tmp_path):
+    csv_path, images = write_nih(tmp_path / "nih", ROWS, png=64)
+    prepare(csv_path, images, tmp_path / "data", data_format="nih", test_fraction=0.5, seed=3,
+            log=lambda *_: None)  # fmt: skip
+    return tmp_path / "data"
+
+
+def film(folder, name, shade):
+    folder.mkdir(exist_ok=True)
+    Image.new("L", (64, 64), shade).save(folder / name)
+    return folder / name
+
+
+def test_another_film_of_a_test_patient_is_refused_and_of_a_train_patient_accepted(
+    nih_data, tmp_path
+):
+    split = json.loads((nih_data / "split.json").read_text())
+    test_patient = split["test"][0].split("_")[0]
+    train_patient = split["train"][0].split("_")[0]
+    archive = tmp_path / "archive"
+    film(archive, f"{train_patient}_099.png", 7)
+    accepted = extra_images([archive], nih_data, log=None)
+    assert [p.name for p in accepted] == [f"{train_patient}_099.png"]
+    film(archive, f"{test_patient}_099.png", 9)
+    with pytest.raises(UserError, match=f"film of patient {test_patient}, who has test images"):
+        extra_images([archive], nih_data, log=None)
+
+
+def test_a_renamed_copy_of_any_prepared_image_is_refused_by_content(nih_data, tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for split in ("train", "test"):
+        source = next((nih_data / split).glob("*.png"))
+        shutil.copy(source, archive / "renamed.png")
+        with pytest.raises(UserError, match=f"same bytes as .*{nih_data}"):
+            extra_images([archive], nih_data, log=None)
+
+
+def test_an_image_over_pillows_limit_is_refused_by_name(nih_data, tmp_path, monkeypatch):
+    big = film(tmp_path / "archive", "big.png", 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 1000: a "bomb" here
+    with pytest.raises(UserError, match="big.png is larger than Pillow's limit of 1000 pixels"):
+        extra_images([big], nih_data, log=None)  # 4096 > 2 x 1000: Pillow refuses to open it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    with pytest.raises(UserError, match="big.png is 64 x 64 pixels, more than Pillow's limit"):
+        extra_images([big], nih_data, log=None)
+
+
+def test_the_pool_is_the_ssl_share_plus_the_extra_images_by_path(nih_data, tmp_path):
+    extra = film(tmp_path / "archive", "other.png", 5)
+    pool = ssl_pool(nih_data, ssl_fraction=0.5, split_seed=0, include_normal=False, extra=[extra])
+    train = json.loads((nih_data / "split.json").read_text())["train"]
+    assert str(extra) in pool and len(pool) == round(len(train) * 0.5) + 1
