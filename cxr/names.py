@@ -3,9 +3,9 @@
 Every image id read from a table (VinBigData's image_id, NIH's Image Index,
 a COCO file_name) becomes a file name under the output folder and an entry
 of the image lists, so it is checked once, where it is read: no path
-separator (so no absolute path and no `..` step), not `.` or `..`, no
-control or line-separator character (a newline would split a list), not
-empty. The offending table line is named.
+separator (so no absolute path), no leading `.` (no `..` step, no hidden
+file), no control or line-separator character (a newline would split a
+list), not empty. The offending table line is named.
 """
 
 import unicodedata
@@ -19,8 +19,8 @@ def name_problem(name):
     """Why `name` cannot be an image's file name, or None if it can."""
     if not name:
         return "it is empty"
-    if name in (".", ".."):
-        return f"{name!r} names a folder"
+    if name.startswith("."):
+        return "it starts with '.' (a hidden file, or a step up with '..')"
     if any(separator in name for separator in SEPARATORS):
         return "it holds a path separator (an image id must be a bare file name)"
     if name.isascii() and name.isprintable():  # the common case, without a scan
