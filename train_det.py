@@ -379,6 +379,7 @@ def training_loader(dataset, factors, args, dist_info):
         rank=dist_info.rank,
         seed=args.seed,
         rounding=args.repeat_rounding,
+        batch_size=args.batch_size,
     )
     loader = torch.utils.data.DataLoader(
         dataset,

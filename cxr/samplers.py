@@ -6,8 +6,8 @@ sqrt(t / f(c))) and an image repeats r = the max over its classes (1 without
 boxes), as in detectron2's RepeatFactorTrainingSampler. Each epoch every rank
 builds the same list from the epoch's own stream (`cxr.seeds`): image i
 floor(r_i) times plus once with probability frac(r_i) ('stochastic',
-detectron2) or ceil(r_i) times ('ceil', mmdetection), shuffled, padded to a
-multiple of the world size; rank k takes positions k, k + W, ... as torch's
+detectron2) or ceil(r_i) times ('ceil', mmdetection), shuffled, padded to
+whole batches on every rank; rank k takes positions k, k + W, ... as torch's
 DistributedSampler does. Each position also carries its item's augmentation
 seed, so ranks never share draws and an item is augmented alike on 1 or 8
 processes.
@@ -38,10 +38,29 @@ def repeat_factors(image_labels, threshold):
 
 
 class RepeatFactorSampler(torch.utils.data.Sampler):
-    """Indices of one epoch's oversampled list, this rank's shard of it."""
+    """Indices of one epoch's oversampled list, this rank's shard of it.
+
+    Args:
+        factors: (N,) repeat factor of each training image (`repeat_factors`).
+        num_replicas, rank: the processes and this one's place among them.
+        seed: the training seed; each epoch draws from its own stream.
+        rounding: 'stochastic' (detectron2) or 'ceil' (mmdetection).
+        batch_size: the list is padded (by repeating its head) to whole batches
+            on every rank: a training batch of one image breaks BatchNorm.
+    Yields:
+        (index, augmentation seed) of each item of this rank's shard.
+    """
 
     def __init__(
-        self, factors, *, num_replicas=1, rank=0, seed=0, shuffle=True, rounding="stochastic"
+        self,
+        factors,
+        *,
+        num_replicas=1,
+        rank=0,
+        seed=0,
+        shuffle=True,
+        rounding="stochastic",
+        batch_size=1,
     ):
         if rounding not in ("stochastic", "ceil"):
             raise ValueError(f"rounding must be 'stochastic' or 'ceil', got {rounding!r}")
@@ -51,7 +70,7 @@ class RepeatFactorSampler(torch.utils.data.Sampler):
         if (self.factors < 1).any():
             raise ValueError("repeat factors must be >= 1")
         self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
-        self.shuffle, self.rounding = shuffle, rounding
+        self.shuffle, self.rounding, self.batch_size = shuffle, rounding, batch_size
         self.set_epoch(0)
 
     def set_epoch(self, epoch):
@@ -74,7 +93,7 @@ class RepeatFactorSampler(torch.utils.data.Sampler):
         indices = torch.repeat_interleave(torch.arange(len(self.factors)), repeats.long())
         if self.shuffle:
             indices = indices[torch.randperm(len(indices), generator=generator)]
-        padding = -len(indices) % self.num_replicas
+        padding = -len(indices) % (self.num_replicas * self.batch_size)
         if padding:
             indices = torch.cat(
                 [indices, indices.repeat(math.ceil(padding / max(len(indices), 1)))[:padding]]

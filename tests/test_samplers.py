@@ -101,3 +101,21 @@ def test_invalid_arguments():
         RepeatFactorSampler([1.0], num_replicas=2, rank=2)
     with pytest.raises(ValueError, match=">= 1"):
         RepeatFactorSampler([0.5])
+
+
+@pytest.mark.parametrize("world, batch", [(1, 4), (2, 3), (3, 2)])
+def test_every_shard_is_whole_batches_so_no_batch_has_one_image(world, batch):
+    factors = [1.0 + i / 11 for i in range(17)]
+    for epoch in range(5):
+        shards = []
+        for rank in range(world):
+            sampler = RepeatFactorSampler(
+                factors, num_replicas=world, rank=rank, seed=1, batch_size=batch
+            )
+            sampler.set_epoch(epoch)
+            shards.append([index for index, _ in sampler])
+        assert all(len(shard) % batch == 0 and len(shard) == len(shards[0]) for shard in shards)
+        unpadded = RepeatFactorSampler(factors, seed=1).epoch_indices(epoch).tolist()
+        flat = [shards[p % world][p // world] for p in range(len(shards[0]) * world)]
+        assert flat[: len(unpadded)] == unpadded  # padding only appends the list's head
+        assert len(flat) - len(unpadded) < world * batch
