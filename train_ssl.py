@@ -402,7 +402,8 @@ def precise_batchnorm(trunk, dataset, args, dist_info, logger):
     loader = torch.utils.data.DataLoader(
         shard, batch_size=args.batch_size, num_workers=args.workers
     )
-    batches = recompute_batchnorm_statistics(trunk, loader, dist_info.device)
+    log = print if dist_info.is_main else None
+    batches = recompute_batchnorm_statistics(trunk, loader, dist_info.device, log=log)
     logger.log(
         f"BatchNorm statistics recomputed on {per_rank * dist_info.world_size} un-augmented "
         f"images ({batches} batches per process)",

@@ -25,6 +25,7 @@ from .data import uint8_to_network_input
 from .distributed import all_reduce_mean
 from .errors import UserError
 from .layout import BACKBONE, BACKBONE_META
+from .progress import progress
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
@@ -119,7 +120,7 @@ def backbone_meta(path):
 
 
 @torch.no_grad()
-def recompute_batchnorm_statistics(trunk, loader, device):
+def recompute_batchnorm_statistics(trunk, loader, device, log=None):
     """Set every BatchNorm's running mean and variance to their average over the
     batches of `loader` (uint8 images, no augmentation), in train mode without
     gradients; under DDP each rank passes its own equal-size shard and the
@@ -132,7 +133,7 @@ def recompute_batchnorm_statistics(trunk, loader, device):
     was_training = trunk.training
     trunk.train()
     batches = 0
-    for batch in loader:
+    for batch in progress(loader, "precise BatchNorm", log=log):
         trunk(uint8_to_network_input(batch, device))
         batches += 1
     trunk.train(was_training)
