@@ -53,7 +53,13 @@ def detections_of(coco_gt, results):
 
 
 def match_detections(coco_gt, results, iou_thresholds=COCO_IOU_THRESHOLDS):
-    """(image ids, [CategoryMatches]) of COCO results against the COCO object coco_gt."""
+    """pycocotools' matches of COCO results against the COCO object coco_gt.
+
+    Returns:
+        (image ids, [CategoryMatches] one per category): per detection (the top
+        100 per image, as COCO's AP counts them) its image, score and, per IoU
+        threshold (T of them), whether it is a true positive or ignored.
+    """
     evaluator = COCOeval(coco_gt, detections_of(coco_gt, results), iouType="bbox")
     evaluator.params.iouThrs = np.asarray(iou_thresholds, dtype=np.float64)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -163,8 +169,18 @@ def _interpolated(precision, recall, interpolation):
 
 
 def average_precision(matches, counts=None, interpolation="coco"):
-    """(T,) AP of one category over the images taken counts[i] times (default
-    once each), or None when those images hold no box of the category."""
+    """AP of one category over a multiset of the test images.
+
+    Args:
+        matches: the category's CategoryMatches.
+        counts: (I,) how often each image is taken (default once each).
+        interpolation: 'coco' (101 recall points, as pycocotools' accumulate:
+            detections in image order, stably sorted by descending score) or
+            'voc' (VOC 2010's area under the non-increasing precision).
+    Returns:
+        (T,) AP per IoU threshold, or None when those images hold no box of
+        the category.
+    """
     counts = np.ones(len(matches.ground_truth), np.int64) if counts is None else np.asarray(counts)
     boxes = int(np.dot(counts, matches.ground_truth))
     if boxes == 0:

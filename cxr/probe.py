@@ -61,17 +61,23 @@ def probe_test_scores(train_x, train_y, test_x, *, C=1.0):
     return test_x.double() @ weights + bias
 
 
-def fit_logistic_ovr(X, Y, *, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10):
-    """One-vs-rest L2 logistic regression. X (n, d), Y (n, K) in {0, 1}.
-    Returns (W (d, K), b (K,)) in float64.
+def fit_logistic_ovr(
+    X: torch.Tensor, Y: torch.Tensor, *, C=1.0, max_iter=1000, tolerance=1e-6, check_every=10
+):
+    """One-vs-rest L2 logistic regression, scikit-learn's default objective.
 
-    Minimizes (C * sum_ik softplus(-s_ik (x_i . w_k + b_k)) + ||W||^2 / 2) / n
-    with full-batch L-BFGS (strong Wolfe line search) and autograd, in
-    float64. Each intercept starts at the logit of its class's prevalence,
-    the weights at zero. Every `check_every` iterations the gradient is
-    evaluated at the current point; the fit stops when each of its entries is
-    below `tolerance` (the objective per sample, as for w and b alike), or
-    after max_iter iterations."""
+    Minimizes (C * sum_ik softplus(-s_ik (x_i . w_k + b_k)) + ||W||^2 / 2) / n,
+    s_ik = +-1, with full-batch L-BFGS (strong Wolfe line search) and autograd
+    in float64, intercepts starting at the logit of each class's prevalence.
+
+    Args:
+        X: (n, d) features; Y: (n, K) labels in {0, 1}.
+        C: the inverse L2 strength; max_iter: at most this many iterations.
+        tolerance: the fit stops when every entry of the gradient (checked
+            every `check_every` iterations) is below it.
+    Returns:
+        (W (d, K), b (K,)) in float64.
+    """
     X, Y = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(Y, dtype=torch.float64)
     n, d = X.shape
     signs = 2 * Y - 1
