@@ -51,9 +51,32 @@ case_ "ground truth with an unknown category id" $PY evaluate.py --mode map --ex
 cp -r $B/data $B/broken; f=$(ls $B/broken/train/*.png | head -1); rm $f; echo junk > $f
 case_ "a corrupt image met by a DataLoader worker" $PY train_det.py --data-dir $B/broken --output-dir $B/out --experiment-name bad --init random --arch resnet18 --image-size 64 --epochs 1 --batch-size 4 --warmup-iters 1 --workers 1 --device cpu --labeled-fraction 1
 echo "stderr lines: $(wc -l < $B/err.txt)"
-case_ "--resume after changing the temperature" $PY train_ssl.py --data-dir $B/data --output-dir $B/out --experiment-name w2 --arch resnet18 --image-size 32 --batch-size 8 --epochs 1 --warmup-epochs 0 --include-normal --device cpu --workers 0
-case_ "  (then --resume --temperature 0.2)" $PY train_ssl.py --data-dir $B/data --output-dir $B/out --experiment-name w2 --arch resnet18 --image-size 32 --batch-size 8 --epochs 1 --warmup-epochs 0 --include-normal --device cpu --workers 0 --resume --temperature 0.2
+W2="$PY train_ssl.py --data-dir $B/data --output-dir $B/out --experiment-name w2 --arch resnet18 --image-size 32 --batch-size 8 --epochs 2 --warmup-epochs 0 --include-normal --device cpu --workers 0"
+case_ "a run stopped after its first epoch (--stop-after 1)" $W2 --stop-after 1
+case_ "  then --resume --temperature 0.2" $W2 --resume --temperature 0.2
+case_ "  then --resume as started (finishes)" $W2 --resume
+case_ "  then --resume of the finished run" $W2 --resume
 echo "notes" > $B/out/w2/pretrain/notes.txt
-case_ "train_ssl --replace with a file of the user's in the run folder" $PY train_ssl.py --data-dir $B/data --output-dir $B/out --experiment-name w2 --arch resnet18 --image-size 32 --batch-size 8 --epochs 1 --warmup-epochs 0 --include-normal --device cpu --workers 0 --replace
+case_ "train_ssl --replace with a file of the user's in the run folder" $W2 --replace
 echo "run folder keeps: $(ls $B/out/w2/pretrain | grep notes)"
 stat -c '%a %n' $B/data $B/out/w2/pretrain
+SSL="$PY train_ssl.py --data-dir $B/data --output-dir $B/out --arch resnet18 --image-size 32 --batch-size 8 --epochs 1 --include-normal --device cpu --workers 0"
+rm $B/out/w2/pretrain/checkpoint.pth
+case_ "the same train_ssl again after deleting a finished run's checkpoint" $W2
+case_ "  (with --stop-after 1)" $W2 --stop-after 1
+mkdir -p $B/out/theirs; echo mine > $B/out/theirs/checkpoint.pth
+case_ "train_det --replace into a folder cxr did not make" $PY train_det.py --data-dir $B/data --output-dir $B/out --experiment-name theirs --init random --replace
+echo "theirs keeps: $(cat $B/out/theirs/checkpoint.pth)"
+$SSL --experiment-name long --epochs 20 > /dev/null 2>&1 &
+until [ -f $B/out/long/pretrain/log.jsonl ]; do sleep 0.2; done
+case_ "a second train_ssl into a run being written" $SSL --experiment-name long --epochs 20 --replace
+wait
+(head -1 $B/vin/train.csv; echo "../../x,Aortic enlargement,0,R1,10,10,50,50,512,512") > $B/escape.csv
+case_ "an image_id that is a path (../../x)" $PY -m cxr.prepare --csv $B/escape.csv --images $B/vin/train --out $B/d3
+mkdir -p $B/pool; t=$(ls $B/data/test | head -1); cp $B/data/test/$t $B/pool/renamed.png
+case_ "a renamed copy of a test image in --extra-images" $SSL --experiment-name leak --extra-images $B/pool
+$SSL --experiment-name refit --epochs 2 --stop-after 1 > /dev/null 2>&1
+$PY -m cxr.prepare --csv $B/vin/train.csv --images $B/vin/train --out $B/data --keep-normal --seed 7 --replace > /dev/null
+case_ "--resume after the data was prepared again with another --seed" $SSL --experiment-name refit --epochs 2 --resume
+(head -1 $B/vin/train.csv; grep -v ",No finding," $B/vin/train.csv | sed -n 2,40p | awk -F, 'BEGIN{OFS=","} {$5=$7; print}') > $B/flat.csv
+case_ "every box of zero width" $PY -m cxr.prepare --csv $B/flat.csv --images $B/vin/train --out $B/d4
