@@ -275,7 +275,7 @@ def write_folder(out, *, table, images, split, annotations, summary, settings, i
         "group_pattern": table.group_pattern,
     }
     splits = [("train", split.train), ("test", sorted(split.test + split.test_normal))]
-    splits += [("normal", split.normal)] if split.normal else []
+    splits += [("normal", split.normal)] if settings.keep_normal else []
     originals = original_sizes(table)
     copies = copied_bytes = 0
     replace = settings.replace

@@ -50,15 +50,18 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def _deciding_command(folder):
-    """The experiment's command with --resume and MIN_SEEDS training seeds."""
-    words = shlex.split(folder.record["command"])
-    if "--train-seeds" in words:
-        at = words.index("--train-seeds")
-        del words[at : at + 2]
-    seeds = list(folder.seeds) + [s for s in range(100) if s not in folder.seeds]
-    wanted = ",".join(map(str, seeds[:MIN_SEEDS]))
-    return shlex.join([*words, "--resume", "--train-seeds", wanted])
+def deciding_command(command, *, seeds):
+    """The experiment's `command` continued (--resume, never --replace) with MIN_SEEDS
+    training seeds: those it has (`seeds`), then the lowest new ones."""
+    words, kept = shlex.split(command), []
+    while words:
+        word = words.pop(0)
+        if word == "--train-seeds" and words:
+            words.pop(0)
+        elif word not in ("--resume", "--replace") and not word.startswith("--train-seeds="):
+            kept.append(word)
+    chosen = list(seeds) + [s for s in range(MIN_SEEDS + len(seeds)) if s not in seeds]
+    return shlex.join([*kept, "--resume", "--train-seeds", ",".join(map(str, chosen[:MIN_SEEDS]))])
 
 
 def _answer(folder, comparison):
@@ -74,7 +77,7 @@ def _answer(folder, comparison):
         return (
             f"**Not shown ({seeds} training seed{'s' if seeds > 1 else ''})**: a verdict on an "
             f"initialization needs at least {MIN_SEEDS} training seeds in the interval; "
-            f"`{_deciding_command(folder)}` would decide it."
+            f"`{deciding_command(folder.record['command'], seeds=folder.seeds)}` would decide it."
         )
     return "**Not shown**: the mAP interval of SSL minus random includes zero."
 
