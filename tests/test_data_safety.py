@@ -181,3 +181,17 @@ def test_a_score_is_refused_on_a_test_split_with_nothing_to_score(tmp_path, imag
     args = argparse.Namespace(data_dir=tmp_path, test_data_dir=None, test_ann_file=None)
     with pytest.raises(UserError, match="holds no test images|hold no box, so mAP is undefined"):
         evaluate.labeled_test_set(args, ["Nodule/Mass"], scored=True)
+
+
+@pytest.mark.slow
+def test_a_kill_between_the_checkpoint_and_the_history_cannot_count_an_epoch_twice(
+    data_dir, tmp_path
+):
+    train_det.main(tiny_detector_args(data_dir, tmp_path, "det", epochs=3, stop_after=1))
+    history_file = tmp_path / "det" / "eval_history.json"
+    history = json.loads(history_file.read_text())
+    assert [h["epoch"] for h in history] == [1]
+    # as if epoch 2's history had been written and the run killed before its checkpoint
+    history_file.write_text(json.dumps(history + [{**history[0], "epoch": 2}]))
+    train_det.main(tiny_detector_args(data_dir, tmp_path, "det", epochs=3, resume=True))
+    assert [h["epoch"] for h in json.loads(history_file.read_text())] == [1, 2, 3]
