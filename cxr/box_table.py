@@ -11,6 +11,19 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import UserError
+
+
+def read_table_text(path, *, expected):
+    """The text of a table file; a byte-order mark (as Excel writes) is dropped, and an
+    unreadable or non-UTF-8 file is one error naming what was `expected`."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a UTF-8 text file; expected {expected}") from None
+
 
 @dataclass
 class BoxTable:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .box_table import BoxTable, drop_duplicate_rows
+from .box_table import BoxTable, drop_duplicate_rows, read_table_text
 from .classes import NIH_FINDINGS, VINBIGDATA_CLASSES
 from .errors import UserError
 from .names import check_name
@@ -27,14 +27,7 @@ PATIENT = r"^([^_]+)_"  # 00013118_008 -> patient 00013118
 
 def _rows(path):
     """The CSV's rows (header first), stripped, without blank lines."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(
-            f"{path} is not a UTF-8 text file; expected NIH's BBox_List_2017.csv"
-        ) from None
+    text = read_table_text(path, expected="NIH's BBox_List_2017.csv")
     rows = [[field.strip() for field in row] for row in csv.reader(io.StringIO(text))]
     rows = [row for row in rows if any(row)]
     if not rows or tuple(rows[0][:2]) != COLUMNS:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .box_table import BoxTable, drop_duplicate_rows
+from .box_table import BoxTable, drop_duplicate_rows, read_table_text
 from .classes import (
     CSV_BOX_COLUMNS,
     CSV_SIZE_COLUMNS,
@@ -56,16 +56,7 @@ def _read_columns(path):
     A file without quotes (the real train.csv) is joined into one flat list of
     fields and sliced into columns, several times faster than splitting it
     row by row with the csv module, which is used for files with quotes."""
-    try:
-        text = Path(path).read_text(
-            encoding="utf-8-sig"
-        )  # a byte-order mark, as Excel writes, is no column
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(
-            f"{path} is not a UTF-8 text file; expected VinBigData's train.csv"
-        ) from None
+    text = read_table_text(path, expected="VinBigData's train.csv")
     if '"' in text:
         rows = [row for row in csv.reader(io.StringIO(text)) if row]
         lines = [",".join(row) for row in rows]

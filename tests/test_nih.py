@@ -12,6 +12,7 @@ from cxr.coco_format import group_by
 from cxr.errors import UserError
 from cxr.nih import PATIENT, read_nih_table
 from cxr.prepare import prepare
+from cxr.vinbigdata import read_vinbigdata
 
 quiet = {"log": lambda *_: None}
 HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
@@ -132,3 +133,16 @@ def test_a_vinbigdata_table_given_as_nih_is_refused_by_its_header(tmp_path):
             data_format="nih",
             **quiet,
         )
+
+
+@pytest.mark.parametrize(
+    "reader, expected",
+    [(read_nih_table, "NIH's BBox_List_2017.csv"), (read_vinbigdata, "VinBigData's train.csv")],
+)
+def test_an_unreadable_table_is_one_error_naming_the_file(tmp_path, reader, expected):
+    latin1 = tmp_path / "table.csv"
+    latin1.write_bytes("Image Index,Finding Label\nrésumé.png,Mass\n".encode("latin-1"))
+    with pytest.raises(UserError, match=f"table.csv is not a UTF-8 text file; expected {expected}"):
+        reader(latin1)
+    with pytest.raises(UserError, match="cannot read .*missing.csv: No such file"):
+        reader(tmp_path / "missing.csv")
