@@ -174,7 +174,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     `DetectionDataset.split(data_dir, split)` reads a prepared split.
     """
 
-    def __init__(self, coco, image_dir, names=None, negatives=(), augment=None):
+    def __init__(self, coco, image_dir, *, names=None, negatives=(), augment=None):
         boxes_of = {image["id"]: [] for image in coco["images"]}
         for annotation in coco["annotations"]:
             boxes_of[annotation["image_id"]].append(annotation)

@@ -35,7 +35,7 @@ def parameter_groups(model, weight_decay):
 class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling with momentum (SimCLR's variant)."""
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001):
+    def __init__(self, params, *, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001):
         super().__init__(
             params,
             dict(
