@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cxr.backbone import headless_resnet, pretrained_trunk  # noqa: E402
-from cxr.classes import VINBIGDATA_CLASSES  # noqa: E402
+from cxr.classes import dataset_classes  # noqa: E402
+from cxr.data import load_coco  # noqa: E402
 from cxr.probe import macro_auroc, probe_test_scores, split_features  # noqa: E402
 
 
@@ -99,14 +100,16 @@ def main():
             f"bootstrap 90% interval [{spread.quantile(0.05):+.3f}, {spread.quantile(0.95):+.3f}]",
             flush=True,
         )
-    print_per_class(labels, random_per_class, ssl_per_class)
+    train_file = Path(args.data_dir) / "train_annotations.json"
+    classes = dataset_classes(load_coco(train_file), train_file)
+    print_per_class(classes, labels, random_per_class, ssl_per_class)
 
 
-def print_per_class(labels, random_per_class, ssl_per_class):
+def print_per_class(classes, labels, random_per_class, ssl_per_class):
     """Per class: test positives, mean random AUROC, and each SSL backbone's difference from it."""
     numbers = " ".join(f"{'ssl' + str(i):>6}" for i in range(1, len(ssl_per_class) + 1))
     print(f"{'class':<20} {'test+':>5} {'random':>6}  {numbers}")
-    for k, name in enumerate(VINBIGDATA_CLASSES):
+    for k, name in enumerate(classes):
         if random_per_class[0][k] is None:
             print(f"{name:<20} {int(labels[:, k].sum()):>5}    n/a")
             continue
