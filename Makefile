@@ -1,10 +1,11 @@
-# The two commands of the README (experiment, test), a one-minute demo, and the benchmarks.
+# The two commands of the README (experiment, test), the slow tests, a one-minute demo, and the
+# benchmarks.
 # Each target creates the virtual environment it needs on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: experiment demo test bench
+.PHONY: experiment demo test test-slow bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +27,15 @@ demo: $(VENV)/.installed
 		--ssl-image-size 64 --det-image-size 64 --ssl-epochs 1 --det-epochs 1 --ssl-batch-size 16 \
 		--det-roi-batch-size 32 --det-warmup-iters 2 --pictures 2 --workers 0
 
-# Lint (ruff: pyproject.toml), then every test.
+# Lint (ruff: pyproject.toml), then every test but the slow end-to-end ones.
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+# The slow end-to-end tests (training, resume, torchrun, a whole tiny experiment); CI runs both.
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow
 
 bench: $(VENV)/.bench-installed
 	$(PY) tests/bench/bench_prepare.py

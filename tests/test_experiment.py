@@ -4,6 +4,8 @@ import json
 import xml.dom.minidom
 
 import pytest
+import torch
+import torchvision
 
 from cxr import experiment, layout
 from cxr.errors import UserError
@@ -189,11 +191,14 @@ def test_resume_may_add_seeds_after_the_old_ones_and_then_redoes_the_report(tmp_
 
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
+    weights = tmp_path / "imagenet-like.pth"  # a torchvision ResNet state dict, fc included
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), weights)
     out = tmp_path / "exp"
-    experiment.main(["--out", str(out), *TINY])
+    tiny = [*TINY, "--pretrained-init", str(weights)]  # and a third arm
+    experiment.main(["--out", str(out), *tiny])
     record = json.loads((out / "experiment.json").read_text())
     assert all(stage["status"] == "done" for stage in record["stages"].values())
-    assert len(record["stages"]) == 12
+    assert len(record["stages"]) == 16  # 12, and the third arm's probe, training, mAP, pictures
 
     runs = out / "runs"
     ssl_pool = set(read_image_list(runs / "ssl60-s0" / "pretrain" / layout.SSL_IMAGES).names)
@@ -221,10 +226,19 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
         xml.dom.minidom.parse(str(out / "charts" / f"{chart}.svg"))
     assert (runs / "ssl60-s0" / "eval" / "visualize" / "contact_sheet.png").is_file()
 
+    pretrained_args = json.loads((runs / "pretrained60-s0" / "args.json").read_text())["args"]
+    assert {k for k in ssl_args if ssl_args[k] != pretrained_args[k]} == {"experiment_name", "init"}
+    assert (out / pretrained_args["init"]).resolve() == weights.resolve()
+    assert read_image_list(runs / "pretrained60-s0" / layout.LABELED_IMAGES).names == labeled
+    metrics = json.loads((runs / "pretrained60-s0" / "eval" / "metrics.json").read_text())
+    assert f"| 60% | {len(labeled)} | pretrained | {metrics['AP']:.3f} [" in report
+    assert "| 60% | | **SSL - pretrained** |" in report and "SSL minus pretrained: mAP" in report
+    assert "for the pretrained one" in report  # its linear probe beside the others
+
     with pytest.raises(UserError, match="already holds an experiment"):
-        experiment.main(["--out", str(out), *TINY])
+        experiment.main(["--out", str(out), *tiny])
     with pytest.raises(UserError, match="settings differ.*ssl_fractions"):
-        experiment.main(["--out", str(out), "--resume", "--ssl-fractions", "0.5", *TINY])
+        experiment.main(["--out", str(out), "--resume", "--ssl-fractions", "0.5", *tiny])
 
     # Pretend the run stopped during the random-init fine-tuning: it and everything after it rerun,
     # the fine-tuning continuing from its checkpoint.
@@ -236,10 +250,20 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     for name in ("fasterrcnn_final.pth", "fasterrcnn_final.json"):  # stopped before its end
         (runs / "random60-s0" / name).unlink()
     capsys.readouterr()
-    experiment.main(["--out", str(out), "--resume", *TINY])
+    experiment.main(["--out", str(out), "--resume", *tiny])
     printed = capsys.readouterr().out
-    assert printed.count("done before, skipped") == names.index("det-random60-s0")
+    # Skipped: every stage before it, and the third arm's fine-tuning, whose model was written.
+    assert printed.count("done before, skipped") == names.index("det-random60-s0") + 1
     rerun = json.loads((out / "experiment.json").read_text())["stages"]["det-random60-s0"][
         "command"
     ]
     assert rerun.endswith("--resume") and (out / "report.md").is_file()
+
+
+def test_pretrained_init_of_another_architecture_is_refused_before_any_stage(tmp_path):
+    weights = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), weights)
+    out = tmp_path / "exp"
+    with pytest.raises(UserError, match="holds a resnet34 trunk, but the arms train a resnet18"):
+        experiment.main(["--out", str(out), "--pretrained-init", str(weights), *TINY])
+    assert not out.exists()
