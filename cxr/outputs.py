@@ -170,11 +170,11 @@ class Lock:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(self.fd, 500, 0).decode(errors="replace").strip()
+                holder = self._holder()
                 os.close(self.fd)
                 raise UserError(
-                    f"{folder} is being written by {holder or 'another process'}; wait for it to "
-                    "finish, or choose another output"
+                    f"{folder} is being written by {holder}; wait for it to finish, or choose "
+                    "another output"
                 ) from None
             if self._still_there():
                 break
@@ -182,6 +182,16 @@ class Lock:
         record = f"process {os.getpid()} on {socket.gethostname()} (since {time.ctime()})\n"
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, record.encode(), 0)
+
+    def _holder(self):
+        """The holder's record, which it writes just after taking the lock: a writer
+        that lost the race by microseconds waits a moment for it."""
+        for _ in range(50):
+            record = os.pread(self.fd, 500, 0).decode(errors="replace").strip()
+            if record:
+                return record
+            time.sleep(0.02)
+        return "another process"
 
     def _still_there(self):
         try:

@@ -1,10 +1,12 @@
 """Outputs are never half-written: a failed write leaves the previous file or
 folder as it was and no temp file behind."""
 
+import fcntl
 import os
 import resource
 import signal
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import torch
 from cxr.checkpoint_io import atomic_torch_save
 from cxr.errors import UserError
 from cxr.outputs import (
+    LOCK,
+    Lock,
     atomic_write_json,
     atomic_write_text,
     check_output_folder,
@@ -114,3 +118,16 @@ def test_saved_checkpoints_depend_on_their_contents_only(tmp_path):
     atomic_torch_save(tmp_path / "first.pth", state)
     atomic_torch_save(tmp_path / "second.pth", state)
     assert (tmp_path / "first.pth").read_bytes() == (tmp_path / "second.pth").read_bytes()
+
+
+def test_a_writer_refused_while_the_holder_writes_its_record_still_names_it(tmp_path):
+    fd = os.open(tmp_path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, the record not yet written
+    late = threading.Timer(0.2, os.pwrite, (fd, b"process 12345 on host (since now)\n", 0))
+    late.start()
+    try:
+        with pytest.raises(UserError, match="being written by process 12345 on host"):
+            Lock(tmp_path)
+    finally:
+        late.join()
+        os.close(fd)
