@@ -56,6 +56,8 @@ def main():
     parser.add_argument("--random-seeds", type=int, default=5)
     parser.add_argument("--bootstrap", type=int, default=300)
     args = parser.parse_args()
+    train_file = Path(args.data_dir) / "train_annotations.json"
+    classes = dataset_classes(load_coco(train_file), train_file)
 
     random_scores, random_macros, random_per_class = [], [], []
     for seed in range(args.random_seeds):
@@ -100,8 +102,6 @@ def main():
             f"bootstrap 90% interval [{spread.quantile(0.05):+.3f}, {spread.quantile(0.95):+.3f}]",
             flush=True,
         )
-    train_file = Path(args.data_dir) / "train_annotations.json"
-    classes = dataset_classes(load_coco(train_file), train_file)
     print_per_class(classes, labels, random_per_class, ssl_per_class)
 
 
