@@ -6,12 +6,12 @@
     python evaluate.py --mode probe --data-dir data --experiment-name simclr_40pct
 
 map: pycocotools' 12 numbers, AP@0.4, a per-class table and the
-competition's metric (`cxr.coco_metrics`), every test image inferred once
+competition's metric (`cxr.evaluation.coco_metrics`), every test image inferred once
 across ranks; visualize: ground truth and predictions drawn; predict:
 detections of unlabeled images, with --submission the competition's CSV
-(`cxr.submission`); probe: a linear probe of a backbone (`cxr.probe`) or of a
+(`cxr.evaluation.submission`); probe: a linear probe of a backbone (`cxr.evaluation.probe`) or of a
 random one (--backbone random). Results go to the experiment's eval/
-(cxr.layout); an existing result is refused unless --replace.
+(cxr.run.layout); an existing result is refused unless --replace.
 """
 
 import contextlib
@@ -24,10 +24,32 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxr import layout
-from cxr.backbone import FEATURE_DIMS, backbone_meta, headless_resnet, pretrained_trunk
-from cxr.classes import class_index, dataset_classes
-from cxr.cli import (
+from cxr.data.classes import class_index, dataset_classes
+from cxr.data.datasets import (
+    DetectionDataset,
+    check_images_exist,
+    list_images,
+    load_coco,
+    open_grayscale,
+    read_classes,
+    xyxy,
+)
+from cxr.data.names import check_name
+from cxr.detection.detector import load_detector, predict
+from cxr.evaluation.coco_metrics import (
+    STAT_NAMES,
+    coco_ground_truth,
+    coco_metrics,
+    competition_metrics,
+    format_metric,
+)
+from cxr.evaluation.pictures import contact_sheet, draw_detections
+from cxr.evaluation.probe import macro_auroc, probe_test_scores, split_features
+from cxr.evaluation.submission import prediction_string, read_original_sizes, write_submission
+from cxr.nn.resnet import FEATURE_DIMS, backbone_meta, headless_resnet, pretrained_trunk
+from cxr.nn.seeds import stream_seed
+from cxr.run import layout
+from cxr.run.cli import (
     bare_name,
     default_workers,
     device,
@@ -40,31 +62,14 @@ from cxr.cli import (
     seed,
     seed_project_group,
 )
-from cxr.coco_metrics import (
-    STAT_NAMES,
-    coco_ground_truth,
-    coco_metrics,
-    competition_metrics,
-    format_metric,
+from cxr.run.distributed import agree, gather_to_main, inference_shard, process_group
+from cxr.run.errors import UserError, exit_on_user_error
+from cxr.run.outputs import (
+    check_output_folder,
+    open_output_folder,
+    refuse_existing,
+    staged_directory,
 )
-from cxr.data import (
-    DetectionDataset,
-    check_images_exist,
-    list_images,
-    load_coco,
-    open_grayscale,
-    read_classes,
-    xyxy,
-)
-from cxr.detector import load_detector, predict
-from cxr.distributed import agree, gather_to_main, inference_shard, process_group
-from cxr.errors import UserError, exit_on_user_error
-from cxr.names import check_name
-from cxr.outputs import check_output_folder, open_output_folder, refuse_existing, staged_directory
-from cxr.probe import macro_auroc, probe_test_scores, split_features
-from cxr.seeds import stream_seed
-from cxr.submission import prediction_string, read_original_sizes, write_submission
-from cxr.visualize import contact_sheet, draw_detections
 
 
 def get_args_parser():
@@ -308,7 +313,7 @@ def per_class_csv(metrics, classes):
 
 @contextlib.contextmanager
 def results_folder(eval_dir, results, args, dist_info):
-    """The eval folder (`cxr.outputs`: cxr's, locked for the block) on the main process,
+    """The eval folder (`cxr.run.outputs`: cxr's, locked for the block) on the main process,
     refusing existing `results` unless --replace; None on the other processes."""
     with contextlib.ExitStack() as stack:
 

@@ -4,14 +4,14 @@
     torchrun --nproc_per_node=8 --max-restarts=3 train_det.py ... --auto-resume
 
 The labeled set is the last --labeled-fraction of the SSL split's seeded
-permutation (`cxr.splits`); an overlap with the experiment's SSL pool is
+permutation (`cxr.data.splits`); an overlap with the experiment's SSL pool is
 refused. All five ResNet stages train with global BatchNorm by default, so a
 random start trains too and an SSL-vs-random comparison changes --init only.
 Training oversamples rare classes by repeat factors and augments every item
-with its own seed (`cxr.samplers`, `cxr.detection_augment`); the schedule
+with its own seed (`cxr.detection.samplers`, `cxr.detection.augment`); the schedule
 counts the steps of every epoch. Every --eval-every epochs COCO mAP is
 measured on the test split (or a held-out --val-fraction). Writes
-<output-dir>/<experiment-name>/ (cxr.layout): checkpoint.pth every epoch,
+<output-dir>/<experiment-name>/ (cxr.run.layout): checkpoint.pth every epoch,
 eval_history.json, and at the end fasterrcnn_final.pth with its JSON.
 """
 
@@ -24,9 +24,32 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr import layout
-from cxr.backbone import FEATURE_DIMS, backbone_meta, infer_arch, load_trunk_weights
-from cxr.cli import (
+from cxr.data.datasets import DetectionDataset, load_coco, read_classes, split_images
+from cxr.data.image_lists import data_fingerprint, read_image_list
+from cxr.data.splits import partition, seeded_permutation
+from cxr.detection.augment import BoxAugment
+from cxr.detection.detector import (
+    ANCHOR_SIZES,
+    build_detector,
+    detection_collate,
+    initialize_backbone,
+    predict,
+    save_detector,
+)
+from cxr.detection.samplers import RepeatFactorSampler, repeat_factors
+from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics
+from cxr.nn.global_batchnorm import convert_to_global_batchnorm
+from cxr.nn.optim import (
+    build_optimizer,
+    check_run_length,
+    check_warmup,
+    step_schedule,
+    warmup_cosine_schedule,
+)
+from cxr.nn.resnet import FEATURE_DIMS, backbone_meta, infer_arch, load_trunk_weights
+from cxr.nn.seeds import stream_seed
+from cxr.run import layout
+from cxr.run.cli import (
     add_run_flags,
     add_share_flag,
     bare_name,
@@ -44,19 +67,8 @@ from cxr.cli import (
     positive_int,
     seed,
 )
-from cxr.coco_metrics import coco_ground_truth, coco_metrics
-from cxr.data import DetectionDataset, load_coco, read_classes, split_images
-from cxr.detection_augment import BoxAugment
-from cxr.detector import (
-    ANCHOR_SIZES,
-    build_detector,
-    detection_collate,
-    initialize_backbone,
-    predict,
-    save_detector,
-)
-from cxr.distributed import DistInfo, gather_to_main, inference_shard, process_group
-from cxr.engine import (
+from cxr.run.distributed import DistInfo, gather_to_main, inference_shard, process_group
+from cxr.run.engine import (
     Optimization,
     Step,
     autocast,
@@ -70,20 +82,8 @@ from cxr.engine import (
     seed_epoch,
     train_one_epoch,
 )
-from cxr.errors import UserError, exit_on_user_error
-from cxr.global_batchnorm import convert_to_global_batchnorm
-from cxr.image_lists import data_fingerprint, read_image_list
-from cxr.optim import (
-    build_optimizer,
-    check_run_length,
-    check_warmup,
-    step_schedule,
-    warmup_cosine_schedule,
-)
-from cxr.run_folder import open_run
-from cxr.samplers import RepeatFactorSampler, repeat_factors
-from cxr.seeds import stream_seed
-from cxr.splits import partition, seeded_permutation
+from cxr.run.errors import UserError, exit_on_user_error
+from cxr.run.folder import open_run
 
 
 def get_args_parser():
@@ -142,8 +142,9 @@ def get_args_parser():
         "--norm",
         default="syncbn",
         choices=["frozen", "bn", "syncbn"],
-        help="syncbn: BatchNorm with statistics over all processes' batches (cxr.global_batchnorm; "
-        "plain BatchNorm on one process); bn: per process; frozen: FrozenBatchNorm2d",
+        help="syncbn: BatchNorm with statistics over all processes' batches "
+        "(cxr.nn.global_batchnorm; plain BatchNorm on one process); bn: per process; "
+        "frozen: FrozenBatchNorm2d",
     )
     p.add_argument(
         "--roi-batch-size",
@@ -646,7 +647,7 @@ def log_start(run, data, message):
 
 
 def rebuild_meta(args, classes):
-    """What load_detector needs to rebuild the model (cxr.detector.REBUILD_KEYS)."""
+    """What load_detector needs to rebuild the model (cxr.detection.detector.REBUILD_KEYS)."""
     return {
         "arch": args.arch,
         "image_size": args.image_size,

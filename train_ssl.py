@@ -4,10 +4,10 @@
     torchrun --nproc_per_node=4 train_ssl.py --data-dir data --experiment-name simclr_40pct
 
 The SSL pool is the first --ssl-fraction of a seeded permutation of the
-training images (`cxr.splits`), plus the normal images (--include-normal) and
+training images (`cxr.data.splits`), plus the normal images (--include-normal) and
 unlabeled --extra-images; train_det.py fine-tunes on the rest. Under torchrun
-BatchNorm uses the global batch's statistics (`cxr.global_batchnorm`), as
-SimCLR does. Writes <output-dir>/<experiment-name>/pretrain/ (cxr.layout):
+BatchNorm uses the global batch's statistics (`cxr.nn.global_batchnorm`), as
+SimCLR does. Writes <output-dir>/<experiment-name>/pretrain/ (cxr.run.layout):
 checkpoint.pth every epoch (--resume continues), and at the end
 pretrained-backbone.pth (torchvision ResNet keys) after recomputing its
 BatchNorm statistics on clean images (precise BN). --lr is the absolute rate
@@ -22,14 +22,20 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr import layout
-from cxr.backbone import (
+from cxr.data.datasets import ImageList, to_network_input
+from cxr.data.ssl_pool import extra_images, ssl_pool
+from cxr.detection.samplers import ShuffleSampler
+from cxr.nn.global_batchnorm import convert_to_global_batchnorm
+from cxr.nn.optim import build_optimizer, check_run_length, check_warmup, warmup_cosine_schedule
+from cxr.nn.resnet import (
     FEATURE_DIMS,
     build_resnet,
     recompute_batchnorm_statistics,
     save_backbone,
 )
-from cxr.cli import (
+from cxr.nn.seeds import stream_seed
+from cxr.run import layout
+from cxr.run.cli import (
     add_run_flags,
     add_share_flag,
     bare_name,
@@ -45,9 +51,8 @@ from cxr.cli import (
     seed,
     seed_project_group,
 )
-from cxr.data import ImageList, to_network_input
-from cxr.distributed import DistInfo, process_group
-from cxr.engine import (
+from cxr.run.distributed import DistInfo, process_group
+from cxr.run.engine import (
     Optimization,
     Step,
     autocast,
@@ -61,15 +66,10 @@ from cxr.engine import (
     seed_epoch,
     train_one_epoch,
 )
-from cxr.errors import UserError, exit_on_user_error
-from cxr.global_batchnorm import convert_to_global_batchnorm
-from cxr.optim import build_optimizer, check_run_length, check_warmup, warmup_cosine_schedule
-from cxr.run_folder import open_run
-from cxr.samplers import ShuffleSampler
-from cxr.seeds import stream_seed
-from cxr.simclr import SimCLR, nt_xent
-from cxr.ssl_pool import extra_images, ssl_pool
-from cxr.ssl_views import VIEW_PRESETS, ViewConfig, parse_views, simclr_views, views_flag
+from cxr.run.errors import UserError, exit_on_user_error
+from cxr.run.folder import open_run
+from cxr.ssl.simclr import SimCLR, nt_xent
+from cxr.ssl.views import VIEW_PRESETS, ViewConfig, parse_views, simclr_views, views_flag
 
 
 def get_args_parser():
@@ -176,7 +176,7 @@ def get_args_parser():
         action=argparse.BooleanOptionalAction,
         default=True,
         help="under torchrun, BatchNorm statistics of the global batch (SimCLR's global BN, "
-        "cxr.global_batchnorm, any backend); --no-sync-bn normalizes per process",
+        "cxr.nn.global_batchnorm, any backend); --no-sync-bn normalizes per process",
     )
     p.add_argument(
         "--clip-grad", type=positive_float, default=None, help="max gradient norm (off by default)"

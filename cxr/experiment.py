@@ -30,14 +30,14 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from . import cli
-from .backbone import infer_arch, load_trunk_weights
-from .cli import flags, parser
-from .coco_format import group_pattern
-from .errors import UserError, exit_on_user_error
-from .layout import BACKBONE, CHECKPOINT, DETECTOR, PRETRAIN, RunName, percent
-from .outputs import check_output_folder, clear_folder, make_folder, open_output_folder
-from .presets import PRESETS, Settings
+from cxr.data.coco_format import group_pattern
+from cxr.nn.resnet import infer_arch, load_trunk_weights
+from cxr.pipeline.presets import PRESETS, Settings
+from cxr.run import cli
+from cxr.run.cli import flags, parser
+from cxr.run.errors import UserError, exit_on_user_error
+from cxr.run.layout import BACKBONE, CHECKPOINT, DETECTOR, PRETRAIN, RunName, percent
+from cxr.run.outputs import check_output_folder, clear_folder, make_folder, open_output_folder
 
 REPO = Path(__file__).resolve().parents[1]
 NIH_BOX_FILE = "BBox_List_2017.csv"

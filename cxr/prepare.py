@@ -4,8 +4,8 @@
     python -m cxr.prepare --format nih --csv BBox_List_2017.csv --images images --out data
     python -m cxr.prepare --format coco --annotations boxes.json --images images --out data
 
-Phases: read the table (`cxr.vinbigdata`, `cxr.nih`, `cxr.coco_format`) ->
-check the images (`cxr.image_files`) -> fuse several readers' boxes per
+Phases: read the table (`cxr.data.vinbigdata`, `cxr.data.nih`, `cxr.data.coco_format`) ->
+check the images (`cxr.data.image_files`) -> fuse several readers' boxes per
 image and class with Weighted Boxes Fusion (iou_thr 0.2, as Bencevic et al.,
 2022), or only clean one reader's -> rescale them to each image's pixels ->
 split the images with findings into train/test (by patient where the data
@@ -22,22 +22,22 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cli
-from .classes import NIH_FINDINGS, category_id, coco_categories
-from .coco_format import group_by, group_pattern, read_coco
-from .errors import UserError, exit_on_user_error
-from .image_files import link_images, locate_images
-from .nih import read_nih_table
-from .outputs import atomic_write_json, check_output_folder, staged_directory
-from .splits import split_test
-from .vinbigdata import read_vinbigdata
-from .wbf import fuse_box_groups
+from cxr.data.classes import NIH_FINDINGS, category_id, coco_categories
+from cxr.data.coco_format import group_by, group_pattern, read_coco
+from cxr.data.image_files import link_images, locate_images
+from cxr.data.nih import read_nih_table
+from cxr.data.splits import split_test
+from cxr.data.vinbigdata import read_vinbigdata
+from cxr.data.wbf import fuse_box_groups
+from cxr.run import cli
+from cxr.run.errors import UserError, exit_on_user_error
+from cxr.run.outputs import atomic_write_json, check_output_folder, staged_directory
 
 FORMATS = ("vinbigdata", "nih", "coco")
 
 
 def read_table(source, settings):
-    """Phase 1: the input file as a BoxTable (`cxr.box_table`)."""
+    """Phase 1: the input file as a BoxTable (`cxr.data.box_table`)."""
     if settings.data_format == "vinbigdata":
         return read_vinbigdata(source)
     if settings.data_format == "nih":
@@ -169,7 +169,7 @@ def check_boxes(split, annotations, report, *, skip_box_thr):
 
 def original_sizes(table):
     """{name: (width, height)} of VinBigData's DICOMs, which a submission's boxes refer
-    to (`cxr.submission`); None for other formats."""
+    to (`cxr.evaluation.submission`); None for other formats."""
     if table.format != "vinbigdata" or table.reference_sizes is None:
         return None
     return {n: tuple(map(int, size)) for n, size in zip(table.image_names, table.reference_sizes)}

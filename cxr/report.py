@@ -6,10 +6,10 @@ the mAP difference over the test images and the training seeds. It says
 "Yes" or "No" only when the interval excludes zero AND holds at least
 MIN_SEEDS training seeds (an initialization's effect cannot be told from one
 training run), else "Not shown" with the command that would decide it. Each
-arm is set against the location prior and chance (`cxr.baselines`) on the
+arm is set against the location prior and chance (`cxr.evaluation.baselines`) on the
 same images. Then what ran on which data with which settings (each stage's
 args.json), the results table (Bencevic et al., 2022's columns), AP50 per
-class, charts (`cxr.svg`), pictures, and the time and command of every
+class, charts (`cxr.pipeline.charts`), pictures, and the time and command of every
 stage. Every path in it is relative to the report.
 """
 
@@ -18,12 +18,12 @@ import math
 import shlex
 from pathlib import Path
 
-from . import cli, layout
-from .coco_metrics import format_metric
-from .errors import UserError, exit_on_user_error
-from .experiment_folder import LEVEL, ExperimentFolder, read_json
-from .outputs import make_folder, open_output_folder
-from .svg import bar_chart, line_chart
+from cxr.evaluation.coco_metrics import format_metric
+from cxr.pipeline.charts import bar_chart, line_chart
+from cxr.pipeline.results import LEVEL, ExperimentFolder, read_json
+from cxr.run import cli, layout
+from cxr.run.errors import UserError, exit_on_user_error
+from cxr.run.outputs import make_folder, open_output_folder
 
 MIN_SEEDS = 3
 ARM_NAMES = {"ssl": "SSL", "random": "random", "pretrained": "pretrained"}
@@ -139,7 +139,7 @@ def _source(folder):
         source = (
             f"NIH ChestX-ray14 boxes and images in `{config['nih']}` (Wang et al., 2017), one "
             "radiologist per image, split by patient, NIH's findings as VinBigData classes "
-            "(`cxr.classes.NIH_FINDINGS`)"
+            "(`cxr.data.classes.NIH_FINDINGS`)"
         )
     elif config["coco"]:
         source = (
@@ -446,15 +446,15 @@ def pictures_section(folder):
 
 
 NOTES = (
-    "Means over the training seeds; mAP and mAP50 with {level:.0%} paired bootstrap intervals over "
-    "the test images and the seeds (`cxr.bootstrap`). mAP@[.5:.95], mAP50, mAP small, AR@100 and "
-    "AR small are pycocotools' numbers; 'small' means boxes under 32 x 32 px in the images the "
-    "model reads (COCO's absolute areas). AP@0.4 is the VinBigData competition's IoU threshold "
-    "with COCO's 101-point interpolation; competition mAP@0.4 is the competition's metric (VOC "
-    "matching and interpolation, 'No finding' included when the test split holds normal films). "
-    "The location prior places each class's mean training box on every test image, scored by the "
-    "class's share of training images; chance places the same boxes at random (mean of 20 "
-    "draws). Per-class tables: `runs/<run>/eval/per_class.csv`."
+    "Means over the training seeds; mAP and mAP50 with {level:.0%} paired bootstrap intervals "
+    "over the test images and the seeds (`cxr.evaluation.bootstrap`). mAP@[.5:.95], mAP50, mAP "
+    "small, AR@100 and AR small are pycocotools' numbers; 'small' means boxes under 32 x 32 px in"
+    " the images the model reads (COCO's absolute areas). AP@0.4 is the VinBigData competition's "
+    "IoU threshold with COCO's 101-point interpolation; competition mAP@0.4 is the competition's "
+    "metric (VOC matching and interpolation, 'No finding' included when the test split holds "
+    "normal films). The location prior places each class's mean training box on every test image,"
+    " scored by the class's share of training images; chance places the same boxes at random "
+    "(mean of 20 draws). Per-class tables: `runs/<run>/eval/per_class.csv`."
 )
 
 

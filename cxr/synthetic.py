@@ -24,16 +24,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import cli
-from .classes import (
+from cxr.data.classes import (
     CSV_BOX_COLUMNS,
     CSV_SIZE_COLUMNS,
     NO_FINDING_ID,
     NO_FINDING_NAME,
     VINBIGDATA_CLASSES,
 )
-from .errors import exit_on_user_error
-from .outputs import staged_directory
+from cxr.run import cli
+from cxr.run.errors import exit_on_user_error
+from cxr.run.outputs import staged_directory
 
 REAL_IMAGES = 15000
 REAL_FINDING_IMAGES = 4394

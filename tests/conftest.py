@@ -1,7 +1,7 @@
 """Shared test helpers."""
 
-from cxr.cli import flags
 from cxr.prepare import prepare
+from cxr.run.cli import flags
 from cxr.synthetic import generate
 
 

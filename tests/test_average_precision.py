@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from cxr.average_precision import average_precision, match_detections, mean_ap
-from cxr.classes import VINBIGDATA_CLASSES, coco_categories
-from cxr.coco_metrics import coco_metrics
+from cxr.data.classes import VINBIGDATA_CLASSES, coco_categories
+from cxr.evaluation.average_precision import average_precision, match_detections, mean_ap
+from cxr.evaluation.coco_metrics import coco_metrics
 
 
 def random_case(seed, num_images=12):

@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cxr.backbone import check_trunk_state, pretrained_trunk, recompute_batchnorm_statistics
-from cxr.errors import UserError
+from cxr.nn.resnet import check_trunk_state, pretrained_trunk, recompute_batchnorm_statistics
+from cxr.run.errors import UserError
 
 
 def test_trunk_transfer_is_checked_key_by_key(tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cxr.baselines import chance, class_boxes, location_prior
-from cxr.coco_metrics import coco_ground_truth, coco_metrics
+from cxr.evaluation.baselines import chance, class_boxes, location_prior
+from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics
 
 
 def box(identity, image, category, bbox):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxr.bootstrap import STANDARD_NORMAL, bias_corrected_interval, paired_bootstrap
+from cxr.evaluation.bootstrap import STANDARD_NORMAL, bias_corrected_interval, paired_bootstrap
 
 
 def weighted_mean(values, counts):

@@ -15,10 +15,10 @@ from test_train_ssl import tiny_args
 import evaluate
 import train_det
 import train_ssl
-from cxr.classes import dataset_classes
-from cxr.detector import load_detector
-from cxr.errors import UserError
+from cxr.data.classes import dataset_classes
+from cxr.detection.detector import load_detector
 from cxr.prepare import prepare
+from cxr.run.errors import UserError
 
 CATEGORIES = [{"id": 7, "name": "Zeta"}, {"id": 3, "name": "Alpha"}, {"id": 11, "name": "Mid"}]
 

@@ -3,8 +3,8 @@
 import pytest
 from pycocotools.coco import COCO
 
-from cxr.classes import VINBIGDATA_CLASSES, coco_categories
-from cxr.coco_metrics import coco_metrics, competition_metrics
+from cxr.data.classes import VINBIGDATA_CLASSES, coco_categories
+from cxr.evaluation.coco_metrics import coco_metrics, competition_metrics
 
 
 def ground_truth(boxes):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr.data import ImageList, read_grayscale
-from cxr.errors import UserError, user_message
+from cxr.data.datasets import ImageList, read_grayscale
+from cxr.run.errors import UserError, user_message
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_a_broken_image_in_a_worker_gives_the_one_message(tmp_path):
 
 def test_scripts_print_the_unwrapped_message_and_exit_2(tmp_path):
     script = (
-        "import torch, sys; from cxr.data import ImageList; from cxr.errors import "
+        "import torch, sys; from cxr.data.datasets import ImageList; from cxr.run.errors import "
         "exit_on_user_error\nexit_on_user_error(lambda _: "
         f"list(torch.utils.data.DataLoader(ImageList([{str(tmp_path / 'x.png')!r}], 8), "
         "num_workers=1)))"

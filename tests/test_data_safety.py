@@ -19,11 +19,11 @@ from test_train_ssl import tiny_args
 import evaluate
 import train_det
 import train_ssl
-from cxr import image_files
-from cxr.classes import VINBIGDATA_CLASSES as CLASSES
-from cxr.detector import load_detector
-from cxr.errors import UserError
+from cxr.data import image_files
+from cxr.data.classes import VINBIGDATA_CLASSES as CLASSES
+from cxr.detection.detector import load_detector
 from cxr.prepare import prepare
+from cxr.run.errors import UserError
 from cxr.synthetic import CSV_COLUMNS
 
 

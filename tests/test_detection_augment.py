@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cxr.detection_augment import (
+from cxr.detection.augment import (
     BoxAugment,
     BoxAugmentConfig,
     clip_and_filter,

@@ -21,23 +21,23 @@ from test_simclr import free_port
 from torch import nn
 
 import train_det
-from cxr import layout
-from cxr.classes import VINBIGDATA_CLASSES
-from cxr.data import DetectionDataset
-from cxr.detection_augment import BoxAugment, BoxAugmentConfig
-from cxr.detector import (
+from cxr.data.classes import VINBIGDATA_CLASSES
+from cxr.data.datasets import DetectionDataset
+from cxr.data.image_lists import data_fingerprint, read_image_list, write_image_list
+from cxr.data.splits import partition
+from cxr.detection.augment import BoxAugment, BoxAugmentConfig
+from cxr.detection.detector import (
     ANCHOR_SIZES,
     build_detector,
     changed_backbone_tensors,
     initialize_backbone,
     transfer_trunk,
 )
-from cxr.distributed import DistInfo
-from cxr.errors import UserError
-from cxr.image_lists import data_fingerprint, read_image_list, write_image_list
-from cxr.outputs import make_folder
-from cxr.samplers import RepeatFactorSampler
-from cxr.splits import partition
+from cxr.detection.samplers import RepeatFactorSampler
+from cxr.run import layout
+from cxr.run.distributed import DistInfo
+from cxr.run.errors import UserError
+from cxr.run.outputs import make_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from cxr.distributed import DistInfo
-from cxr.engine import (
+from cxr.nn.optim import warmup_cosine_schedule
+from cxr.run.distributed import DistInfo
+from cxr.run.engine import (
     Optimization,
     Step,
     TrainingDiverged,
@@ -17,9 +18,8 @@ from cxr.engine import (
     save_checkpoint,
     train_one_epoch,
 )
-from cxr.optim import warmup_cosine_schedule
-from cxr.outputs import OutputFolder
-from cxr.run_folder import Run, RunLogger
+from cxr.run.folder import Run, RunLogger
+from cxr.run.outputs import OutputFolder
 
 
 def nan_on_negative_inputs(model, batch, generator):

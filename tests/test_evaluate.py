@@ -17,14 +17,14 @@ from PIL import Image
 
 import evaluate
 import train_det
-from cxr.backbone import headless_resnet
-from cxr.classes import NO_FINDING_ID, VINBIGDATA_CLASSES, class_color
-from cxr.coco_metrics import coco_ground_truth, coco_metrics
-from cxr.data import image_labels
-from cxr.errors import UserError
-from cxr.seeds import stream_seed
-from cxr.submission import prediction_string, read_original_sizes
-from cxr.visualize import draw_detections, readable_text_color
+from cxr.data.classes import NO_FINDING_ID, VINBIGDATA_CLASSES, class_color
+from cxr.data.datasets import image_labels
+from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics
+from cxr.evaluation.pictures import draw_detections, readable_text_color
+from cxr.evaluation.submission import prediction_string, read_original_sizes
+from cxr.nn.resnet import headless_resnet
+from cxr.nn.seeds import stream_seed
+from cxr.run.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torchvision
 
-from cxr import experiment, layout
-from cxr.errors import UserError
-from cxr.image_lists import read_image_list
-from cxr.outputs import open_output_folder
+from cxr import experiment
+from cxr.data.image_lists import read_image_list
+from cxr.run import layout
+from cxr.run.errors import UserError
+from cxr.run.outputs import open_output_folder
 
 TINY = [
     "--synthetic-images",

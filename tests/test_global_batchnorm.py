@@ -13,8 +13,8 @@ from test_simclr import free_port
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
-from cxr.simclr import ProjectionHead, nt_xent
+from cxr.nn.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
+from cxr.ssl.simclr import ProjectionHead, nt_xent
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

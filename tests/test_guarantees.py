@@ -17,10 +17,10 @@ import pytest
 from conftest import prepared_synthetic
 from PIL import Image
 
-from cxr.errors import UserError
-from cxr.image_lists import read_image_list, write_image_list
-from cxr.names import name_problem
+from cxr.data.image_lists import read_image_list, write_image_list
+from cxr.data.names import name_problem
 from cxr.prepare import prepare
+from cxr.run.errors import UserError
 from cxr.synthetic import CSV_COLUMNS, generate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cxr.classes import NIH_FINDINGS, VINBIGDATA_CLASSES
-from cxr.coco_format import group_by
-from cxr.errors import UserError
-from cxr.nih import PATIENT, read_nih_table
+from cxr.data.classes import NIH_FINDINGS, VINBIGDATA_CLASSES
+from cxr.data.coco_format import group_by
+from cxr.data.nih import PATIENT, read_nih_table
+from cxr.data.vinbigdata import read_vinbigdata
 from cxr.prepare import prepare
-from cxr.vinbigdata import read_vinbigdata
+from cxr.run.errors import UserError
 
 quiet = {"log": lambda *_: None}
 HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr.optim import LARS, parameter_groups, step_schedule, warmup_cosine_schedule
+from cxr.nn.optim import LARS, parameter_groups, step_schedule, warmup_cosine_schedule
 
 
 def test_warmup_then_cosine_by_hand():

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr.checkpoint_io import atomic_torch_save
-from cxr.errors import UserError
-from cxr.outputs import (
+from cxr.run.checkpoints import atomic_torch_save
+from cxr.run.errors import UserError
+from cxr.run.outputs import (
     LOCK,
     Lock,
     atomic_write_json,

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from cxr.classes import VINBIGDATA_CLASSES
-from cxr.errors import UserError
-from cxr.outputs import staged_directory
+from cxr.data.classes import VINBIGDATA_CLASSES
 from cxr.prepare import prepare
+from cxr.run.errors import UserError
+from cxr.run.outputs import staged_directory
 from cxr.synthetic import CSV_COLUMNS, generate
 
 REPO = Path(__file__).resolve().parents[1]

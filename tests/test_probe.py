@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from cxr.probe import average_ranks, fit_logistic_ovr, macro_auroc, probe_test_scores
+from cxr.evaluation.probe import average_ranks, fit_logistic_ovr, macro_auroc, probe_test_scores
 
 
 def pairwise_auroc(scores, labels):

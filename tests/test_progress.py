@@ -1,6 +1,6 @@
 """Progress lines: done / total, elapsed and ETA every interval, nothing for a quick step."""
 
-from cxr.progress import progress
+from cxr.run.progress import progress
 
 
 def test_lines_count_the_items_and_end_with_the_total():

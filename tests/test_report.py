@@ -1,6 +1,6 @@
 """The report's verdict: from the interval and the number of training seeds."""
 
-from cxr.bootstrap import Interval
+from cxr.evaluation.bootstrap import Interval
 from cxr.report import MIN_SEEDS, deciding_command, verdict
 
 

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from cxr.samplers import RepeatFactorSampler, repeat_factors
+from cxr.detection.samplers import RepeatFactorSampler, repeat_factors
 
 
 def test_factors_equal_the_lvis_formula_by_hand():

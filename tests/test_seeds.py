@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from cxr.samplers import RepeatFactorSampler, ShuffleSampler
-from cxr.seeds import PURPOSES, stream_seed
+from cxr.detection.samplers import RepeatFactorSampler, ShuffleSampler
+from cxr.nn.seeds import PURPOSES, stream_seed
 
 
 def test_every_tuple_of_a_grid_has_its_own_seed():

@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr.simclr import SimCLR, nt_xent
+from cxr.ssl.simclr import SimCLR, nt_xent
 
 
 def reference_nt_xent(z1, z2, temperature):

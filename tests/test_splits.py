@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxr.splits import partition, partition_bounds, split_test
+from cxr.data.splits import partition, partition_bounds, split_test
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

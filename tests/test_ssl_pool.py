@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from test_nih import ROWS, write_nih
 
-from cxr.errors import UserError
+from cxr.data.ssl_pool import extra_images, ssl_pool
 from cxr.prepare import prepare
-from cxr.ssl_pool import extra_images, ssl_pool
+from cxr.run.errors import UserError
 
 
 @pytest.fixture

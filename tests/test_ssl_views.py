@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cxr.ssl_views import (
+from cxr.ssl.views import (
     ViewConfig,
     affine_resample,
     brightness_contrast,

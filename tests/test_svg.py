@@ -4,7 +4,7 @@ import xml.dom.minidom
 
 import pytest
 
-from cxr.svg import bar_chart, line_chart, nice_ticks
+from cxr.pipeline.charts import bar_chart, line_chart, nice_ticks
 
 
 def parse(svg):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.classes import NO_FINDING_ID, NO_FINDING_NAME, VINBIGDATA_CLASSES
-from cxr.errors import UserError
+from cxr.data.classes import NO_FINDING_ID, NO_FINDING_NAME, VINBIGDATA_CLASSES
+from cxr.run.errors import UserError
 from cxr.synthetic import (
     CSV_COLUMNS,
     LESION_SPECS,

@@ -18,13 +18,13 @@ from conftest import prepared_synthetic
 from PIL import Image
 
 import train_ssl
-from cxr import layout
-from cxr.cli import flags
-from cxr.distributed import DistInfo
-from cxr.errors import UserError
-from cxr.image_lists import read_image_list
-from cxr.outputs import MARKER, mark_as_ours
-from cxr.ssl_views import VIEW_PRESETS, parse_views
+from cxr.data.image_lists import read_image_list
+from cxr.run import layout
+from cxr.run.cli import flags
+from cxr.run.distributed import DistInfo
+from cxr.run.errors import UserError
+from cxr.run.outputs import MARKER, mark_as_ours
+from cxr.ssl.views import VIEW_PRESETS, parse_views
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxr.wbf import fuse_box_groups, weighted_boxes_fusion
+from cxr.data.wbf import fuse_box_groups, weighted_boxes_fusion
 
 A = [0.10, 0.20, 0.40, 0.50]
 

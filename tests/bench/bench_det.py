@@ -1,6 +1,6 @@
 """Benchmark: the detector's training step and its data pipeline.
 
-1. Images/s of our training step (cxr.engine.train_one_epoch with
+1. Images/s of our training step (cxr.run.engine.train_one_epoch with
    train_det.detection_step) against the bare torchvision step on the same batches
    (forward, summed losses, backward, SGD step): the engine's overhead.
 2. Images/s of one data-loader worker (PNG decode + box-aware augmentation,
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine_epoch import engine_epoch, sgd  # noqa: E402
 
-from cxr.data import DetectionDataset, read_classes  # noqa: E402
-from cxr.detection_augment import BoxAugment  # noqa: E402
-from cxr.detector import build_detector, detection_collate  # noqa: E402
+from cxr.data.datasets import DetectionDataset, read_classes  # noqa: E402
+from cxr.detection.augment import BoxAugment  # noqa: E402
+from cxr.detection.detector import build_detector, detection_collate  # noqa: E402
 from cxr.prepare import prepare  # noqa: E402
 from cxr.synthetic import generate  # noqa: E402
 from train_det import detection_step  # noqa: E402

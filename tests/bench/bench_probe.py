@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxr.probe import fit_logistic_ovr, macro_auroc, standardize  # noqa: E402
+from cxr.evaluation.probe import fit_logistic_ovr, macro_auroc, standardize  # noqa: E402
 from cxr.synthetic import LESION_SPECS  # noqa: E402
 
 

@@ -1,12 +1,12 @@
 """Benchmark: SimCLR views and the training step.
 
 1. Views per second per CPU core at 512 px: our batched view pipeline
-   (cxr.ssl_views, torch, one thread) against the seed project's pipeline
+   (cxr.ssl.views, torch, one thread) against the seed project's pipeline
    rebuilt with torchvision transforms on PIL images (random resized crop
    0.08-1, flips, colour jitter 0.4 p=0.8, grayscale p=0.2, PIL Gaussian blur
    p=0.5, histogram equalization, to tensor).
 2. The same view pipeline on a batch on the GPU, when there is one.
-3. Our training step (cxr.engine.train_one_epoch with train_ssl.simclr_step)
+3. Our training step (cxr.run.engine.train_one_epoch with train_ssl.simclr_step)
    against the bare model step on the same batches (forward, NT-Xent,
    backward, SGD step): the engine's overhead in percent.
 
@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine_epoch import engine_epoch  # noqa: E402
 
-from cxr.backbone import FEATURE_DIMS, build_resnet  # noqa: E402
-from cxr.data import to_network_input  # noqa: E402
-from cxr.distributed import DistInfo  # noqa: E402
-from cxr.optim import build_optimizer  # noqa: E402
-from cxr.simclr import SimCLR, nt_xent  # noqa: E402
-from cxr.ssl_views import ViewConfig, simclr_views  # noqa: E402
+from cxr.data.datasets import to_network_input  # noqa: E402
+from cxr.nn.optim import build_optimizer  # noqa: E402
+from cxr.nn.resnet import FEATURE_DIMS, build_resnet  # noqa: E402
+from cxr.run.distributed import DistInfo  # noqa: E402
+from cxr.ssl.simclr import SimCLR, nt_xent  # noqa: E402
+from cxr.ssl.views import ViewConfig, simclr_views  # noqa: E402
 from train_ssl import simclr_step  # noqa: E402
 
 

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import torch
 
-from cxr.distributed import DistInfo
-from cxr.engine import Optimization, train_one_epoch
-from cxr.optim import build_optimizer, warmup_cosine_schedule
-from cxr.outputs import OutputFolder
-from cxr.run_folder import Run, RunLogger
+from cxr.nn.optim import build_optimizer, warmup_cosine_schedule
+from cxr.run.distributed import DistInfo
+from cxr.run.engine import Optimization, train_one_epoch
+from cxr.run.folder import Run, RunLogger
+from cxr.run.outputs import OutputFolder
 
 
 def engine_epoch(model, step_fn, batches, *, optimizer, device, generator=None):

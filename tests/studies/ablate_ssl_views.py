@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxr.backbone import build_resnet  # noqa: E402
-from cxr.data import ImageList, list_images, split_images, to_network_input  # noqa: E402
+from cxr.data.datasets import ImageList, list_images, split_images, to_network_input  # noqa: E402
+from cxr.nn.resnet import build_resnet  # noqa: E402
 from cxr.prepare import prepare  # noqa: E402
-from cxr.simclr import SimCLR, nt_xent  # noqa: E402
-from cxr.ssl_views import VIEW_PRESETS, ViewConfig, simclr_views  # noqa: E402
+from cxr.ssl.simclr import SimCLR, nt_xent  # noqa: E402
+from cxr.ssl.views import VIEW_PRESETS, ViewConfig, simclr_views  # noqa: E402
 from cxr.synthetic import generate  # noqa: E402
 
 CONFIGS = {

@@ -1,4 +1,4 @@
-"""cxr.wbf.weighted_boxes_fusion against ensemble-boxes 1.0.9 on random calls.
+"""cxr.data.wbf.weighted_boxes_fusion against ensemble-boxes 1.0.9 on random calls.
 
 Each call draws 1-4 models with 0-25 boxes each over 3 labels, model
 weights, a conf_type, allows_overflow and skip_box_thr, and boxes around a
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxr.wbf import CONF_TYPES, weighted_boxes_fusion  # noqa: E402
+from cxr.data.wbf import CONF_TYPES, weighted_boxes_fusion  # noqa: E402
 
 
 def random_call(rng, tied):

@@ -1,6 +1,6 @@
 """An SSL pool of unlabeled films that shares no patient with a COCO file.
 
-`--extra-images` refuses a film of a patient with a test image (cxr.ssl_pool).
+`--extra-images` refuses a film of a patient with a test image (cxr.data.ssl_pool).
 This links every image of --images whose patient (the first group of
 --group-by) has no image in --coco into --out, e.g. the NIH films of patients
 ChestX-Det did not annotate:

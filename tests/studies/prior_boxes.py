@@ -1,4 +1,4 @@
-"""What AP a detector gets without looking at the image (`cxr.baselines`):
+"""What AP a detector gets without looking at the image (`cxr.evaluation.baselines`):
 the location prior, per class, and chance beside it.
 
     python tests/studies/prior_boxes.py --data-dir data
@@ -12,10 +12,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cxr.baselines import chance, location_prior  # noqa: E402
-from cxr.classes import dataset_classes  # noqa: E402
-from cxr.coco_metrics import coco_ground_truth, coco_metrics, competition_metrics  # noqa: E402
-from cxr.data import load_coco  # noqa: E402
+from cxr.data.classes import dataset_classes  # noqa: E402
+from cxr.data.datasets import load_coco  # noqa: E402
+from cxr.evaluation.baselines import chance, location_prior  # noqa: E402
+from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics, competition_metrics  # noqa: E402
 
 
 def main():

@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import train_det  # noqa: E402
-from cxr.detector import ANCHOR_SIZES, build_detector  # noqa: E402
-from cxr.errors import exit_on_user_error  # noqa: E402
+from cxr.detection.detector import ANCHOR_SIZES, build_detector  # noqa: E402
+from cxr.run.errors import exit_on_user_error  # noqa: E402
 
 
 def scaled_sizes(image_size):

@@ -1,0 +1,1 @@
+"""The experiment's stages and presets, its results read back, and the report's charts."""

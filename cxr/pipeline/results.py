@@ -1,0 +1,143 @@
+"""Read access to what the stages of one experiment wrote, and the comparisons.
+
+An experiment (`cxr.experiment`) trains arms (ssl, random, and pretrained
+with --pretrained-init) per SSL percentage and training seed, in
+runs/<RunName>/. `ExperimentFolder` finds each run's metrics, probe, image
+lists and test predictions, scores the location prior and chance on the same
+test images (`cxr.evaluation.baselines`), and compares two arms, or an arm and the
+prior, by paired bootstrap over the test images and the seeds
+(`cxr.evaluation.bootstrap`).
+"""
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from cxr.data.classes import dataset_classes
+from cxr.data.image_lists import read_image_list
+from cxr.evaluation.average_precision import average_precision, match_detections
+from cxr.evaluation.baselines import chance, location_prior
+from cxr.evaluation.bootstrap import paired_bootstrap
+from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics
+from cxr.run import layout
+from cxr.run.layout import RunName
+
+BOOTSTRAP_REPLICATES = 2000
+LEVEL = 0.9
+CHANCE_DRAWS = 20
+
+
+def read_json(path, default=None):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def map_summary(categories, counts):
+    """mAP@[.5:.95] and mAP50 of one run on the test images taken counts[i] times."""
+    per_class = [ap for ap in (average_precision(c, counts) for c in categories) if ap is not None]
+    if not per_class:
+        return {"AP": None, "AP50": None}
+    return {
+        "AP": float(np.mean([ap.mean() for ap in per_class])),
+        "AP50": float(np.mean([ap[0] for ap in per_class])),
+    }
+
+
+class ExperimentFolder:
+    def __init__(self, out):
+        self.out = Path(out)
+        self.record = read_json(self.out / "experiment.json")
+        self.config = self.record["config"]
+        self.fractions = self.config["ssl_fractions"]
+        self.seeds = self.config["train_seeds"]
+        self.arms = ("ssl", "random") + (("pretrained",) if self.config["pretrained_init"] else ())
+        self.main = layout.percent(self.fractions[0])
+
+    def run(self, run):
+        return self.out / "runs" / str(run)
+
+    def runs(self, arm, percent):
+        """The runs of one arm (or, percent None, the probe's backbones), one per seed."""
+        return [RunName(arm, percent, seed) for seed in self.seeds]
+
+    def metrics(self, run):
+        return read_json(self.run(run) / layout.EVAL / layout.METRICS)
+
+    def labeled_images(self, run):
+        images = read_image_list(self.run(run) / layout.LABELED_IMAGES)
+        return len(images.names) if images else None
+
+    def probe(self, run):
+        """The probe of an SSL run's backbone, of a random backbone (random-sS) or of the
+        --pretrained-init weights (pretrained-sS)."""
+        if run.init == "ssl":
+            name = "ssl"
+        elif run.init == "random":
+            name = f"random-seed{run.seed}"
+        else:
+            name = Path(self.config["pretrained_init"]).stem
+        return read_json(self.run(run) / layout.EVAL / layout.probe_file(name))
+
+    @cached_property
+    def test_set(self):
+        """(COCO dict, pycocotools COCO) of the test split."""
+        dataset = read_json(self.out / "data" / "test_annotations.json")
+        return dataset, coco_ground_truth(dataset)
+
+    @cached_property
+    def classes(self):
+        return dataset_classes(self.test_set[0], self.out / "data" / "test_annotations.json")
+
+    def matches(self, run):
+        """Per-category matches of a run's test predictions (`cxr.evaluation.average_precision`)."""
+        results = read_json(self.run(run) / layout.EVAL / layout.TEST_PREDICTIONS)
+        return match_detections(self.test_set[1], results)[1]
+
+    @cached_property
+    def prior_results(self):
+        train = read_json(self.out / "data" / "train_annotations.json")
+        return location_prior(train, self.test_set[0])
+
+    @cached_property
+    def prior(self):
+        """pycocotools' metrics of the location prior on the test images."""
+        return coco_metrics(self.test_set[1], self.prior_results)
+
+    @cached_property
+    def chance(self):
+        """Mean mAP and mAP50 of CHANCE_DRAWS random placements of the prior's boxes."""
+        train = read_json(self.out / "data" / "train_annotations.json")
+        rng = np.random.default_rng(0)
+        draws = [
+            coco_metrics(self.test_set[1], chance(train, self.test_set[0], rng))
+            for _ in range(CHANCE_DRAWS)
+        ]
+        return {key: float(np.mean([d[key] or 0.0 for d in draws])) for key in ("AP", "AP50")}
+
+    def complete(self, arm, percent):
+        return all(self.metrics(run) for run in self.runs(arm, percent))
+
+    def comparison(self, first, second, percent):
+        """Paired bootstrap of arm `first` against arm `second` ('prior': the location
+        prior) at one SSL percentage, or None if a run is missing."""
+        if not self.complete(first, percent) or (
+            second != "prior" and not self.complete(second, percent)
+        ):
+            return None
+        ones = [self.matches(run) for run in self.runs(first, percent)]
+        if second == "prior":
+            prior = match_detections(self.test_set[1], self.prior_results)[1]
+            others = [prior] * len(ones)
+        else:
+            others = [self.matches(run) for run in self.runs(second, percent)]
+        return paired_bootstrap(
+            ones,
+            others,
+            num_images=len(ones[0][0].ground_truth),
+            statistic=map_summary,
+            replicates=BOOTSTRAP_REPLICATES,
+            level=LEVEL,
+            log=print,
+        )

@@ -1,0 +1,212 @@
+"""What the command lines share: argument types, the help formatter, the flags of
+a training run, and the seed project's flag names.
+
+Every flag has a type here that refuses a value it cannot take, so a mistake
+ends in argparse's one `error: argument --X: ...` line and exit status 2
+before any work. Every command's --help shows each flag's default
+(`HelpFormatter`); a flag whose default is None says in its help what
+happens without it. Usage lines name the command a user types.
+"""
+
+import argparse
+import math
+import os
+import re
+import sys
+
+from cxr.data.names import name_problem
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators take seeds up to here alike
+MAX_COUNT = 10**6  # epochs, batch sizes, images: more than this is a typo
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with '(default: X)' after every flag that has a real default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser(prog, description):
+    """An ArgumentParser whose usage names `prog` and whose help shows defaults."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=HelpFormatter
+    )
+
+
+# --- argument types ---------------------------------------------------------------------------
+
+
+def _number(text, kind):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a {'whole number' if kind is int else 'number'}"
+        ) from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def int_range(low, high=MAX_COUNT, what="a whole number"):
+    """argparse type of a whole number in [low, high]."""
+
+    def parse(text):
+        value = _number(text, int)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not {what} in [{low}, {high}]")
+        return value
+
+    parse.__name__ = f"whole number in [{low}, {high}]"
+    return parse
+
+
+def float_range(low, high, *, low_open=False, high_open=False, what="a number"):
+    """argparse type of a finite number between low and high (each end closed unless
+    said open; an infinite end is open)."""
+
+    def parse(text):
+        value = _number(text, float)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(
+                f"{text} is not {what} in {left}{low:g}, {high:g}{right}"
+            )
+        return value
+
+    parse.__name__ = f"number in [{low}, {high}]"
+    return parse
+
+
+positive_int = int_range(1)
+non_negative_int = int_range(0)
+positive_float = float_range(0.0, math.inf, low_open=True, high_open=True, what="a number")
+non_negative_float = float_range(0.0, math.inf, high_open=True)
+fraction = float_range(0.0, 1.0, what="a share")
+seed = int_range(0, MAX_SEED, what="a seed")
+image_size = int_range(32, 8192, what="an image side in pixels")  # the ResNet's stride is 32
+
+
+def fraction_list(text, *, low_open=False, high_open=False):
+    """argparse type of comma-separated shares, e.g. 0.67,0.89."""
+    one = float_range(0.0, 1.0, low_open=low_open, high_open=high_open, what="a share")
+    parts = [part.strip() for part in str(text).split(",")]
+    if not text or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated shares like 0.2,0.4")
+    return [one(part) for part in parts]
+
+
+def seed_list(text):
+    """argparse type of comma-separated distinct seeds, e.g. 0,1,2."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if not text or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated seeds like 0,1,2")
+    seeds = [seed(part) for part in parts]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: the seeds must differ")
+    return seeds
+
+
+def bare_name(text):
+    """argparse type of a folder name inside another folder (an experiment's name)."""
+    problem = name_problem(str(text))
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be a folder name: {problem}")
+    return text
+
+
+def device(text):
+    """argparse type of a torch device: cpu, cuda or cuda:N."""
+    if re.fullmatch(r"cpu|cuda(:\d+)?", str(text)) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
+    return text
+
+
+def default_workers():
+    """Data-loader processes per training process: the cores this process may use,
+    shared by the processes torchrun starts on the node, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(4, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+# --- the flags of a training run ---------------------------------------------------------------
+
+
+def add_run_flags(parser, outputs):
+    """The flags that start, stop, continue or replace a training run."""
+    parser.add_argument(
+        "--stop-after",
+        type=positive_int,
+        default=None,
+        help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
+        "default: run to --epochs",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run from its checkpoint.pth"
+    )
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue from checkpoint.pth if there is one, else start: for torchrun "
+        "--max-restarts, which restarts the group with the same arguments",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help=f"delete this run's outputs ({outputs}, nothing else) and start over",
+    )
+
+
+def flags(**values):
+    """Command-line flags from keyword arguments: name=value -> "--name", "value"
+    (underscores as dashes); True gives the bare switch, False and None nothing."""
+    items = []
+    for name, value in values.items():
+        if value is None or value is False:
+            continue
+        items.append("--" + name.replace("_", "-"))
+        if value is not True:
+            items.append(str(value))
+    return items
+
+
+# --- the seed project's flag names, so its command lines run unchanged -------------------------
+
+SEED_SHARE_FLAG = "--labeled-dataset-percent"
+
+
+def add_share_flag(parser, name, *, dest, default, meaning, default_text=""):
+    """A share-of-the-images flag that also answers to the seed project's
+    --labeled-dataset-percent, which meant the SSL share in its pretraining
+    script and the labeled share in its fine-tuning one. The help says so, and
+    typing the old name prints what it is read as (once, from rank 0)."""
+
+    class ShareAction(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            setattr(namespace, self.dest, value)
+            if option_string == SEED_SHARE_FLAG and os.environ.get("RANK", "0") == "0":
+                note = f"note: {SEED_SHARE_FLAG} {value} is read as {name} {value}: {meaning}"
+                print(note, file=sys.stderr)
+
+    parser.add_argument(
+        name,
+        SEED_SHARE_FLAG,
+        dest=dest,
+        type=fraction,
+        default=default,
+        action=ShareAction,
+        help=f"{meaning}{default_text}. {SEED_SHARE_FLAG}, the seed project's name, means this "
+        "here",
+    )
+
+
+def seed_project_group(parser):
+    """The argument group of the flags that exist for the seed project's command lines."""
+    return parser.add_argument_group(
+        "the seed project's flags", "accepted so that its command lines run unchanged"
+    )
