@@ -1,5 +1,7 @@
 """Shared test helpers."""
 
+import socket
+
 from cxr.prepare import prepare
 from cxr.run.cli import flags
 from cxr.synthetic import generate
@@ -44,3 +46,31 @@ def tiny_detector_args(data_dir, out, name, **changes):
         roi_batch_size=32,
     )
     return flags(**{**settings, **changes})
+
+
+def ssl_args(data_dir, out, name, *extra):
+    """train_ssl.py flags for a SimCLR run that trains in seconds on a CPU."""
+    return [
+        *flags(
+            data_dir=data_dir,
+            output_dir=out,
+            experiment_name=name,
+            arch="resnet18",
+            image_size=32,
+            batch_size=8,
+            epochs=2,
+            warmup_epochs=1,
+            workers=0,
+            include_normal=True,
+            device="cpu",
+            print_freq=100,
+        ),
+        *extra,
+    ]
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

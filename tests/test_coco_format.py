@@ -8,9 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_detector_args
+from conftest import ssl_args, tiny_detector_args
 from PIL import Image
-from test_train_ssl import tiny_args
 
 import evaluate
 import train_det
@@ -160,7 +159,7 @@ def test_a_coco_dataset_pretrains_trains_and_scores_with_its_own_classes(tmp_pat
     data = tmp_path / "data"
     prepare(path, images, data, data_format="coco", keep_normal=True, log=quiet)
     assert len(prepared(data, "normal")["images"]) == 8
-    train_ssl.main(tiny_args(data, tmp_path / "runs", "coco", "--epochs", "1"))
+    train_ssl.main(ssl_args(data, tmp_path / "runs", "coco", "--epochs", "1"))
     train_det.main(
         tiny_detector_args(data, tmp_path / "runs", "coco", init="ssl", epochs=1, image_size=64)
     )

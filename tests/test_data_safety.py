@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import prepared_synthetic, tiny_detector_args
+from conftest import prepared_synthetic, ssl_args, tiny_detector_args
 from PIL import Image
-from test_train_ssl import tiny_args
 
 import evaluate
 import train_det
@@ -63,17 +62,17 @@ def files_under(root):
 def test_a_finished_ssl_model_is_not_retrained_when_its_checkpoint_is_gone(
     data_dir, tmp_path, stop_after
 ):
-    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "1"))
     run = tmp_path / "exp" / "pretrain"
     model = (run / "pretrained-backbone.pth").read_bytes()
     (run / "checkpoint.pth").unlink()  # users delete checkpoints to save space
     extra = [] if stop_after is None else ["--stop-after", str(stop_after)]
     with pytest.raises(UserError, match="already holds a run .*pretrained-backbone.pth"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", *extra))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "1", *extra))
     with pytest.raises(UserError, match="already holds a run"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--auto-resume"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "1", "--auto-resume"))
     with pytest.raises(UserError, match="finished .*nothing to resume"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "1", "--resume"))
     assert (run / "pretrained-backbone.pth").read_bytes() == model
 
 
@@ -91,7 +90,7 @@ def test_a_finished_detector_is_not_retrained_when_its_checkpoint_is_gone(data_d
 @pytest.mark.slow
 def test_a_resume_refuses_a_data_folder_prepared_again(tmp_path):
     data = prepared_synthetic(tmp_path, num_images=40, seed=6)
-    train_ssl.main(tiny_args(data, tmp_path / "runs", "exp", "--epochs", "2", "--stop-after", "1"))
+    train_ssl.main(ssl_args(data, tmp_path / "runs", "exp", "--epochs", "2", "--stop-after", "1"))
     prepare(
         tmp_path / "vin" / "train.csv",
         tmp_path / "vin" / "train",
@@ -102,7 +101,7 @@ def test_a_resume_refuses_a_data_folder_prepared_again(tmp_path):
         log=lambda *_: None,
     )
     with pytest.raises(UserError, match="was prepared again since"):
-        train_ssl.main(tiny_args(data, tmp_path / "runs", "exp", "--epochs", "2", "--resume"))
+        train_ssl.main(ssl_args(data, tmp_path / "runs", "exp", "--epochs", "2", "--resume"))
 
 
 @pytest.mark.parametrize(

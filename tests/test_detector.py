@@ -15,9 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision
-from conftest import prepared_synthetic, tiny_detector_args
+from conftest import free_port, prepared_synthetic, tiny_detector_args
 from PIL import Image
-from test_simclr import free_port
 from torch import nn
 
 import train_det

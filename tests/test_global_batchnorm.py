@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_simclr import free_port
+from conftest import free_port
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 

@@ -3,13 +3,13 @@ equivalence (2 gloo processes with N images each == 1 process with 2N)."""
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision
+from conftest import free_port
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -100,12 +100,6 @@ def _two_process_worker(rank, world_size, port, out):
             )
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_equal_one_process_with_both_batches(tmp_path):

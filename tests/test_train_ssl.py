@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import prepared_synthetic
+from conftest import prepared_synthetic, ssl_args
 from PIL import Image
 
 import train_ssl
 from cxr.data.image_lists import read_image_list
 from cxr.run import layout
-from cxr.run.cli import flags
 from cxr.run.distributed import DistInfo
 from cxr.run.errors import UserError
 from cxr.run.outputs import MARKER, mark_as_ours
@@ -34,34 +33,14 @@ def data_dir(tmp_path_factory):
     return prepared_synthetic(tmp_path_factory.mktemp("ssl"), num_images=40, seed=11)
 
 
-def tiny_args(data_dir, out, name, *extra):
-    return [
-        *flags(
-            data_dir=data_dir,
-            output_dir=out,
-            experiment_name=name,
-            arch="resnet18",
-            image_size=32,
-            batch_size=8,
-            epochs=2,
-            warmup_epochs=1,
-            workers=0,
-            include_normal=True,
-            device="cpu",
-            print_freq=100,
-        ),
-        *extra,
-    ]
-
-
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, capsys):
-    train_ssl.main(tiny_args(data_dir, tmp_path, "straight"))
-    train_ssl.main(tiny_args(data_dir, tmp_path, "resumed", "--stop-after", "1"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "straight"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "resumed", "--stop-after", "1"))
     run = tmp_path / "resumed" / "pretrain"
     assert not (run / "pretrained-backbone.pth").exists()
     assert torch.load(run / "checkpoint.pth", weights_only=True)["epoch"] == 1
-    train_ssl.main(tiny_args(data_dir, tmp_path, "resumed", "--resume"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "resumed", "--resume"))
     assert "resumed from" in capsys.readouterr().out
 
     straight = torch.load(
@@ -86,17 +65,17 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, ca
 @pytest.mark.slow
 def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
     with pytest.raises(UserError, match="fewer than --batch-size 1000"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--batch-size", "1000"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--batch-size", "1000"))
     assert not (tmp_path / "exp").exists()  # a refused run leaves nothing behind
-    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "2", "--stop-after", "1"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "2", "--stop-after", "1"))
     with pytest.raises(UserError, match="already holds a run .*; pass --resume .* --replace"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "2"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "2"))
     with pytest.raises(UserError, match="--resume with different settings .*batch_size 8 -> 4"):
         train_ssl.main(
-            tiny_args(data_dir, tmp_path, "exp", "--epochs", "2", "--resume", "--batch-size", "4")
+            ssl_args(data_dir, tmp_path, "exp", "--epochs", "2", "--resume", "--batch-size", "4")
         )
     with pytest.raises(UserError, match="no checkpoint"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "other", "--resume"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "other", "--resume"))
     header = (tmp_path / "exp" / "pretrain" / "args.json").read_text()
     for changed in (
         ("--temperature", "0.2"),
@@ -111,17 +90,17 @@ def test_run_folder_protection_and_resume_checks(data_dir, tmp_path):
         key = changed[0].lstrip("-").replace("-", "_").replace("no_", "")
         with pytest.raises(UserError, match=f"different settings than the checkpoint: {key} "):
             train_ssl.main(
-                tiny_args(data_dir, tmp_path, "exp", "--epochs", "2", "--resume", *changed)
+                ssl_args(data_dir, tmp_path, "exp", "--epochs", "2", "--resume", *changed)
             )
     assert (
         tmp_path / "exp" / "pretrain" / "args.json"
     ).read_text() == header  # refused before writing
     with pytest.raises(UserError, match="--warmup-epochs 3 is longer than the whole run"):
         train_ssl.main(
-            tiny_args(data_dir, tmp_path, "long-warmup", "--epochs", "2", "--warmup-epochs", "3")
+            ssl_args(data_dir, tmp_path, "long-warmup", "--epochs", "2", "--warmup-epochs", "3")
         )
     assert not (tmp_path / "long-warmup").exists()
-    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
 
 
 @pytest.mark.slow
@@ -130,27 +109,27 @@ def test_replace_deletes_only_the_runs_own_files_in_a_folder_cxr_made(data_dir, 
     run.mkdir(parents=True)
     (run / "notes.txt").write_text("mine")  # a folder of the user's: never written into
     with pytest.raises(UserError, match="was not made by cxr"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
     mark_as_ours(run, "test")  # as cxr marks the folders it makes
     (run / "args.json").write_text("{}")  # what a start that failed early leaves
     (run / ".checkpoint.pth.4242.tmp").write_text("half")  # a write killed midway
     with pytest.raises(UserError, match="already holds a run .*args.json.*--replace"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "1"))
     assert (run / "args.json").read_text() == "{}"
-    train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--epochs", "1", "--replace"))
     assert (run / "notes.txt").read_text() == "mine"
     expected = [*layout.PRETRAIN_OUTPUTS, "notes.txt", MARKER]
     assert sorted(p.name for p in run.iterdir()) == sorted(expected)  # no temp file, no lock
     with pytest.raises(UserError, match="--replace starts over, --resume / --auto-resume continue"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "exp", "--auto-resume", "--replace"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "exp", "--auto-resume", "--replace"))
 
 
 @pytest.mark.slow
 def test_auto_resume_starts_a_new_run_and_continues_a_stopped_one(data_dir, tmp_path):
-    train_ssl.main(tiny_args(data_dir, tmp_path, "straight"))
-    train_ssl.main(tiny_args(data_dir, tmp_path, "auto", "--auto-resume", "--stop-after", "1"))
-    train_ssl.main(tiny_args(data_dir, tmp_path, "auto", "--auto-resume"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "straight"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "auto", "--auto-resume", "--stop-after", "1"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "auto", "--auto-resume"))
     straight = torch.load(
         tmp_path / "straight" / "pretrain" / "pretrained-backbone.pth", weights_only=True
     )
@@ -174,7 +153,7 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
         Image.new("L", size, 30 * i).save(extra / f"unlabeled{i}.png")
     Image.fromarray(np.full((40, 40), 4000, dtype=np.uint16)).save(extra / "sixteen.png")
     train_ssl.main(
-        tiny_args(
+        ssl_args(
             data_dir,
             tmp_path,
             "extra",
@@ -201,7 +180,7 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
         leak()
         with pytest.raises(UserError, match=f"is in the prepared data .*{why}"):
             train_ssl.main(
-                tiny_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra))
+                ssl_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra))
             )
         for path in extra.iterdir():
             if not path.name.startswith(("unlabeled", "sixteen")):
@@ -219,10 +198,10 @@ def test_out_of_range_fractions_are_refused_by_the_parser(capsys):
 
 @pytest.mark.slow
 def test_bf16_runs_on_cpu_and_fp16_is_refused(data_dir, tmp_path):
-    train_ssl.main(tiny_args(data_dir, tmp_path, "bf16", "--epochs", "1", "--amp", "bf16"))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "bf16", "--epochs", "1", "--amp", "bf16"))
     assert (tmp_path / "bf16" / "pretrain" / "pretrained-backbone.pth").exists()
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
-        train_ssl.main(tiny_args(data_dir, tmp_path, "fp16", "--epochs", "1", "--amp", "fp16"))
+        train_ssl.main(ssl_args(data_dir, tmp_path, "fp16", "--epochs", "1", "--amp", "fp16"))
 
 
 def test_seed_project_command_line_parses_with_its_meaning():
@@ -253,7 +232,7 @@ def test_torchrun_with_two_cpu_processes(data_dir, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "train_ssl.py",
-        *tiny_args(data_dir, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4"),
+        *ssl_args(data_dir, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
@@ -300,13 +279,13 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_uninter
     with --auto-resume it continues from the last checkpoint."""
     settings = ["--epochs", "6", "--batch-size", "4", "--auto-resume"]
     straight = torchrun(
-        tmp_path / "straight.log", *tiny_args(data_dir, tmp_path, "straight", *settings)
+        tmp_path / "straight.log", *ssl_args(data_dir, tmp_path, "straight", *settings)
     )
     assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
     run = tmp_path / "restarted" / "pretrain"
     agent = torchrun(
         tmp_path / "restarted.log",
-        *tiny_args(data_dir, tmp_path, "restarted", *settings),
+        *ssl_args(data_dir, tmp_path, "restarted", *settings),
         max_restarts=1,
     )
     deadline = time.monotonic() + 240
