@@ -38,7 +38,7 @@ test-slow: $(VENV)/.installed
 	$(PY) -m pytest -m slow
 
 bench: $(VENV)/.bench-installed
-	$(PY) tests/bench/bench_prepare.py
-	$(PY) tests/bench/bench_ssl.py
-	$(PY) tests/bench/bench_probe.py
-	$(PY) tests/bench/bench_det.py
+	$(PY) bench/bench_prepare.py
+	$(PY) bench/bench_ssl.py
+	$(PY) bench/bench_probe.py
+	$(PY) bench/bench_det.py

@@ -68,7 +68,7 @@ def build_detector(
     to train the box head (torchvision: 512); rpn_proposals: proposals the
     RPN keeps per image in training (torchvision: 2000; inference keeps
     1000). Both are sized for 800 px COCO images and dominate a CPU step at
-    small sizes (tests/bench/bench_det.py)."""
+    small sizes (bench/bench_det.py)."""
     if arch not in FEATURE_DIMS:
         raise UserError(
             f"unknown --arch {arch!r}; expected one of {', '.join(sorted(FEATURE_DIMS))}"

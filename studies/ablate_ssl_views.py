@@ -8,7 +8,7 @@ such as NIH ChestX-ray14's, or by default 64 normal images of a synthetic set
 (1,500 images at 128 px, seed 0). Chance level is ln(2 * 64 - 1) = 4.844: a
 loss that stays there has learned nothing.
 
-    python tests/studies/ablate_ssl_views.py [--steps 25] [--configs simclr no_jitter ...] \
+    python studies/ablate_ssl_views.py [--steps 25] [--configs simclr no_jitter ...] \
         [--images DIR]
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr.data.datasets import ImageList, list_images, split_images, to_network_input  # noqa: E402
 from cxr.nn.resnet import build_resnet  # noqa: E402

@@ -1,7 +1,7 @@
 """train_det.py with anchors scaled by --image-size / 800 (torchvision's training size),
 the alternative docs/experiments.md measures against torchvision's anchors.
 
-    python tests/studies/scaled_anchors.py TRAIN_DET_FLAGS...
+    python studies/scaled_anchors.py TRAIN_DET_FLAGS...
 
 Takes train_det.py's flags; the detector file records the scaled sizes, so
 evaluate.py rebuilds and scores it as any other.
@@ -11,7 +11,7 @@ import functools
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_det  # noqa: E402
 from cxr.detection.detector import ANCHOR_SIZES, build_detector  # noqa: E402

@@ -19,7 +19,7 @@ from cxr.run.errors import UserError
 from cxr.run.outputs import staged_directory
 from cxr.synthetic import CSV_COLUMNS, generate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 quiet = {"log": lambda *_: None}
 
 

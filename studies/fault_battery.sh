@@ -2,8 +2,8 @@
 # The fault battery of docs/reliability.md: bad inputs and dangerous flags as a new user would
 # meet them, with tiny settings (a few minutes on a CPU). Prints each case's exit status and the
 # last line it wrote to stderr, and what is left of the user's files.
-#   bash tests/studies/fault_battery.sh [WORK_FOLDER]
-cd "$(dirname "$0")/../.."
+#   bash studies/fault_battery.sh [WORK_FOLDER]
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 B=${1:-$(mktemp -d)}/battery; rm -rf "$B"; mkdir -p "$B"
 $PY -m cxr.synthetic --out $B/vin --images 40 --size 64 --seed 3 > /dev/null

@@ -10,7 +10,7 @@
    against the bare model step on the same batches (forward, NT-Xent,
    backward, SGD step): the engine's overhead in percent.
 
-    python tests/bench/bench_ssl.py [--size 512] [--arch resnet18 --step-size 128]
+    python bench/bench_ssl.py [--size 512] [--arch resnet18 --step-size 128]
 """
 
 import argparse
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine_epoch import engine_epoch  # noqa: E402
 

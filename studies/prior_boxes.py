@@ -1,7 +1,7 @@
 """What AP a detector gets without looking at the image (`cxr.evaluation.baselines`):
 the location prior, per class, and chance beside it.
 
-    python tests/studies/prior_boxes.py --data-dir data
+    python studies/prior_boxes.py --data-dir data
 """
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr.data.classes import dataset_classes  # noqa: E402
 from cxr.data.datasets import load_coco  # noqa: E402

@@ -13,7 +13,7 @@ from PIL import Image
 from cxr.data.datasets import ImageList, read_grayscale
 from cxr.run.errors import UserError, user_message
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped_to_white(tmp_path):

@@ -2,7 +2,7 @@
 test AP, AP50 and AP@0.4 (eval/metrics.json, else the last epoch of eval_history.json),
 then the mean and range per group of runs named NAME-sSEED.
 
-    python tests/studies/summarize_runs.py RUNS_FOLDER [RUNS_FOLDER ...]
+    python studies/summarize_runs.py RUNS_FOLDER [RUNS_FOLDER ...]
 """
 
 import json

@@ -11,7 +11,7 @@
 # Logs and summary.txt go to $OUT, else ./gpu_check_out. Each step is limited to $STEP_LIMIT s
 # (120), the most important first.
 # The sizes are environment variables, so the wiring can be smoke-tested on a CPU:
-#   ARCH=resnet18 SIZE=64 IMAGES=40 SSL_BATCH=8 DET_BATCH=2 AMPS=bf16 DET_AMP=bf16 bash tests/bench/gpu_check.sh
+#   ARCH=resnet18 SIZE=64 IMAGES=40 SSL_BATCH=8 DET_BATCH=2 AMPS=bf16 DET_AMP=bf16 bash bench/gpu_check.sh
 
 set -u -o pipefail
 out=${OUT:-gpu_check_out}
@@ -63,11 +63,11 @@ step ssl_two_processes $py -m torch.distributed.run --standalone --nproc_per_nod
     --data-dir "$work/data" --output-dir "$work/out" --experiment-name two --arch "$arch" --image-size 128 \
     --batch-size 8 --epochs 1 --warmup-epochs 0 --ssl-fraction 0.5 --include-normal --workers 2 --print-freq 5 \
     --precise-bn-images 64 "${two[@]}"
-step bench_ssl $py tests/bench/bench_ssl.py --size "$size" --arch "$arch" --step-size "$size" \
+step bench_ssl $py bench/bench_ssl.py --size "$size" --arch "$arch" --step-size "$size" \
     --step-batch "$((ssl_batch / 2))" --steps 10 --rounds 3
 last=$(echo "$amps" | awk '{print $NF}')
 step "det_$det_amp" $py -m torch.distributed.run --standalone --nproc_per_node=1 train_det.py \
     --data-dir "$work/data" --output-dir "$work/out" --experiment-name "ssl_$last" --arch "$arch" --image-size "$size" \
     --batch-size "$det_batch" --epochs 2 --warmup-iters 2 --amp "$det_amp" --workers 8 --print-freq 5
-step bench_det $py tests/bench/bench_det.py --arch "$arch" --size "$size" --batch "$det_batch" --steps 10
+step bench_det $py bench/bench_det.py --arch "$arch" --size "$size" --batch "$det_batch" --steps 10
 rm -rf "$work"

@@ -5,7 +5,7 @@ This links every image of --images whose patient (the first group of
 --group-by) has no image in --coco into --out, e.g. the NIH films of patients
 ChestX-Det did not annotate:
 
-    python tests/studies/pool_without_patients.py \
+    python studies/pool_without_patients.py \
         --coco ../shared/real-cxr/chestx-det/annotations.json \
         --images ../shared/real-cxr/nih-unlabeled/images --group-by '^([0-9]+)_' --out pool
 """

@@ -17,7 +17,7 @@ another seed:
         --test-images 0
     python -m cxr.prepare --csv /tmp/probe_vin/train.csv --images /tmp/probe_vin/train \
         --out /tmp/probe_data
-    python tests/studies/compare_probes.py --data-dir /tmp/probe_data \
+    python studies/compare_probes.py --data-dir /tmp/probe_data \
         --backbones RUN/pretrain/pretrained-backbone.pth
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr.data.classes import dataset_classes  # noqa: E402
 from cxr.data.datasets import load_coco  # noqa: E402

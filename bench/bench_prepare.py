@@ -14,7 +14,7 @@ and a real 512 x 512 PNG hard-linked under every image id. Then:
 3. prints the time ratio and the share of images whose fused boxes agree
    with ours to 0.1 px.
 
-    python tests/bench/bench_prepare.py [--work DIR] [--repeats 3]
+    python bench/bench_prepare.py [--work DIR] [--repeats 3]
 """
 
 import argparse
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cxr.synthetic import REAL_IMAGES, plan_dataset, write_csv  # noqa: E402

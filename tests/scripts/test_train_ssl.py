@@ -25,7 +25,7 @@ from cxr.run.errors import UserError
 from cxr.run.outputs import MARKER, mark_as_ours
 from cxr.ssl.views import VIEW_PRESETS, parse_views
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@
    kept per image (--rpn-proposals), against torchvision's 512 and 2000,
    which are sized for 800 px COCO images.
 
-    python tests/bench/bench_det.py [--arch resnet18 --size 512] [--settings 512:2000 64:500 ...]
+    python bench/bench_det.py [--arch resnet18 --size 512] [--settings 512:2000 64:500 ...]
 """
 
 import argparse
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine_epoch import engine_epoch, sgd  # noqa: E402
 

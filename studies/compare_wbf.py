@@ -11,7 +11,7 @@ boxes (ensemble-boxes), so continuous scores should agree everywhere and
 tied ones mostly.
 
     pip install -r requirements-bench.txt
-    python tests/studies/compare_wbf.py [--calls 3000]
+    python studies/compare_wbf.py [--calls 3000]
 """
 
 import argparse
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr.data.wbf import CONF_TYPES, weighted_boxes_fusion  # noqa: E402
 

@@ -26,7 +26,7 @@ from cxr.nn.resnet import headless_resnet
 from cxr.nn.seeds import stream_seed
 from cxr.run.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- the submission format ------------------------------------------------------------------------

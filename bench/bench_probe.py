@@ -13,7 +13,7 @@ raised to 1000), which on such features stops well above the optimum, and
 converged (tol 1e-8). The objective value of each solution says which is
 closer to the optimum. Each fit is timed twice and the faster call counts.
 
-    python tests/bench/bench_probe.py [--dim 2048] [--features FILE]
+    python bench/bench_probe.py [--dim 2048] [--features FILE]
 """
 
 import argparse
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr.evaluation.probe import fit_logistic_ovr, macro_auroc, standardize  # noqa: E402
 from cxr.synthetic import LESION_SPECS  # noqa: E402

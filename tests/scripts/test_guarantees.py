@@ -23,7 +23,7 @@ from cxr.prepare import prepare
 from cxr.run.errors import UserError
 from cxr.synthetic import CSV_COLUMNS, generate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD = ["a", "Z9", "-", "_", " ", "é", "肺", ",", '"', "."]  # inside a name, not first
 BAD = ["/", "\\", "\n", "\t", "\x00", "\u2028", ".", ".."]  # a separator, a control, a dot first
 

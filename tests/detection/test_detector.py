@@ -38,7 +38,7 @@ from cxr.run.distributed import DistInfo
 from cxr.run.errors import UserError
 from cxr.run.outputs import make_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def trunk_file(tmp_path, seed=3):
