@@ -25,17 +25,18 @@ import torch
 from PIL import Image
 
 from cxr.data.classes import class_index, dataset_classes
-from cxr.data.datasets import (
-    DetectionDataset,
-    check_images_exist,
-    list_images,
-    load_coco,
-    open_grayscale,
-    read_classes,
-    xyxy,
-)
+from cxr.data.datasets import DetectionDataset, ImageList, xyxy
+from cxr.data.images import list_images, open_grayscale
 from cxr.data.names import check_name
-from cxr.detection.detector import load_detector, predict
+from cxr.data.original_sizes import read_original_sizes
+from cxr.data.prepared import (
+    check_images_exist,
+    image_labels,
+    load_coco,
+    read_classes,
+    split_images,
+)
+from cxr.detection.detector import detection_collate, predict
 from cxr.evaluation.coco_metrics import (
     STAT_NAMES,
     coco_ground_truth,
@@ -44,19 +45,17 @@ from cxr.evaluation.coco_metrics import (
     format_metric,
 )
 from cxr.evaluation.pictures import contact_sheet, draw_detections
-from cxr.evaluation.probe import macro_auroc, probe_test_scores, split_features
-from cxr.evaluation.submission import prediction_string, read_original_sizes, write_submission
-from cxr.nn.resnet import FEATURE_DIMS, backbone_meta, headless_resnet, pretrained_trunk
+from cxr.evaluation.probe import extract_features, macro_auroc, probe_test_scores
+from cxr.evaluation.submission import prediction_string, submission_csv
+from cxr.nn.resnet import FEATURE_DIMS, headless_resnet
 from cxr.nn.seeds import stream_seed
 from cxr.run import layout
 from cxr.run.cli import (
-    bare_name,
-    default_workers,
-    device,
+    add_device_flags,
+    add_folder_flags,
+    command_parser,
     fraction,
     image_size,
-    int_range,
-    parser,
     positive_float,
     positive_int,
     seed,
@@ -64,16 +63,18 @@ from cxr.run.cli import (
 )
 from cxr.run.distributed import agree, gather_to_main, inference_shard, process_group
 from cxr.run.errors import UserError, exit_on_user_error
+from cxr.run.model_files import backbone_meta, load_detector, pretrained_trunk
 from cxr.run.outputs import (
     check_output_folder,
     open_output_folder,
     refuse_existing,
     staged_directory,
 )
+from cxr.run.progress import progress
 
 
 def get_args_parser():
-    p = parser("evaluate.py", "Evaluate cxr models (torchrun-able for map and predict).")
+    p = command_parser("evaluate.py", "Evaluate cxr models (torchrun-able for map and predict).")
     p.add_argument(
         "--mode",
         required=True,
@@ -81,37 +82,14 @@ def get_args_parser():
         help="map: COCO mAP on test images; visualize: pictures; predict: unlabeled images; "
         "probe: linear probe of a backbone",
     )
-    p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
-    p.add_argument(
-        "--experiment-name",
-        type=bare_name,
-        default="simclr",
-        help="the experiment folder: its detector, backbone and eval/",
-    )
-    p.add_argument(
-        "--data-dir",
-        default="data",
-        help="prepared data root: its test/ and test_annotations.json (map, visualize), "
-        "its train and test splits (probe)",
-    )
-    p.add_argument(
-        "--device",
-        type=device,
-        default=None,
-        help="cpu, cuda or cuda:N (default: cuda if available)",
-    )
+    add_folder_flags(p, experiment_help="the experiment folder: its models and eval/")
     p.add_argument(
         "--batch-size",
         type=positive_int,
         default=None,
         help="images per forward pass (default: 8 for map, 32 for probe)",
     )
-    p.add_argument(
-        "--workers",
-        type=int_range(0, 256),
-        default=default_workers(),
-        help="data loader processes (default: this machine's cores per process, at most 4)",
-    )
+    add_device_flags(p)
     p.add_argument("--replace", action="store_true", help="overwrite existing results")
     detector = p.add_argument_group("map, visualize, predict")
     detector.add_argument(
@@ -156,25 +134,25 @@ def get_args_parser():
         help="predict --submission without --original-sizes: write boxes in the PNGs' pixels "
         "(the competition scores original DICOM pixels)",
     )
-    probe = p.add_argument_group("probe")
-    probe.add_argument(
+    probe_flags = p.add_argument_group("probe")
+    probe_flags.add_argument(
         "--backbone",
         default=None,
         help="'random', or a ResNet state dict (default: the experiment's pretrained-backbone.pth)",
     )
-    probe.add_argument(
+    probe_flags.add_argument(
         "--arch",
         default=None,
         choices=sorted(FEATURE_DIMS),
         help="default: from the backbone's JSON, else resnet50",
     )
-    probe.add_argument(
+    probe_flags.add_argument(
         "--image-size",
         type=image_size,
         default=None,
         help="default: from the backbone's JSON, else 512",
     )
-    probe.add_argument(
+    probe_flags.add_argument(
         "--C",
         type=positive_float,
         default=1.0,
@@ -257,16 +235,15 @@ def detector_for(args, dist_info, experiment_dir, score_threshold):
 
 def predict_all(model, dataset, args, dist_info):
     """COCO results of every image of dataset, gathered on rank 0 (None elsewhere)."""
-    results = predict(
-        model,
-        dataset,
-        indices=inference_shard(len(dataset), dist_info),
-        device=dist_info.device,
+    shard = torch.utils.data.Subset(dataset, inference_shard(len(dataset), dist_info))
+    loader = torch.utils.data.DataLoader(
+        shard,
         batch_size=args.batch_size or 8,
-        workers=args.workers,
-        log=print if dist_info.is_main else None,
+        num_workers=args.workers,
+        collate_fn=detection_collate,
     )
-    return gather_to_main(results, dist_info)
+    batches = progress(loader, "inference", log=print if dist_info.is_main else None)
+    return gather_to_main(predict(model, batches, device=dist_info.device), dist_info)
 
 
 def per_class_rows(metrics, classes):
@@ -508,7 +485,7 @@ def write_predictions(folder, files, results, *, sizes, threshold, submission, c
     )
     if submission:
         rows = submission_rows(files, results, sizes, threshold, no_finding=len(classes))
-        write_submission(folder.inside("submission.csv"), rows)
+        folder.write_text("submission.csv", submission_csv(rows))
         pixels = "original pixels" if sizes else "PNG pixels: pass --original-sizes for them"
         print(f"wrote {folder.inside('submission.csv')} (boxes in {pixels})")
 
@@ -534,52 +511,43 @@ def resolve_backbone(args, experiment_dir):
     path = default if args.backbone in (None, "ssl") else Path(args.backbone)
     meta = backbone_meta(default if args.backbone == "random" else path)
     arch = args.arch or meta.get("arch", "resnet50")
-    image_size = args.image_size or meta.get("image_size", 512)
+    size = args.image_size or meta.get("image_size", 512)
     if args.backbone == "random":
         torch.manual_seed(stream_seed("weights", seed=args.seed))
         message = f"random {arch} (seed {args.seed})"
-        return f"random-seed{args.seed}", headless_resnet(arch), arch, image_size, message
+        return f"random-seed{args.seed}", headless_resnet(arch), arch, size, message
     if not path.is_file():
         raise UserError(
             f"backbone {path} not found; train it with train_ssl.py "
             f"--experiment-name {args.experiment_name}, or pass --backbone PATH|random"
         )
     trunk, message = pretrained_trunk(arch, path)
-    return ("ssl" if path == default else path.stem), trunk, arch, image_size, message
+    return ("ssl" if path == default else path.stem), trunk, arch, size, message
 
 
 def run_probe(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
-    name, trunk, arch, image_size, message = resolve_backbone(args, experiment_dir)
+    name, trunk, arch, size, message = resolve_backbone(args, experiment_dir)
     classes = read_classes(args.data_dir)
     result_file = layout.probe_file(name)
     with results_folder(experiment_dir / layout.EVAL, [result_file], args, dist_info) as folder:
         print(message)
-        result = {"backbone": name, "source": message, "arch": arch, "image_size": image_size}
-        result.update(
-            probe(trunk, classes, args=args, image_size=image_size, device=dist_info.device)
-        )
+        result = {"backbone": name, "source": message, "arch": arch, "image_size": size}
+        result.update(probe_figures(trunk, classes, args=args, size=size, device=dist_info.device))
         excluded = print_probe(result["per_class"], result["macro_auroc"], name, message)
         folder.write_json(result_file, {**result, "excluded_classes": excluded}, indent=1)
         print(f"wrote {folder.inside(result_file)}")
     return {**result, "excluded_classes": excluded}
 
 
-def probe(trunk, classes, *, args, image_size, device):
+def probe_figures(trunk, classes, *, args, size, device):
     """The linear probe's figures: features of the prepared train and test images,
     logistic regression on the train ones, AUROC per class on the test ones."""
     start = time.perf_counter()
     splits = {}
     for split in ("train", "test"):
         splits[split] = split_features(
-            trunk,
-            args.data_dir,
-            split,
-            image_size=image_size,
-            batch_size=args.batch_size or 32,
-            device=device,
-            workers=args.workers,
-            log=print,
+            trunk, args.data_dir, split, size=size, args=args, device=device
         )
         print(
             f"{split}: {len(splits[split][1])} images -> features {tuple(splits[split][0].shape)}"
@@ -604,6 +572,20 @@ def probe(trunk, classes, *, args, image_size, device):
         "test_images": len(test_y),
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def split_features(trunk, data_dir, split, *, size, args, device):
+    """(features (n, d), image-level labels (n, K)) of a prepared split's images in
+    name order: what the probe is fitted and scored on."""
+    paths, labels = split_images(data_dir, split), image_labels(data_dir, split)
+    names = sorted(paths)
+    loader = torch.utils.data.DataLoader(
+        ImageList([paths[n] for n in names], size),
+        batch_size=args.batch_size or 32,
+        num_workers=args.workers,
+    )
+    features = extract_features(trunk, progress(loader, "features"), device=device)
+    return features, torch.tensor(np.stack([labels[n] for n in names]))
 
 
 def print_probe(rows, macro, name, message):

@@ -3,20 +3,20 @@
     python train_det.py --data-dir data --experiment-name simclr_40pct
     torchrun --nproc_per_node=8 --max-restarts=3 train_det.py ... --auto-resume
 
-The labeled set is the last --labeled-fraction of the SSL split's seeded
-permutation (`cxr.data.splits`); an overlap with the experiment's SSL pool is
-refused. All five ResNet stages train with global BatchNorm by default, so a
-random start trains too and an SSL-vs-random comparison changes --init only.
-Training oversamples rare classes by repeat factors and augments every item
-with its own seed (`cxr.detection.samplers`, `cxr.detection.augment`); the schedule
-counts the steps of every epoch. Every --eval-every epochs COCO mAP is
-measured on the test split (or a held-out --val-fraction). Writes
-<output-dir>/<experiment-name>/ (cxr.run.layout): checkpoint.pth every epoch,
-eval_history.json, and at the end fasterrcnn_final.pth with its JSON.
+main -> train: data (the labeled images, checked) -> model (--init trunk) ->
+optimizer -> resume -> for each epoch: train_one_epoch (forward, the four
+losses, backward, step) -> COCO mAP -> checkpoint; at the end
+fasterrcnn_final.pth. The labeled set is the last --labeled-fraction of the
+SSL split's seeded permutation (`cxr.data.splits`); an overlap with the
+experiment's SSL pool is refused. All five ResNet stages train with global
+BatchNorm by default, so a random start trains too and an SSL-vs-random
+comparison changes --init only. Training oversamples rare classes by
+repeat factors and augments every item with its own seed
+(`cxr.detection.samplers`, `cxr.detection.augment`); the schedule counts the
+steps of every epoch. Writes <output-dir>/<experiment-name>/ (`cxr.run.layout`).
 """
 
 import argparse
-import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,37 +24,31 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr.data.datasets import DetectionDataset, load_coco, read_classes, split_images
+from cxr.data.datasets import DetectionDataset
 from cxr.data.image_lists import data_fingerprint, read_image_list
+from cxr.data.prepared import load_coco, read_classes, split_images
 from cxr.data.splits import partition, seeded_permutation
 from cxr.detection.augment import BoxAugment
 from cxr.detection.detector import (
     ANCHOR_SIZES,
     build_detector,
     detection_collate,
-    initialize_backbone,
     predict,
-    save_detector,
+    transfer_trunk,
 )
 from cxr.detection.samplers import RepeatFactorSampler, repeat_factors
 from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics
 from cxr.nn.global_batchnorm import convert_to_global_batchnorm
-from cxr.nn.optim import (
-    build_optimizer,
-    check_run_length,
-    check_warmup,
-    step_schedule,
-    warmup_cosine_schedule,
-)
-from cxr.nn.resnet import FEATURE_DIMS, backbone_meta, infer_arch, load_trunk_weights
+from cxr.nn.optim import build_optimizer, step_schedule, warmup_cosine_schedule
+from cxr.nn.resnet import FEATURE_DIMS, infer_arch
 from cxr.nn.seeds import stream_seed
 from cxr.run import layout
 from cxr.run.cli import (
-    add_run_flags,
+    add_device_flags,
+    add_folder_flags,
     add_share_flag,
-    bare_name,
-    default_workers,
-    device,
+    add_training_flags,
+    command_parser,
     float_range,
     fraction,
     fraction_list,
@@ -62,59 +56,45 @@ from cxr.run.cli import (
     int_range,
     non_negative_float,
     non_negative_int,
-    parser,
     positive_float,
     positive_int,
     seed,
 )
-from cxr.run.distributed import DistInfo, gather_to_main, inference_shard, process_group
+from cxr.run.distributed import gather_to_main, inference_shard, process_group
 from cxr.run.engine import (
-    Optimization,
-    Step,
+    ProgressMeter,
     autocast,
     check_amp,
+    check_run_length,
+    check_warmup,
+    checkpoint_state,
+    epoch_generator,
     epoch_range,
-    finished,
+    finite_mean_loss,
     grad_scaler,
-    log_epoch,
     restore,
-    save_checkpoint,
-    seed_epoch,
-    train_one_epoch,
+    set_learning_rate,
 )
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.folder import open_run
+from cxr.run.model_files import backbone_meta, load_trunk_weights, read_trunk, save_detector
 
 
 def get_args_parser():
-    p = parser("train_det.py", "Faster R-CNN fine-tuning (torchrun-able).")
-    p.add_argument("--data-dir", default="data", help="folder written by python -m cxr.prepare")
-    p.add_argument("--output-dir", default="vinbig_output", help="root of the experiment folders")
-    p.add_argument(
-        "--experiment-name",
-        type=bare_name,
-        default="simclr",
-        help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/, beside pretrain/",
-    )
+    p = command_parser("train_det.py", "Faster R-CNN fine-tuning (torchrun-able).")
+    add_folder_flags(p, experiment_help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/")
     p.add_argument(
         "--init",
         default="ssl",
-        help="ssl (the experiment's pretrain/pretrained-backbone.pth), random, or a path to any "
-        "torchvision ResNet state dict (e.g. ImageNet weights)",
+        help="ssl (the experiment's pretrained backbone), random, or a ResNet state dict's path",
     )
     p.add_argument(
         "--arch",
         default=None,
         choices=sorted(FEATURE_DIMS),
-        help="default: the SSL backbone's, or the architecture of the --init file's tensors; "
-        "resnet50 for --init random",
+        help="default: the SSL backbone's, or the --init file's; resnet50 for --init random",
     )
-    p.add_argument(
-        "--image-size",
-        type=image_size,
-        default=512,
-        help="images are read at this size, not upscaled",
-    )
+    p.add_argument("--image-size", type=image_size, default=512, help="images are read at this")
     add_share_flag(
         p,
         "--labeled-fraction",
@@ -127,57 +107,34 @@ def get_args_parser():
         "--split-seed", type=seed, default=None, help="default: the one pretraining used, else 0"
     )
     p.add_argument(
-        "--allow-overlap",
-        action="store_true",
-        help="allow labeled images that were also in the SSL pool",
+        "--allow-overlap", action="store_true", help="allow labeled images of the SSL pool"
     )
     p.add_argument(
-        "--trainable-layers",
-        type=int_range(0, 5),
-        default=5,
-        help="ResNet stages trained, 0-5; 5 (all) trains a random start too (torchvision's "
-        "fine-tuning recipe for ImageNet weights is 3 with --norm frozen)",
+        "--trainable-layers", type=int_range(0, 5), default=5, help="ResNet stages trained, 0-5"
     )
     p.add_argument(
         "--norm",
         default="syncbn",
         choices=["frozen", "bn", "syncbn"],
-        help="syncbn: BatchNorm with statistics over all processes' batches "
-        "(cxr.nn.global_batchnorm; plain BatchNorm on one process); bn: per process; "
-        "frozen: FrozenBatchNorm2d",
+        help="syncbn: BatchNorm over all processes' batches; bn: per process; frozen",
     )
     p.add_argument(
-        "--roi-batch-size",
-        type=positive_int,
-        default=512,
-        help="proposals sampled per image to train the box head (torchvision: 512); "
-        "lower it to train faster on a CPU",
+        "--roi-batch-size", type=positive_int, default=512, help="RoIs sampled per image"
     )
     p.add_argument(
-        "--rpn-proposals",
-        type=positive_int,
-        default=2000,
-        help="proposals the RPN keeps per image in training (torchvision: 2000); lower it to train "
-        "faster on a CPU",
+        "--rpn-proposals", type=positive_int, default=2000, help="RPN proposals kept in training"
     )
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per process")
-    p.add_argument(
-        "--epochs", type=positive_int, default=26, help="passes over the oversampled labeled set"
-    )
+    p.add_argument("--epochs", type=positive_int, default=26, help="passes over the labeled set")
     p.add_argument("--lr", type=positive_float, default=0.01, help="absolute peak learning rate")
     p.add_argument(
         "--warmup-iters",
         type=non_negative_int,
         default=None,
-        help="iterations of linear warmup (default: a tenth of the run, at most 500; a value "
-        "longer than the run is refused)",
+        help="linear warmup (default: a tenth of the run, at most 500 iterations)",
     )
     p.add_argument(
-        "--warmup-factor",
-        type=fraction,
-        default=0.0,
-        help="the learning rate's share at the start of warmup (torchvision's detection "
-        "recipe: 0.001); it rises linearly to 1",
+        "--warmup-factor", type=fraction, default=0.0, help="the rate's share as warmup starts"
     )
     p.add_argument(
         "--lr-schedule",
@@ -186,41 +143,31 @@ def get_args_parser():
         help="after warmup: x0.1 at each of --lr-steps, or cosine decay to 0",
     )
     p.add_argument(
-        "--lr-steps",
-        type=lr_steps,
-        default="0.67,0.89",
-        help="step schedule: rising shares of the run at which the rate decays x0.1",
+        "--lr-steps", type=lr_steps, default="0.67,0.89", help="rising shares of the run"
     )
     p.add_argument(
-        "--weight-decay",
-        type=non_negative_float,
-        default=1e-4,
-        help="on weights; biases and norms are exempt",
+        "--weight-decay", type=non_negative_float, default=1e-4, help="on weights, not biases"
     )
     p.add_argument(
-        "--repeat-threshold",
-        type=fraction,
-        default=0.4,
-        help="LVIS repeat-factor threshold t (0: no oversampling)",
+        "--repeat-threshold", type=fraction, default=0.4, help="repeat-factor threshold t (0: off)"
     )
     p.add_argument(
         "--repeat-rounding",
         default="stochastic",
         choices=["stochastic", "ceil"],
-        help="stochastic (detectron2) or ceil (the seed project / mmdetection)",
+        help="stochastic (detectron2) or ceil (the seed project, mmdetection)",
     )
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="box-aware online augmentation (--no-augment to turn off)",
+        help="box-aware online augmentation",
     )
     p.add_argument(
         "--negatives",
         type=float_range(0.0, 100.0),
         default=0.0,
-        help="add this many normal images per labeled image as box-free negatives "
-        "(needs prepare --keep-normal)",
+        help="normal images per labeled image, as box-free negatives (prepare --keep-normal)",
     )
     p.add_argument(
         "--val-fraction",
@@ -229,46 +176,15 @@ def get_args_parser():
         help="evaluate on this held-out share of the labeled images instead of the test split",
     )
     p.add_argument(
-        "--eval-every",
-        type=non_negative_int,
-        default=1,
-        help="epochs between evaluations (0: only at the end)",
+        "--eval-every", type=non_negative_int, default=1, help="epochs between evaluations"
     )
     p.add_argument(
-        "--eval-batch-size",
-        type=positive_int,
-        default=8,
-        help="images per forward pass when evaluating",
+        "--eval-batch-size", type=positive_int, default=8, help="images per evaluation pass"
     )
-    p.add_argument(
-        "--amp",
-        default="none",
-        choices=["none", "bf16", "fp16"],
-        help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)",
+    add_device_flags(p)
+    add_training_flags(
+        p, outputs=", ".join(layout.DETECTOR_OUTPUTS) + "; never pretrain/ or eval/", print_freq=20
     )
-    p.add_argument(
-        "--clip-grad", type=positive_float, default=None, help="max gradient norm (off by default)"
-    )
-    p.add_argument(
-        "--workers",
-        type=int_range(0, 256),
-        default=default_workers(),
-        help="data loader processes per training process (default: this machine's cores per "
-        "process, at most 4)",
-    )
-    p.add_argument(
-        "--seed",
-        type=seed,
-        default=0,
-        help="seed of the head weights, the epoch order and the augmentations",
-    )
-    p.add_argument(
-        "--device", type=device, default=None, help="cpu or cuda (default: cuda if available)"
-    )
-    p.add_argument(
-        "--print-freq", type=positive_int, default=20, help="iterations between progress lines"
-    )
-    add_run_flags(p, ", ".join(layout.DETECTOR_OUTPUTS) + "; never pretrain/ or eval/")
     return p
 
 
@@ -278,6 +194,205 @@ def lr_steps(text):
     if steps != sorted(steps):
         raise argparse.ArgumentTypeError(f"{text!r}: the shares must rise")
     return text
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    with process_group(args.device) as dist_info:
+        train(args, dist_info)
+
+
+def train(args, dist_info):
+    """Check everything, then fine-tune; each epoch ends in an evaluation and a
+    checkpoint."""
+    check_amp(args.amp, dist_info.device)
+    experiment_dir = Path(args.output_dir) / args.experiment_name
+    meta, ssl_pool = pretrain_record(args)
+    args = settle_defaults(args, meta)
+    processes = args.dry_run or dist_info.world_size
+    data = choose_data(args, processes, dist_info.rank, meta=meta, ssl_pool=ssl_pool)
+    if args.dry_run is not None:
+        return print(f"train_det.py: checked, {describe(args, data)}; nothing written")
+    model, message = build_model(args, dist_info, data.classes)
+    optimizer = build_optimizer("sgd", model, lr=args.lr, weight_decay=args.weight_decay)
+    scaler = grad_scaler(args.amp, dist_info.device)
+    loader = torch.utils.data.DataLoader(
+        data.dataset,
+        batch_size=args.batch_size,
+        sampler=data.sampler,
+        num_workers=args.workers,
+        collate_fn=detection_collate,
+        pin_memory=dist_info.device.type == "cuda",
+    )
+    with open_run(
+        experiment_dir,
+        outputs=layout.DETECTOR_OUTPUTS,
+        final=layout.DETECTOR,
+        command="train_det.py",
+        args=args,
+        dist_info=dist_info,
+        images=(layout.LABELED_IMAGES, data.labeled),
+        derived=rebuild_meta(args, data.classes),
+    ) as run:
+        log_start(run, data, message)
+        state = run.resume_state()
+        start_epoch, step = restore(state, model=model, optimizer=optimizer, scaler=scaler)
+        history = state["eval_history"] if state else []
+        ddp_model = DistributedDataParallel(model) if data.processes > 1 else model
+        epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
+        for epoch in epochs:
+            data.sampler.set_epoch(epoch)
+            epoch_generator(args.seed, epoch, dist_info)  # the model's own draws (RoIs)
+            step, mean_loss = train_one_epoch(
+                ddp_model,
+                loader,
+                optimizer,
+                scaler,
+                data.schedule,
+                epoch=epoch,
+                step=step,
+                args=args,
+                log=run.log,
+            )
+            metrics = evaluate(model, data, epoch=epoch, args=args, dist_info=dist_info)
+            if metrics:
+                history.append({"epoch": epoch + 1, **metrics})
+            run.log_epoch(epoch, mean_loss=mean_loss, **epoch_metrics(metrics))
+            state = checkpoint_state(
+                model, optimizer, scaler, epoch=epoch + 1, step=step, eval_history=history
+            )
+            run.save(state)
+            write_history(run, history)  # after the checkpoint, which holds it too
+        if not run.stopped_early(epochs):
+            save_final(run, model, data=data, message=message, history=history)
+
+
+def train_one_epoch(model, loader, optimizer, scaler, lr_schedule, *, epoch, step, args, log):
+    """One pass over this rank's shard of the oversampled labeled set from global
+    step `step`: the sum of Faster R-CNN's four losses (Ren et al., 2015).
+    Returns (next global step, mean loss)."""
+    device = next(model.parameters()).device
+    meter = ProgressMeter(
+        epoch=epoch,
+        epochs=args.epochs,
+        iterations=len(loader),
+        total_steps=len(lr_schedule),
+        print_freq=args.print_freq,
+        log=log,
+    )
+    model.train()
+    for images, targets in meter.batches(loader):
+        set_learning_rate(optimizer, lr_schedule[step])
+        images = [image.to(device, non_blocking=True).expand(3, -1, -1) for image in images]
+        targets = [
+            {"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets
+        ]
+        with autocast(args.amp, device):
+            losses = model(images, targets)  # RPN and box head: objectness, box, class
+        loss = sum(losses.values())
+        mean_loss = finite_mean_loss(loss, epoch=epoch, iteration=meter.iteration, step=step)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        meter.update(
+            step=step, loss=mean_loss, lr=lr_schedule[step - 1], images=len(images), logs=losses
+        )
+    return step, meter.mean_loss
+
+
+def evaluate(model, data, *, epoch, args, dist_info):
+    """COCO metrics of the evaluation images after `epoch`, on rank 0 (None elsewhere,
+    and when no evaluation is due: every --eval-every epochs and after the last)."""
+    last = epoch + 1 == args.epochs
+    if not (last or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
+        return None
+    shard = torch.utils.data.Subset(
+        data.eval_dataset, inference_shard(len(data.eval_dataset), dist_info)
+    )
+    loader = torch.utils.data.DataLoader(
+        shard,
+        batch_size=args.eval_batch_size,
+        num_workers=args.workers,
+        collate_fn=detection_collate,
+    )
+    results = gather_to_main(predict(model, loader, device=dist_info.device), dist_info)
+    return coco_metrics(data.ground_truth, results) if dist_info.is_main else None
+
+
+@dataclass
+class FineTuningData:
+    """The images of a run, chosen and checked before anything is written."""
+
+    classes: tuple  # the prepared data's class names, category ids 1..K
+    labeled: list  # names of the labeled training images
+    processes: int
+    dataset: DetectionDataset  # the labeled images (and negatives), augmented per item
+    sampler: RepeatFactorSampler
+    factors: list  # repeat factor of each training item
+    negatives: int
+    schedule: object  # (total steps,) learning rate of each global step
+    eval_dataset: DetectionDataset
+    ground_truth: object  # pycocotools COCO of the evaluation images
+    held_out: bool
+
+
+def settle_defaults(args, meta):
+    """A copy of `args` with --arch and --split-seed filled in when not given: the
+    pretraining's (its JSON, `meta`), or the --init file's architecture."""
+    arch = args.arch or default_arch(args.init, meta)
+    split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
+    return argparse.Namespace(**{**vars(args), "arch": arch, "split_seed": split_seed})
+
+
+def choose_data(args, processes, rank, *, meta, ssl_pool):
+    """The labeled images, their sampler and schedule for `processes` processes, and
+    the evaluation set, checked. meta, ssl_pool: the SSL run's (`pretrain_record`)."""
+    classes = read_classes(args.data_dir)
+    labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
+    dataset = DetectionDataset.split(
+        args.data_dir,
+        "train",
+        names=set(labeled),
+        negatives=negatives,
+        augment=BoxAugment() if args.augment else None,
+    )
+    factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
+    sampler = RepeatFactorSampler(
+        factors,
+        num_replicas=processes,
+        rank=rank,
+        seed=args.seed,
+        rounding=args.repeat_rounding,
+        batch_size=args.batch_size,
+    )
+    per_epoch = math.ceil(sum(factors) / (args.batch_size * processes))
+    check_run_length(args.epochs * per_epoch, f"--epochs {args.epochs}")  # before counting them
+    schedule = learning_rates(args, sum(epoch_steps(sampler, args.batch_size, args.epochs)))
+    eval_dataset, ground_truth = evaluation_set(args, held_out)
+    if not ground_truth.dataset["annotations"]:
+        where = "held-out" if held_out is not None else "test"
+        raise UserError(
+            f"the {len(eval_dataset)} {where} images hold no box: there would be nothing to "
+            "evaluate on (prepare with a --test-fraction, or raise --val-fraction)"
+        )
+    return FineTuningData(
+        classes=classes,
+        labeled=labeled,
+        processes=processes,
+        dataset=dataset,
+        sampler=sampler,
+        factors=factors,
+        negatives=len(negatives),
+        schedule=schedule,
+        eval_dataset=eval_dataset,
+        ground_truth=ground_truth,
+        held_out=held_out is not None,
+    )
 
 
 def pretrain_record(args):
@@ -295,21 +410,30 @@ def pretrain_record(args):
     return backbone_meta(folder / layout.BACKBONE), (pool.names if pool else None)
 
 
+def default_arch(init, meta):
+    """--arch when not given: the SSL backbone's (its JSON), the architecture of
+    an --init PATH's tensors, else resnet50."""
+    if init == "ssl":
+        return meta.get("arch", "resnet50")
+    if init == "random":
+        return "resnet50"
+    return infer_arch(load_trunk_weights(init)) or "resnet50"
+
+
 def choose_images(args, meta, ssl_pool):
     """(labeled training names, held-out names or None for the test split, negative paths)."""
-    train = split_images(args.data_dir, "train")
+    train_images = split_images(args.data_dir, "train")
+    ssl_fraction = meta.get("ssl_fraction", 0.0)
     labeled_fraction = args.labeled_fraction
     if labeled_fraction is None:
-        labeled_fraction = 1.0 - meta.get("ssl_fraction", 0.0)
-    labeled = partition(
-        list(train), meta.get("ssl_fraction", 0.0), labeled_fraction, args.split_seed
-    ).labeled
+        labeled_fraction = 1.0 - ssl_fraction
+    labeled = partition(list(train_images), ssl_fraction, labeled_fraction, args.split_seed).labeled
     overlap = sorted(set(labeled) & set(ssl_pool or ()))
     if overlap and not args.allow_overlap:
         raise UserError(
             f"{len(overlap)} of the {len(labeled)} labeled images (e.g. {overlap[0]}) were in the "
             f"SSL pool of {args.experiment_name}/pretrain; lower --labeled-fraction to at most "
-            f"{1 - meta.get('ssl_fraction', 0.0):.3f}, or pass --allow-overlap"
+            f"{1 - ssl_fraction:.3f}, or pass --allow-overlap"
         )
     held_out = None
     if args.val_fraction:
@@ -322,7 +446,6 @@ def choose_images(args, meta, ssl_pool):
         order = seeded_permutation(list(normal), stream_seed("negatives", seed=args.split_seed))
         negatives = [normal[name] for name in sorted(order[: round(args.negatives * len(labeled))])]
     if not labeled:
-        ssl_fraction = meta.get("ssl_fraction", 0.0)
         raise UserError(
             f"no labeled images are left: the SSL pool took {ssl_fraction:.0%} of the training "
             "images"
@@ -334,16 +457,6 @@ def choose_images(args, meta, ssl_pool):
             )
         )
     return labeled, held_out, negatives
-
-
-def default_arch(init, meta):
-    """--arch when not given: the SSL backbone's (its JSON), the architecture of
-    an --init PATH's tensors, else resnet50."""
-    if init == "ssl":
-        return meta.get("arch", "resnet50")
-    if init == "random":
-        return "resnet50"
-    return infer_arch(load_trunk_weights(init)) or "resnet50"
 
 
 def evaluation_set(args, held_out):
@@ -360,37 +473,6 @@ def evaluation_set(args, held_out):
             "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
         }
     return DetectionDataset(coco, Path(args.data_dir) / split), coco_ground_truth(coco)
-
-
-def detection_step(model, batch, generator, *, amp, device):
-    """Images and targets to the device; the sum of Faster R-CNN's four losses."""
-    images, targets = batch
-    images = [image.to(device, non_blocking=True).expand(3, -1, -1) for image in images]
-    targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-    with autocast(amp, device):
-        losses = model(images, targets)
-    return Step(sum(losses.values()), losses, len(images))
-
-
-def training_loader(dataset, factors, args, dist_info):
-    """(sampler, loader) of the oversampled, sharded, per-item-seeded training epochs."""
-    sampler = RepeatFactorSampler(
-        factors,
-        num_replicas=dist_info.world_size,
-        rank=dist_info.rank,
-        seed=args.seed,
-        rounding=args.repeat_rounding,
-        batch_size=args.batch_size,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        sampler=sampler,
-        num_workers=args.workers,
-        collate_fn=detection_collate,
-        pin_memory=dist_info.device.type == "cuda",
-    )
-    return sampler, loader
 
 
 def epoch_steps(sampler, batch_size, epochs):
@@ -428,76 +510,8 @@ def learning_rates(args, total_steps):
     )
 
 
-@dataclass
-class Data:
-    """The images of a run, chosen and checked before anything is written."""
-
-    classes: tuple  # the prepared data's class names, category ids 1..K
-    labeled: list  # names of the labeled training images
-    sampler: RepeatFactorSampler
-    loader: torch.utils.data.DataLoader
-    factors: list  # repeat factor of each training item
-    negatives: int
-    schedule: object  # (total steps,) learning rate of each global step
-    eval_dataset: DetectionDataset
-    ground_truth: object  # pycocotools COCO of the evaluation images
-    held_out: bool
-
-
-def choose_data(args, dist_info, meta, ssl_pool):
-    """Phase 1: the labeled images, their sampler and schedule, the evaluation set."""
-    classes = read_classes(args.data_dir)
-    labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
-    dataset = DetectionDataset.split(
-        args.data_dir,
-        "train",
-        names=set(labeled),
-        negatives=negatives,
-        augment=BoxAugment() if args.augment else None,
-    )
-    factors = repeat_factors(dataset.image_classes(), args.repeat_threshold)
-    sampler, loader = training_loader(dataset, factors, args, dist_info)
-    per_epoch = math.ceil(sum(factors) / (args.batch_size * dist_info.world_size))
-    check_run_length(args.epochs * per_epoch, f"--epochs {args.epochs}")  # before counting them
-    schedule = learning_rates(args, sum(epoch_steps(sampler, args.batch_size, args.epochs)))
-    eval_dataset, ground_truth = evaluation_set(args, held_out)
-    if not ground_truth.dataset["annotations"]:
-        where = "held-out" if held_out is not None else "test"
-        raise UserError(
-            f"the {len(eval_dataset)} {where} images hold no box: there would be nothing to "
-            "evaluate on (prepare with a --test-fraction, or raise --val-fraction)"
-        )
-    return Data(
-        classes=classes,
-        labeled=labeled,
-        sampler=sampler,
-        loader=loader,
-        factors=factors,
-        negatives=len(negatives),
-        schedule=schedule,
-        eval_dataset=eval_dataset,
-        ground_truth=ground_truth,
-        held_out=held_out is not None,
-    )
-
-
-def settle_defaults(args, meta):
-    """--arch and --split-seed when not given: the pretraining's (`default_arch`)."""
-    args.arch = args.arch or default_arch(args.init, meta)
-    args.split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
-
-
-def check_data(args, nproc):
-    """What run() checks of the data before it writes anything, for nproc processes
-    (python -m cxr.experiment runs it before its first training stage, when the
-    SSL backbone may not exist yet)."""
-    meta, ssl_pool = pretrain_record(args)
-    settle_defaults(args, meta)
-    choose_data(args, DistInfo(0, nproc, 0, torch.device("cpu")), meta, ssl_pool)
-
-
-def build_model(args, dist_info, classes, ssl_backbone):
-    """Phase 2: Faster R-CNN with the --init trunk; returns (model on the device, message)."""
+def build_model(args, dist_info, classes):
+    """Faster R-CNN with the --init trunk; returns (model on the device, what was loaded)."""
     torch.manual_seed(stream_seed("weights", seed=args.seed))
     model = build_detector(
         arch=args.arch,
@@ -508,93 +522,65 @@ def build_model(args, dist_info, classes, ssl_backbone):
         roi_batch_size=args.roi_batch_size,
         rpn_proposals=args.rpn_proposals,
     )
-    message = initialize_backbone(model, args.init, args.arch, ssl_backbone)
+    message = initialize_trunk(model, args)
     if args.norm == "syncbn" and dist_info.world_size > 1:
         model = convert_to_global_batchnorm(model)
     return model.to(dist_info.device), message
 
 
-def evaluate(model, data, *, epoch, run):
-    """Phase 3: COCO metrics of the evaluation images after `epoch`, on rank 0 (None
-    elsewhere, and when no evaluation is due: every --eval-every epochs and after
-    the last)."""
-    args, dist_info = run.args, run.dist_info
-    last = epoch + 1 == args.epochs
-    if not (last or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
-        return None
-    shard = inference_shard(len(data.eval_dataset), dist_info)
-    results = predict(
-        model,
-        data.eval_dataset,
-        indices=shard,
-        device=dist_info.device,
-        batch_size=args.eval_batch_size,
-        workers=args.workers,
-    )
-    results = gather_to_main(results, dist_info)
-    return coco_metrics(data.ground_truth, results) if dist_info.is_main else None
-
-
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
-    with process_group(args.device) as dist_info:
-        run(args, dist_info)
-
-
-def run(args, dist_info):
-    check_amp(args.amp, dist_info.device)
+def initialize_trunk(model, args):
+    """--init ssl|random|PATH into the detector's trunk; returns what was loaded."""
+    if args.init == "random":
+        return f"backbone: random {args.arch} initialization (torchvision defaults)"
     experiment_dir = Path(args.output_dir) / args.experiment_name
-    meta, ssl_pool = pretrain_record(args)
-    settle_defaults(args, meta)
-    data = choose_data(args, dist_info, meta, ssl_pool)  # checked before the folder is opened
-    ssl_backbone = experiment_dir / layout.PRETRAIN / layout.BACKBONE
-    model, message = build_model(args, dist_info, data.classes, ssl_backbone)
-    with open_run(
-        experiment_dir,
-        outputs=layout.DETECTOR_OUTPUTS,
-        final=layout.DETECTOR,
-        command="train_det.py",
-        args=args,
-        dist_info=dist_info,
-        images=(layout.LABELED_IMAGES, data.labeled),
-        derived=rebuild_meta(args, data.classes),
-    ) as run:
-        log_start(run, data, message)
-        optimization = Optimization(
-            build_optimizer("sgd", model, lr=args.lr, weight_decay=args.weight_decay),
-            grad_scaler(args.amp, dist_info.device),
-            data.schedule,
-            args.clip_grad,
+    path = experiment_dir / layout.PRETRAIN / layout.BACKBONE if args.init == "ssl" else args.init
+    if args.init == "ssl" and not path.is_file():
+        raise UserError(
+            f"--init ssl: {path} not found; pretrain with train_ssl.py first, "
+            "or use --init random or --init PATH"
         )
-        start_epoch, step = restore(run, model, optimization)
-        history = run.resumed["eval_history"] if run.resumed else []
-        wrapped = DistributedDataParallel(model) if dist_info.world_size > 1 else model
-        step_fn = functools.partial(detection_step, amp=args.amp, device=dist_info.device)
-        sampler, loader = data.sampler, data.loader
-        epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
-        for epoch in epochs:
-            sampler.set_epoch(epoch)
-            rng = seed_epoch(args.seed, epoch, dist_info)
-            step, loss = train_one_epoch(
-                wrapped,
-                step_fn,
-                loader,
-                optimization,
-                step=step,
-                epoch=epoch,
-                generator=rng,
-                run=run,
-            )
-            metrics = evaluate(model, data, epoch=epoch, run=run)
-            if metrics:
-                history.append({"epoch": epoch + 1, **metrics})
-            log_epoch(run, epoch=epoch, mean_loss=loss, **headline(metrics))
-            save_checkpoint(
-                run, model, optimization, epoch=epoch + 1, step=step, eval_history=history
-            )
-            write_history(run, history)  # after the checkpoint, which holds it too
-        if finished(run, epochs):
-            save_final(run, model, data=data, message=message, history=history)
+    state, _ = read_trunk(path, args.arch)
+    return f"{transfer_trunk(model, state, args.arch)} from {path} into backbone.body"
+
+
+def describe(args, data):
+    """One line: what the run trains on, and how."""
+    return (
+        f"Faster R-CNN {args.arch}-FPN at {args.image_size} px, {len(data.classes)} classes, norm "
+        f"{args.norm}, {args.trainable_layers} stages trained: {len(data.labeled)} labeled images, "
+        f"{data.negatives} negatives, repeat factors sum {sum(data.factors):.1f} "
+        f"(t={args.repeat_threshold}, {args.repeat_rounding}), {len(data.schedule)} iterations "
+        f"of {args.batch_size} x {data.processes} in {args.epochs} epochs "
+        f"({warmup_iters(args, len(data.schedule))} of warmup); evaluating on "
+        f"{len(data.eval_dataset)} {'held-out' if data.held_out else 'test'} images"
+    )
+
+
+def log_start(run, data, message):
+    args = run.args
+    run.log(message, event="init")
+    if args.init == "random" and args.norm == "frozen":
+        run.log(
+            "warning: --init random with --norm frozen normalizes nothing (identity statistics) "
+            f"and keeps the {5 - args.trainable_layers} first stages at random weights; the fair "
+            "random baseline is --norm syncbn --trainable-layers 5",
+            event="warning",
+        )
+    run.log(
+        describe(args, data),
+        event="data",
+        labeled=len(data.labeled),
+        negatives=data.negatives,
+        repeat_factor_sum=sum(data.factors),
+        scheduled_steps=len(data.schedule),
+    )
+
+
+def epoch_metrics(metrics):
+    """The numbers of an evaluation that go into the epoch's log line."""
+    if not metrics:
+        return {}
+    return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
 
 
 def write_history(run, history):
@@ -610,44 +596,11 @@ def save_final(run, model, *, data, message, history):
             **final_meta(run.args, data, message, history),
         }
         save_detector(run.folder, model, meta)
-    run.logger.log(f"wrote {run.folder.inside(layout.DETECTOR)}", event="done")
-
-
-def headline(metrics):
-    """The numbers of an evaluation that go into the epoch's log line."""
-    if not metrics:
-        return {}
-    return {k: metrics[k] for k in ("AP", "AP50", "AP40") if metrics[k] is not None}
-
-
-def log_start(run, data, message):
-    args, dist_info = run.args, run.dist_info
-    run.logger.log(message, event="init")
-    if args.init == "random" and args.norm == "frozen":
-        run.logger.log(
-            "warning: --init random with --norm frozen normalizes nothing (identity statistics) "
-            f"and keeps the {5 - args.trainable_layers} first stages at random weights; the fair "
-            "random baseline is --norm syncbn --trainable-layers 5",
-            event="warning",
-        )
-    run.logger.log(
-        f"Faster R-CNN {args.arch}-FPN at {args.image_size} px, {len(data.classes)} classes, norm "
-        f"{args.norm}, {args.trainable_layers} stages trained: {len(data.labeled)} labeled images, "
-        f"{data.negatives} negatives, repeat factors sum {sum(data.factors):.1f} "
-        f"(t={args.repeat_threshold}, {args.repeat_rounding}), {len(data.schedule)} iterations "
-        f"of {args.batch_size} x {dist_info.world_size} in {args.epochs} epochs "
-        f"({warmup_iters(args, len(data.schedule))} of warmup); evaluating on "
-        f"{len(data.eval_dataset)} {'held-out' if data.held_out else 'test'} images",
-        event="data",
-        labeled=len(data.labeled),
-        negatives=data.negatives,
-        repeat_factor_sum=sum(data.factors),
-        scheduled_steps=len(data.schedule),
-    )
+    run.log(f"wrote {run.folder.inside(layout.DETECTOR)}", event="done")
 
 
 def rebuild_meta(args, classes):
-    """What load_detector needs to rebuild the model (cxr.detection.detector.REBUILD_KEYS)."""
+    """What load_detector needs to rebuild the model (cxr.run.model_files.REBUILD_KEYS)."""
     return {
         "arch": args.arch,
         "image_size": args.image_size,

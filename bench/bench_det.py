@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine_epoch import engine_epoch, sgd  # noqa: E402
 
-from cxr.data.datasets import DetectionDataset, read_classes  # noqa: E402
+from cxr.data.datasets import DetectionDataset  # noqa: E402
+from cxr.data.prepared import read_classes  # noqa: E402
 from cxr.detection.augment import BoxAugment  # noqa: E402
 from cxr.detection.detector import build_detector, detection_collate  # noqa: E402
 from cxr.prepare import prepare  # noqa: E402

@@ -29,9 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine_epoch import engine_epoch  # noqa: E402
 
-from cxr.data.datasets import to_network_input  # noqa: E402
 from cxr.nn.optim import build_optimizer  # noqa: E402
-from cxr.nn.resnet import FEATURE_DIMS, build_resnet  # noqa: E402
+from cxr.nn.resnet import (  # noqa: E402
+    FEATURE_DIMS,
+    build_resnet,
+    to_network_input,  # noqa: E402
+)
 from cxr.run.distributed import DistInfo  # noqa: E402
 from cxr.ssl.simclr import SimCLR, nt_xent  # noqa: E402
 from cxr.ssl.views import ViewConfig, simclr_views  # noqa: E402

@@ -11,15 +11,15 @@ kept in logs/. For each SSL fraction f and training seed s the detector is
 fine-tuned on the same labeled images from the SSL backbone (runs/sslP-sS)
 and from a random one (runs/randomP-sS), by one command that differs only in
 --experiment-name and --init; --pretrained-init adds a third arm from given
-weights. Every command is parsed before the first stage runs and checked
-against the prepared data before the first training stage; --resume skips
+weights. Every cxr module's command is parsed before the first stage runs, and
+each training script checks its own command against the prepared data
+(`--dry-run`) before the first training stage; --resume skips
 the stages that completed.
 """
 
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import io
 import json
 import os
@@ -31,22 +31,23 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from cxr.data.coco_format import group_pattern
-from cxr.nn.resnet import infer_arch, load_trunk_weights
+from cxr.nn.resnet import infer_arch
 from cxr.pipeline.presets import PRESETS, Settings
 from cxr.run import cli
-from cxr.run.cli import flags, parser
+from cxr.run.cli import command_parser, flags
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.layout import BACKBONE, CHECKPOINT, DETECTOR, PRETRAIN, RunName, percent
+from cxr.run.model_files import load_trunk_weights
 from cxr.run.outputs import check_output_folder, clear_folder, make_folder, open_output_folder
 
 REPO = Path(__file__).resolve().parents[1]
 NIH_BOX_FILE = "BBox_List_2017.csv"
-SCRIPTS = ("train_ssl.py", "train_det.py", "evaluate.py")
+TRAINING_SCRIPTS = ("train_ssl.py", "train_det.py")
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step: a cxr command (`program` is a script of SCRIPTS or ["-m", module]),
+    """One step: a cxr command (`program` is (script,) or ("-m", module)),
     run with `argv` from the experiment folder."""
 
     name: str
@@ -264,54 +265,40 @@ def plan_stages(args, settings, out):
     return stages
 
 
-def program_module(stage):
-    """The module of a stage's command: a cxr module, or one of the scripts, loaded from
-    the checkout (they are not installed as modules)."""
-    if stage.program[0] == "-m":
-        return importlib.import_module(stage.program[1])
-    script = stage.program[0]
-    if script not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(f"cxr_{Path(script).stem}", REPO / script)
-        _SCRIPTS[script] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_SCRIPTS[script])
-    return _SCRIPTS[script]
-
-
-_SCRIPTS = {}
-
-
 def parse_stage(stage):
-    """The stage's command line parsed by its own parser; a value it refuses is refused
-    here, naming the stage, before any stage runs."""
+    """A cxr module's stage parsed by its own parser; a value it refuses is refused here,
+    naming the stage, before any stage runs (the scripts check themselves:
+    `check_training_stages`)."""
     errors = io.StringIO()
+    module = importlib.import_module(stage.program[1])
     try:
         with contextlib.redirect_stderr(errors):
-            return program_module(stage).get_args_parser().parse_args(list(stage.argv))
+            return module.get_args_parser().parse_args(list(stage.argv))
     except SystemExit:
         lines = errors.getvalue().strip().splitlines() or ["its command line is refused"]
         raise UserError(f"stage {stage.name}: {lines[-1]}") from None
 
 
-@contextlib.contextmanager
-def working_directory(path):
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
+def stage_environment():
+    """The environment of a stage: cxr's checkout first on the Python path."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
-def check_against_data(stages, out, nproc):
-    """Every training stage's checks that need the prepared data (pool and batch sizes,
-    warmup against the run's length), run before the first training stage."""
-    with working_directory(out):
-        for stage in stages:
-            if stage.program[0] in ("train_ssl.py", "train_det.py"):
-                try:
-                    program_module(stage).check_data(parse_stage(stage), nproc)
-                except UserError as error:
-                    raise UserError(f"stage {stage.name}: {error}") from None
+def check_training_stages(stages, out, nproc):
+    """Every training stage's own check of its command line against the prepared data
+    (`--dry-run N`: pool and batch sizes, warmup against the run's length, the
+    labeled images) for N processes, run before the first training stage."""
+    for stage in stages:
+        if stage.program[0] not in TRAINING_SCRIPTS:
+            continue
+        command = [*stage.command(nproc=1), "--dry-run", str(nproc)]
+        result = subprocess.run(
+            command, cwd=out, env=stage_environment(), capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+            raise UserError(f"stage {stage.name}: {lines[-1].removeprefix('error: ')}")
 
 
 def run_command(stage, out, log_path, *, resuming, nproc):
@@ -323,10 +310,7 @@ def run_command(stage, out, log_path, *, resuming, nproc):
         extra = ["--resume" if resume else "--replace"]
     command = stage.command(nproc) + extra
     print(f"  $ {shlex.join(stage.command(nproc, display=True) + extra)}", flush=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    env = stage_environment()
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(command)}\n")
         process = subprocess.Popen(
@@ -361,8 +345,8 @@ class Experiment:
             if resuming and self.done(stage):
                 print(f"[{number}/{len(stages)}] {stage.description}: done before, skipped")
                 continue
-            if stage.program[0] in ("train_ssl.py", "train_det.py") and not checked:
-                check_against_data(stages, self.out, nproc)
+            if stage.program[0] in TRAINING_SCRIPTS and not checked:
+                check_training_stages(stages, self.out, nproc)
                 checked = True
             print(f"[{number}/{len(stages)}] {stage.description}", flush=True)
             self.run_stage(stage, number, resuming=resuming, nproc=nproc)
@@ -496,7 +480,7 @@ def displayed_command(argv, out):
 
 
 def get_args_parser():
-    p = parser(
+    p = command_parser(
         "python -m cxr.experiment", "The whole cxr experiment and its report in one command."
     )
     p.add_argument("--out", default="experiment", help="folder for everything the run makes")
@@ -667,7 +651,8 @@ def main(argv=None):
     check_pretrained(args, settings)
     stages = plan_stages(args, settings, Path(args.out).resolve())
     for stage in stages:
-        parse_stage(stage)
+        if stage.program[0] == "-m":
+            parse_stage(stage)
     command, inputs = "python -m cxr.experiment", experiment_inputs(args)
     with open_output_folder(Path(args.out).resolve(), command=command, inputs=inputs) as folder:
         experiment = open_experiment(args, settings, folder)

@@ -42,7 +42,7 @@ def read_table(source, settings):
         return read_vinbigdata(source)
     if settings.data_format == "nih":
         return read_nih_table(source, settings.original_size)
-    return read_coco(source, fuse=settings.fuse, group_pattern=settings.group_pattern)
+    return read_coco(source, fuse=settings.fuse, patient_pattern=settings.group_pattern)
 
 
 def describe_table(table, log):
@@ -404,7 +404,7 @@ def prepare(source, images_dir, out, *, log=print, **options):
 
 
 def get_args_parser():
-    parser = cli.parser(
+    parser = cli.command_parser(
         "python -m cxr.prepare",
         "Check a box table and its images, fuse several readers' boxes, rescale them to "
         "each image, and split the images with findings into train/test. Formats: "

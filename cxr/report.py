@@ -90,14 +90,14 @@ def _mean_probe(folder, arm):
 
 def headline(folder, comparisons):
     """The answer, the arms' mAP against each other and against the location prior."""
-    main = folder.main
-    versus = comparisons.get((main, "ssl", "random"))
+    percent = folder.main
+    versus = comparisons.get((percent, "ssl", "random"))
     if versus is None:
         return ["The detector runs are incomplete; rerun the experiment with `--resume`."]
-    test = folder.metrics(folder.runs("ssl", main)[0])
+    test = folder.metrics(folder.runs("ssl", percent)[0])
     lines = [
-        f"**Did self-supervision help?** {_answer(folder, versus)} With SimCLR on {main}% of the "
-        f"training images and {folder.labeled_images(folder.runs('ssl', main)[0])} labeled "
+        f"**Did self-supervision help?** {_answer(folder, versus)} With SimCLR on {percent}% of "
+        f"the training images and {folder.labeled_images(folder.runs('ssl', percent)[0])} labeled "
         f"images for fine-tuning, mAP@[.5:.95] / mAP50: SSL {versus['AP']['first'].estimate:.3f}"
         f" / {versus['AP50']['first'].estimate:.3f}, random "
         f"{versus['AP']['second'].estimate:.3f} / {versus['AP50']['second'].estimate:.3f}; SSL "
@@ -107,16 +107,16 @@ def headline(folder, comparisons):
         f"{len(folder.seeds)} training seed{'s' if len(folder.seeds) > 1 else ''})."
     ]
     above = [
-        f"{ARM_NAMES[arm]} {_signed(comparisons[main, arm, 'prior']['AP50']['difference'])}"
+        f"{ARM_NAMES[arm]} {_signed(comparisons[percent, arm, 'prior']['AP50']['difference'])}"
         for arm in folder.arms
-        if comparisons.get((main, arm, "prior"))
+        if comparisons.get((percent, arm, "prior"))
     ]
     lines.append(
         f"Against the location prior (each class's mean training box on every test image: "
         f"mAP50 {folder.prior['AP50']:.3f}; chance {folder.chance['AP50']:.3f}), mAP50 above "
         f"the prior: {', '.join(above)}."
     )
-    pretrained = comparisons.get((main, "ssl", "pretrained"))
+    pretrained = comparisons.get((percent, "ssl", "pretrained"))
     if pretrained:
         lines.append(f"SSL minus pretrained: mAP {_signed(pretrained['AP']['difference'])}.")
     probes = {arm: _mean_probe(folder, arm) for arm in folder.arms}
@@ -529,7 +529,7 @@ def report_lines(folder, comparisons, charts):
 
 
 def get_args_parser():
-    parser = cli.parser("python -m cxr.report", "report.md of an experiment folder")
+    parser = cli.command_parser("python -m cxr.report", "report.md of an experiment folder")
     parser.add_argument("folder", help="a folder written by python -m cxr.experiment")
     return parser
 

@@ -387,7 +387,7 @@ def generate(out, *, num_images, size=512, seed=0, test_images=None, replace=Fal
 
 
 def get_args_parser():
-    parser = cli.parser(
+    parser = cli.command_parser(
         "python -m cxr.synthetic",
         "Write a synthetic VinBigData dataset (train.csv, train/, "
         "test/) in the layout of the real 512 px download.",

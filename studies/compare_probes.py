@@ -30,9 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr.data.classes import dataset_classes  # noqa: E402
-from cxr.data.datasets import load_coco  # noqa: E402
+from cxr.data.prepared import load_coco  # noqa: E402
 from cxr.evaluation.probe import macro_auroc, probe_test_scores, split_features  # noqa: E402
-from cxr.nn.resnet import headless_resnet, pretrained_trunk  # noqa: E402
+from cxr.nn.resnet import headless_resnet  # noqa: E402
+from cxr.run.model_files import pretrained_trunk  # noqa: E402
 
 
 def probe_scores(trunk, data_dir, image_size):

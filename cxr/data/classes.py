@@ -43,25 +43,6 @@ CSV_BOX_COLUMNS = (
 )
 CSV_SIZE_COLUMNS = ("width", "height")
 
-# Distinct RGB colours for drawings, one per class (repeating after the 14th).
-PALETTE = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (128, 0, 0),
-)
-
-
 # NIH ChestX-ray14's eight boxed findings (Wang et al., 2017; BBox_List_2017.csv,
 # spelled as there) as VinBigData classes. Mass and Nodule are one class in
 # VinBigData. Pneumonia has no class of its own: radiographically it is an
@@ -79,9 +60,9 @@ NIH_FINDINGS = {
 }
 
 
-def category_id(class_index: int) -> int:
+def category_id(position: int) -> int:
     """COCO category id (1..K) of a class's position in its list (0..K-1)."""
-    return class_index + 1
+    return position + 1
 
 
 def class_index(category: int) -> int:
@@ -109,8 +90,3 @@ def dataset_classes(coco, source) -> tuple:
             f"found {ids[:10]}. Prepare the data with python -m cxr.prepare"
         )
     return tuple(str(c["name"]) for c in categories)
-
-
-def class_color(category: int) -> tuple:
-    """The drawing colour of a category id."""
-    return PALETTE[class_index(category) % len(PALETTE)]

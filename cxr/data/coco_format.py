@@ -117,7 +117,7 @@ def group_pattern(text):
     return text
 
 
-def read_coco(path, *, fuse=False, group_pattern=None):
+def read_coco(path, *, fuse=False, patient_pattern=None):
     """A COCO detection file as a BoxTable; fuse: it holds several readers' boxes."""
     path = Path(path)
     coco = _load(path)
@@ -149,7 +149,7 @@ def read_coco(path, *, fuse=False, group_pattern=None):
         boxes=np.array(boxes + [(np.nan,) * 4] * len(normal), dtype=np.float64).reshape(-1, 4),
         reference_sizes=sizes,
         several_readers=fuse,
-        group_pattern=group_pattern,
+        group_pattern=patient_pattern,
         crowd=crowd,
     )
     return drop_duplicate_rows(table, [table.class_ids[:, None], table.boxes])

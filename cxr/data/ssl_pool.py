@@ -18,7 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cxr.data.datasets import list_images, split_images
+from cxr.data.images import list_images
+from cxr.data.prepared import split_images
 from cxr.data.splits import partition
 from cxr.run.errors import UserError
 from cxr.run.progress import progress

@@ -17,8 +17,6 @@ from statistics import NormalDist
 
 import numpy as np
 
-from cxr.run.progress import progress
-
 STANDARD_NORMAL = NormalDist()
 
 
@@ -33,7 +31,7 @@ class Interval:
 
 
 def paired_bootstrap(
-    first, second, *, num_images, statistic, replicates=2000, level=0.9, seed=0, log=None
+    first, second, *, num_images, statistic, replicates=2000, level=0.9, seed=0, track=iter
 ):
     """Paired bootstrap intervals of two arms and of their difference.
 
@@ -45,7 +43,7 @@ def paired_bootstrap(
             how often each test image is drawn.
         replicates, level, seed: the number of resamples, the interval's
             coverage, and the seed of the resampling.
-        log: where progress lines go (`cxr.run.progress`; None: nowhere).
+        track: wraps the loop over the replicates (e.g. to print progress lines).
     Returns:
         {metric: {"first": Interval, "second": Interval, "difference": Interval}}.
     """
@@ -57,7 +55,7 @@ def paired_bootstrap(
     real_second = [statistic(run, ones) for run in second]
     names = list(real_first[0])
     draws = {name: {"first": [], "second": [], "difference": []} for name in names}
-    for _ in progress(range(replicates), "bootstrap replicates", log=log):
+    for _ in track(range(replicates)):
         seeds = rng.integers(0, len(first), len(first)) if len(first) > 1 else [0]
         counts = np.bincount(rng.integers(0, num_images, num_images), minlength=num_images)
         cache = {}

@@ -10,10 +10,31 @@ strip under the image says which is which and the score threshold.
 
 from PIL import Image, ImageDraw, ImageFont
 
-from cxr.data.classes import class_color, class_index
-
 GT_WIDTH, PREDICTION_WIDTH, DASH = 3, 2, 8
 LEGEND_HEIGHT = 22
+
+# Distinct RGB colours for drawings, one per class (repeating after the 14th).
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (128, 0, 0),
+)
+
+
+def class_color(category):
+    """The drawing colour of a COCO category id (1..K)."""
+    return PALETTE[(category - 1) % len(PALETTE)]
 
 
 def _font():
@@ -67,7 +88,7 @@ def draw_detections(gray, *, ground_truth, predictions, classes, score_threshold
         x0, y0, x1, y1 = (round(c * scale) for c in box)
         color = class_color(category)
         draw.rectangle((x0, y0, x1, y1), outline=color, width=GT_WIDTH)
-        name = classes[class_index(category)]
+        name = classes[category - 1]
         tag_color = readable_text_color(color)
         _tag(draw, (x0 + 2, max(y0 - 13, 0)), name, fill=color, text_color=tag_color, font=font)
     for category, score, box in predictions:
@@ -76,7 +97,7 @@ def draw_detections(gray, *, ground_truth, predictions, classes, score_threshold
         x0, y0, x1, y1 = (round(c * scale) for c in box)
         color = class_color(category)
         _dashed_rectangle(draw, (x0, y0, x1, y1), color, PREDICTION_WIDTH)
-        label = f"{classes[class_index(category)]} {score:.2f}"
+        label = f"{classes[category - 1]} {score:.2f}"
         at = (x0 + 3, max(y1 - 14, y0 + 2))
         _tag(draw, at, label, fill=(20, 20, 20), text_color=color, font=font)
     _legend(draw, font, shown[1] + 5, score_threshold)

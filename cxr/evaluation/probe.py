@@ -14,35 +14,18 @@ ranks and tied scores sharing their average rank; classes whose test set has
 no positive or no negative are reported as undefined and left out of the mean.
 """
 
-import numpy as np
 import torch
 
-from cxr.data.datasets import ImageList, image_labels, split_images, uint8_to_network_input
-from cxr.run.progress import progress
+from cxr.nn.resnet import uint8_to_network_input
 
 
 @torch.no_grad()
-def extract_features(trunk, paths, *, image_size, batch_size, device, workers=0, log=None):
-    """Pooled trunk features (n, d) of the images, in eval mode, no augmentation."""
+def extract_features(trunk, batches, *, device):
+    """Pooled trunk features (n, d) of `batches` ((B, 1, H, W) uint8 images), in eval
+    mode, without augmentation: what the probe is fitted and scored on."""
     trunk.eval().to(device)
-    loader = torch.utils.data.DataLoader(
-        ImageList(paths, image_size), batch_size=batch_size, num_workers=workers
-    )
-    features = [
-        trunk(uint8_to_network_input(batch, device)).float().cpu()
-        for batch in progress(loader, "features", log=log)
-    ]
+    features = [trunk(uint8_to_network_input(batch, device)).float().cpu() for batch in batches]
     return torch.cat(features) if features else torch.zeros(0, 0)
-
-
-def split_features(trunk, data_dir, split, **options):
-    """(features (n, d), image-level labels (n, K)) of a prepared split's images in
-    name order: what the probe is fitted and scored on. options: those of
-    extract_features."""
-    paths, labels = split_images(data_dir, split), image_labels(data_dir, split)
-    names = sorted(paths)
-    features = extract_features(trunk, [paths[n] for n in names], **options)
-    return features, torch.tensor(np.stack([labels[n] for n in names]))
 
 
 def standardize(train, test):

@@ -6,7 +6,7 @@ per-device BN a rank's positives share its batch statistics, a cue the
 contrastive task can use instead of learning features, and N processes do
 not train like one process with all their images. torch's SyncBatchNorm runs
 only on CUDA; this is the same normalization written with one differentiable
-all-gather per layer (`cxr.run.distributed.gather_with_grad`), so it runs on
+all-gather per layer (`cxr.nn.collectives.gather_with_grad`), so it runs on
 gloo too. Each process contributes its count, mean and sum of squared
 deviations per channel; they combine exactly into the global mean and
 (biased) variance (Chan, Golub & LeVeque, 1979), whose backward is that of
@@ -18,7 +18,7 @@ float32 whatever the AMP setting; in eval mode this is nn.BatchNorm.
 import torch
 from torch import nn
 
-from cxr.run.distributed import gather_with_grad
+from cxr.nn.collectives import gather_with_grad
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

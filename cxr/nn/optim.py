@@ -17,8 +17,6 @@ import math
 import numpy as np
 import torch
 
-from cxr.run.errors import UserError
-
 
 def parameter_groups(model, weight_decay):
     """Two groups: decayed and LARS-adapted weights, and exempt biases/norms."""
@@ -112,29 +110,3 @@ def step_schedule(base_lr, total_steps, *, warmup_steps, milestones, gamma=0.1, 
     warmup_steps = min(warmup_steps, total_steps)
     rates[:warmup_steps] *= warmup_factors(warmup_steps, start_factor)
     return rates
-
-
-MAX_STEPS = 10**8  # a schedule of float64 rates: 800 MB
-
-
-def check_run_length(total_steps, flags):
-    """Refuse a run too long to schedule (a typo in --epochs, most likely)."""
-    if total_steps > MAX_STEPS:
-        raise UserError(
-            f"{flags} make {total_steps} optimizer steps, more than {MAX_STEPS}; check --epochs"
-        )
-
-
-def check_warmup(warmup_steps, total_steps, flag):
-    """Refuse a warmup longer than the run: its learning rate would never reach
-    the base rate, and the decay the schedule promises would never happen."""
-    if warmup_steps > total_steps:
-        raise UserError(
-            f"{flag} is longer than the whole run ({warmup_steps} warmup steps, {total_steps} "
-            "steps in all); lower it, or train for more epochs"
-        )
-
-
-def set_learning_rate(optimizer, lr):
-    for group in optimizer.param_groups:
-        group["lr"] = float(lr)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from cxr.nn.resnet import FEATURE_DIMS
 from cxr.run import cli
-from cxr.ssl.views import views_flag
 
 
 def _setting(text, kind):
@@ -38,7 +37,7 @@ class Settings:
     ssl_batch_size: int = _setting("SimCLR images per process", cli.int_range(2))
     ssl_lr: float = _setting("SimCLR peak learning rate", cli.positive_float)
     ssl_warmup_epochs: float = _setting("SimCLR warmup epochs", cli.non_negative_float)
-    ssl_views: str = _setting("SimCLR view preset or JSON (train_ssl.py --views)", views_flag)
+    ssl_views: str = _setting("SimCLR view preset or JSON (train_ssl.py --views)", cli.views_flag)
     ssl_temperature: float = _setting("NT-Xent temperature", cli.positive_float)
     det_image_size: int = _setting("detector image size in pixels", cli.image_size)
     det_epochs: int = _setting("detector epochs", cli.positive_int)

@@ -23,6 +23,7 @@ from cxr.evaluation.bootstrap import paired_bootstrap
 from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics
 from cxr.run import layout
 from cxr.run.layout import RunName
+from cxr.run.progress import progress
 
 BOOTSTRAP_REPLICATES = 2000
 LEVEL = 0.9
@@ -139,5 +140,5 @@ class ExperimentFolder:
             statistic=map_summary,
             replicates=BOOTSTRAP_REPLICATES,
             level=LEVEL,
-            log=print,
+            track=lambda replicates: progress(replicates, "bootstrap replicates"),
         )

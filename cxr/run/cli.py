@@ -9,10 +9,12 @@ happens without it. Usage lines name the command a user types.
 """
 
 import argparse
+import json
 import math
 import os
 import re
 import sys
+from dataclasses import fields, replace
 
 from cxr.data.names import name_problem
 
@@ -29,7 +31,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def parser(prog, description):
+def command_parser(prog, description):
     """An ArgumentParser whose usage names `prog` and whose help shows defaults."""
     return argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=HelpFormatter
@@ -127,6 +129,44 @@ def device(text):
     return text
 
 
+def views_flag(text):
+    """argparse type of --views: refused unless `parse_views` can read it; kept as typed."""
+    try:
+        parse_views(text)
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+    return text
+
+
+def parse_views(text):
+    """A ViewConfig from --views: a preset's name, or a JSON object of fields that
+    override a preset (its "preset" key, default simclr); ValueError says why not."""
+    from cxr.ssl.views import VIEW_PRESETS, ViewConfig  # here: prepare never imports torch
+
+    if text in VIEW_PRESETS:
+        return VIEW_PRESETS[text]
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError:
+        overrides = None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"expected one of {', '.join(VIEW_PRESETS)} or a JSON object")
+    preset = overrides.pop("preset", "simclr")
+    if preset not in VIEW_PRESETS:
+        raise ValueError(f"no preset {preset!r}; presets: {', '.join(VIEW_PRESETS)}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(ViewConfig)})
+    if unknown:
+        raise ValueError(
+            f"unknown field {unknown[0]!r}; fields: {', '.join(f.name for f in fields(ViewConfig))}"
+        )
+    config = replace(
+        VIEW_PRESETS[preset],
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
+    )
+    config.check()
+    return config
+
+
 def default_workers():
     """Data-loader processes per training process: the cores this process may use,
     shared by the processes torchrun starts on the node, at most 4."""
@@ -134,17 +174,56 @@ def default_workers():
     return max(0, min(4, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-# --- the flags of a training run ---------------------------------------------------------------
+# --- the flags the scripts share ---------------------------------------------------------------
 
 
-def add_run_flags(parser, outputs):
-    """The flags that start, stop, continue or replace a training run."""
+def add_folder_flags(parser, *, experiment_help):
+    """Where a script reads the prepared data and where its experiment folder is."""
+    parser.add_argument(
+        "--data-dir", default="data", help="folder written by python -m cxr.prepare"
+    )
+    parser.add_argument(
+        "--output-dir", default="vinbig_output", help="root of the experiment folders"
+    )
+    parser.add_argument("--experiment-name", type=bare_name, default="simclr", help=experiment_help)
+
+
+def add_device_flags(parser):
+    """The device and the data-loader processes (they change no result)."""
+    parser.add_argument(
+        "--device", type=device, default=None, help="cpu, cuda or cuda:N (default: cuda if any)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int_range(0, 256),
+        default=default_workers(),
+        help="data loader processes per process (default: the cores per process, at most 4)",
+    )
+
+
+def add_training_flags(parser, *, outputs, print_freq):
+    """The flags of a training run: precision, clipping, seed, progress lines, and
+    those that start, stop, continue or replace it, or only check it."""
+    parser.add_argument(
+        "--amp",
+        default="none",
+        choices=["none", "bf16", "fp16"],
+        help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)",
+    )
+    parser.add_argument(
+        "--clip-grad", type=positive_float, default=None, help="max gradient norm (default: none)"
+    )
+    parser.add_argument(
+        "--seed", type=seed, default=0, help="training seed: weights, data order, augmentations"
+    )
+    parser.add_argument(
+        "--print-freq", type=positive_int, default=print_freq, help="iterations between lines"
+    )
     parser.add_argument(
         "--stop-after",
         type=positive_int,
         default=None,
-        help="stop after this many epochs in this run (time-limited jobs; --resume continues); "
-        "default: run to --epochs",
+        help="stop after this many epochs of this invocation (default: run to --epochs)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run from its checkpoint.pth"
@@ -152,13 +231,22 @@ def add_run_flags(parser, outputs):
     parser.add_argument(
         "--auto-resume",
         action="store_true",
-        help="continue from checkpoint.pth if there is one, else start: for torchrun "
-        "--max-restarts, which restarts the group with the same arguments",
+        help="continue from checkpoint.pth if there is one, else start (torchrun --max-restarts)",
     )
     parser.add_argument(
         "--replace",
         action="store_true",
         help=f"delete this run's outputs ({outputs}, nothing else) and start over",
+    )
+    parser.add_argument(
+        "--dry-run",
+        type=positive_int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="PROCESSES",
+        help="check the data and settings for PROCESSES processes (default: this launch's), "
+        "write nothing, exit",
     )
 
 

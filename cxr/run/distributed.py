@@ -5,14 +5,10 @@ process joins the group: nccl on CUDA, gloo on CPU; launched plainly it runs
 alone and every collective here is the identity. The process's rank and
 world size are in its `DistInfo`.
 
-`gather_with_grad` is the all-gather of SimCLR's negatives and of global
-BatchNorm's statistics. Its backward SUMS the gradients that all ranks
-computed for each shard and returns each rank its own: rank k's loss depends
-on rank j's values, so rank j must receive that gradient too (a plain
-all_gather has none). DDP then averages parameter gradients over ranks, so
-2 processes with N images each compute what 1 process with 2N computes.
-`all_reduce_mean` (logging) carries no gradient; `gather_to_main` and
-`inference_shard` make evaluation count every image exactly once.
+`agree` makes every process reach the main process's decision;
+`gather_to_main` and `inference_shard` make evaluation count every image
+exactly once. The method's own collectives (gathered negatives, global
+BatchNorm) are in `cxr.nn.collectives`.
 """
 
 import contextlib
@@ -97,43 +93,6 @@ def process_group(device=None):
         yield init_distributed(device)
     finally:
         teardown()
-
-
-def _distributed():
-    return dist.is_available() and dist.is_initialized()
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor):
-        shards = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(shards, tensor.contiguous())
-        ctx.rows = tensor.shape[0]
-        return torch.cat(shards)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = dist.get_rank() * ctx.rows
-        return grad[start : start + ctx.rows]
-
-
-def gather_with_grad(tensor):
-    """Concatenate `tensor` (same shape on every rank) from all ranks, in rank
-    order, with a backward that sums every rank's gradient for each shard."""
-    if not _distributed():
-        return tensor
-    return _GatherWithGrad.apply(tensor)
-
-
-def all_reduce_mean(tensor):
-    """Mean of a tensor over ranks (for logging; no gradient)."""
-    if not _distributed():
-        return tensor
-    tensor = tensor.detach().clone()
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor / dist.get_world_size()
 
 
 def agree(dist_info, decide):

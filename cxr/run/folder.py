@@ -14,20 +14,19 @@ error it raises is raised on every rank (`agree`). `RunLogger` is the main
 process's printer; each line also goes to log.jsonl.
 """
 
-import argparse
 import contextlib
 import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cxr.data.image_lists import data_fingerprint, write_image_list
-from cxr.run.checkpoints import load_torch_file
-from cxr.run.distributed import DistInfo, agree
+from cxr.run.checkpoints import atomic_torch_save, load_torch_file
+from cxr.run.distributed import agree
+from cxr.run.engine import TrainingDiverged
 from cxr.run.errors import UserError
 from cxr.run.layout import ARGS, CHECKPOINT, LOG
 from cxr.run.outputs import OutputFolder, open_output_folder
@@ -165,22 +164,71 @@ def write_run_header(run):
     )
 
 
-@dataclass
 class Run:
-    """An opened run folder: where to write (the main process writes), the logger, the
-    settings saved with each checkpoint, the checked state to resume from (or None),
-    the parsed command line and the processes."""
+    """An opened run folder (`open_run`): its logger (`log`, the main process prints and
+    appends to log.jsonl), the checked state to resume from (`resume_state`) and the
+    checkpoint writer (`save`, the main process writes)."""
 
-    folder: OutputFolder
-    logger: RunLogger
-    config: dict
-    resumed: dict
-    args: argparse.Namespace
-    dist_info: DistInfo
+    def __init__(self, folder, *, config, resumed, args, dist_info):
+        self.folder, self.config, self.resumed = folder, config, resumed
+        self.args, self.dist_info = args, dist_info
+        self.logger = RunLogger(folder, dist_info.is_main)
 
     @property
     def checkpoint(self):
         return self.folder.inside(CHECKPOINT)
+
+    def log(self, message, **record):
+        self.logger.log(message, **record)
+
+    def resume_state(self):
+        """The checkpoint's state that --resume continues (None for a new run), its
+        settings checked to equal this run's."""
+        if self.resumed is not None:
+            self.log(
+                f"resumed from {self.checkpoint} after epoch {self.resumed['epoch']}",
+                event="resume",
+                epoch=self.resumed["epoch"],
+            )
+        return self.resumed
+
+    def save(self, state):
+        """checkpoint.pth on the main process: `state` with the run's settings, written
+        atomically (tensors and plain values only)."""
+        if self.dist_info.is_main:
+            atomic_torch_save(self.checkpoint, {**state, "config": self.config})
+
+    def log_epoch(self, epoch, *, mean_loss, **metrics):
+        """The line that closes an epoch (mean loss and any evaluation numbers)."""
+        self.log(
+            f"epoch {epoch + 1}/{self.args.epochs} done: mean loss {mean_loss:.4f}"
+            + "".join(f", {k} {v:.4f}" for k, v in metrics.items()),
+            event="epoch",
+            epoch=epoch + 1,
+            mean_loss=mean_loss,
+            **metrics,
+        )
+
+    def stopped_early(self, epochs_run):
+        """True, and says how to continue, when `epochs_run` (a range) ends before
+        --epochs (--stop-after)."""
+        if epochs_run.stop >= self.args.epochs:
+            return False
+        self.log(
+            f"stopped after epoch {max(epochs_run.stop, epochs_run.start)} of {self.args.epochs}; "
+            "continue with --resume",
+            event="stop",
+        )
+        return True
+
+    def diverged(self, error):
+        """`error` (TrainingDiverged) saying whether a checkpoint is kept."""
+        kept = (
+            f"{self.checkpoint} (after epoch {error.epoch}) is kept"
+            if Path(self.checkpoint).is_file()
+            else "no checkpoint was written before it"
+        )
+        return TrainingDiverged(f"{error} {kept}.", epoch=error.epoch)
 
 
 @contextlib.contextmanager
@@ -191,7 +239,8 @@ def open_run(run_dir, *, outputs, final, command, args, dist_info, images, deriv
     run finished; images: (file name, names) of the images the run uses,
     written with the prepared data's fingerprint; derived: settings computed
     from the data (the classes, ...). The fingerprint and derived are saved in
-    every checkpoint and checked on --resume like the arguments."""
+    every checkpoint and checked on --resume like the arguments. A
+    TrainingDiverged raised in the block says whether a checkpoint is kept."""
     run_dir = Path(run_dir)
     fingerprint = data_fingerprint(args.data_dir)
     config = {**run_config(args, dist_info), **(derived or {}), "data_fingerprint": fingerprint}
@@ -206,9 +255,12 @@ def open_run(run_dir, *, outputs, final, command, args, dist_info, images, deriv
 
         folder = agree(dist_info, open_on_main) or OutputFolder(run_dir)
         resumed = read_resumable(run_dir / CHECKPOINT, config) if resume else None
-        run = Run(folder, RunLogger(folder, dist_info.is_main), config, resumed, args, dist_info)
+        run = Run(folder, config=config, resumed=resumed, args=args, dist_info=dist_info)
         write_run_header(run)
         if dist_info.is_main:
             file_name, names = images
             write_image_list(folder.inside(file_name), names, fingerprint=fingerprint)
-        yield run
+        try:
+            yield run
+        except TrainingDiverged as error:
+            raise run.diverged(error) from None

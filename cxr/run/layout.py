@@ -62,8 +62,8 @@ class RunName:
         match = re.fullmatch(r"(ssl|random|pretrained)(\d*)-s(\d+)", text)
         if match is None:
             raise ValueError(f"{text!r} is not an experiment's run name")
-        init, percent, seed = match.groups()
-        return cls(init, int(percent) if percent else None, int(seed))
+        init, digits, seed = match.groups()
+        return cls(init, int(digits) if digits else None, int(seed))
 
 
 def percent(fraction):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxr.run.distributed import gather_with_grad
+from cxr.nn.collectives import gather_with_grad
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature=0.5, *, rank=0) -> torch.Tensor:

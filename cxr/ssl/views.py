@@ -14,10 +14,8 @@ transform takes and returns float images in [0, 1] of shape (B, 1, H, W) and
 never modifies its input.
 """
 
-import argparse
-import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,42 +59,6 @@ class ViewConfig:
                 raise ValueError(f"{name} must not be negative")
         if self.crop_scale[1] > 1 or max(self.brightness, self.contrast) >= 1:
             raise ValueError("crop_scale may not exceed 1, brightness and contrast must be < 1")
-
-
-def views_flag(text):
-    """argparse type of --views: refused unless `parse_views` can read it; kept as typed."""
-    try:
-        parse_views(text)
-    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
-        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
-    return text
-
-
-def parse_views(text):
-    """A ViewConfig from --views: a preset's name, or a JSON object of fields that
-    override a preset (its "preset" key, default simclr); ValueError says why not."""
-    if text in VIEW_PRESETS:
-        return VIEW_PRESETS[text]
-    try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError:
-        overrides = None
-    if not isinstance(overrides, dict):
-        raise ValueError(f"expected one of {', '.join(VIEW_PRESETS)} or a JSON object")
-    preset = overrides.pop("preset", "simclr")
-    if preset not in VIEW_PRESETS:
-        raise ValueError(f"no preset {preset!r}; presets: {', '.join(VIEW_PRESETS)}")
-    unknown = sorted(set(overrides) - {f.name for f in fields(ViewConfig)})
-    if unknown:
-        raise ValueError(
-            f"unknown field {unknown[0]!r}; fields: {', '.join(f.name for f in fields(ViewConfig))}"
-        )
-    views = replace(
-        VIEW_PRESETS[preset],
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()},
-    )
-    views.check()
-    return views
 
 
 # "simclr": SimCLR's views for grayscale images as the seed project set them

@@ -15,9 +15,9 @@ import evaluate
 import train_det
 import train_ssl
 from cxr.data.classes import dataset_classes
-from cxr.detection.detector import load_detector
 from cxr.prepare import prepare
 from cxr.run.errors import UserError
+from cxr.run.model_files import load_detector
 
 CATEGORIES = [{"id": 7, "name": "Zeta"}, {"id": 3, "name": "Alpha"}, {"id": 11, "name": "Mid"}]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr.data.datasets import ImageList, read_grayscale
+from cxr.data.datasets import ImageList
+from cxr.data.images import read_grayscale
 from cxr.run.errors import UserError, user_message
 
 REPO = Path(__file__).resolve().parents[2]

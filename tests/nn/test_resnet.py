@@ -1,36 +1,32 @@
-"""ResNet trunks: checked weight transfer and precise BatchNorm statistics."""
+"""ResNet trunks: every tensor of a transfer checked, and precise BatchNorm statistics."""
 
 from collections import OrderedDict
 
-import pytest
 import torch
 import torchvision
 from torch import nn
 
-from cxr.nn.resnet import check_trunk_state, pretrained_trunk, recompute_batchnorm_statistics
-from cxr.run.errors import UserError
+from cxr.nn.resnet import infer_arch, recompute_batchnorm_statistics, trunk_mismatch
 
 
-def test_trunk_transfer_is_checked_key_by_key(tmp_path):
+def test_a_mismatch_names_every_missing_unexpected_and_misshaped_tensor():
     reference = torchvision.models.resnet18()
     state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
-    torch.save(state, tmp_path / "good.pth")
-    trunk, message = pretrained_trunk("resnet18", tmp_path / "good.pth")
-    assert message == f"loaded {len(state)}/{len(state)} tensors from {tmp_path / 'good.pth'}"
-    for key, value in trunk.state_dict().items():
-        assert torch.equal(value, state[key]), key
-
+    assert trunk_mismatch(state, "resnet18") == ([], [], [])
+    assert (
+        infer_arch(state) == "resnet18" and infer_arch({"0.weight": state["conv1.weight"]}) is None
+    )
     # The seed project's defect: a trunk saved from nn.Sequential has keys "0.weight",
-    # "4.0.conv1.weight", ...
-    sequential = nn.Sequential(*list(reference.children())[:-1])
-    torch.save(sequential.state_dict(), tmp_path / "sequential.pth")
-    with pytest.raises(UserError, match="missing .* unexpected .*0.weight"):
-        pretrained_trunk("resnet18", tmp_path / "sequential.pth")
+    # "4.0.conv1.weight", ...: nothing matches.
+    sequential = nn.Sequential(*list(reference.children())[:-1]).state_dict()
+    missing, unexpected, misshaped = trunk_mismatch(sequential, "resnet18")
+    assert missing == sorted(state) and unexpected == sorted(sequential) and misshaped == []
     one_channel = OrderedDict((k, v[:, :1] if k == "conv1.weight" else v) for k, v in state.items())
-    with pytest.raises(UserError, match="1 of the wrong shape \\(conv1.weight\\)"):
-        check_trunk_state(one_channel, "resnet18", "x")
-    with pytest.raises(UserError, match="missing"):
-        pretrained_trunk("resnet50", tmp_path / "good.pth")
+    assert trunk_mismatch(one_channel, "resnet18") == ([], [], ["conv1.weight"])
+    without_bias = {k: v for k, v in state.items() if k != "bn1.bias"}
+    assert trunk_mismatch(without_bias, "resnet18") == (["bn1.bias"], [], [])
+    missing, _, misshaped = trunk_mismatch(state, "resnet50")  # bottlenecks: conv3, wider
+    assert "layer1.0.conv3.weight" in missing and "layer1.0.conv1.weight" in misshaped
 
 
 def test_precise_batchnorm_statistics_are_the_average_over_the_images():

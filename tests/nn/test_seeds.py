@@ -5,8 +5,9 @@ import itertools
 import pytest
 import torch
 
-from cxr.detection.samplers import RepeatFactorSampler, ShuffleSampler
+from cxr.detection.samplers import RepeatFactorSampler
 from cxr.nn.seeds import PURPOSES, stream_seed
+from cxr.ssl.sampler import ShuffleSampler
 
 
 def test_every_tuple_of_a_grid_has_its_own_seed():

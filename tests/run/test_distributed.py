@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cxr.run.distributed import DistInfo, all_reduce_mean, gather_to_main, inference_shard
+from cxr.nn.collectives import all_reduce_mean
+from cxr.run.distributed import DistInfo, gather_to_main, inference_shard
 
 
 @pytest.mark.parametrize("items, world", [(10, 3), (2, 4), (0, 2), (7, 1)])

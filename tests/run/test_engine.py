@@ -1,110 +1,80 @@
-"""The engine's safety nets: a non-finite loss stops before the optimizer step and
-says what is kept; epochs, schedule steps and checkpoints line up."""
+"""The loops' shared utilities: a non-finite loss stops every rank and the run says what
+is kept; a checkpoint restores exactly; epochs, schedules and progress lines line up."""
 
-from types import SimpleNamespace
+import argparse
 
 import pytest
 import torch
 from torch import nn
 
-from cxr.nn.optim import warmup_cosine_schedule
+from cxr.data.image_lists import FINGERPRINTED
 from cxr.run.distributed import DistInfo
 from cxr.run.engine import (
-    Optimization,
-    Step,
+    ProgressMeter,
     TrainingDiverged,
+    checkpoint_state,
     epoch_range,
+    finite_mean_loss,
     restore,
-    save_checkpoint,
-    train_one_epoch,
 )
-from cxr.run.folder import Run, RunLogger
-from cxr.run.outputs import OutputFolder
+from cxr.run.folder import open_run
 
 
-def nan_on_negative_inputs(model, batch, generator):
-    """A step whose loss is NaN on a batch of negative numbers."""
-    loss = model(batch).pow(2).mean()
-    return Step(loss * float("nan") if batch[0, 0] < 0 else loss, {}, len(batch))
-
-
-def tiny_run(tmp_path, epochs=1):
-    args = SimpleNamespace(epochs=epochs, print_freq=10)
-    dist_info = DistInfo(0, 1, 0, torch.device("cpu"))
-    folder = OutputFolder(tmp_path)
-    return Run(folder, RunLogger(folder, False), {"lr": 0.1}, None, args, dist_info)
-
-
-def optimization(model, steps):
-    return Optimization(
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        torch.amp.GradScaler("cpu", enabled=False),
-        warmup_cosine_schedule(0.1, steps),
-    )
-
-
-def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
-    model = nn.Linear(3, 1)
-    batches = [torch.ones(2, 3), -torch.ones(2, 3), torch.ones(2, 3)]
-    after_first = {}
-
-    class Recorder(list):
-        def __iter__(self):
-            for i, batch in enumerate(super().__iter__()):
-                if i == 1:
-                    after_first.update({k: v.clone() for k, v in model.state_dict().items()})
-                yield batch
-
-    with pytest.raises(
-        TrainingDiverged, match="loss is nan at epoch 1, iteration 2 .*stopped before the optimizer"
-    ):
-        train_one_epoch(
-            model,
-            nan_on_negative_inputs,
-            Recorder(batches),
-            optimization(model, 3),
-            step=0,
-            epoch=0,
-            run=tiny_run(tmp_path),
-        )
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, after_first[key]), key
+def test_a_non_finite_loss_raises_naming_where_and_a_finite_one_is_its_mean():
+    assert finite_mean_loss(torch.tensor(2.5), epoch=0, iteration=0, step=0) == 2.5
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(TrainingDiverged, match="at epoch 2, iteration 4 \\(step 9\\)") as e:
+            finite_mean_loss(torch.tensor(bad), epoch=1, iteration=3, step=9)
+        assert e.value.epoch == 1
 
 
 @pytest.mark.parametrize(
-    "bad_epoch, kept",
+    "epochs_saved, kept",
     [(0, "no checkpoint was written before it"), (1, "checkpoint.pth \\(after epoch 1\\) is kept")],
 )
-def test_divergence_says_whether_a_checkpoint_is_kept(tmp_path, bad_epoch, kept):
-    model, run = nn.Linear(3, 1), tiny_run(tmp_path, epochs=2)
-    steps = optimization(model, 2)
-    step = 0
+def test_the_run_says_whether_a_checkpoint_is_kept(tmp_path, epochs_saved, kept):
+    for name in FINGERPRINTED:  # what open_run fingerprints of a prepared folder
+        (tmp_path / name).write_text("{}")
+    args = argparse.Namespace(
+        data_dir=str(tmp_path), epochs=2, resume=False, auto_resume=False, replace=False
+    )
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    dist_info = DistInfo(0, 1, 0, torch.device("cpu"))
     with pytest.raises(TrainingDiverged, match=kept):
-        for epoch in epoch_range(0, 2, None):
-            batch = -torch.ones(2, 3) if epoch == bad_epoch else torch.ones(2, 3)
-            step, _ = train_one_epoch(
-                model, nan_on_negative_inputs, [batch], steps, step=step, epoch=epoch, run=run
-            )
-            save_checkpoint(run, model, steps, epoch=epoch + 1, step=step)
+        with open_run(
+            tmp_path / "run",
+            outputs=("checkpoint.pth",),
+            final="final.pth",
+            command="test",
+            args=args,
+            dist_info=dist_info,
+            images=("images.json", []),
+        ) as run:
+            for epoch in range(epochs_saved):
+                run.save(checkpoint_state(model, optimizer, scaler, epoch=epoch + 1, step=1))
+            finite_mean_loss(torch.tensor(float("nan")), epoch=epochs_saved, iteration=0, step=1)
 
 
-def test_a_checkpoint_restores_model_optimizer_epoch_and_step(tmp_path):
-    model, run = nn.Linear(3, 1), tiny_run(tmp_path, epochs=2)
-    steps = optimization(model, 4)
-    batches = [torch.ones(2, 3)] * 2
-    step, _ = train_one_epoch(
-        model, nan_on_negative_inputs, batches, steps, step=0, epoch=0, run=run
-    )
-    save_checkpoint(run, model, steps, epoch=1, step=step)
-    state = torch.load(run.checkpoint, weights_only=True)
-    assert (state["epoch"], state["step"], state["config"]) == (1, 2, {"lr": 0.1})
+def test_a_checkpoint_restores_model_optimizer_epoch_and_step():
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    model(torch.ones(2, 3)).sum().backward()
+    optimizer.step()  # a momentum buffer to restore
+    state = checkpoint_state(model, optimizer, scaler, epoch=1, step=2, eval_history=[])
     other = nn.Linear(3, 1)
-    resumed = Run(run.folder, run.logger, run.config, state, run.args, run.dist_info)
-    assert restore(resumed, other, optimization(other, 4)) == (1, 2)
+    other_optimizer = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    assert restore(state, model=other, optimizer=other_optimizer, scaler=scaler) == (1, 2)
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    buffers = [other_optimizer.state[p]["momentum_buffer"] for p in other.parameters()]
     assert all(
-        torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values())
+        torch.equal(a, optimizer.state[p]["momentum_buffer"])
+        for a, p in zip(buffers, model.parameters())
     )
-    assert restore(run, other, optimization(other, 4)) == (0, 0)  # a new run starts at 0
+    assert restore(None, model=other, optimizer=other_optimizer, scaler=scaler) == (0, 0)
 
 
 def test_epoch_range_stops_after_the_given_number_of_epochs():
@@ -112,3 +82,20 @@ def test_epoch_range_stops_after_the_given_number_of_epochs():
     assert list(epoch_range(1, 5, 2)) == [1, 2]
     assert list(epoch_range(4, 5, 3)) == [4]
     assert list(epoch_range(5, 5, None)) == []
+
+
+def test_progress_lines_every_print_freq_and_at_the_last_iteration():
+    lines = []
+    meter = ProgressMeter(
+        epoch=1,
+        epochs=3,
+        iterations=5,
+        total_steps=15,
+        print_freq=2,
+        log=lambda *a, **r: lines.append(r),
+    )
+    for batch in meter.batches(range(5)):
+        meter.update(step=5 + batch + 1, loss=float(batch), lr=0.1 * batch, images=4)
+    assert [r["iteration"] for r in lines] == [2, 4, 5]
+    assert [r["step"] for r in lines] == [7, 9, 10] and lines[-1]["lr"] == pytest.approx(0.4)
+    assert meter.mean_loss == 2.0 and all(r["epoch"] == 2 for r in lines)

@@ -20,9 +20,9 @@ import train_det
 import train_ssl
 from cxr.data import image_files
 from cxr.data.classes import VINBIGDATA_CLASSES as CLASSES
-from cxr.detection.detector import load_detector
 from cxr.prepare import prepare
 from cxr.run.errors import UserError
+from cxr.run.model_files import load_detector
 from cxr.synthetic import CSV_COLUMNS
 
 

@@ -17,11 +17,12 @@ from PIL import Image
 
 import evaluate
 import train_det
-from cxr.data.classes import NO_FINDING_ID, VINBIGDATA_CLASSES, class_color
-from cxr.data.datasets import image_labels
+from cxr.data.classes import NO_FINDING_ID, VINBIGDATA_CLASSES
+from cxr.data.original_sizes import read_original_sizes
+from cxr.data.prepared import image_labels
 from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics
-from cxr.evaluation.pictures import draw_detections, readable_text_color
-from cxr.evaluation.submission import prediction_string, read_original_sizes
+from cxr.evaluation.pictures import class_color, draw_detections, readable_text_color
+from cxr.evaluation.submission import prediction_string
 from cxr.nn.resnet import headless_resnet
 from cxr.nn.seeds import stream_seed
 from cxr.run.errors import UserError

@@ -58,6 +58,7 @@ TABLE = {
         "--print-freq": COUNT,
         "--precise-bn-images": CAN_BE_ZERO,
         "--stop-after": COUNT,
+        "--dry-run": COUNT,
         "--devices": {"zero", "negative", "nan", "inf", "word", "huge", "fraction"},
     },
     "train_det.py": {
@@ -94,6 +95,7 @@ TABLE = {
         "--device": CHOICE,
         "--print-freq": COUNT,
         "--stop-after": COUNT,
+        "--dry-run": COUNT,
     },
     "evaluate.py": {
         "--mode": CHOICE,

@@ -20,10 +20,11 @@ from PIL import Image
 import train_ssl
 from cxr.data.image_lists import read_image_list
 from cxr.run import layout
+from cxr.run.cli import parse_views
 from cxr.run.distributed import DistInfo
 from cxr.run.errors import UserError
 from cxr.run.outputs import MARKER, mark_as_ours
-from cxr.ssl.views import VIEW_PRESETS, parse_views
+from cxr.ssl.views import VIEW_PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,73 @@
+"""Images read as data: grayscale pixels whatever the file's format, and image files
+listed from folders.
+
+Radiographs are grayscale PNGs (8-bit, or 16-bit scaled to 8 bits) or
+JPEGs; colour images are read as their luminance. Every reader raises one
+UserError naming the file it cannot read.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cxr.run.errors import UserError
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def open_grayscale(path):
+    """An image file as an 8-bit grayscale ('L') PIL image.
+
+    16-bit grayscale PNGs (which Pillow opens as I;16 or I) are scaled from
+    0..65535 to 0..255; Pillow's own conversion would clip them to white.
+    Colour images are converted to their luminance."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # named, not printed
+            image = Image.open(path)
+        with image:
+            if image.mode in SIXTEEN_BIT_MODES:
+                wide = np.asarray(image, dtype=np.float64)
+                return Image.fromarray(
+                    np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8)
+                )
+            return image.convert("L")
+    except (OSError, ValueError, SyntaxError, Warning, Image.DecompressionBombError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+
+
+def read_grayscale(path, size=None):
+    """An image as a uint8 tensor (1, H, W), resized (bilinear) to size x size if given."""
+    image = open_grayscale(path)
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(image).copy()).unsqueeze(0)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def list_images(entries, flag):
+    """The image files of folders and files, each file once (a file reached
+    twice, by two names or through two folders, is listed once), in order."""
+    files, seen = [], set()
+    for entry in map(Path, entries):
+        if entry.is_dir():
+            found = sorted(
+                p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+        elif entry.is_file():
+            found = [entry]
+        else:
+            raise UserError(f"{flag} {entry}: no such file or folder")
+        for path in found:
+            identity = (path.stat().st_dev, path.stat().st_ino)
+            if identity not in seen:
+                seen.add(identity)
+                files.append(path)
+    if not files:
+        raise UserError(f"{flag} {' '.join(map(str, entries))}: no .png/.jpg images found")
+    return files

@@ -1,0 +1,30 @@
+"""Model files: a trunk file is checked key by key and shape by shape before any tensor
+is used, and a bad one is one error naming the file."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from cxr.run.errors import UserError
+from cxr.run.model_files import pretrained_trunk, read_trunk
+
+
+def test_a_trunk_file_is_loaded_only_when_it_holds_exactly_the_trunk(tmp_path):
+    reference = torchvision.models.resnet18()
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    torch.save(state, tmp_path / "good.pth")
+    trunk, message = pretrained_trunk("resnet18", tmp_path / "good.pth")
+    assert message == f"loaded {len(state)}/{len(state)} tensors from {tmp_path / 'good.pth'}"
+    for key, value in trunk.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    sequential = nn.Sequential(*list(reference.children())[:-1])
+    torch.save(sequential.state_dict(), tmp_path / "sequential.pth")
+    with pytest.raises(UserError, match="sequential.pth does not hold .* unexpected .*0.weight"):
+        pretrained_trunk("resnet18", tmp_path / "sequential.pth")
+    state["conv1.weight"] = state["conv1.weight"][:, :1]
+    torch.save(state, tmp_path / "one_channel.pth")
+    with pytest.raises(UserError, match="1 of the wrong shape \\(conv1.weight\\)"):
+        read_trunk(tmp_path / "one_channel.pth", "resnet18")
+    with pytest.raises(UserError, match="good.pth does not hold a torchvision resnet50 trunk"):
+        read_trunk(tmp_path / "good.pth", "resnet50")

@@ -1,0 +1,242 @@
+"""train_det.py end to end on tiny synthetic data: exact resume, refused settings, the
+labeled set apart from the SSL pool, two processes, the schedule of repeat-factor epochs."""
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import prepared_synthetic, tiny_detector_args
+
+import train_det
+from cxr.data.classes import VINBIGDATA_CLASSES
+from cxr.data.image_lists import data_fingerprint, read_image_list, write_image_list
+from cxr.data.splits import partition
+from cxr.detection.detector import build_detector
+from cxr.detection.samplers import RepeatFactorSampler
+from cxr.run import layout
+from cxr.run.errors import UserError
+from cxr.run.outputs import make_folder
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def trunk_file(tmp_path, seed=3):
+    torch.manual_seed(seed)
+    state = {
+        k: v
+        for k, v in torchvision.models.resnet18().state_dict().items()
+        if not k.startswith("fc.")
+    }
+    path = tmp_path / "trunk.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_the_architecture_of_an_init_file_is_read_from_its_tensors(tmp_path):
+    path, _ = trunk_file(tmp_path)
+    assert train_det.default_arch(str(path), {}) == "resnet18"
+    assert train_det.default_arch("random", {}) == "resnet50"
+    assert train_det.default_arch("ssl", {"arch": "resnet34"}) == "resnet34"
+    (tmp_path / "notes.txt").write_text("not weights")
+    with pytest.raises(
+        UserError, match="notes.txt: it is not a PyTorch file .*expected ResNet weights"
+    ):
+        train_det.default_arch(str(tmp_path / "notes.txt"), {})
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return prepared_synthetic(tmp_path_factory.mktemp("det"), num_images=60, seed=21)
+
+
+def det_args(data_dir, out, name, *extra):
+    return [*tiny_detector_args(data_dir, out, name), *extra]
+
+
+@pytest.mark.slow
+def test_resumed_detector_run_equals_uninterrupted(data_dir, tmp_path):
+    train_det.main(det_args(data_dir, tmp_path, "straight", "--repeat-rounding", "ceil"))
+    train_det.main(
+        det_args(data_dir, tmp_path, "resumed", "--repeat-rounding", "ceil", "--stop-after", "1")
+    )
+    assert not (tmp_path / "resumed" / "fasterrcnn_final.pth").exists()
+    train_det.main(det_args(data_dir, tmp_path, "resumed", "--repeat-rounding", "ceil", "--resume"))
+    straight = torch.load(tmp_path / "straight" / "fasterrcnn_final.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "fasterrcnn_final.pth", weights_only=True)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    meta = json.loads((tmp_path / "straight" / "fasterrcnn_final.json").read_text())
+    history = json.loads((tmp_path / "straight" / "eval_history.json").read_text())
+    assert meta["num_classes"] == 15 and [h["epoch"] for h in history] == [1, 2]
+    assert history == json.loads((tmp_path / "resumed" / "eval_history.json").read_text())
+    assert 0.0 <= history[-1]["AP50"] <= 1.0 and len(history[-1]["per_class"]) == 14
+    model = build_detector(arch="resnet18", image_size=64, num_classes=len(VINBIGDATA_CLASSES))
+    model.load_state_dict(straight)  # the file is exactly a FasterRCNN state dict
+    records = [
+        json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
+    ]
+    scheduled = next(r["scheduled_steps"] for r in records if r["event"] == "data")
+    assert (
+        torch.load(tmp_path / "straight" / "checkpoint.pth", weights_only=True)["step"] == scheduled
+    )
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("one-epoch")
+    train_det.main(det_args(data_dir, root, "run", "--stop-after", "1", "--eval-every", "0"))
+    return root  # a run stopped after one of its two epochs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "changed",
+    [
+        ("--lr-schedule", "cosine"),
+        ("--lr-steps", "0.5,0.9"),
+        ("--warmup-iters", "3"),
+        ("--weight-decay", "0"),
+        ("--no-augment",),
+        ("--amp", "bf16"),
+        ("--clip-grad", "1"),
+        ("--warmup-factor", "0.5"),
+        ("--norm", "bn"),
+    ],
+)
+def test_resume_refuses_every_setting_that_changes_the_result(data_dir, one_epoch_run, changed):
+    root = one_epoch_run
+    header = (root / "run" / "args.json").read_text()
+    key = changed[0].lstrip("-").replace("-", "_").replace("no_", "")
+    with pytest.raises(
+        UserError, match=f"--resume with different settings than the checkpoint: {key} "
+    ):
+        train_det.main(det_args(data_dir, root, "run", "--resume", *changed))
+    assert (root / "run" / "args.json").read_text() == header  # refused before writing anything
+
+
+@pytest.mark.slow
+def test_labeled_set_must_not_overlap_the_ssl_pool(data_dir, tmp_path):
+    train_names = [
+        Path(line).stem for line in json.loads((data_dir / "split.json").read_text())["train"]
+    ]
+    pretrain = tmp_path / "exp" / "pretrain"
+    make_folder(pretrain)  # as train_ssl.py makes it: both folders marked as cxr's
+    write_image_list(
+        pretrain / layout.SSL_IMAGES,
+        partition(train_names, 0.5, seed=0).ssl,
+        fingerprint=data_fingerprint(data_dir),
+    )
+    (pretrain / "pretrained-backbone.json").write_text(
+        json.dumps({"ssl_fraction": 0.5, "split_seed": 0, "arch": "resnet18"})
+    )
+    with pytest.raises(UserError, match="were in the SSL pool .*--allow-overlap"):
+        train_det.main(
+            det_args(data_dir, tmp_path, "exp", "--labeled-fraction", "0.8", "--epochs", "1")
+        )
+    nothing_written = [".cxr-output", "pretrain"]
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == nothing_written
+    train_det.main(det_args(data_dir, tmp_path, "exp", "--epochs", "1", "--eval-every", "0"))
+    labeled = read_image_list(tmp_path / "exp" / layout.LABELED_IMAGES).names
+    pool = read_image_list(pretrain / layout.SSL_IMAGES).names
+    assert labeled and not set(labeled) & set(pool) and len(labeled) + len(pool) == len(train_names)
+    assert (pretrain / layout.SSL_IMAGES).exists()  # --replace and runs never touch pretrain/
+
+
+def test_seed_project_command_line_parses_with_its_meaning(capsys):
+    seed = (
+        "--experiment-name simclr_60pct --labeled-dataset-percent 0.4 --epochs 100 --batch-size 8 "
+        "--lr 0.01"
+    )
+    args = train_det.get_args_parser().parse_args(shlex.split(seed))
+    assert (args.labeled_fraction, args.epochs, args.batch_size, args.lr, args.init) == (
+        0.4,
+        100,
+        8,
+        0.01,
+        "ssl",
+    )
+    # The old name means the SSL share in train_ssl.py: typing it says what it is read as.
+    assert "--labeled-dataset-percent 0.4 is read as --labeled-fraction 0.4" in (
+        capsys.readouterr().err
+    )
+    train_det.get_args_parser().parse_args(["--labeled-fraction", "0.4"])
+    assert capsys.readouterr().err == ""
+
+
+def torchrun_det(data_dir, tmp_path, name, *extra):
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train_det.py",
+        *det_args(data_dir, tmp_path, name, "--batch-size", "2", *extra),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_evaluate_and_resume_exactly(data_dir, tmp_path):
+    """Two gloo processes with global BatchNorm; stopped after epoch 1 and resumed,
+    the run ends with the uninterrupted run's weights (each rank's randomness
+    comes from (seed, epoch, rank) and the sampler's per-item seeds, not from a
+    saved generator state)."""
+    result = torchrun_det(data_dir, tmp_path, "ddp")
+    history = json.loads((tmp_path / "ddp" / "eval_history.json").read_text())
+    assert len(history) == 2 and history[-1]["AP"] is not None
+    assert json.loads((tmp_path / "ddp" / "args.json").read_text())["world_size"] == 2
+    assert "norm syncbn" in result.stdout
+    torchrun_det(data_dir, tmp_path, "resumed", "--stop-after", "1")
+    torchrun_det(data_dir, tmp_path, "resumed", "--resume")
+    straight = torch.load(tmp_path / "ddp" / "fasterrcnn_final.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "fasterrcnn_final.pth", weights_only=True)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_schedule_spans_every_step_of_the_repeat_factor_epochs():
+    """With ceil rounding an epoch holds sum(ceil(r)) items, with stochastic a
+    random count: the schedule has one rate per step actually taken, so cosine
+    ends at the last step and the step milestones fall at 67% and 89%."""
+    factors = [1.0, 1.2, 2.4, 1.7, 3.1] * 10
+    for rounding, world in (("ceil", 1), ("stochastic", 2), ("ceil", 3)):
+        sampler = RepeatFactorSampler(factors, num_replicas=world, seed=4, rounding=rounding)
+        steps = train_det.epoch_steps(sampler, batch_size=4, epochs=5)
+        real = []
+        for epoch in range(5):
+            sampler.set_epoch(epoch)
+            real.append(
+                len(torch.utils.data.DataLoader(range(10**4), batch_size=4, sampler=sampler))
+            )
+        assert steps == real, rounding
+    assert sum(
+        train_det.epoch_steps(RepeatFactorSampler(factors, rounding="ceil"), 4, 5)
+    ) > 5 * math.ceil(sum(factors) / 4)
+    args = train_det.get_args_parser().parse_args(["--warmup-iters", "10", "--lr", "0.1"])
+    rates = train_det.learning_rates(args, 300)
+    assert len(rates) == 300 and rates[9] == pytest.approx(0.1)
+    assert [10 + int(np.flatnonzero(rates[10:] < r)[0]) for r in (0.05, 0.005)] == [201, 267]
+    args.lr_schedule = "cosine"
+    cosine = train_det.learning_rates(args, 300)
+    assert len(cosine) == 300 and cosine[-1] < 1e-5 and cosine[-1] > 0
+    args.warmup_iters = 301
+    with pytest.raises(UserError, match="--warmup-iters 301 is longer than the whole run"):
+        train_det.learning_rates(args, 300)
