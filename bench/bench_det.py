@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine_epoch import engine_epoch, sgd  # noqa: E402
 
 from cxr.data.datasets import DetectionDataset  # noqa: E402
+from cxr.data.preparation import prepare  # noqa: E402
 from cxr.data.prepared import read_classes  # noqa: E402
+from cxr.data.synthetic_xrays import generate  # noqa: E402
 from cxr.detection.augment import BoxAugment  # noqa: E402
 from cxr.detection.detector import build_detector, detection_collate  # noqa: E402
-from cxr.prepare import prepare  # noqa: E402
-from cxr.synthetic import generate  # noqa: E402
 from train_det import detection_step  # noqa: E402
 
 

@@ -33,7 +33,7 @@ from PIL import Image, ImageFilter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr.synthetic import REAL_IMAGES, plan_dataset, write_csv  # noqa: E402
+from cxr.data.synthetic_xrays import REAL_IMAGES, plan_dataset, write_csv  # noqa: E402
 
 PNG_SIZE = 512
 
@@ -82,7 +82,7 @@ def time_prepare(root, repeats, *flags, name="data"):
 def our_fusion(root, repeats):
     """Best in-process time of prepare's fusion phase (`annotate`: WBF of every image
     and class, and the rescale to each PNG), the part the peer's loop does."""
-    from cxr.prepare import Settings, annotate, read_table, select_images
+    from cxr.data.preparation import Settings, annotate, read_table, select_images
 
     settings = Settings()
     table = read_table(root / "train.csv", settings)

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cxr.data.synthetic_xrays import LESION_SPECS  # noqa: E402
 from cxr.evaluation.probe import fit_logistic_ovr, macro_auroc, standardize  # noqa: E402
-from cxr.synthetic import LESION_SPECS  # noqa: E402
 
 
 def synthetic_problem(n_train, n_test, dim, seed=0):

@@ -24,15 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr.data.datasets import ImageList  # noqa: E402
 from cxr.data.images import list_images  # noqa: E402
+from cxr.data.preparation import prepare  # noqa: E402
 from cxr.data.prepared import split_images  # noqa: E402
+from cxr.data.synthetic_xrays import generate  # noqa: E402
 from cxr.nn.resnet import (
     build_resnet,  # noqa: E402
     to_network_input,  # noqa: E402
 )
-from cxr.prepare import prepare  # noqa: E402
 from cxr.ssl.simclr import SimCLR, nt_xent  # noqa: E402
 from cxr.ssl.views import VIEW_PRESETS, ViewConfig, simclr_views  # noqa: E402
-from cxr.synthetic import generate  # noqa: E402
 
 CONFIGS = {
     "simclr": VIEW_PRESETS["simclr"],

@@ -2,9 +2,9 @@
 
 import socket
 
-from cxr.prepare import prepare
+from cxr.data.preparation import prepare
+from cxr.data.synthetic_xrays import generate
 from cxr.run.cli import flags
-from cxr.synthetic import generate
 
 
 def prepared_synthetic(root, num_images, seed, size=64):

@@ -15,7 +15,7 @@ import evaluate
 import train_det
 import train_ssl
 from cxr.data.classes import dataset_classes
-from cxr.prepare import prepare
+from cxr.data.preparation import prepare
 from cxr.run.errors import UserError
 from cxr.run.model_files import load_detector
 

@@ -10,8 +10,8 @@ from PIL import Image
 from cxr.data.classes import NIH_FINDINGS, VINBIGDATA_CLASSES
 from cxr.data.coco_format import group_by
 from cxr.data.nih import PATIENT, read_nih_table
+from cxr.data.preparation import prepare
 from cxr.data.vinbigdata import read_vinbigdata
-from cxr.prepare import prepare
 from cxr.run.errors import UserError
 
 quiet = {"log": lambda *_: None}

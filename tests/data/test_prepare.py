@@ -14,10 +14,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from cxr.data.classes import VINBIGDATA_CLASSES
-from cxr.prepare import prepare
+from cxr.data.preparation import prepare
+from cxr.data.synthetic_xrays import CSV_COLUMNS, generate
 from cxr.run.errors import UserError
 from cxr.run.outputs import staged_directory
-from cxr.synthetic import CSV_COLUMNS, generate
 
 REPO = Path(__file__).resolve().parents[2]
 quiet = {"log": lambda *_: None}

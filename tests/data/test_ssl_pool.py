@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from test_nih import ROWS, write_nih
 
+from cxr.data.preparation import prepare
 from cxr.data.ssl_pool import extra_images, ssl_pool
-from cxr.prepare import prepare
 from cxr.run.errors import UserError
 
 

@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from cxr.data.classes import NO_FINDING_ID, NO_FINDING_NAME, VINBIGDATA_CLASSES
-from cxr.run.errors import UserError
-from cxr.synthetic import (
+from cxr.data.synthetic_xrays import (
     CSV_COLUMNS,
     LESION_SPECS,
     RADIOLOGISTS,
@@ -19,6 +18,7 @@ from cxr.synthetic import (
     plan_dataset,
     render_image,
 )
+from cxr.run.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import torchvision
 
 from cxr import experiment
 from cxr.data.image_lists import read_image_list
+from cxr.pipeline.runner import open_experiment
+from cxr.pipeline.stages import REPO, plan_stages
 from cxr.run import layout
 from cxr.run.errors import UserError
 from cxr.run.outputs import open_output_folder
@@ -43,7 +45,7 @@ TINY = [
 
 def planned(tmp_path, *argv):
     args = experiment.parse_args(["--out", str(tmp_path), *argv])
-    return experiment.plan_stages(args, experiment.settings_from(args), tmp_path)
+    return plan_stages(args, experiment.settings_from(args), tmp_path)
 
 
 def test_sweep_pretrains_and_fine_tunes_each_fraction_twice_plus_the_all_labels_baseline(tmp_path):
@@ -172,7 +174,7 @@ def test_replace_never_deletes_a_folder_cxr_did_not_make_or_the_inputs(tmp_path)
 def reopened(argv):
     args = experiment.parse_args(argv)
     with open_output_folder(args.out, command="test") as folder:
-        return experiment.open_experiment(args, experiment.settings_from(args), folder)
+        return open_experiment(args, experiment.settings_from(args), folder)
 
 
 def test_resume_may_add_seeds_after_the_old_ones_and_then_redoes_the_report(tmp_path):
@@ -268,3 +270,9 @@ def test_pretrained_init_of_another_architecture_is_refused_before_any_stage(tmp
     with pytest.raises(UserError, match="holds a resnet34 trunk, but the arms train a resnet18"):
         experiment.main(["--out", str(out), "--pretrained-init", str(weights), *TINY])
     assert not out.exists()
+
+
+def test_every_script_a_stage_runs_is_in_the_checkout(tmp_path):
+    for stage in planned(tmp_path, "--pretrained-init", str(tmp_path / "w.pth")):
+        if stage.program[0] != "-m":
+            assert (REPO / stage.program[0]).is_file(), stage.program

@@ -1,7 +1,7 @@
 """The report's verdict: from the interval and the number of training seeds."""
 
 from cxr.evaluation.bootstrap import Interval
-from cxr.report import MIN_SEEDS, deciding_command, verdict
+from cxr.pipeline.report_markdown import MIN_SEEDS, deciding_command, verdict
 
 
 def test_verdict_follows_the_interval_not_the_point_estimate():

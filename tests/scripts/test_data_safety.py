@@ -20,10 +20,10 @@ import train_det
 import train_ssl
 from cxr.data import image_files
 from cxr.data.classes import VINBIGDATA_CLASSES as CLASSES
-from cxr.prepare import prepare
+from cxr.data.preparation import prepare
+from cxr.data.synthetic_xrays import CSV_COLUMNS
 from cxr.run.errors import UserError
 from cxr.run.model_files import load_detector
-from cxr.synthetic import CSV_COLUMNS
 
 
 @pytest.fixture(scope="module")

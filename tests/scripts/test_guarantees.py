@@ -19,9 +19,9 @@ from PIL import Image
 
 from cxr.data.image_lists import read_image_list, write_image_list
 from cxr.data.names import name_problem
-from cxr.prepare import prepare
+from cxr.data.preparation import prepare
+from cxr.data.synthetic_xrays import CSV_COLUMNS, generate
 from cxr.run.errors import UserError
-from cxr.synthetic import CSV_COLUMNS, generate
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = ["a", "Z9", "-", "_", " ", "é", "肺", ",", '"', "."]  # inside a name, not first
