@@ -49,18 +49,7 @@ from cxr.evaluation.probe import extract_features, macro_auroc, probe_test_score
 from cxr.evaluation.submission import prediction_string, submission_csv
 from cxr.nn.resnet import FEATURE_DIMS, headless_resnet
 from cxr.nn.seeds import stream_seed
-from cxr.run import layout
-from cxr.run.cli import (
-    add_device_flags,
-    add_folder_flags,
-    command_parser,
-    fraction,
-    image_size,
-    positive_float,
-    positive_int,
-    seed,
-    seed_project_group,
-)
+from cxr.run import cli, layout
 from cxr.run.distributed import agree, gather_to_main, inference_shard, process_group
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.model_files import backbone_meta, load_detector, pretrained_trunk
@@ -74,7 +63,9 @@ from cxr.run.progress import progress
 
 
 def get_args_parser():
-    p = command_parser("evaluate.py", "Evaluate cxr models (torchrun-able for map and predict).")
+    p = cli.command_parser(
+        "evaluate.py", "Evaluate cxr models (torchrun-able for map and predict)."
+    )
     p.add_argument(
         "--mode",
         required=True,
@@ -82,14 +73,14 @@ def get_args_parser():
         help="map: COCO mAP on test images; visualize: pictures; predict: unlabeled images; "
         "probe: linear probe of a backbone",
     )
-    add_folder_flags(p, experiment_help="the experiment folder: its models and eval/")
+    cli.add_folder_flags(p, experiment_help="the experiment folder: its models and eval/")
     p.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=cli.positive_int,
         default=None,
         help="images per forward pass (default: 8 for map, 32 for probe)",
     )
-    add_device_flags(p)
+    cli.add_device_flags(p)
     p.add_argument("--replace", action="store_true", help="overwrite existing results")
     detector = p.add_argument_group("map, visualize, predict")
     detector.add_argument(
@@ -102,13 +93,13 @@ def get_args_parser():
     )
     detector.add_argument(
         "--score-threshold",
-        type=fraction,
+        type=cli.fraction,
         default=None,
         help="lowest detection score kept (map, predict: 0.05, torchvision's default) "
         "or drawn (visualize: 0.3)",
     )
     detector.add_argument(
-        "--num-images", type=positive_int, default=8, help="visualize: how many test images"
+        "--num-images", type=cli.positive_int, default=8, help="visualize: how many test images"
     )
     detector.add_argument(
         "--image-ids",
@@ -148,23 +139,23 @@ def get_args_parser():
     )
     probe_flags.add_argument(
         "--image-size",
-        type=image_size,
+        type=cli.image_size,
         default=None,
         help="default: from the backbone's JSON, else 512",
     )
     probe_flags.add_argument(
         "--C",
-        type=positive_float,
+        type=cli.positive_float,
         default=1.0,
         help="inverse L2 strength of the logistic regression",
     )
     p.add_argument(
         "--seed",
-        type=seed,
+        type=cli.seed,
         default=0,
         help="seed of the random backbone and of the pictured images",
     )
-    seed_project = seed_project_group(p)
+    seed_project = cli.seed_project_group(p)
     seed_project.add_argument(
         "--test-data-dir", default=None, help="image folder (default: DATA_DIR/test)"
     )

@@ -42,47 +42,16 @@ from cxr.nn.global_batchnorm import convert_to_global_batchnorm
 from cxr.nn.optim import build_optimizer, step_schedule, warmup_cosine_schedule
 from cxr.nn.resnet import FEATURE_DIMS, infer_arch
 from cxr.nn.seeds import stream_seed
-from cxr.run import layout
-from cxr.run.cli import (
-    add_device_flags,
-    add_folder_flags,
-    add_share_flag,
-    add_training_flags,
-    command_parser,
-    float_range,
-    fraction,
-    fraction_list,
-    image_size,
-    int_range,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    seed,
-)
+from cxr.run import cli, engine, layout
 from cxr.run.distributed import gather_to_main, inference_shard, process_group
-from cxr.run.engine import (
-    ProgressMeter,
-    autocast,
-    check_amp,
-    check_run_length,
-    check_warmup,
-    checkpoint_state,
-    epoch_generator,
-    epoch_range,
-    finite_mean_loss,
-    grad_scaler,
-    restore,
-    set_learning_rate,
-)
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.folder import open_run
 from cxr.run.model_files import backbone_meta, load_trunk_weights, read_trunk, save_detector
 
 
 def get_args_parser():
-    p = command_parser("train_det.py", "Faster R-CNN fine-tuning (torchrun-able).")
-    add_folder_flags(p, experiment_help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/")
+    p = cli.command_parser("train_det.py", "Faster R-CNN fine-tuning (torchrun-able).")
+    cli.add_folder_flags(p, experiment_help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/")
     p.add_argument(
         "--init",
         default="ssl",
@@ -94,8 +63,8 @@ def get_args_parser():
         choices=sorted(FEATURE_DIMS),
         help="default: the SSL backbone's, or the --init file's; resnet50 for --init random",
     )
-    p.add_argument("--image-size", type=image_size, default=512, help="images are read at this")
-    add_share_flag(
+    p.add_argument("--image-size", type=cli.image_size, default=512, help="images are read at this")
+    cli.add_share_flag(
         p,
         "--labeled-fraction",
         dest="labeled_fraction",
@@ -104,13 +73,16 @@ def get_args_parser():
         default_text=" (default: 1 - the SSL fraction recorded in pretrain/, else 1)",
     )
     p.add_argument(
-        "--split-seed", type=seed, default=None, help="default: the one pretraining used, else 0"
+        "--split-seed",
+        type=cli.seed,
+        default=None,
+        help="default: the one pretraining used, else 0",
     )
     p.add_argument(
         "--allow-overlap", action="store_true", help="allow labeled images of the SSL pool"
     )
     p.add_argument(
-        "--trainable-layers", type=int_range(0, 5), default=5, help="ResNet stages trained, 0-5"
+        "--trainable-layers", type=cli.int_range(0, 5), default=5, help="ResNet stages trained, 0-5"
     )
     p.add_argument(
         "--norm",
@@ -119,22 +91,29 @@ def get_args_parser():
         help="syncbn: BatchNorm over all processes' batches; bn: per process; frozen",
     )
     p.add_argument(
-        "--roi-batch-size", type=positive_int, default=512, help="RoIs sampled per image"
+        "--roi-batch-size", type=cli.positive_int, default=512, help="RoIs sampled per image"
     )
     p.add_argument(
-        "--rpn-proposals", type=positive_int, default=2000, help="RPN proposals kept in training"
+        "--rpn-proposals",
+        type=cli.positive_int,
+        default=2000,
+        help="RPN proposals kept in training",
     )
-    p.add_argument("--batch-size", type=positive_int, default=4, help="images per process")
-    p.add_argument("--epochs", type=positive_int, default=26, help="passes over the labeled set")
-    p.add_argument("--lr", type=positive_float, default=0.01, help="absolute peak learning rate")
+    p.add_argument("--batch-size", type=cli.positive_int, default=4, help="images per process")
+    p.add_argument(
+        "--epochs", type=cli.positive_int, default=26, help="passes over the labeled set"
+    )
+    p.add_argument(
+        "--lr", type=cli.positive_float, default=0.01, help="absolute peak learning rate"
+    )
     p.add_argument(
         "--warmup-iters",
-        type=non_negative_int,
+        type=cli.non_negative_int,
         default=None,
         help="linear warmup (default: a tenth of the run, at most 500 iterations)",
     )
     p.add_argument(
-        "--warmup-factor", type=fraction, default=0.0, help="the rate's share as warmup starts"
+        "--warmup-factor", type=cli.fraction, default=0.0, help="the rate's share as warmup starts"
     )
     p.add_argument(
         "--lr-schedule",
@@ -146,10 +125,13 @@ def get_args_parser():
         "--lr-steps", type=lr_steps, default="0.67,0.89", help="rising shares of the run"
     )
     p.add_argument(
-        "--weight-decay", type=non_negative_float, default=1e-4, help="on weights, not biases"
+        "--weight-decay", type=cli.non_negative_float, default=1e-4, help="on weights, not biases"
     )
     p.add_argument(
-        "--repeat-threshold", type=fraction, default=0.4, help="repeat-factor threshold t (0: off)"
+        "--repeat-threshold",
+        type=cli.fraction,
+        default=0.4,
+        help="repeat-factor threshold t (0: off)",
     )
     p.add_argument(
         "--repeat-rounding",
@@ -165,24 +147,24 @@ def get_args_parser():
     )
     p.add_argument(
         "--negatives",
-        type=float_range(0.0, 100.0),
+        type=cli.float_range(0.0, 100.0),
         default=0.0,
         help="normal images per labeled image, as box-free negatives (prepare --keep-normal)",
     )
     p.add_argument(
         "--val-fraction",
-        type=float_range(0.0, 1.0, high_open=True, what="a share"),
+        type=cli.float_range(0.0, 1.0, high_open=True, what="a share"),
         default=0.0,
         help="evaluate on this held-out share of the labeled images instead of the test split",
     )
     p.add_argument(
-        "--eval-every", type=non_negative_int, default=1, help="epochs between evaluations"
+        "--eval-every", type=cli.non_negative_int, default=1, help="epochs between evaluations"
     )
     p.add_argument(
-        "--eval-batch-size", type=positive_int, default=8, help="images per evaluation pass"
+        "--eval-batch-size", type=cli.positive_int, default=8, help="images per evaluation pass"
     )
-    add_device_flags(p)
-    add_training_flags(
+    cli.add_device_flags(p)
+    cli.add_training_flags(
         p, outputs=", ".join(layout.DETECTOR_OUTPUTS) + "; never pretrain/ or eval/", print_freq=20
     )
     return p
@@ -190,7 +172,7 @@ def get_args_parser():
 
 def lr_steps(text):
     """--lr-steps: rising shares of the run in (0, 1), kept as typed."""
-    steps = fraction_list(text, low_open=True, high_open=True)
+    steps = cli.fraction_list(text, low_open=True, high_open=True)
     if steps != sorted(steps):
         raise argparse.ArgumentTypeError(f"{text!r}: the shares must rise")
     return text
@@ -205,7 +187,7 @@ def main(argv=None):
 def train(args, dist_info):
     """Check everything, then fine-tune; each epoch ends in an evaluation and a
     checkpoint."""
-    check_amp(args.amp, dist_info.device)
+    engine.check_amp(args.amp, dist_info.device)
     experiment_dir = Path(args.output_dir) / args.experiment_name
     meta, ssl_pool = pretrain_record(args)
     args = settle_defaults(args, meta)
@@ -215,7 +197,7 @@ def train(args, dist_info):
         return print(f"train_det.py: checked, {describe(args, data)}; nothing written")
     model, message = build_model(args, dist_info, data.classes)
     optimizer = build_optimizer("sgd", model, lr=args.lr, weight_decay=args.weight_decay)
-    scaler = grad_scaler(args.amp, dist_info.device)
+    scaler = engine.grad_scaler(args.amp, dist_info.device)
     loader = torch.utils.data.DataLoader(
         data.dataset,
         batch_size=args.batch_size,
@@ -236,13 +218,13 @@ def train(args, dist_info):
     ) as run:
         log_start(run, data, message)
         state = run.resume_state()
-        start_epoch, step = restore(state, model=model, optimizer=optimizer, scaler=scaler)
+        start_epoch, step = engine.restore(state, model=model, optimizer=optimizer, scaler=scaler)
         history = state["eval_history"] if state else []
         ddp_model = DistributedDataParallel(model) if data.processes > 1 else model
-        epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
+        epochs = engine.epoch_range(start_epoch, args.epochs, args.stop_after)
         for epoch in epochs:
             data.sampler.set_epoch(epoch)
-            epoch_generator(args.seed, epoch, dist_info)  # the model's own draws (RoIs)
+            engine.epoch_generator(args.seed, epoch, dist_info)  # the model's own draws (RoIs)
             step, mean_loss = train_one_epoch(
                 ddp_model,
                 loader,
@@ -258,7 +240,7 @@ def train(args, dist_info):
             if metrics:
                 history.append({"epoch": epoch + 1, **metrics})
             run.log_epoch(epoch, mean_loss=mean_loss, **epoch_metrics(metrics))
-            state = checkpoint_state(
+            state = engine.checkpoint_state(
                 model, optimizer, scaler, epoch=epoch + 1, step=step, eval_history=history
             )
             run.save(state)
@@ -272,25 +254,20 @@ def train_one_epoch(model, loader, optimizer, scaler, lr_schedule, *, epoch, ste
     step `step`: the sum of Faster R-CNN's four losses (Ren et al., 2015).
     Returns (next global step, mean loss)."""
     device = next(model.parameters()).device
-    meter = ProgressMeter(
-        epoch=epoch,
-        epochs=args.epochs,
-        iterations=len(loader),
-        total_steps=len(lr_schedule),
-        print_freq=args.print_freq,
-        log=log,
+    meter = engine.ProgressMeter(
+        epoch, args, iterations=len(loader), steps=len(lr_schedule), log=log
     )
     model.train()
     for images, targets in meter.batches(loader):
-        set_learning_rate(optimizer, lr_schedule[step])
+        engine.set_learning_rate(optimizer, lr_schedule[step])
         images = [image.to(device, non_blocking=True).expand(3, -1, -1) for image in images]
         targets = [
             {"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets
         ]
-        with autocast(args.amp, device):
+        with engine.autocast(args.amp, device):
             losses = model(images, targets)  # RPN and box head: objectness, box, class
         loss = sum(losses.values())
-        mean_loss = finite_mean_loss(loss, epoch=epoch, iteration=meter.iteration, step=step)
+        mean_loss = engine.finite_mean_loss(loss, epoch=epoch, iteration=meter.iteration, step=step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if args.clip_grad:
@@ -371,7 +348,9 @@ def choose_data(args, processes, rank, *, meta, ssl_pool):
         batch_size=args.batch_size,
     )
     per_epoch = math.ceil(sum(factors) / (args.batch_size * processes))
-    check_run_length(args.epochs * per_epoch, f"--epochs {args.epochs}")  # before counting them
+    engine.check_run_length(
+        args.epochs * per_epoch, f"--epochs {args.epochs}"
+    )  # before counting them
     schedule = learning_rates(args, sum(epoch_steps(sampler, args.batch_size, args.epochs)))
     eval_dataset, ground_truth = evaluation_set(args, held_out)
     if not ground_truth.dataset["annotations"]:
@@ -487,14 +466,16 @@ DEFAULT_WARMUP = 500  # iterations, unless a tenth of the run is shorter
 def warmup_iters(args, total_steps):
     """--warmup-iters, or by default a tenth of the run, at most DEFAULT_WARMUP."""
     if args.warmup_iters is not None:
-        check_warmup(args.warmup_iters, total_steps, f"--warmup-iters {args.warmup_iters}")
+        engine.check_warmup(args.warmup_iters, total_steps, f"--warmup-iters {args.warmup_iters}")
         return args.warmup_iters
     return min(DEFAULT_WARMUP, math.ceil(total_steps / 10))
 
 
 def learning_rates(args, total_steps):
     """The learning rate of every global step of the whole run."""
-    check_run_length(total_steps, f"--epochs {args.epochs} and --batch-size {args.batch_size}")
+    engine.check_run_length(
+        total_steps, f"--epochs {args.epochs} and --batch-size {args.batch_size}"
+    )
     warmup = warmup_iters(args, total_steps)
     if args.lr_schedule == "cosine":
         return warmup_cosine_schedule(

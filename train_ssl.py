@@ -33,39 +33,8 @@ from cxr.nn.resnet import (
     to_network_input,
 )
 from cxr.nn.seeds import stream_seed
-from cxr.run import layout
-from cxr.run.cli import (
-    add_device_flags,
-    add_folder_flags,
-    add_share_flag,
-    add_training_flags,
-    command_parser,
-    image_size,
-    int_range,
-    non_negative_float,
-    non_negative_int,
-    parse_views,
-    positive_float,
-    positive_int,
-    seed,
-    seed_project_group,
-    views_flag,
-)
+from cxr.run import cli, engine, layout
 from cxr.run.distributed import process_group
-from cxr.run.engine import (
-    ProgressMeter,
-    autocast,
-    check_amp,
-    check_run_length,
-    check_warmup,
-    checkpoint_state,
-    epoch_generator,
-    epoch_range,
-    finite_mean_loss,
-    grad_scaler,
-    restore,
-    set_learning_rate,
-)
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.folder import open_run
 from cxr.run.model_files import save_backbone
@@ -76,48 +45,55 @@ from cxr.ssl.views import VIEW_PRESETS, ViewConfig, simclr_views
 
 
 def get_args_parser():
-    p = command_parser("train_ssl.py", "SimCLR pretraining (torchrun-able).")
-    add_folder_flags(p, experiment_help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/pretrain/")
+    p = cli.command_parser("train_ssl.py", "SimCLR pretraining (torchrun-able).")
+    cli.add_folder_flags(p, experiment_help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/pretrain/")
     p.add_argument(
         "--arch", default="resnet50", choices=sorted(FEATURE_DIMS), help="torchvision ResNet trunk"
     )
-    p.add_argument("--image-size", type=image_size, default=512, help="side of the views in px")
+    p.add_argument("--image-size", type=cli.image_size, default=512, help="side of the views in px")
     p.add_argument(
-        "--batch-size", type=int_range(2), default=32, help="images per process (two views each)"
+        "--batch-size",
+        type=cli.int_range(2),
+        default=32,
+        help="images per process (two views each)",
     )
-    p.add_argument("--epochs", type=positive_int, default=100, help="passes over the SSL pool")
-    p.add_argument("--lr", type=positive_float, default=0.05, help="absolute peak learning rate")
+    p.add_argument("--epochs", type=cli.positive_int, default=100, help="passes over the SSL pool")
+    p.add_argument(
+        "--lr", type=cli.positive_float, default=0.05, help="absolute peak learning rate"
+    )
     p.add_argument(
         "--warmup-epochs",
-        type=non_negative_float,
+        type=cli.non_negative_float,
         default=None,
         help="linear warmup, then cosine decay to 0 (default: a tenth of --epochs)",
     )
     p.add_argument(
-        "--weight-decay", type=non_negative_float, default=5e-4, help="on weights, not biases"
+        "--weight-decay", type=cli.non_negative_float, default=5e-4, help="on weights, not biases"
     )
     p.add_argument(
         "--optimizer", default="sgd", choices=["sgd", "lars"], help="SGD with momentum, or LARS"
     )
-    p.add_argument("--temperature", type=positive_float, default=0.5, help="NT-Xent temperature")
     p.add_argument(
-        "--projection-dim", type=positive_int, default=128, help="output size of the head"
+        "--temperature", type=cli.positive_float, default=0.5, help="NT-Xent temperature"
+    )
+    p.add_argument(
+        "--projection-dim", type=cli.positive_int, default=128, help="output size of the head"
     )
     p.add_argument(
         "--views",
-        type=views_flag,
+        type=cli.views_flag,
         default="simclr",
         help=f"a preset ({', '.join(VIEW_PRESETS)}) or JSON overriding one; keys: "
         + ", ".join(f.name for f in fields(ViewConfig)),
     )
-    add_share_flag(
+    cli.add_share_flag(
         p,
         "--ssl-fraction",
         dest="ssl_fraction",
         default=0.4,
         meaning="the share of the training images pretrained on",
     )
-    p.add_argument("--split-seed", type=seed, default=0, help="seed of the SSL / labeled split")
+    p.add_argument("--split-seed", type=cli.seed, default=0, help="seed of the SSL / labeled split")
     p.add_argument(
         "--extra-images",
         nargs="+",
@@ -136,13 +112,13 @@ def get_args_parser():
     )
     p.add_argument(
         "--precise-bn-images",
-        type=non_negative_int,
+        type=cli.non_negative_int,
         default=1024,
         help="recompute BatchNorm statistics on this many clean images before saving (0: off)",
     )
-    add_device_flags(p)
-    add_training_flags(p, outputs=", ".join(layout.PRETRAIN_OUTPUTS), print_freq=10)
-    seed_project_group(p).add_argument(
+    cli.add_device_flags(p)
+    cli.add_training_flags(p, outputs=", ".join(layout.PRETRAIN_OUTPUTS), print_freq=10)
+    cli.seed_project_group(p).add_argument(
         "--devices",
         type=devices_flag,
         default="auto",
@@ -154,7 +130,7 @@ def get_args_parser():
 def devices_flag(text):
     """The seed project's --devices: 'auto' or a number of devices."""
     if text != "auto":
-        positive_int(text)
+        cli.positive_int(text)
     return text
 
 
@@ -167,7 +143,7 @@ def main(argv=None):
 def train(args, dist_info):
     """Check everything, then pretrain; each epoch ends in a checkpoint."""
     check_devices_flag(args.devices, dist_info)
-    check_amp(args.amp, dist_info.device)
+    engine.check_amp(args.amp, dist_info.device)
     log = print if dist_info.is_main else None
     data = choose_data(args, args.dry_run or dist_info.world_size, log)  # before any write
     if args.dry_run is not None:
@@ -175,7 +151,7 @@ def train(args, dist_info):
     device, rank = dist_info.device, dist_info.rank
     model = build_model(args, dist_info)
     optimizer = build_optimizer(args.optimizer, model, lr=args.lr, weight_decay=args.weight_decay)
-    scaler = grad_scaler(args.amp, device)
+    scaler = engine.grad_scaler(args.amp, device)
     sampler = ShuffleSampler(
         len(data.dataset), num_replicas=data.processes, rank=rank, seed=args.seed
     )
@@ -204,11 +180,11 @@ def train(args, dist_info):
             iterations_per_epoch=len(loader),
             global_batchnorm=args.sync_bn and data.processes > 1,
         )
-        start_epoch, step = restore(
+        start_epoch, step = engine.restore(
             run.resume_state(), model=model, optimizer=optimizer, scaler=scaler
         )
         ddp_model = DistributedDataParallel(model) if data.processes > 1 else model
-        epochs = epoch_range(start_epoch, args.epochs, args.stop_after)
+        epochs = engine.epoch_range(start_epoch, args.epochs, args.stop_after)
         for epoch in epochs:
             sampler.set_epoch(epoch)
             step, mean_loss = train_one_epoch(
@@ -220,13 +196,13 @@ def train(args, dist_info):
                 epoch=epoch,
                 step=step,
                 views=data.views,
-                generator=epoch_generator(args.seed, epoch, dist_info),
+                generator=engine.epoch_generator(args.seed, epoch, dist_info),
                 args=args,
                 rank=rank,
                 log=run.log,
             )
             run.log_epoch(epoch, mean_loss=mean_loss)
-            run.save(checkpoint_state(model, optimizer, scaler, epoch=epoch + 1, step=step))
+            run.save(engine.checkpoint_state(model, optimizer, scaler, epoch=epoch + 1, step=step))
         if not run.stopped_early(epochs):
             save_trunk(run, model, data)
 
@@ -238,27 +214,22 @@ def train_one_epoch(
     two views of each image, NT-Xent over the views of every rank (Chen et al.,
     2020, eq. 1). Returns (next global step, mean loss)."""
     device = next(model.parameters()).device
-    meter = ProgressMeter(
-        epoch=epoch,
-        epochs=args.epochs,
-        iterations=len(loader),
-        total_steps=len(lr_schedule),
-        print_freq=args.print_freq,
-        log=log,
+    meter = engine.ProgressMeter(
+        epoch, args, iterations=len(loader), steps=len(lr_schedule), log=log
     )
     model.train()
     for images in meter.batches(loader):
-        set_learning_rate(optimizer, lr_schedule[step])
+        engine.set_learning_rate(optimizer, lr_schedule[step])
         images = images.to(device, non_blocking=True)  # (n, 1, H, W) uint8
         first, second = simclr_views(images, args.image_size, views, generator)
         x = to_network_input(torch.cat([first, second]))  # (2n, 3, size, size)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(args.amp, device):
+        with engine.autocast(args.amp, device):
             z = model(x)  # (2n, projection_dim)
         n = len(images)
         loss = nt_xent(z[:n], z[n:], args.temperature, rank=rank)  # float32
-        mean_loss = finite_mean_loss(loss, epoch=epoch, iteration=meter.iteration, step=step)
+        mean_loss = engine.finite_mean_loss(loss, epoch=epoch, iteration=meter.iteration, step=step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if args.clip_grad:
@@ -312,7 +283,7 @@ def choose_data(args, processes, log):
         )
     dataset = ImageList([paths[name] for name in sorted(paths)], args.image_size)
     schedule, warmup_steps = learning_rates(args, steps_per_epoch)
-    views = parse_views(args.views)
+    views = cli.parse_views(args.views)
     return PretrainingData(views, paths, extra, dataset, processes, schedule, warmup_steps)
 
 
@@ -322,8 +293,10 @@ def learning_rates(args, steps_per_epoch):
     warmup_epochs = args.epochs / 10 if args.warmup_epochs is None else args.warmup_epochs
     warmup_steps = round(warmup_epochs * steps_per_epoch)
     total_steps = args.epochs * steps_per_epoch
-    check_run_length(total_steps, f"--epochs {args.epochs} and --batch-size {args.batch_size}")
-    check_warmup(warmup_steps, total_steps, f"--warmup-epochs {warmup_epochs:g}")
+    engine.check_run_length(
+        total_steps, f"--epochs {args.epochs} and --batch-size {args.batch_size}"
+    )
+    engine.check_warmup(warmup_steps, total_steps, f"--warmup-epochs {warmup_epochs:g}")
     return warmup_cosine_schedule(args.lr, total_steps, warmup_steps=warmup_steps), warmup_steps
 
 

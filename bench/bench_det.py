@@ -1,8 +1,8 @@
 """Benchmark: the detector's training step and its data pipeline.
 
-1. Images/s of our training step (cxr.run.engine.train_one_epoch with
-   train_det.detection_step) against the bare torchvision step on the same batches
-   (forward, summed losses, backward, SGD step): the engine's overhead.
+1. Images/s of our training step (train_det.py's train_one_epoch) against the
+   bare torchvision step on the same batches (forward, summed losses, backward,
+   SGD step): the overhead of the loop's progress record and non-finite check.
 2. Images/s of one data-loader worker (PNG decode + box-aware augmentation,
    cxr.data.DetectionDataset with BoxAugment) at --size, with augmentation on
    and off, against the model step: how many workers keep the model fed.
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine_epoch import engine_epoch, sgd  # noqa: E402
+from engine_epoch import det_epoch, sgd  # noqa: E402
 
 from cxr.data.datasets import DetectionDataset  # noqa: E402
 from cxr.data.preparation import prepare  # noqa: E402
@@ -33,7 +33,6 @@ from cxr.data.prepared import read_classes  # noqa: E402
 from cxr.data.synthetic_xrays import generate  # noqa: E402
 from cxr.detection.augment import BoxAugment  # noqa: E402
 from cxr.detection.detector import build_detector, detection_collate  # noqa: E402
-from train_det import detection_step  # noqa: E402
 
 
 def timed(fn, repeats=2):
@@ -72,10 +71,9 @@ def bench_step(data_dir, arch, size, batch, steps, device):
     classes = read_classes(data_dir)
     model = build_detector(arch=arch, image_size=size, num_classes=len(classes)).to(device)
     optimizer = sgd(model, 0.01)
-    step_fn = partial(detection_step, amp="none", device=device)
 
     def engine():
-        engine_epoch(model, step_fn, batches, optimizer=optimizer, device=device)
+        det_epoch(model, batches, optimizer=optimizer)
 
     def bare():
         bare_step(model, optimizer, batches, device)

@@ -6,9 +6,9 @@
    0.08-1, flips, colour jitter 0.4 p=0.8, grayscale p=0.2, PIL Gaussian blur
    p=0.5, histogram equalization, to tensor).
 2. The same view pipeline on a batch on the GPU, when there is one.
-3. Our training step (cxr.run.engine.train_one_epoch with train_ssl.simclr_step)
-   against the bare model step on the same batches (forward, NT-Xent,
-   backward, SGD step): the engine's overhead in percent.
+3. Our training step (train_ssl.py's train_one_epoch) against the bare model
+   step on the same batches (forward, NT-Xent, backward, SGD step): the
+   overhead of the loop's progress record and non-finite check, in percent.
 
     python bench/bench_ssl.py [--size 512] [--arch resnet18 --step-size 128]
 """
@@ -17,9 +17,7 @@ import argparse
 import random
 import sys
 import time
-from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -27,7 +25,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine_epoch import engine_epoch  # noqa: E402
+from engine_epoch import ssl_epoch  # noqa: E402
 
 from cxr.nn.optim import build_optimizer  # noqa: E402
 from cxr.nn.resnet import (  # noqa: E402
@@ -35,10 +33,8 @@ from cxr.nn.resnet import (  # noqa: E402
     build_resnet,
     to_network_input,  # noqa: E402
 )
-from cxr.run.distributed import DistInfo  # noqa: E402
 from cxr.ssl.simclr import SimCLR, nt_xent  # noqa: E402
 from cxr.ssl.views import ViewConfig, simclr_views  # noqa: E402
-from train_ssl import simclr_step  # noqa: E402
 
 
 def radiographs(n, size, seed=0):
@@ -127,9 +123,6 @@ def bench_step(arch, size, batch, steps, rounds):
         torch.from_numpy(np.stack(radiographs(batch, size, seed=i)).astype(np.uint8)).unsqueeze(1)
         for i in range(steps)
     ]
-    dist_info = DistInfo(0, 1, 0, device)
-    args = SimpleNamespace(image_size=size, amp="none", temperature=0.5)
-    step_fn = partial(simclr_step, args=args, views=ViewConfig(), dist_info=dist_info)
 
     def fresh():
         torch.manual_seed(0)
@@ -140,8 +133,13 @@ def bench_step(arch, size, batch, steps, rounds):
     generator = torch.Generator(device=device).manual_seed(0)
 
     def engine():
-        engine_epoch(
-            model, step_fn, batches, optimizer=optimizer, device=device, generator=generator
+        ssl_epoch(
+            model,
+            batches,
+            optimizer=optimizer,
+            image_size=size,
+            views=ViewConfig(),
+            generator=generator,
         )
 
     def bare():

@@ -1,37 +1,55 @@
-"""One epoch of cxr's training engine over given batches, for the benchmarks that time
-the engine against the bare loop (bench_det.py, bench_ssl.py)."""
+"""One epoch of a training script's own loop (train_ssl.train_one_epoch,
+train_det.train_one_epoch) over given batches, logging nothing: what the benchmarks
+time against the bare loop (bench_det.py, bench_ssl.py)."""
 
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+import train_det
+import train_ssl
 from cxr.nn.optim import build_optimizer, warmup_cosine_schedule
-from cxr.run.distributed import DistInfo
-from cxr.run.engine import Optimization, train_one_epoch
-from cxr.run.folder import Run, RunLogger
-from cxr.run.outputs import OutputFolder
+
+QUIET = SimpleNamespace(epochs=1, print_freq=10**9, amp="none", clip_grad=None)
 
 
-def engine_epoch(model, step_fn, batches, *, optimizer, device, generator=None):
-    """train_one_epoch over `batches` in one process, logging nothing."""
-    optimization = Optimization(
+def _schedule(optimizer, batches):
+    return warmup_cosine_schedule(optimizer.param_groups[0]["lr"], 100 * len(batches))
+
+
+def ssl_epoch(model, batches, *, optimizer, image_size, views, generator):
+    """train_ssl.py's loop over `batches` of uint8 images, in one process."""
+    args = SimpleNamespace(**vars(QUIET), image_size=image_size, temperature=0.5)
+    scaler = torch.amp.GradScaler(generator.device.type, enabled=False)
+    train_ssl.train_one_epoch(
+        model,
+        batches,
         optimizer,
-        torch.amp.GradScaler(device.type, enabled=False),
-        warmup_cosine_schedule(optimizer.param_groups[0]["lr"], 100 * len(batches)),
+        scaler,
+        _schedule(optimizer, batches),
+        epoch=0,
+        step=0,
+        views=views,
+        generator=generator,
+        args=args,
+        rank=0,
+        log=lambda *_, **__: None,
     )
-    folder = OutputFolder(Path(tempfile.gettempdir()))
-    run = Run(
-        folder,
-        RunLogger(folder, enabled=False),
-        {},
-        None,
-        SimpleNamespace(epochs=1, print_freq=10**9),
-        DistInfo(0, 1, 0, device),
-    )
-    train_one_epoch(
-        model, step_fn, batches, optimization, step=0, epoch=0, run=run, generator=generator
+
+
+def det_epoch(model, batches, *, optimizer):
+    """train_det.py's loop over `batches` of (images, targets), in one process."""
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train_det.train_one_epoch(
+        model,
+        batches,
+        optimizer,
+        scaler,
+        _schedule(optimizer, batches),
+        epoch=0,
+        step=0,
+        args=QUIET,
+        log=lambda *_, **__: None,
     )
 
 

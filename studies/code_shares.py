@@ -82,12 +82,12 @@ def product_files(revision):
         and (n.startswith("cxr/") or "/" not in n)
         and not n.endswith("__init__.py")
     ]
-    show = lambda n: (
-        subprocess.run(  # noqa: E731
-            ["git", "show", f"{revision}:{n}"], cwd=REPO, capture_output=True, text=True
-        ).stdout
-    )
-    return {n: show(n) for n in names}
+    return {n: git_show(revision, n) for n in names}
+
+
+def git_show(revision, name):
+    command = ["git", "show", f"{revision}:{name}"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True).stdout
 
 
 def part_of(name):

@@ -31,16 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr.data.classes import dataset_classes  # noqa: E402
 from cxr.data.prepared import load_coco  # noqa: E402
-from cxr.evaluation.probe import macro_auroc, probe_test_scores, split_features  # noqa: E402
+from cxr.evaluation.probe import macro_auroc, probe_test_scores  # noqa: E402
 from cxr.nn.resnet import headless_resnet  # noqa: E402
 from cxr.run.model_files import pretrained_trunk  # noqa: E402
+from evaluate import split_features  # noqa: E402
 
 
 def probe_scores(trunk, data_dir, image_size):
     """(test scores, test labels) of the probe fitted on the train split, as
     evaluate.py --mode probe."""
+    options = argparse.Namespace(batch_size=64, workers=0)
     (train_x, train_y), (test_x, test_y) = (
-        split_features(trunk, data_dir, split, image_size=image_size, batch_size=64, device="cpu")
+        split_features(trunk, data_dir, split, size=image_size, args=options, device="cpu")
         for split in ("train", "test")
     )
     return probe_test_scores(train_x, train_y, test_x), test_y

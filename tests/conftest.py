@@ -1,6 +1,13 @@
-"""Shared test helpers."""
+"""Shared test helpers: tiny prepared data, tiny command lines, torchrun."""
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
 
 from cxr.data.preparation import prepare
 from cxr.data.synthetic_xrays import generate
@@ -74,3 +81,47 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(script, *arguments, nproc=2, max_restarts=0, log=None, timeout=300):
+    """`script` (train_ssl.py, ...) under torchrun with `nproc` gloo processes, run from
+    the checkout. With `log`: started in the background, its output going to that
+    file (returns the Popen); else run to its end, which must succeed (returns the
+    CompletedProcess)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        f"--max-restarts={max_restarts}",
+        script,
+        *map(str, arguments),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if log is not None:
+        with open(log, "w") as output:
+            return subprocess.Popen(
+                command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, env=env
+            )
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def trunk_file(folder, seed=3):
+    """(path, state) of a random torchvision resnet18 trunk saved in `folder`."""
+    torch.manual_seed(seed)
+    state = {
+        k: v
+        for k, v in torchvision.models.resnet18().state_dict().items()
+        if not k.startswith("fc.")
+    }
+    path = folder / "trunk.pth"
+    torch.save(state, path)
+    return path, state

@@ -53,53 +53,34 @@ class Settings:
     pictures: int = _setting("test images drawn per arm", cli.positive_int)
 
 
+# Each setting's value in the two presets.
+# cpu: sized for a 2-core CPU, about 20 minutes for one SSL fraction. SimCLR runs 210 steps
+# of 32 images (it ran 50 of 64): more steps lifted the linear probe (docs/experiments.md).
+# paper: the seed project's published commands (ResNet-50, 512 px), for GPUs.
+PRESET_VALUES = {
+    # setting: (cpu, paper)
+    "synthetic_images": (800, 15000),
+    "synthetic_size": (128, 512),
+    "arch": ("resnet18", "resnet50"),
+    "ssl_image_size": (128, 512),
+    "ssl_epochs": (10, 100),
+    "ssl_batch_size": (32, 8),
+    "ssl_lr": (0.05, 0.05),
+    "ssl_warmup_epochs": (1, 10),
+    "ssl_views": ("cxr", "simclr"),
+    "ssl_temperature": (0.2, 0.5),
+    "det_image_size": (128, 512),
+    "det_epochs": (4, 100),
+    "det_batch_size": (4, 8),
+    "det_lr": (0.01, 0.01),
+    "det_warmup_iters": (20, 500),
+    "det_warmup_factor": (0.0, 0.0),
+    "det_clip_grad": (None, None),
+    "det_roi_batch_size": (64, 512),
+    "workers": (1, 8),
+    "pictures": (4, 8),
+}
 PRESETS = {
-    # Sized for a 2-core CPU: about 20 minutes for one SSL fraction. SimCLR
-    # runs 210 steps of 32 images (it ran 50 of 64): more steps lifted the
-    # linear probe (docs/experiments.md).
-    "cpu": Settings(
-        synthetic_images=800,
-        synthetic_size=128,
-        arch="resnet18",
-        ssl_image_size=128,
-        ssl_epochs=10,
-        ssl_batch_size=32,
-        ssl_lr=0.05,
-        ssl_warmup_epochs=1,
-        ssl_views="cxr",
-        ssl_temperature=0.2,
-        det_image_size=128,
-        det_epochs=4,
-        det_batch_size=4,
-        det_lr=0.01,
-        det_warmup_iters=20,
-        det_warmup_factor=0.0,
-        det_clip_grad=None,
-        det_roi_batch_size=64,
-        workers=1,
-        pictures=4,
-    ),
-    # The seed project's published commands (ResNet-50, 512 px), for GPUs.
-    "paper": Settings(
-        synthetic_images=15000,
-        synthetic_size=512,
-        arch="resnet50",
-        ssl_image_size=512,
-        ssl_epochs=100,
-        ssl_batch_size=8,
-        ssl_lr=0.05,
-        ssl_warmup_epochs=10,
-        ssl_views="simclr",
-        ssl_temperature=0.5,
-        det_image_size=512,
-        det_epochs=100,
-        det_batch_size=8,
-        det_lr=0.01,
-        det_warmup_iters=500,
-        det_warmup_factor=0.0,
-        det_clip_grad=None,
-        det_roi_batch_size=512,
-        workers=8,
-        pictures=8,
-    ),
+    name: Settings(**{key: values[column] for key, values in PRESET_VALUES.items()})
+    for column, name in enumerate(("cpu", "paper"))
 }

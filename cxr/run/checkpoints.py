@@ -5,7 +5,7 @@ weights_only=True, so a file holding pickled code is refused, never run. A
 missing, truncated or foreign file, or one holding Python objects, becomes a
 UserError naming the file and what was expected (torch's own message for the
 last case advises weights_only=False, which cxr never does). Every .pth cxr
-writes goes through `atomic_torch_save` (temp file, then rename).
+writes is `torch_bytes` written by the run's OutputFolder (temp file, then rename).
 """
 
 import io
@@ -15,7 +15,6 @@ import zipfile
 import torch
 
 from cxr.run.errors import UserError
-from cxr.run.outputs import atomic_write_bytes
 
 
 def load_torch_file(path, what):
@@ -55,11 +54,11 @@ def check_finite(state, what):
         )
 
 
-def atomic_torch_save(path, state):
-    """torch.save to memory, then written to a temp file renamed onto `path`: the
-    archive's inner folder has torch's fixed name (the same state gives the same
-    bytes whichever process saved it), and a full disk surfaces as an OSError
-    (`cxr.run.outputs.DiskFull`), not as torch's own error about the zip writer."""
+def torch_bytes(state):
+    """`state` (tensors and plain values) as torch.save writes it, in memory: the
+    archive's inner folder has torch's fixed name, so the same state gives the same
+    bytes whatever file it is written to (`cxr.run.outputs.OutputFolder.write_bytes`,
+    which writes atomically and turns a full disk into one line)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
+    return buffer.getvalue()

@@ -127,9 +127,11 @@ class ProgressMeter:
     line with the loss, learning rate, images/s over all ranks, data-loading time and
     ETA, logged with the means over ranks of `logs` (one stacked all-reduce)."""
 
-    def __init__(self, *, epoch, epochs, iterations, total_steps, print_freq, log):
-        self.epoch, self.epochs, self.iterations = epoch, epochs, iterations
-        self.total_steps, self.print_freq, self.log = total_steps, print_freq, log
+    def __init__(self, epoch, args, *, iterations, steps, log):
+        """epoch: this one (0-based); args: the run's (--epochs, --print-freq);
+        iterations: this epoch's; steps: the whole run's (for the ETA)."""
+        self.epoch, self.epochs, self.iterations = epoch, args.epochs, iterations
+        self.total_steps, self.print_freq, self.log = steps, args.print_freq, log
         self.losses, self.images, self.data_time = [], 0, 0.0
         self.iteration = -1
 

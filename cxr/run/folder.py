@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from cxr.data.image_lists import data_fingerprint, write_image_list
-from cxr.run.checkpoints import atomic_torch_save, load_torch_file
+from cxr.run.checkpoints import load_torch_file, torch_bytes
 from cxr.run.distributed import agree
 from cxr.run.engine import TrainingDiverged
 from cxr.run.errors import UserError
@@ -196,7 +196,7 @@ class Run:
         """checkpoint.pth on the main process: `state` with the run's settings, written
         atomically (tensors and plain values only)."""
         if self.dist_info.is_main:
-            atomic_torch_save(self.checkpoint, {**state, "config": self.config})
+            self.folder.write_bytes(CHECKPOINT, torch_bytes({**state, "config": self.config}))
 
     def log_epoch(self, epoch, *, mean_loss, **metrics):
         """The line that closes an epoch (mean loss and any evaluation numbers)."""

@@ -17,7 +17,7 @@ import torch
 
 from cxr.detection.detector import build_detector
 from cxr.nn.resnet import headless_resnet, trunk_mismatch, trunk_shapes
-from cxr.run.checkpoints import atomic_torch_save, check_finite, load_torch_file
+from cxr.run.checkpoints import check_finite, load_torch_file, torch_bytes
 from cxr.run.errors import UserError
 from cxr.run.layout import BACKBONE, BACKBONE_META, DETECTOR, DETECTOR_META
 
@@ -74,7 +74,7 @@ def save_backbone(folder, state, meta):
     folder: the run's `cxr.run.outputs.OutputFolder`."""
     assert {"arch", "image_size"} <= set(meta), "backbone metadata needs arch and image_size"
     check_finite(state, "the trained backbone")
-    atomic_torch_save(folder.inside(BACKBONE), state)
+    folder.write_bytes(BACKBONE, torch_bytes(state))
     folder.write_json(BACKBONE_META, meta, indent=1)
 
 
@@ -92,7 +92,7 @@ def save_detector(folder, model, meta):
     assert not missing, f"detector metadata lacks {missing}"
     state = model.state_dict()
     check_finite(state, "the trained detector")
-    atomic_torch_save(folder.inside(DETECTOR), state)
+    folder.write_bytes(DETECTOR, torch_bytes(state))
     folder.write_json(DETECTOR_META, meta, indent=1)
 
 

@@ -224,8 +224,13 @@ class OutputFolder:
             raise UserError(f"{name!r} would be written outside {self.path}; refused")
         return path
 
+    def write_bytes(self, name, data):
+        """`data` to the file `name` in the folder: a temp file renamed over it."""
+        with atomic_path(self.inside(name)) as tmp, open(tmp, "wb") as file:
+            file.write(data)
+
     def write_text(self, name, text):
-        atomic_write_text(self.inside(name), text)
+        self.write_bytes(name, text.encode("utf-8"))
 
     def write_json(self, name, obj, indent=None):
         atomic_write_json(self.inside(name), obj, indent)

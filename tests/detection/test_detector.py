@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision
-from conftest import free_port
+from conftest import free_port, trunk_file
 from PIL import Image
 from torch import nn
 
@@ -20,18 +20,6 @@ from cxr.detection.detector import ANCHOR_SIZES, build_detector, detection_colla
 from cxr.detection.samplers import RepeatFactorSampler
 from cxr.run.errors import UserError
 from cxr.run.model_files import read_trunk
-
-
-def trunk_file(tmp_path, seed=3):
-    torch.manual_seed(seed)
-    state = {
-        k: v
-        for k, v in torchvision.models.resnet18().state_dict().items()
-        if not k.startswith("fc.")
-    }
-    path = tmp_path / "trunk.pth"
-    torch.save(state, path)
-    return path, state
 
 
 def vinbig_detector(arch, image_size, **options):

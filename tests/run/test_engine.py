@@ -86,14 +86,8 @@ def test_epoch_range_stops_after_the_given_number_of_epochs():
 
 def test_progress_lines_every_print_freq_and_at_the_last_iteration():
     lines = []
-    meter = ProgressMeter(
-        epoch=1,
-        epochs=3,
-        iterations=5,
-        total_steps=15,
-        print_freq=2,
-        log=lambda *a, **r: lines.append(r),
-    )
+    args = argparse.Namespace(epochs=3, print_freq=2)
+    meter = ProgressMeter(1, args, iterations=5, steps=15, log=lambda *a, **r: lines.append(r))
     for batch in meter.batches(range(5)):
         meter.update(step=5 + batch + 1, loss=float(batch), lr=0.1 * batch, images=4)
     assert [r["iteration"] for r in lines] == [2, 4, 5]

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr.run.checkpoints import atomic_torch_save
+from cxr.run.checkpoints import torch_bytes
 from cxr.run.errors import UserError
 from cxr.run.outputs import (
     LOCK,
     Lock,
+    OutputFolder,
     atomic_write_json,
     atomic_write_text,
     check_output_folder,
@@ -41,11 +42,11 @@ def file_size_limit():
 
 
 def test_checkpoint_write_that_runs_out_of_space_keeps_the_previous_one(tmp_path, file_size_limit):
-    path = tmp_path / "checkpoint.pth"
-    atomic_torch_save(path, {"epoch": 1, "weights": torch.ones(10)})
+    path, folder = tmp_path / "checkpoint.pth", OutputFolder(tmp_path)
+    folder.write_bytes(path.name, torch_bytes({"epoch": 1, "weights": torch.ones(10)}))
     file_size_limit(100_000)
     with pytest.raises(UserError, match="disk full while writing .*checkpoint.pth"):
-        atomic_torch_save(path, {"epoch": 2, "weights": torch.zeros(1_000_000)})
+        folder.write_bytes(path.name, torch_bytes({"epoch": 2, "weights": torch.zeros(10**6)}))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
     kept = torch.load(path, weights_only=True)
     assert kept["epoch"] == 1 and torch.equal(kept["weights"], torch.ones(10))
@@ -115,8 +116,8 @@ def test_saved_checkpoints_depend_on_their_contents_only(tmp_path):
     """The same state saved under two names (temp files of other names) gives the
     same bytes: torch.save would otherwise name the archive after the temp file."""
     state = {"weight": torch.arange(6.0).view(2, 3), "epoch": 3}
-    atomic_torch_save(tmp_path / "first.pth", state)
-    atomic_torch_save(tmp_path / "second.pth", state)
+    OutputFolder(tmp_path).write_bytes("first.pth", torch_bytes(state))
+    OutputFolder(tmp_path).write_bytes("second.pth", torch_bytes(state))
     assert (tmp_path / "first.pth").read_bytes() == (tmp_path / "second.pth").read_bytes()
 
 

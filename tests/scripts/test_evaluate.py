@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import prepared_synthetic, tiny_detector_args
+from conftest import prepared_synthetic, tiny_detector_args, torchrun
 from PIL import Image
 
 import evaluate
@@ -26,9 +24,6 @@ from cxr.evaluation.submission import prediction_string
 from cxr.nn.resnet import headless_resnet
 from cxr.nn.seeds import stream_seed
 from cxr.run.errors import UserError
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 # --- the submission format ------------------------------------------------------------------------
 
@@ -250,34 +245,12 @@ class Exploit:
 
 def test_predict_writes_one_submission_row_per_image(trained, tmp_path):
     root, data_dir, _, _ = trained
+    predict = [*eval_args(root, data_dir, "predict", "--eval-dir", str(tmp_path)), "--submission"]
+    predict += ["--images", str(data_dir / "test")]
     with pytest.raises(UserError, match="--submission without --original-sizes .* --png-pixels"):
-        evaluate.main(
-            eval_args(
-                root,
-                data_dir,
-                "predict",
-                "--images",
-                str(data_dir / "test"),
-                "--submission",
-                "--eval-dir",
-                str(tmp_path),
-            )
-        )
+        evaluate.main(predict)
     assert not any(tmp_path.iterdir())
-    evaluate.main(
-        eval_args(
-            root,
-            data_dir,
-            "predict",
-            "--images",
-            str(data_dir / "test"),
-            "--submission",
-            "--original-sizes",
-            str(data_dir / "test_annotations.json"),
-            "--eval-dir",
-            str(tmp_path),
-        )
-    )
+    evaluate.main([*predict, "--original-sizes", str(data_dir / "test_annotations.json")])
     images = sorted(p.stem for p in (data_dir / "test").glob("*.png"))
     with open(tmp_path / "submission.csv") as f:
         rows = list(csv.DictReader(f))
@@ -318,24 +291,7 @@ def test_visualize_writes_a_picture_per_image_and_a_contact_sheet(trained):
 def test_map_on_two_processes_equals_one(trained, tmp_path):
     root, data_dir, _, _ = trained
     one = evaluate.main(eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "one")))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "evaluate.py",
-        *eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "two")),
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun("evaluate.py", *eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "two")))
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2 and one["detections"] > 0
     assert {k: two[k] for k in ("AP", "AP50", "AP40", "AR100", "detections")} == {

@@ -3,17 +3,13 @@ labeled set apart from the SSL pool, two processes, the schedule of repeat-facto
 
 import json
 import math
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision
-from conftest import prepared_synthetic, tiny_detector_args
+from conftest import prepared_synthetic, tiny_detector_args, torchrun, trunk_file
 
 import train_det
 from cxr.data.classes import VINBIGDATA_CLASSES
@@ -24,20 +20,6 @@ from cxr.detection.samplers import RepeatFactorSampler
 from cxr.run import layout
 from cxr.run.errors import UserError
 from cxr.run.outputs import make_folder
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def trunk_file(tmp_path, seed=3):
-    torch.manual_seed(seed)
-    state = {
-        k: v
-        for k, v in torchvision.models.resnet18().state_dict().items()
-        if not k.startswith("fc.")
-    }
-    path = tmp_path / "trunk.pth"
-    torch.save(state, path)
-    return path, state
 
 
 def test_the_architecture_of_an_init_file_is_read_from_its_tensors(tmp_path):
@@ -172,25 +154,9 @@ def test_seed_project_command_line_parses_with_its_meaning(capsys):
 
 
 def torchrun_det(data_dir, tmp_path, name, *extra):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "train_det.py",
-        *det_args(data_dir, tmp_path, name, "--batch-size", "2", *extra),
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    return torchrun(
+        "train_det.py", *det_args(data_dir, tmp_path, name, "--batch-size", "2", *extra)
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.mark.slow

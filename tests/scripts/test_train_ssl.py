@@ -5,8 +5,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import prepared_synthetic, ssl_args
+from conftest import prepared_synthetic, ssl_args, torchrun
 from PIL import Image
 
 import train_ssl
@@ -25,8 +23,6 @@ from cxr.run.distributed import DistInfo
 from cxr.run.errors import UserError
 from cxr.run.outputs import MARKER, mark_as_ours
 from cxr.ssl.views import VIEW_PRESETS
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -226,46 +222,14 @@ def test_seed_project_command_line_parses_with_its_meaning():
 
 @pytest.mark.slow
 def test_torchrun_with_two_cpu_processes(data_dir, tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "train_ssl.py",
-        *ssl_args(data_dir, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ssl_args(data_dir, tmp_path, "ddp", "--epochs", "1", "--batch-size", "4")
+    result = torchrun("train_ssl.py", *args, timeout=120)
     run = tmp_path / "ddp" / "pretrain"
     assert (run / "pretrained-backbone.pth").exists()
     header = json.loads((run / "args.json").read_text())
     assert header["world_size"] == 2
     assert result.stdout.count("epoch 1/1 done") == 1  # only rank 0 logs
     assert "BatchNorm statistics global over 2 processes" in result.stdout
-
-
-def torchrun(log, *arguments, max_restarts=0):
-    """torchrun with two processes in the background, its output going to `log`."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        f"--max-restarts={max_restarts}",
-        "train_ssl.py",
-        *arguments,
-    ]
-    with open(log, "w") as output:
-        return subprocess.Popen(
-            command,
-            cwd=REPO,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
 
 
 def children(pid):
@@ -280,14 +244,17 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_uninter
     with --auto-resume it continues from the last checkpoint."""
     settings = ["--epochs", "6", "--batch-size", "4", "--auto-resume"]
     straight = torchrun(
-        tmp_path / "straight.log", *ssl_args(data_dir, tmp_path, "straight", *settings)
+        "train_ssl.py",
+        *ssl_args(data_dir, tmp_path, "straight", *settings),
+        log=tmp_path / "straight.log",
     )
     assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
     run = tmp_path / "restarted" / "pretrain"
     agent = torchrun(
-        tmp_path / "restarted.log",
+        "train_ssl.py",
         *ssl_args(data_dir, tmp_path, "restarted", *settings),
         max_restarts=1,
+        log=tmp_path / "restarted.log",
     )
     deadline = time.monotonic() + 240
     while not (run / "checkpoint.pth").exists() and time.monotonic() < deadline:
