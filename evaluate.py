@@ -380,7 +380,8 @@ def choose_pictured(coco, args):
         if unknown:
             raise UserError(f"--image-ids: {', '.join(unknown[:3])} not in the test annotations")
         return [by_name[name] for name in wanted]
-    order = np.random.default_rng(args.seed).permutation(len(coco["images"]))[: args.num_images]
+    rng = np.random.default_rng(stream_seed("pictures", seed=args.seed))
+    order = rng.permutation(len(coco["images"]))[: args.num_images]
     return [coco["images"][i] for i in sorted(order)]
 
 

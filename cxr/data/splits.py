@@ -1,10 +1,12 @@
-"""The one seeded partition of the images: test split, SSL pool, labeled set.
+"""The seeded partitions of the images: test split, SSL pool, labeled set.
 
-Every split is a prefix or suffix of one seeded permutation of the sorted
+Every split is a prefix or suffix of a seeded permutation of the sorted
 image ids, so it depends only on the set of ids and the seed (never on file
 or CSV order), and disjointness follows from construction, not from luck:
-the SSL pool and the labeled set are cut from the two ends of the permutation
-by one rounding rule (`cut_position`).
+the SSL pool and the labeled set are cut from the two ends of one
+permutation by one rounding rule (`cut_position`). The test split and the
+SSL permutation draw from streams of their own (`cxr.nn.seeds`), so equal
+seeds do not make the SSL pool follow the test split.
 """
 
 import math
@@ -12,9 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxr.nn.seeds import stream_seed
+
 
 def seeded_permutation(image_ids, seed):
-    """The sorted ids, permuted by numpy's PCG64 generator seeded with `seed`."""
+    """The sorted ids, permuted by numpy's PCG64 generator seeded with `seed` (a
+    stream's seed, `cxr.nn.seeds.stream_seed`)."""
     ids = sorted(image_ids)
     return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
 
@@ -29,7 +34,7 @@ def split_test(image_ids, test_fraction, seed, group_of=None):
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if group_of is None:
-        order = seeded_permutation(image_ids, seed)
+        order = seeded_permutation(image_ids, stream_seed("test-split", seed=seed))
         num_test = round(len(order) * test_fraction)
         return sorted(order[num_test:]), sorted(order[:num_test])
     _, test_groups = split_test({group_of(i) for i in image_ids}, test_fraction, seed)
@@ -82,6 +87,6 @@ def partition(train_ids, ssl_fraction, labeled_fraction=None, seed=0):
     labeled_fraction overlaps the pool, visibly in `Partition.overlap`. Both
     lists are returned sorted.
     """
-    order = seeded_permutation(train_ids, seed)
+    order = seeded_permutation(train_ids, stream_seed("ssl-split", seed=seed))
     ssl_end, labeled_start = partition_bounds(len(order), ssl_fraction, labeled_fraction)
     return Partition(sorted(order[:ssl_end]), sorted(order[labeled_start:]))

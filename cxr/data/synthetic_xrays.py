@@ -30,6 +30,7 @@ from cxr.data.classes import (
     NO_FINDING_NAME,
     VINBIGDATA_CLASSES,
 )
+from cxr.nn.seeds import stream_seed
 from cxr.run.outputs import staged_directory
 
 REAL_IMAGES = 15000
@@ -274,7 +275,9 @@ def plan_image(rng, has_findings):
 def plan_dataset(num_images, seed, split="train"):
     """Plans for `num_images`, of which round(num_images * 4394 / 15000) have findings.
     Each split draws from its own random stream of the seed."""
-    rng = np.random.default_rng([seed, ("train", "test").index(split)])
+    rng = np.random.default_rng(
+        stream_seed("synthetic-plan", seed=seed, item=("train", "test").index(split))
+    )
     num_findings = round(num_images * REAL_FINDING_IMAGES / REAL_IMAGES)
     has_findings = np.zeros(num_images, dtype=bool)
     has_findings[rng.permutation(num_images)[:num_findings]] = True
@@ -325,7 +328,9 @@ def csv_rows(plan):
 def render_image(plan, size, seed, lesions=True):
     """Draw the planned image as uint8 (size, size), with its lesions at their
     true boxes unless lesions=False (then only the lesion boxes differ)."""
-    rng = np.random.default_rng([seed, int(plan.image_id[:8], 16)])
+    rng = np.random.default_rng(
+        stream_seed("synthetic-pixels", seed=seed, item=int(plan.image_id[:8], 16))
+    )
     image = render_anatomy(plan.anatomy, size, rng)
     gamma = math.exp(rng.normal(0, 0.02))
     for class_id, box in plan.lesions if lesions else ():
@@ -342,7 +347,7 @@ def encode_png(pixels):
 def write_csv(path, plans, seed):
     """Write train.csv with rows shuffled across images, as the real file is."""
     rows = [row for plan in plans for row in csv_rows(plan)]
-    order = np.random.default_rng([seed, 2]).permutation(len(rows))
+    order = np.random.default_rng(stream_seed("synthetic-rows", seed=seed)).permutation(len(rows))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)

@@ -1,2 +1,2 @@
-"""COCO mAP and the competition's metric, the linear probe, paired bootstrap intervals,
+"""COCO mAP and the competition's metric, the linear probe, intervals over seeds and images,
 the location prior and chance, pictures and the submission."""

@@ -8,9 +8,11 @@ matches are kept (`match_detections`) and the pooling is done here, so a
 resample with repeats is its images' detections taken that many times:
 `average_precision(matches, counts)` follows accumulate (101-point 'coco'
 interpolation) or VOC 2010 ('voc': the area under the non-increasing
-precision-recall curve); with counts of ones `mean_ap` is exactly
-pycocotools' AP. `voc_matches` matches as VOC 2010 does (each detection to its
-best box, taken or not), for the competition's metric.
+precision-recall curve); with counts of ones and no tied scores `mean_ap` is
+exactly pycocotools' AP. Tied scores, which pycocotools orders by image
+number, are averaged over their orders instead. `voc_matches` matches as
+VOC 2010 does (each detection to its best box, taken or not), for the
+competition's metric.
 """
 
 import contextlib
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from cxr.nn.seeds import stream_seed
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -168,15 +172,20 @@ def _interpolated(precision, recall, interpolation):
     raise ValueError(f"interpolation must be 'coco' or 'voc', got {interpolation!r}")
 
 
-def average_precision(matches, counts=None, interpolation="coco"):
+def average_precision(matches, counts=None, interpolation="coco", *, tie_orders=100):
     """AP of one category over a multiset of the test images.
 
     Args:
         matches: the category's CategoryMatches.
         counts: (I,) how often each image is taken (default once each).
-        interpolation: 'coco' (101 recall points, as pycocotools' accumulate:
-            detections in image order, stably sorted by descending score) or
+        interpolation: 'coco' (101 recall points, as pycocotools' accumulate) or
             'voc' (VOC 2010's area under the non-increasing precision).
+        tie_orders: detections of equal score have no order of their own (the
+            location prior gives every box of a class one score): their AP is the
+            mean over this many (>= 1) random orders of each tie, drawn from a fixed
+            stream over the detections sorted by what they are (never by image), so
+            it does not depend on how the images are numbered. Without ties the one
+            order is pycocotools' (descending score).
     Returns:
         (T,) AP per IoU threshold, or None when those images hold no box of
         the category.
@@ -186,10 +195,34 @@ def average_precision(matches, counts=None, interpolation="coco"):
     if boxes == 0:
         return None
     taken = np.repeat(np.arange(len(matches.score)), counts[matches.image])
-    order = taken[np.argsort(-matches.score[taken], kind="mergesort")]
-    counted = ~matches.ignored[:, order]
-    true_positives = np.cumsum(matches.true_positive[:, order] & counted, axis=1)
-    false_positives = np.cumsum(~matches.true_positive[:, order] & counted, axis=1)
+    taken = taken[np.argsort(-matches.score[taken], kind="stable")]  # by descending score
+    score = matches.score[taken]
+    labels = np.concatenate([matches.true_positive[:, taken], matches.ignored[:, taken]])
+    orders = [slice(None)]
+    if len(score) > 1 and np.any(score[1:] == score[:-1]):  # ties: sorted by what each is
+        canonical = np.lexsort((*labels[::-1], -score))
+        score, labels = score[canonical], labels[:, canonical]
+        orders = tie_order_draws(score, tie_orders)
+    true_positive, ignored = np.split(labels, 2)
+    return np.mean(
+        [_ap_of_order(true_positive[:, o], ignored[:, o], boxes, interpolation) for o in orders],
+        axis=0,
+    )
+
+
+def tie_order_draws(score, count):
+    """`count` orders of detections sorted by descending score: each keeps the score
+    order and shuffles every group of equal scores (a fixed stream, so repeatable)."""
+    group = np.concatenate([[0], np.cumsum(score[1:] != score[:-1])])  # (n,) tie group
+    rng = np.random.default_rng(stream_seed("tie-orders", seed=0))
+    return [np.argsort(group + rng.random(len(score)), kind="stable") for _ in range(count)]
+
+
+def _ap_of_order(true_positive, ignored, boxes, interpolation):
+    """(T,) AP of detections in this order: (T, n) true positives and ignored ones."""
+    counted = ~ignored
+    true_positives = np.cumsum(true_positive & counted, axis=1)
+    false_positives = np.cumsum(~true_positive & counted, axis=1)
     result = []
     for tp, fp in zip(true_positives, false_positives):
         precision = tp / (tp + fp + np.spacing(1))

@@ -22,7 +22,12 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cxr.evaluation.average_precision import average_precision, detections_of, voc_matches
+from cxr.evaluation.average_precision import (
+    average_precision,
+    detections_of,
+    match_detections,
+    voc_matches,
+)
 
 STAT_NAMES = (
     "AP",
@@ -102,6 +107,40 @@ def coco_metrics(coco_gt, results):
             for name, value in zip(STAT_NAMES, standard.stats)
         },
         "AP40": _mean_precision(precision_04[0, :, :, 0, -1]),
+        "detections": len(results),
+        "per_class": per_class,
+    }
+
+
+def tie_averaged_metrics(coco_gt, results):
+    """AP, AP50 and AP40 (summary and per class) of results whose scores tie, as the
+    location prior's and chance's do (one score per class): each the mean over the
+    orders of the tied detections (`cxr.evaluation.average_precision`), which
+    pycocotools would take from the images' numbering; AR100 (no order) pycocotools'."""
+    recall = coco_metrics(coco_gt, results)
+    coco_thresholds = match_detections(coco_gt, results)[1]
+    at_04 = match_detections(coco_gt, results, iou_thresholds=[0.4])[1]
+    per_class = []
+    for row, matches, matches_04 in zip(recall["per_class"], coco_thresholds, at_04):
+        ap, ap_04 = average_precision(matches), average_precision(matches_04)
+        per_class.append(
+            {
+                **row,
+                "AP": None if ap is None else float(ap.mean()),
+                "AP50": None if ap is None else float(ap[0]),
+                "AP40": None if ap_04 is None else float(ap_04[0]),
+            }
+        )
+
+    def mean_of(key):
+        values = [row[key] for row in per_class if row[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "AP": mean_of("AP"),
+        "AP50": mean_of("AP50"),
+        "AP40": mean_of("AP40"),
+        "AR100": recall["AR100"],
         "detections": len(results),
         "per_class": per_class,
     }

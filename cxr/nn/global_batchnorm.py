@@ -9,10 +9,12 @@ only on CUDA; this is the same normalization written with one differentiable
 all-gather per layer (`cxr.nn.collectives.gather_with_grad`), so it runs on
 gloo too. Each process contributes its count, mean and sum of squared
 deviations per channel; they combine exactly into the global mean and
-(biased) variance (Chan, Golub & LeVeque, 1979), whose backward is that of
-one BatchNorm over the concatenated batch. Running averages follow
-nn.BatchNorm (momentum or cumulative; unbiased variance). Statistics are
-float32 whatever the AMP setting; in eval mode this is nn.BatchNorm.
+(biased) variance (Chan, Golub & LeVeque, 1979; `combine_statistics`), whose
+backward is that of one BatchNorm over the concatenated batch. Each mean is
+kept as two float32 parts and combined in float64, so inputs far from zero
+(mean 1e4, std 1e-2) lose no precision to the offset. Running averages follow
+nn.BatchNorm (momentum or cumulative; unbiased variance). In eval mode this
+is nn.BatchNorm.
 """
 
 import torch
@@ -38,15 +40,26 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         shape = [1, -1] + [1] * (x.dim() - 2)
         values = x.float()
         count = torch.full((1,), values.numel() / values.shape[1], device=x.device)
-        mean = values.mean(reduced)  # (C,) this process's
-        squares = (values - mean.view(shape)).pow(2).sum(reduced)  # (C,)
-        stats = gather_with_grad(torch.cat([count, mean, squares]).unsqueeze(0))  # (W, 1 + 2C)
-        counts, means, sums = stats[:, :1], stats[:, 1 : 1 + len(mean)], stats[:, 1 + len(mean) :]
-        total = counts.sum()
-        global_mean = (counts * means).sum(0) / total  # (C,)
-        var = (sums + counts * (means - global_mean).pow(2)).sum(0) / total  # (C,) biased
+        # This process's mean in two float32 parts, mean_hi + mean_lo: x - mean_hi is exact
+        # near the mean (Sterbenz), so a large offset costs no precision.
+        mean_hi = values.detach().mean(reduced)  # (C,)
+        mean_lo = (values - mean_hi.view(shape)).mean(reduced)  # (C,)
+        centered = values - mean_hi.view(shape) - mean_lo.view(shape)
+        squares = centered.pow(2).sum(reduced)  # (C,) sum of squared deviations
+        local = torch.cat([count, mean_hi, mean_lo, squares]).double().unsqueeze(0)
+        stats = gather_with_grad(local)  # (W, 1 + 3C), float64
+        global_mean, var, total = combine_statistics(
+            counts=stats[:, 0],
+            means=stats[:, 1 : 1 + self.num_features]
+            + stats[:, 1 + self.num_features : 1 + 2 * self.num_features],
+            sums=stats[:, 1 + 2 * self.num_features :],
+        )
         self._update_running_statistics(global_mean.detach(), var.detach(), total.detach())
-        y = (values - global_mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+        # The global mean in two float32 parts again, for an exact subtraction.
+        global_hi = global_mean.detach().float()
+        global_lo = (global_mean - global_hi.double()).float()
+        inverse_std = torch.rsqrt(var + self.eps).float()
+        y = (values - global_hi.view(shape) - global_lo.view(shape)) * inverse_std.view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
@@ -60,6 +73,18 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         unbiased = var * count / (count - 1).clamp(min=1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+def combine_statistics(*, counts, means, sums):
+    """(mean, biased variance, count) of the union of W batches from each one's count
+    (W,), per-channel mean (W, C) and sum of squared deviations from it (W, C): the
+    batches' own spread plus that of their means about the whole's, each weighted by
+    its count (Chan, Golub & LeVeque, 1979)."""
+    counts = counts.view(-1, 1)
+    total = counts.sum()
+    mean = (counts * means).sum(0) / total
+    var = (sums + counts * (means - mean).pow(2)).sum(0) / total
+    return mean, var, total
 
 
 def convert_to_global_batchnorm(module):

@@ -21,6 +21,15 @@ PURPOSES = (
     "augment",  # the detection augmentation of one item (epoch, position)
     "held-out",  # the held-out share of the labeled images (train_det --val-fraction)
     "negatives",  # the normal images added as negatives (train_det --negatives)
+    "test-split",  # the test split of a prepared folder (prepare --seed)
+    "ssl-split",  # the permutation the SSL pool and the labeled set are cut from (--split-seed)
+    "bootstrap",  # the test-image resamples of an interval
+    "chance",  # the chance baseline's random boxes
+    "pictures",  # the test images evaluate.py --mode visualize draws
+    "tie-orders",  # the orders of tied detections whose AP is averaged
+    "synthetic-plan",  # the synthetic generator's images, lesions and readers of a split
+    "synthetic-pixels",  # the pixels of one synthetic image
+    "synthetic-rows",  # the order of the synthetic train.csv's rows
 )
 
 

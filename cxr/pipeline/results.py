@@ -5,8 +5,8 @@ with --pretrained-init) per SSL percentage and training seed, in
 runs/<RunName>/. `ExperimentFolder` finds each run's metrics, probe, image
 lists and test predictions, scores the location prior and chance on the same
 test images (`cxr.evaluation.baselines`), and compares two arms, or an arm and the
-prior, by paired bootstrap over the test images and the seeds
-(`cxr.evaluation.bootstrap`).
+prior, by intervals over the training seeds and the test images
+(`cxr.evaluation.intervals`).
 """
 
 import json
@@ -19,13 +19,14 @@ from cxr.data.classes import dataset_classes
 from cxr.data.image_lists import read_image_list
 from cxr.evaluation.average_precision import average_precision, match_detections
 from cxr.evaluation.baselines import chance, location_prior
-from cxr.evaluation.bootstrap import paired_bootstrap
-from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics
+from cxr.evaluation.coco_metrics import coco_ground_truth, tie_averaged_metrics
+from cxr.evaluation.intervals import paired_intervals
+from cxr.nn.seeds import stream_seed
 from cxr.run import layout
 from cxr.run.layout import RunName
 from cxr.run.progress import progress
 
-BOOTSTRAP_REPLICATES = 2000
+BOOTSTRAP_REPLICATES = 1000  # test-image resamples: the image part of the variance
 LEVEL = 0.9
 CHANCE_DRAWS = 20
 
@@ -103,16 +104,17 @@ class ExperimentFolder:
 
     @cached_property
     def prior(self):
-        """pycocotools' metrics of the location prior on the test images."""
-        return coco_metrics(self.test_set[1], self.prior_results)
+        """The location prior's metrics on the test images, its tied scores averaged
+        over their orders."""
+        return tie_averaged_metrics(self.test_set[1], self.prior_results)
 
     @cached_property
     def chance(self):
         """Mean mAP and mAP50 of CHANCE_DRAWS random placements of the prior's boxes."""
         train = read_json(self.out / "data" / "train_annotations.json")
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(stream_seed("chance", seed=0))
         draws = [
-            coco_metrics(self.test_set[1], chance(train, self.test_set[0], rng))
+            tie_averaged_metrics(self.test_set[1], chance(train, self.test_set[0], rng))
             for _ in range(CHANCE_DRAWS)
         ]
         return {key: float(np.mean([d[key] or 0.0 for d in draws])) for key in ("AP", "AP50")}
@@ -121,7 +123,7 @@ class ExperimentFolder:
         return all(self.metrics(run) for run in self.runs(arm, percent))
 
     def comparison(self, first, second, percent):
-        """Paired bootstrap of arm `first` against arm `second` ('prior': the location
+        """Intervals of arm `first` against arm `second` ('prior': the location
         prior) at one SSL percentage, or None if a run is missing."""
         if not self.complete(first, percent) or (
             second != "prior" and not self.complete(second, percent)
@@ -133,7 +135,7 @@ class ExperimentFolder:
             others = [prior] * len(ones)
         else:
             others = [self.matches(run) for run in self.runs(second, percent)]
-        return paired_bootstrap(
+        return paired_intervals(
             ones,
             others,
             num_images=len(ones[0][0].ground_truth),

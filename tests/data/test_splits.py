@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cxr.data.splits import partition, partition_bounds, split_test
+from cxr.data.splits import partition, partition_bounds, seeded_permutation, split_test
+from cxr.nn.seeds import stream_seed
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -73,3 +74,24 @@ def test_split_test_fraction_bounds():
     )
     with pytest.raises(ValueError):
         split_test(["a"], 1.0, 0)
+
+
+def test_the_ssl_pool_does_not_follow_the_test_split_for_equal_seeds():
+    """The test split and the SSL permutation each draw from a stream of their own
+    (`cxr.nn.seeds`), so for equal seeds the SSL ranks of the training images are
+    unrelated to their test-permutation ranks (|r| under 4 standard errors)."""
+    ids = [f"img{i:05d}" for i in range(3000)]
+    for seed in (0, 7):
+        train, _ = split_test(ids, 0.2, seed)
+        test_order = {
+            image: n
+            for n, image in enumerate(seeded_permutation(ids, stream_seed("test-split", seed=seed)))
+        }
+        ssl_order = seeded_permutation(train, stream_seed("ssl-split", seed=seed))
+        ranks = np.array([test_order[image] for image in ssl_order], dtype=np.float64)
+        correlation = np.corrcoef(np.argsort(np.argsort(ranks)), np.arange(len(ranks)))[0, 1]
+        assert abs(correlation) < 4 / np.sqrt(len(ranks))
+        pool = partition(train, 0.5, seed=seed).ssl
+        assert pool == sorted(ssl_order[: len(train) // 2])  # each split from its own stream
+        test_order = seeded_permutation(ids, stream_seed("test-split", seed=seed))
+        assert split_test(ids, 0.2, seed)[1] == sorted(test_order[:600])

@@ -243,3 +243,12 @@ def test_grouped_fusion_equals_one_call_per_group():
         )
         assert sorted(result.mean_scores[mine]) == pytest.approx(sorted(expected_scores))
     assert result.sizes.sum() == n
+
+
+def test_a_box_joins_a_cluster_only_above_the_threshold_not_at_it():
+    """a = [0, 0, .5, .5] and b = [0, 0, .25, .5] overlap by IoU .125 / .25 = 0.5 exactly
+    (binary fractions, no rounding): at iou_thr 0.5 they stay apart, below it they fuse."""
+    a, b = [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.25, 0.5]
+    apart, _, _ = fuse([[a, b]], [[0.9, 0.8]], [[0, 0]], iou_thr=0.5)
+    fused, _, _ = fuse([[a, b]], [[0.9, 0.8]], [[0, 0]], iou_thr=0.49)
+    assert len(apart) == 2 and len(fused) == 1

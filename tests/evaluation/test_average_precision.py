@@ -1,12 +1,19 @@
 """AP recomputed from pycocotools' matches equals pycocotools' own numbers, on
 every image once, on a subset, and on repeated images; VOC's all-point AP by hand."""
 
+import itertools
+
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
 from cxr.data.classes import VINBIGDATA_CLASSES, coco_categories
-from cxr.evaluation.average_precision import average_precision, match_detections, mean_ap
+from cxr.evaluation.average_precision import (
+    CategoryMatches,
+    average_precision,
+    match_detections,
+    mean_ap,
+)
 from cxr.evaluation.coco_metrics import coco_metrics
 
 
@@ -132,3 +139,47 @@ def test_voc_all_point_and_coco_101_point_by_hand():
     assert average_precision(categories[1]) is None  # no boxes of category 2
     _, nothing = match_detections(gt, [])
     assert average_precision(nothing[0]).tolist() == [0.0] * 10
+
+
+def coco_ap_of_order(labels, boxes):
+    """COCO's 101-point AP of detections in this order (True: a true positive), by hand."""
+    tp = np.cumsum(labels)
+    precision, recall = tp / np.arange(1, len(labels) + 1), tp / boxes
+    points = []
+    for r in np.linspace(0, 1, 101):
+        reached = [p for p, rc in zip(precision, recall) if rc >= r - 1e-12]
+        points.append(max(reached) if reached else 0.0)
+    return float(np.mean(points))
+
+
+def test_tied_scores_average_over_their_orders():
+    """Six detections of one score, three true positives, four boxes: the expected AP
+    over the 20 equally likely places of the true positives, enumerated."""
+    exact = np.mean(
+        [
+            coco_ap_of_order(np.isin(np.arange(6), places), 4)
+            for places in itertools.combinations(range(6), 3)
+        ]
+    )
+    matches = CategoryMatches(
+        category_id=1,
+        image=np.arange(6),
+        score=np.full(6, 0.5),
+        true_positive=np.array([[1, 0, 1, 0, 0, 1]], dtype=bool),
+        ignored=np.zeros((1, 6), dtype=bool),
+        ground_truth=np.array([1, 0, 1, 1, 0, 1]),
+    )
+    assert average_precision(matches, tie_orders=4000)[0] == pytest.approx(exact, abs=0.005)
+    default = average_precision(matches)[0]
+    assert default == pytest.approx(exact, abs=0.03)
+    reordered = CategoryMatches(
+        1,
+        np.arange(6),
+        np.full(6, 0.5),
+        matches.true_positive[:, ::-1],
+        matches.ignored,
+        matches.ground_truth[::-1],
+    )
+    assert average_precision(reordered)[0] == default  # the images' order cannot matter
+    best_first = coco_ap_of_order(np.array([1, 1, 1, 0, 0, 0], dtype=bool), 4)
+    assert best_first > exact > coco_ap_of_order(np.array([0, 0, 0, 1, 1, 1], dtype=bool), 4)

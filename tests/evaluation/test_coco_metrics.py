@@ -1,7 +1,12 @@
 """COCO metrics on hand-made cases, computed by hand with 101-point interpolation."""
 
+import contextlib
+import io
+
+import numpy as np
 import pytest
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from cxr.data.classes import VINBIGDATA_CLASSES, coco_categories
 from cxr.evaluation.coco_metrics import coco_metrics, competition_metrics
@@ -134,3 +139,42 @@ def test_competition_matching_is_voc_not_pycocotools():
     gt.dataset = dataset
     gt.createIndex()
     assert coco_metrics(gt, results)["AP40"] == pytest.approx(1.0)
+
+
+def test_competition_matching_needs_an_iou_above_04_not_equal():
+    """G = [0, 0, 10, 10]; D = [0, 0, 4, 10] overlaps it by 40/100 = IoU 0.4 exactly:
+    not above 0.4, a false positive; D' = [0, 0, 5, 10] (IoU 0.5) is a true positive."""
+    dataset = {
+        "images": [{"id": 1, "width": 100, "height": 100, "file_name": "1.png"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 10, 10], "area": 100}
+        ],
+        "categories": coco_categories(VINBIGDATA_CLASSES),
+    }
+    exactly = competition_metrics(dataset, [detection(1, 2, [0, 0, 4, 10], 0.9)])
+    above = competition_metrics(dataset, [detection(1, 2, [0, 0, 5, 10], 0.9)])
+    assert exactly["per_class"][2] == 0.0 and above["per_class"][2] == pytest.approx(1.0)
+
+
+def test_per_class_ap50_is_pycocotools_at_iou_05():
+    """Loose detections whose IoUs lie between 0.5 and 0.6: per-class AP50 must be
+    pycocotools' per-category AP with iouThrs [0.5] (not another threshold's)."""
+    boxes = [(1, 1, [10, 10, 40, 40]), (2, 1, [20, 20, 40, 40]), (2, 3, [0, 0, 50, 50])]
+    gt = ground_truth(boxes)
+    results = [
+        detection(1, 1, [10, 10, 40, 40 * 0.55 / 0.45], 0.9),  # IoU 0.45 / 0.55 = 0.82
+        detection(2, 1, [20, 20, 40, 40 * 0.55], 0.8),  # IoU 0.55
+        detection(2, 3, [0, 0, 50, 50 * 0.52], 0.7),  # IoU 0.52
+        detection(1, 3, [0, 0, 30, 30], 0.6),  # no box of class 3 on image 1
+    ]
+    ours = {row["category_id"]: row["AP50"] for row in coco_metrics(gt, results)["per_class"]}
+    evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+    evaluator.params.iouThrs = np.array([0.5])
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    precision = evaluator.eval["precision"][0, :, :, 0, -1]  # (recall points, categories)
+    for k, category in enumerate(evaluator.params.catIds):
+        defined = precision[:, k][precision[:, k] > -1]
+        assert ours[category] == (pytest.approx(defined.mean()) if defined.size else None)
+    assert ours[1] == pytest.approx(1.0) and 0 < ours[3] < 1

@@ -13,7 +13,11 @@ from conftest import free_port
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr.nn.global_batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
+from cxr.nn.global_batchnorm import (
+    GlobalBatchNorm,
+    combine_statistics,
+    convert_to_global_batchnorm,
+)
 from cxr.ssl.simclr import ProjectionHead, nt_xent
 
 
@@ -51,6 +55,39 @@ def test_one_process_equals_torch_batchnorm(shape, momentum):
     reference.eval()
     ours.eval()
     torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_uneven_batches_combine_weighted_by_their_counts():
+    """Batches of 1 and 3 values of one channel: [0] and [2, 4, 6], by hand."""
+    mean, var, total = combine_statistics(
+        counts=torch.tensor([1.0, 3.0]),
+        means=torch.tensor([[0.0], [4.0]]),
+        sums=torch.tensor([[0.0], [8.0]]),  # (2-4)^2 + 0 + (6-4)^2
+    )
+    values = torch.tensor([0.0, 2.0, 4.0, 6.0])
+    assert total == 4 and mean.item() == 3.0 == values.mean()  # not (0 + 4) / 2
+    assert var.item() == pytest.approx(values.var(unbiased=False).item())  # 5.0
+
+
+def large_offset_batch(rows, seed=0):
+    """Inputs far from zero: mean 1e4, std 1e-2 (float32 spacing there is 1e-3)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, 3, 4, 4, generator=g, dtype=torch.float64) * 1e-2 + 1e4).float()
+
+
+def exact_normalization(x):
+    """BatchNorm of float32 inputs computed in float64 (weight 1, bias 0)."""
+    x = x.double()
+    mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-5)
+
+
+def test_large_offsets_lose_no_precision_on_one_process():
+    x = large_offset_batch(32)
+    torch_error = (nn.BatchNorm2d(3)(x).double() - exact_normalization(x)).abs().max()
+    ours = convert_to_global_batchnorm(nn.BatchNorm2d(3))
+    error = (ours(x).double() - exact_normalization(x)).abs().max()
+    assert torch_error > 1e-2 and error < 1e-5  # torch's own rounds the offset away
 
 
 def test_conversion_keeps_weights_buffers_and_frozen_parameters():
@@ -146,3 +183,55 @@ def test_two_processes_with_global_bn_equal_one_process_with_both_batches(tmp_pa
         for got, want in zip(per_process["grads"], expected)
     )
     assert worst > 0.05
+
+
+def _uneven_worker(rank, world_size, port, out):
+    """Rank 0 normalizes 3 images, rank 1 the other 9, of one large-offset batch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        norm = convert_to_global_batchnorm(nn.BatchNorm2d(3))
+        x, upstream = large_offset_batch(12), upstream_gradient()
+        rows = slice(0, 3) if rank == 0 else slice(3, 12)
+        inputs = x[rows].clone().requires_grad_()
+        out_rows = norm(inputs)
+        (out_rows * upstream[rows]).sum().backward()
+        weight_grad = norm.weight.grad.clone()
+        dist.all_reduce(weight_grad)
+        torch.save(
+            {
+                "out": out_rows.detach(),
+                "input_grad": inputs.grad,
+                "weight_grad": weight_grad,
+                "running": (norm.running_mean, norm.running_var),
+            },
+            f"{out}.{rank}",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def upstream_gradient():
+    return torch.randn(12, 3, 4, 4, generator=torch.Generator().manual_seed(7))
+
+
+def test_two_processes_with_uneven_batches_equal_one_process(tmp_path):
+    """3 and 9 images on two processes: the outputs, input and weight gradients and
+    running statistics of one exact BatchNorm over all 12, at a large offset too."""
+    mp.spawn(_uneven_worker, args=(2, free_port(), str(tmp_path / "out")), nprocs=2, join=True)
+    first, second = (torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in (0, 1))
+    x, upstream = large_offset_batch(12), upstream_gradient()
+    torch.testing.assert_close(
+        torch.cat([first["out"], second["out"]]).double(), exact_normalization(x), atol=1e-5, rtol=0
+    )
+    reference = nn.BatchNorm2d(3).double()
+    inputs = x.double().requires_grad_()
+    (reference(inputs) * upstream.double()).sum().backward()
+    grads = torch.cat([first["input_grad"], second["input_grad"]]).double()
+    scale = inputs.grad.abs().max()
+    torch.testing.assert_close(grads / scale, inputs.grad / scale, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        first["weight_grad"].double(), reference.weight.grad, atol=1e-4, rtol=1e-5
+    )
+    for got, want in zip(first["running"], (reference.running_mean, reference.running_var)):
+        torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6)

@@ -52,17 +52,3 @@ def epoch_items(factors, seed, epoch):
     sampler = RepeatFactorSampler(factors, seed=seed)
     sampler.set_epoch(epoch)
     return list(sampler)
-
-
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_ssl_shards_are_disjoint_equal_and_drop_the_remainder(world):
-    shards = [ShuffleSampler(23, num_replicas=world, rank=rank, seed=4) for rank in range(world)]
-    for shard in shards:
-        shard.set_epoch(2)
-    items = [list(shard) for shard in shards]
-    flat = [i for shard in items for i in shard]
-    assert len(set(flat)) == len(flat) == (23 // world) * world
-    assert all(len(shard) == 23 // world == len(sampler) for shard, sampler in zip(items, shards))
-    whole = ShuffleSampler(23, seed=4)
-    whole.set_epoch(2)
-    assert [items[p % world][p // world] for p in range(len(flat))] == list(whole)[: len(flat)]

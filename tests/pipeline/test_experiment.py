@@ -223,7 +223,8 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     for name, init in (("ssl60-s0", "SSL"), ("random60-s0", "random")):
         metrics = json.loads((runs / name / "eval" / "metrics.json").read_text())
         assert f"| 60% | {len(labeled)} | {init} | {metrics['AP']:.3f} [" in report
-    assert "| 60% | | **SSL - random** |" in report and "paired bootstrap intervals" in report
+    assert "| 60% | | **SSL - random** |" in report
+    assert "intervals over the training seeds and the test images" in report
     for chart in ("ssl_loss", "det_loss", "map_per_epoch", "per_class_ap50"):
         assert f"(charts/{chart}.svg)" in report
         xml.dom.minidom.parse(str(out / "charts" / f"{chart}.svg"))

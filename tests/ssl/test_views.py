@@ -61,6 +61,51 @@ def test_crop_takes_the_expected_region():
     assert out[..., 2:-2, 2:-2].min() == pytest.approx(1.0, abs=1e-5)
 
 
+def crop_boxes(count, scale, ratio, seed=0):
+    """(centre x, centre y, width, height) of `count` crops, in [0, 1] image units, read
+    off the crops of two ramps (each pixel's value: its x, or its y)."""
+    side = 64
+    ramp = (torch.arange(side) + 0.5) / side
+    x_ramp, y_ramp = ramp.expand(side, side), ramp.view(-1, 1).expand(side, side)
+    images = torch.stack([x_ramp, y_ramp]).unsqueeze(0).expand(count, 2, side, side)
+    out = random_resized_crop(
+        images,
+        16,
+        scale=scale,
+        ratio=ratio,
+        degrees=0.0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    xs, ys = out[:, 0], out[:, 1]
+    width = (xs[:, :, -1] - xs[:, :, 0]).mean(1) * 16 / 15  # the first and last columns' centres
+    height = (ys[:, -1, :] - ys[:, 0, :]).mean(1) * 16 / 15
+    return xs.mean((1, 2)), ys.mean((1, 2)), width, height
+
+
+def test_crop_centres_fall_anywhere_the_crop_fits():
+    """Small crops (a tenth of the area): centres over the whole free range on both
+    axes, either side of the middle alike."""
+    cx, cy, width, height = crop_boxes(2000, scale=(0.1, 0.1), ratio=(1.0, 1.0))
+    for centre, size in ((cx, width), (cy, height)):
+        free = (1 - size) / 2  # how far the centre may lie from the middle
+        offset = (centre - 0.5) / free
+        assert offset.min() > -1.01 and offset.max() < 1.01
+        assert (offset < -0.8).float().mean() > 0.05 and (offset > 0.8).float().mean() > 0.05
+        assert offset.mean().abs() < 0.05  # uniform on [-1, 1]: standard error 0.013
+
+
+def test_crop_aspect_ratios_are_log_uniform_in_the_range_and_areas_in_the_scale():
+    _, _, width, height = crop_boxes(2000, scale=(0.2, 0.5), ratio=(3 / 4, 4 / 3), seed=1)
+    log_ratio = torch.log(width / height)
+    bound = math.log(4 / 3)
+    assert log_ratio.min() > -bound - 0.02 and log_ratio.max() < bound + 0.02
+    assert (log_ratio < -0.8 * bound).float().mean() > 0.05  # not square: both ways
+    assert (log_ratio > 0.8 * bound).float().mean() > 0.05
+    area = width * height
+    assert area.min() > 0.2 - 0.01 and area.max() < 0.5 + 0.01
+    assert area.mean() == pytest.approx(0.35, abs=0.01)  # uniform on [0.2, 0.5]
+
+
 def test_rotation_by_90_degrees_matches_rot90():
     x = batch(n=1)
     one, zero = torch.ones(1), torch.zeros(1)
