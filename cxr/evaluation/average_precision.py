@@ -8,14 +8,15 @@ matches are kept (`match_detections`) and the pooling is done here, so a
 resample with repeats is its images' detections taken that many times:
 `average_precision(matches, counts)` follows accumulate (101-point 'coco'
 interpolation) or VOC 2010 ('voc': the area under the non-increasing
-precision-recall curve); with counts of ones and no tied scores `mean_ap` is
-exactly pycocotools' AP. Tied scores, which pycocotools orders by image
-number, are averaged over their orders instead. `voc_matches` matches as
+precision-recall curve); with counts of ones `mean_ap` is exactly
+pycocotools' AP, but for a category whose detections all share one score
+(the location prior's), whose AP is the mean over their orders. `voc_matches` matches as
 VOC 2010 does (each detection to its best box, taken or not), for the
 competition's metric.
 """
 
 import contextlib
+import functools
 import io
 from dataclasses import dataclass
 
@@ -172,62 +173,60 @@ def _interpolated(precision, recall, interpolation):
     raise ValueError(f"interpolation must be 'coco' or 'voc', got {interpolation!r}")
 
 
-def average_precision(matches, counts=None, interpolation="coco", *, tie_orders=100):
+def average_precision(matches, counts=None, interpolation="coco"):
     """AP of one category over a multiset of the test images.
 
     Args:
         matches: the category's CategoryMatches.
         counts: (I,) how often each image is taken (default once each).
-        interpolation: 'coco' (101 recall points, as pycocotools' accumulate) or
+        interpolation: 'coco' (101 recall points, as pycocotools' accumulate:
+            detections in image order, stably sorted by descending score) or
             'voc' (VOC 2010's area under the non-increasing precision).
-        tie_orders: detections of equal score have no order of their own (the
-            location prior gives every box of a class one score): their AP is the
-            mean over this many (>= 1) random orders of each tie, drawn from a fixed
-            stream over the detections sorted by what they are (never by image), so
-            it does not depend on how the images are numbered. Without ties the one
-            order is pycocotools' (descending score).
     Returns:
         (T,) AP per IoU threshold, or None when those images hold no box of
-        the category.
+        the category. A category whose detections all share one score (the
+        location prior, chance) has no order to rank them by, and pycocotools
+        would take the images' numbering: its AP is the mean over random orders
+        (`_one_score_ap`), which depends on no numbering.
     """
     counts = np.ones(len(matches.ground_truth), np.int64) if counts is None else np.asarray(counts)
     boxes = int(np.dot(counts, matches.ground_truth))
     if boxes == 0:
         return None
     taken = np.repeat(np.arange(len(matches.score)), counts[matches.image])
-    taken = taken[np.argsort(-matches.score[taken], kind="stable")]  # by descending score
-    score = matches.score[taken]
-    labels = np.concatenate([matches.true_positive[:, taken], matches.ignored[:, taken]])
-    orders = [slice(None)]
-    if len(score) > 1 and np.any(score[1:] == score[:-1]):  # ties: sorted by what each is
-        canonical = np.lexsort((*labels[::-1], -score))
-        score, labels = score[canonical], labels[:, canonical]
-        orders = tie_order_draws(score, tie_orders)
-    true_positive, ignored = np.split(labels, 2)
-    return np.mean(
-        [_ap_of_order(true_positive[:, o], ignored[:, o], boxes, interpolation) for o in orders],
-        axis=0,
+    order = taken[np.argsort(-matches.score[taken], kind="mergesort")]
+    true_positive, ignored = matches.true_positive[:, order], matches.ignored[:, order]
+    score = matches.score[order]
+    if len(score) > 1 and score[0] == score[-1] and not ignored.any():
+        hits = true_positive.sum(1)  # (T,) per IoU threshold
+        return np.array([_one_score_ap(len(score), int(k), boxes, interpolation) for k in hits])
+    return _ap_of_orders(true_positive[:, None], ignored[:, None], boxes, interpolation)[:, 0]
+
+
+@functools.lru_cache(maxsize=None)
+def _one_score_ap(detections, hits, boxes, interpolation, orders=1000):
+    """The mean AP over `orders` random orders of `detections` of one score, `hits` of
+    them true positives, with `boxes` ground-truth boxes (a fixed stream, cached)."""
+    rng = np.random.default_rng(stream_seed("tie-orders", seed=0, item=detections))
+    labels = np.zeros((orders, detections), dtype=bool)
+    labels[:, :hits] = True
+    labels = np.take_along_axis(labels, rng.random((orders, detections)).argsort(1), axis=1)
+    return float(
+        _ap_of_orders(labels[None], np.zeros_like(labels)[None], boxes, interpolation).mean()
     )
 
 
-def tie_order_draws(score, count):
-    """`count` orders of detections sorted by descending score: each keeps the score
-    order and shuffles every group of equal scores (a fixed stream, so repeatable)."""
-    group = np.concatenate([[0], np.cumsum(score[1:] != score[:-1])])  # (n,) tie group
-    rng = np.random.default_rng(stream_seed("tie-orders", seed=0))
-    return [np.argsort(group + rng.random(len(score)), kind="stable") for _ in range(count)]
-
-
-def _ap_of_order(true_positive, ignored, boxes, interpolation):
-    """(T,) AP of detections in this order: (T, n) true positives and ignored ones."""
+def _ap_of_orders(true_positive, ignored, boxes, interpolation):
+    """(T, R) AP of (T, R, n) true positives and ignored detections in R orders."""
     counted = ~ignored
-    true_positives = np.cumsum(true_positive & counted, axis=1)
-    false_positives = np.cumsum(~true_positive & counted, axis=1)
-    result = []
-    for tp, fp in zip(true_positives, false_positives):
-        precision = tp / (tp + fp + np.spacing(1))
-        result.append(_interpolated(precision, tp / boxes, interpolation))
-    return np.asarray(result)
+    true_positives = np.cumsum(true_positive & counted, axis=2)
+    false_positives = np.cumsum(~true_positive & counted, axis=2)
+    precision = true_positives / (true_positives + false_positives + np.spacing(1))
+    recall = true_positives / boxes
+    result = np.zeros(precision.shape[:2])
+    for index in np.ndindex(*result.shape):
+        result[index] = _interpolated(precision[index], recall[index], interpolation)
+    return result
 
 
 def mean_ap(categories, counts=None, interpolation="coco", thresholds=slice(None)):

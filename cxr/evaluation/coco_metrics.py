@@ -113,10 +113,10 @@ def coco_metrics(coco_gt, results):
 
 
 def tie_averaged_metrics(coco_gt, results):
-    """AP, AP50 and AP40 (summary and per class) of results whose scores tie, as the
-    location prior's and chance's do (one score per class): each the mean over the
-    orders of the tied detections (`cxr.evaluation.average_precision`), which
-    pycocotools would take from the images' numbering; AR100 (no order) pycocotools'."""
+    """AP, AP50 and AP40 (summary and per class) of results with one score per class,
+    as the location prior's and chance's: each the mean over the orders of the tied
+    detections (`cxr.evaluation.average_precision`), which pycocotools would take from
+    the images' numbering; AR100 (no order) pycocotools'."""
     recall = coco_metrics(coco_gt, results)
     coco_thresholds = match_detections(coco_gt, results)[1]
     at_04 = match_detections(coco_gt, results, iou_thresholds=[0.4])[1]
