@@ -43,7 +43,7 @@ from cxr.nn.optim import build_optimizer, step_schedule, warmup_cosine_schedule
 from cxr.nn.resnet import FEATURE_DIMS, infer_arch
 from cxr.nn.seeds import stream_seed
 from cxr.run import cli, engine, layout
-from cxr.run.distributed import gather_to_main, inference_shard, process_group
+from cxr.run.distributed import gather_to_main, inference_shard, loader_options, process_group
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.folder import open_run
 from cxr.run.model_files import backbone_meta, load_trunk_weights, read_trunk, save_detector
@@ -202,9 +202,8 @@ def train(args, dist_info):
         data.dataset,
         batch_size=args.batch_size,
         sampler=data.sampler,
-        num_workers=args.workers,
         collate_fn=detection_collate,
-        pin_memory=dist_info.device.type == "cuda",
+        **loader_options(dist_info.device, args.workers),
     )
     with open_run(
         experiment_dir,
@@ -506,6 +505,8 @@ def build_model(args, dist_info, classes):
     message = initialize_trunk(model, args)
     if args.norm == "syncbn" and dist_info.world_size > 1:
         model = convert_to_global_batchnorm(model)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     return model.to(dist_info.device), message
 
 

@@ -34,7 +34,7 @@ from cxr.nn.resnet import (
 )
 from cxr.nn.seeds import stream_seed
 from cxr.run import cli, engine, layout
-from cxr.run.distributed import process_group
+from cxr.run.distributed import loader_options, process_group
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.folder import open_run
 from cxr.run.model_files import save_backbone
@@ -160,9 +160,7 @@ def train(args, dist_info):
         batch_size=args.batch_size,
         sampler=sampler,
         drop_last=True,
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
+        **loader_options(device, args.workers),
     )
     with open_run(
         Path(args.output_dir) / args.experiment_name / layout.PRETRAIN,
@@ -223,7 +221,7 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)  # (n, 1, H, W) uint8
         first, second = simclr_views(images, args.image_size, views, generator)
         x = to_network_input(torch.cat([first, second]))  # (2n, 3, size, size)
-        if device.type == "cuda":
+        if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with engine.autocast(args.amp, device):
             z = model(x)  # (2n, projection_dim)
@@ -319,7 +317,7 @@ def build_model(args, dist_info):
     model = SimCLR(build_resnet(args.arch), FEATURE_DIMS[args.arch], args.projection_dim)
     if args.sync_bn and dist_info.world_size > 1:
         model = convert_to_global_batchnorm(model)
-    if dist_info.device.type == "cuda":
+    if args.channels_last:
         model.to(memory_format=torch.channels_last)
     return model.to(dist_info.device)
 

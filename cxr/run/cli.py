@@ -208,10 +208,16 @@ def add_training_flags(parser, *, outputs, print_freq):
         "--amp",
         default="none",
         choices=["none", "bf16", "fp16"],
-        help="mixed precision: bf16 (CPU or CUDA) or fp16 with a GradScaler (CUDA only)",
+        help="mixed precision: bf16, or fp16 with a GradScaler (on a CPU: to check the CUDA path)",
     )
     parser.add_argument(
         "--clip-grad", type=positive_float, default=None, help="max gradient norm (default: none)"
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="convolutions in the channels_last memory format (GPUs; the same results)",
     )
     parser.add_argument(
         "--seed", type=seed, default=0, help="training seed: weights, data order, augmentations"

@@ -32,25 +32,78 @@ class DistInfo:
     def is_main(self):
         return self.rank == 0
 
+    @property
+    def backend(self):
+        """The process group's backend: nccl on CUDA, gloo on the CPU (None: one process)."""
+        if self.world_size == 1:
+            return None
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+
+# What torchrun sets in each process's environment, and what cxr needs of it.
+TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def resolve_launch(environ, device=None, cuda_devices=0):
+    """This process's DistInfo from its environment (torchrun's variables, or none for
+    one process), the --device flag ('cpu', 'cuda', 'cuda:N', None: CUDA if any) and
+    the number of visible CUDA devices; one UserError for an environment torchrun
+    would not make or a device that is not there. Under torchrun with CUDA each
+    process takes GPU LOCAL_RANK; one process honours cuda:N."""
+    present = [name for name in TORCHRUN_VARIABLES if name in environ]
+    if present and len(present) < len(TORCHRUN_VARIABLES):
+        missing = [name for name in TORCHRUN_VARIABLES if name not in environ]
+        raise UserError(
+            f"{', '.join(present)} set but not {', '.join(missing)}: launch with torchrun, "
+            "or unset them to run one process"
+        )
+    numbers = {}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        text = environ.get(name, "1" if name.endswith("WORLD_SIZE") else "0")
+        try:
+            numbers[name] = int(text)
+        except ValueError:
+            raise UserError(f"{name}={text!r} is not a whole number") from None
+    world, rank = numbers["WORLD_SIZE"], numbers["RANK"]
+    local_rank, local_world = numbers["LOCAL_RANK"], numbers["LOCAL_WORLD_SIZE"]
+    if not (world >= 1 and 0 <= rank < world and 1 <= local_world <= world):
+        raise UserError(
+            f"RANK={rank}, WORLD_SIZE={world}, LOCAL_WORLD_SIZE={local_world}: torchrun never "
+            "sets these (0 <= RANK < WORLD_SIZE, 1 <= LOCAL_WORLD_SIZE <= WORLD_SIZE)"
+        )
+    if not 0 <= local_rank < local_world:
+        raise UserError(f"LOCAL_RANK={local_rank} is not in [0, LOCAL_WORLD_SIZE={local_world})")
+    use_cuda = cuda_devices > 0 if device is None else str(device).startswith("cuda")
+    if not use_cuda:
+        return DistInfo(rank, world, local_rank, torch.device("cpu"))
+    if cuda_devices == 0:
+        raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
+    chosen = torch.device(device) if world == 1 and ":" in str(device) else None
+    index = local_rank if chosen is None else chosen.index
+    if index >= cuda_devices:
+        what = f"--device {device}" if chosen is not None else f"LOCAL_RANK={index}"
+        advice = "" if chosen is not None else "; start at most that many processes per node"
+        raise UserError(f"{what}, but {cuda_devices} CUDA device(s) are visible{advice}")
+    return DistInfo(rank, world, local_rank, torch.device("cuda", index))
+
+
+def loader_options(device, workers):
+    """DataLoader options for batches bound for `device`: pinned memory and workers kept
+    across epochs on CUDA only (on a CPU they would hold memory for no copy to overlap)."""
+    cuda = torch.device(device).type == "cuda"
+    return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": cuda and workers > 0}
+
 
 def init_distributed(device=None):
-    """Join the torchrun process group if launched by torchrun; pick the device.
-
-    device: 'cpu', 'cuda', 'cuda:N' or None (CUDA if available). Under torchrun
-    with CUDA each process takes GPU LOCAL_RANK; one process honours cuda:N.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-    if use_cuda and world_size == 1 and device is not None and ":" in str(device):
-        device = torch.device(device)
-    else:
-        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        _join_process_group("nccl" if use_cuda else "gloo", rank, world_size)
-    return DistInfo(rank, world_size, local_rank, device)
+    """This process's DistInfo (`resolve_launch`); joins torchrun's process group when
+    there are several processes."""
+    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    dist_info = resolve_launch(os.environ, device, cuda_devices)
+    if dist_info.device.type == "cuda":
+        torch.cuda.set_device(dist_info.device)
+    if dist_info.world_size > 1 and not dist.is_initialized():
+        _join_process_group(dist_info.backend, dist_info.rank, dist_info.world_size)
+    return dist_info
 
 
 def _join_process_group(backend, rank, world_size):

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import math
 import time
+import warnings
 
 import torch
 
@@ -34,11 +35,19 @@ class TrainingDiverged(UserError):
 
 
 def check_amp(amp, device):
-    """Refuse fp16 without CUDA: it needs a GradScaler on a device that has fp16 kernels."""
-    if amp == "fp16" and device.type != "cuda":
+    """Refuse a precision this torch cannot autocast to on `device` (it would silently
+    run in float32). fp16 runs on a CPU too, with its GradScaler: slowly, but it checks
+    the CUDA path where no GPU is."""
+    if amp == "none":
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast(device.type, dtype=AMP_DTYPES[amp]):
+            pass
+    if any("autocast" in str(w.message).lower() for w in caught):
         raise UserError(
-            "--amp fp16 needs a CUDA device (it trains with a GradScaler); "
-            "use --amp bf16 on CPU, or --amp none"
+            f"--amp {amp}: torch {torch.__version__} cannot autocast to it on {device.type}; "
+            "use --amp bf16 or --amp none"
         )
 
 

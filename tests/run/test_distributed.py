@@ -1,10 +1,19 @@
 """The collectives' single-process behaviour and the exact inference shards."""
 
+import re
+
 import pytest
 import torch
 
 from cxr.nn.collectives import all_reduce_mean
-from cxr.run.distributed import DistInfo, gather_to_main, inference_shard
+from cxr.run.distributed import (
+    DistInfo,
+    gather_to_main,
+    inference_shard,
+    loader_options,
+    resolve_launch,
+)
+from cxr.run.errors import UserError
 
 
 @pytest.mark.parametrize("items, world", [(10, 3), (2, 4), (0, 2), (7, 1)])
@@ -22,3 +31,71 @@ def test_one_process_collectives_are_the_identity():
     assert gather_to_main([3, 1], alone) == [3, 1]
     values = torch.tensor([1.5, -2.0])
     assert torch.equal(all_reduce_mean(values), values)
+
+
+def torchrun_environment(rank=1, world=4, local_rank=1, local_world=2, **changes):
+    environ = {
+        "WORLD_SIZE": str(world),
+        "RANK": str(rank),
+        "LOCAL_RANK": str(local_rank),
+        "LOCAL_WORLD_SIZE": str(local_world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }
+    environ.update(changes)
+    return {k: v for k, v in environ.items() if v is not None}
+
+
+def test_one_process_without_torchrun_on_the_cpu_or_the_first_gpu():
+    alone = resolve_launch({}, None, cuda_devices=0)
+    assert (alone.rank, alone.world_size, alone.device, alone.backend) == (
+        0,
+        1,
+        torch.device("cpu"),
+        None,
+    )
+    assert resolve_launch({}, None, cuda_devices=2).device == torch.device("cuda", 0)
+    assert resolve_launch({}, "cuda:1", cuda_devices=2).device == torch.device("cuda", 1)
+    assert resolve_launch({}, "cpu", cuda_devices=2).device == torch.device("cpu")
+
+
+def test_under_torchrun_each_process_takes_gpu_local_rank_with_nccl_else_gloo():
+    on_gpus = resolve_launch(torchrun_environment(), None, cuda_devices=2)
+    assert on_gpus.device == torch.device("cuda", 1) and on_gpus.backend == "nccl"
+    assert (on_gpus.rank, on_gpus.world_size, on_gpus.local_rank) == (1, 4, 1)
+    assert resolve_launch(torchrun_environment(), "cuda:0", cuda_devices=2).device.index == 1
+    on_cpus = resolve_launch(torchrun_environment(), "cpu", cuda_devices=2)
+    assert on_cpus.device == torch.device("cpu") and on_cpus.backend == "gloo"
+    assert resolve_launch(torchrun_environment(), None, cuda_devices=0).backend == "gloo"
+
+
+@pytest.mark.parametrize(
+    "environ, device, cuda_devices, message",
+    [
+        (torchrun_environment(local_rank=2, local_world=4), None, 2, "LOCAL_RANK=2, but 2 CUDA"),
+        ({}, "cuda:3", 2, "--device cuda:3, but 2 CUDA"),
+        ({}, "cuda", 0, "--device cuda: no CUDA device is visible"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, None, 0, "WORLD_SIZE, RANK set but not LOCAL_RANK"),
+        (torchrun_environment(MASTER_ADDR=None), None, 0, "but not MASTER_ADDR"),
+        (torchrun_environment(local_world=0, local_rank=0), None, 0, "LOCAL_WORLD_SIZE=0"),
+        (torchrun_environment(rank=4), None, 0, "RANK=4, WORLD_SIZE=4"),
+        (torchrun_environment(RANK="one"), None, 0, "RANK='one' is not a whole number"),
+        (torchrun_environment(local_rank=2), None, 0, "LOCAL_RANK=2 is not in"),
+    ],
+)
+def test_an_environment_torchrun_would_not_make_is_one_error(
+    environ, device, cuda_devices, message
+):
+    with pytest.raises(UserError, match=re.escape(message)):
+        resolve_launch(environ, device, cuda_devices)
+
+
+def test_pinned_memory_and_persistent_workers_on_cuda_only():
+    assert loader_options(torch.device("cpu"), 4) == {
+        "num_workers": 4,
+        "pin_memory": False,
+        "persistent_workers": False,
+    }
+    assert loader_options(torch.device("cuda", 1), 4)["pin_memory"] is True
+    assert loader_options("cuda", 4)["persistent_workers"] is True
+    assert loader_options("cuda", 0)["persistent_workers"] is False

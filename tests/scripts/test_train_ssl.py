@@ -194,11 +194,24 @@ def test_out_of_range_fractions_are_refused_by_the_parser(capsys):
 
 
 @pytest.mark.slow
-def test_bf16_runs_on_cpu_and_fp16_is_refused(data_dir, tmp_path):
+def test_bf16_and_fp16_run_on_the_cpu_and_fp16_resumes_exactly_with_its_scaler(data_dir, tmp_path):
+    """The GradScaler's state (its scale after the first steps' overflows) is saved in
+    the checkpoint and restored: a resumed fp16 run ends with the uninterrupted one's
+    weights."""
     train_ssl.main(ssl_args(data_dir, tmp_path, "bf16", "--epochs", "1", "--amp", "bf16"))
     assert (tmp_path / "bf16" / "pretrain" / "pretrained-backbone.pth").exists()
-    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
-        train_ssl.main(ssl_args(data_dir, tmp_path, "fp16", "--epochs", "1", "--amp", "fp16"))
+    fp16 = ["--amp", "fp16", "--precise-bn-images", "0"]
+    train_ssl.main(ssl_args(data_dir, tmp_path, "straight", *fp16))
+    train_ssl.main(ssl_args(data_dir, tmp_path, "resumed", *fp16, "--stop-after", "1"))
+    state = torch.load(tmp_path / "resumed" / "pretrain" / "checkpoint.pth", weights_only=True)
+    assert state["scaler"]["scale"] < 2.0**16  # steps overflowed and the scale backed off
+    train_ssl.main(ssl_args(data_dir, tmp_path, "resumed", *fp16, "--resume"))
+    straight, resumed = (
+        torch.load(tmp_path / name / "pretrain" / "pretrained-backbone.pth", weights_only=True)
+        for name in ("straight", "resumed")
+    )
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
 
 
 def test_seed_project_command_line_parses_with_its_meaning():
