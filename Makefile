@@ -42,3 +42,4 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/bench_ssl.py
 	$(PY) bench/bench_probe.py
 	$(PY) bench/bench_det.py
+	$(PY) bench/bench_loaders.py

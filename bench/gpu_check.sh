@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA checks in one run, for a machine with a GPU: nccl under torchrun
 # (python -m torch.distributed.run), SimCLR with fp16 + GradScaler and with bf16, channels_last,
-# the views on the device, the engine's overhead and the throughput at 512 px, a Faster R-CNN
-# fine-tuning from the SSL backbone with fp16, and the multi-process path (global BatchNorm,
+# the views on the device, the loop's overhead and the throughput at 512 px, a Faster R-CNN
+# fine-tuning from the SSL backbone with fp16, both again in channels_last, the loader workers a
+# GPU needs, and the multi-process path (global BatchNorm,
 # gathered negatives): two NCCL ranks when there are two GPUs; on one GPU two NCCL ranks cannot
 # share the device, so the two-process run uses gloo on the CPU instead and says so.
 #
@@ -70,4 +71,15 @@ step "det_$det_amp" $py -m torch.distributed.run --standalone --nproc_per_node=1
     --data-dir "$work/data" --output-dir "$work/out" --experiment-name "ssl_$last" --arch "$arch" --image-size "$size" \
     --batch-size "$det_batch" --epochs 2 --warmup-iters 2 --amp "$det_amp" --workers 8 --print-freq 5
 step bench_det $py bench/bench_det.py --arch "$arch" --size "$size" --batch "$det_batch" --steps 10
+# channels_last is an option until a GPU measures it: the same runs in that layout
+first=$(echo "$amps" | awk '{print $1}')
+step "ssl_${first}_channels_last" $py -m torch.distributed.run --standalone --nproc_per_node=1 train_ssl.py \
+    --data-dir "$work/data" --output-dir "$work/out" --experiment-name "ssl_cl" --arch "$arch" --image-size "$size" \
+    --batch-size "$ssl_batch" --epochs 2 --warmup-epochs 1 --lr 0.3 --ssl-fraction 0.5 --include-normal \
+    --amp "$first" --workers 8 --print-freq 5 --precise-bn-images 0 --channels-last
+step "det_${det_amp}_channels_last" $py -m torch.distributed.run --standalone --nproc_per_node=1 train_det.py \
+    --data-dir "$work/data" --output-dir "$work/out" --experiment-name "ssl_$last" --arch "$arch" \
+    --image-size "$size" --batch-size "$det_batch" --epochs 2 --warmup-iters 2 --amp "$det_amp" --workers 8 \
+    --print-freq 5 --channels-last --replace
+step bench_loaders $py bench/bench_loaders.py
 rm -rf "$work"

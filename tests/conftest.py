@@ -86,16 +86,23 @@ def free_port():
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun(script, *arguments, nproc=2, max_restarts=0, log=None, timeout=300):
+def torchrun(script, *arguments, nproc=2, max_restarts=0, log=None, timeout=300, node=None):
     """`script` (train_ssl.py, ...) under torchrun with `nproc` gloo processes, run from
-    the checkout. With `log`: started in the background, its output going to that
-    file (returns the Popen); else run to its end, which must succeed (returns the
-    CompletedProcess)."""
+    the checkout. node: (its rank, number of nodes, rendezvous endpoint) for one agent
+    of a multi-node group (README's command: c10d rendezvous), else --standalone.
+    With `log`: started in the background, its output going to that file (returns the
+    Popen); else run to its end, which must succeed (returns the CompletedProcess)."""
+    if node is None:
+        launch = ["--standalone"]
+    else:
+        rank, nodes, endpoint = node
+        launch = [f"--nnodes={nodes}", f"--node_rank={rank}", "--rdzv_backend=c10d"]
+        launch.append(f"--rdzv_endpoint={endpoint}")
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *launch,
         f"--nproc_per_node={nproc}",
         f"--max-restarts={max_restarts}",
         script,
@@ -112,6 +119,11 @@ def torchrun(script, *arguments, nproc=2, max_restarts=0, log=None, timeout=300)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def children(pid):
+    """The process ids of `pid`'s children (Linux)."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def trunk_file(folder, seed=3):

@@ -13,6 +13,8 @@ BatchNorm) are in `cxr.nn.collectives`.
 
 import contextlib
 import os
+import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -107,13 +109,15 @@ def init_distributed(device=None):
 
 
 def _join_process_group(backend, rank, world_size):
-    """init_process_group, through a store key prefix of its own for each restart.
+    """init_process_group under a store prefix that this group of processes, and no
+    earlier one, holds (`fresh_prefix`).
 
-    torchrun --max-restarts restarts the whole group on the same agent store,
-    where the keys the previous attempt's ranks wrote (their addresses) are
-    still present: a restarted rank can read a dead peer's address and fail to
-    connect (seen with gloo here; pytorch/pytorch#167288 with nccl). Joining
-    under a prefix per attempt (TORCHELASTIC_RESTART_COUNT) keeps them apart."""
+    torchrun's agents keep one store for the workers across restarts, where the
+    keys an earlier attempt's ranks wrote (their addresses) are still present: a
+    restarted rank can read a dead peer's address and fail to connect (seen with
+    gloo here; pytorch/pytorch#167288 with nccl). The agents' restart counts
+    cannot name the attempt: on several nodes an agent whose workers are
+    restarted because another node's failed does not count it."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         dist.init_process_group(backend=backend)
         return
@@ -124,13 +128,39 @@ def _join_process_group(backend, rank, world_size):
         is_master=False,
         timeout=dist.default_pg_timeout,
     )
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     dist.init_process_group(
         backend=backend,
-        store=dist.PrefixStore(f"cxr/attempt_{attempt}", store),
+        store=dist.PrefixStore(fresh_prefix(store, rank, world_size), store),
         rank=rank,
         world_size=world_size,
     )
+
+
+def fresh_prefix(store, rank, world_size, poll=0.05):
+    """A key prefix every process of this group agrees on and no earlier group used,
+    agreed through a store that may hold an earlier group's keys.
+
+    Rank 0 names the group with a new random id (cxr/leader); every other rank
+    acknowledges the id it reads, with a random id of its own, and waits until rank 0
+    lists its own id under that group's start key: an earlier group's leader or start
+    key, still in the store, never lists it, so a rank that read one reads again."""
+    if rank == 0:
+        group = uuid.uuid4().hex
+        store.set("cxr/leader", group)
+        members = [store.get(f"cxr/{group}/ack/{r}").decode() for r in range(1, world_size)]
+        store.set(f"cxr/{group}/start", ",".join(members))
+        return f"cxr/{group}"
+    me = uuid.uuid4().hex
+    acknowledged = None
+    while True:
+        group = store.get("cxr/leader").decode()
+        if group != acknowledged:
+            store.set(f"cxr/{group}/ack/{rank}", me)
+            acknowledged = group
+        start = f"cxr/{group}/start"
+        if store.check([start]) and me in store.get(start).decode().split(","):
+            return f"cxr/{group}"
+        time.sleep(poll)
 
 
 def teardown():

@@ -1,13 +1,17 @@
 """The collectives' single-process behaviour and the exact inference shards."""
 
 import re
+import threading
+import time
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from cxr.nn.collectives import all_reduce_mean
 from cxr.run.distributed import (
     DistInfo,
+    fresh_prefix,
     gather_to_main,
     inference_shard,
     loader_options,
@@ -99,3 +103,26 @@ def test_pinned_memory_and_persistent_workers_on_cuda_only():
     assert loader_options(torch.device("cuda", 1), 4)["pin_memory"] is True
     assert loader_options("cuda", 4)["persistent_workers"] is True
     assert loader_options("cuda", 0)["persistent_workers"] is False
+
+
+def test_restarted_ranks_agree_on_a_prefix_no_earlier_group_used():
+    """A store holding an earlier group's leader, acknowledgements and start key (as
+    torchrun's agents keep it across restarts): the new ranks, the others started
+    before rank 0, all end with one prefix, and not the earlier group's."""
+    store = dist.HashStore()
+    store.set("cxr/leader", "old")
+    store.set("cxr/old/ack/1", "someone")
+    store.set("cxr/old/start", "someone,else")
+    prefixes = {}
+
+    def join(rank):
+        prefixes[rank] = fresh_prefix(store, rank, 3, poll=0.01)
+
+    threads = {r: threading.Thread(target=join, args=(r,), daemon=True) for r in (0, 1, 2)}
+    for rank in (1, 2, 0):
+        threads[rank].start()
+        time.sleep(0.2 if rank == 2 else 0)  # the others read the old leader first
+    for thread in threads.values():
+        thread.join(timeout=10)
+    assert len(prefixes) == 3, "a rank never agreed"
+    assert len(set(prefixes.values())) == 1 and prefixes[0] != "cxr/old"

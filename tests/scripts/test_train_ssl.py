@@ -6,13 +6,12 @@ import shlex
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import prepared_synthetic, ssl_args, torchrun
+from conftest import children, prepared_synthetic, ssl_args, torchrun
 from PIL import Image
 
 import train_ssl
@@ -243,10 +242,6 @@ def test_torchrun_with_two_cpu_processes(data_dir, tmp_path):
     assert header["world_size"] == 2
     assert result.stdout.count("epoch 1/1 done") == 1  # only rank 0 logs
     assert "BatchNorm statistics global over 2 processes" in result.stdout
-
-
-def children(pid):
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 @pytest.mark.slow
