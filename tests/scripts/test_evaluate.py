@@ -23,6 +23,7 @@ from cxr.evaluation.pictures import class_color, draw_detections, readable_text_
 from cxr.evaluation.submission import prediction_string
 from cxr.nn.resnet import headless_resnet
 from cxr.nn.seeds import stream_seed
+from cxr.run.cli import flags
 from cxr.run.errors import UserError
 
 # --- the submission format ------------------------------------------------------------------------
@@ -106,23 +107,8 @@ def trained(tmp_path_factory):
 
 def eval_args(root, data_dir, mode, *extra):
     """Score threshold 0: the barely trained detector's boxes all count, so the tests see many."""
-    return [
-        "--mode",
-        mode,
-        "--output-dir",
-        str(root / "out"),
-        "--experiment-name",
-        "exp",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        "--score-threshold",
-        "0",
-        *extra,
-    ]
+    common = flags(output_dir=root / "out", experiment_name="exp", device="cpu", workers=0)
+    return ["--mode", mode, *common, *flags(data_dir=data_dir, score_threshold=0), *extra]
 
 
 def test_map_writes_metrics_that_match_its_predictions(trained):
@@ -316,22 +302,8 @@ def test_probe_reads_the_backbone_json_reports_every_class_and_matches_the_rando
     (pretrain / "pretrained-backbone.json").write_text(
         json.dumps({"arch": "resnet18", "image_size": 48})
     )
-    args = [
-        "--mode",
-        "probe",
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--experiment-name",
-        "exp",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--batch-size",
-        "16",
-    ]
+    common = flags(output_dir=tmp_path / "out", experiment_name="exp", device="cpu", workers=0)
+    args = ["--mode", "probe", *common, *flags(data_dir=data_dir, batch_size=16)]
 
     ssl = evaluate.main(args)
     written = json.loads((tmp_path / "out" / "exp" / "eval" / "probe-ssl.json").read_text())
