@@ -14,6 +14,7 @@ random one (--backbone random). Results go to the experiment's eval/
 (cxr.run.layout); an existing result is refused unless --replace.
 """
 
+import argparse
 import contextlib
 import csv
 import io
@@ -100,6 +101,12 @@ def get_args_parser():
     )
     detector.add_argument(
         "--num-images", type=cli.positive_int, default=8, help="visualize: how many test images"
+    )
+    detector.add_argument(
+        "--pictures",
+        type=cli.non_negative_int,
+        default=0,
+        help="map: also draw this many test images from its predictions (as visualize)",
     )
     detector.add_argument(
         "--image-ids",
@@ -312,7 +319,13 @@ def run_map(args, dist_info):
                 "world_size": dist_info.world_size,
                 "seconds": round(time.perf_counter() - start, 1),
             }
-            return write_map(folder, coco=coco, results=results, meta=meta, run=run)
+            summary = write_map(folder, coco=coco, results=results, meta=meta, run=run)
+            if args.pictures:
+                pictures = argparse.Namespace(**{**vars(args), "num_images": args.pictures})
+                chosen = choose_pictured(coco, pictures)
+                out = eval_dir / layout.PICTURES
+                draw_pictures(chosen, coco, image_dir, results, meta["classes"], out, args)
+            return summary
     return None
 
 
@@ -400,19 +413,26 @@ def run_visualize(args, dist_info):
         "annotations": [a for a in coco["annotations"] if a["image_id"] in ids],
     }
     results = predict_all(model, DetectionDataset(subset, image_dir), args, dist_info)
-    if not dist_info.is_main:
-        return None
+    if dist_info.is_main:
+        return draw_pictures(chosen, subset, image_dir, results, meta["classes"], out, args)
+    return None
+
+
+def draw_pictures(chosen, coco, image_dir, results, classes, out, args):
+    """One picture of each chosen image (ground truth solid, predictions with a score
+    of at least 0.3 or --score-threshold dashed) and a contact sheet, in `out`."""
+    threshold = 0.3 if args.mode == "map" or args.score_threshold is None else args.score_threshold
     detections, truth = _detections_by_image(results), {}
-    for a in subset["annotations"]:
+    for a in coco["annotations"]:
         truth.setdefault(a["image_id"], []).append((a["category_id"], xyxy(a["bbox"])))
     pictures, captions = [], []
-    with staged_directory(out, args.replace, command="evaluate.py --mode visualize") as staging:
+    with staged_directory(out, args.replace, command="evaluate.py") as staging:
         for image in chosen:
             picture = draw_detections(
                 open_grayscale(image_dir / image["file_name"]),
                 ground_truth=truth.get(image["id"], []),
                 predictions=detections.get(image["id"], []),
-                classes=meta["classes"],
+                classes=classes,
                 score_threshold=threshold,
             )
             name = Path(image["file_name"]).stem

@@ -232,13 +232,13 @@ def plan_stages(args, settings, out):
                     what="a random backbone on all labeled images",
                 )
             )
+    pictured = (percent(args.fractions[0]), args.train_seeds[0])  # the report's pictures
     for run in detector_runs(args):
         description = f"COCO mAP of {run} on the test split"
-        stages.append(evaluation_stage(plan, "map", run, description, distributed=True))
-    arms = ("ssl", "random", "pretrained") if args.pretrained_init else ("ssl", "random")
-    for arm in arms:
-        run = RunName(arm, percent(args.fractions[0]), args.train_seeds[0])
-        pictures = flags(num_images=settings.pictures, seed=args.seed)
-        stages.append(evaluation_stage(plan, "visualize", run, f"pictures of {run}", *pictures))
+        pictures = []
+        if (run.percent, run.seed) == pictured:
+            description += ", and pictures of its predictions"
+            pictures = flags(pictures=settings.pictures, seed=args.seed)
+        stages.append(evaluation_stage(plan, "map", run, description, *pictures, distributed=True))
     stages.append(Stage("report", "report.md with tables and charts", ("-m", "cxr.report"), (".",)))
     return stages

@@ -273,6 +273,37 @@ def test_visualize_writes_a_picture_per_image_and_a_contact_sheet(trained):
         evaluate.main(eval_args(root, data_dir, "visualize", "--image-ids", "nope", "--replace"))
 
 
+def test_map_draws_the_pictures_visualize_would_from_its_own_predictions(trained, tmp_path):
+    """map --pictures 2 draws, from the predictions it scored, the pictures that a
+    separate visualize of the same images (score threshold 0.3) draws."""
+    root, data_dir, _, _ = trained
+    evaluate.main(
+        eval_args(
+            root,
+            data_dir,
+            "map",
+            "--eval-dir",
+            str(tmp_path / "map"),
+            "--pictures",
+            "2",
+            "--seed",
+            "4",
+        )
+    )
+    evaluate.main(
+        eval_args(
+            root, data_dir, "visualize", "--eval-dir", str(tmp_path / "alone"), "--num-images", "2"
+        )
+        + ["--seed", "4", "--score-threshold", "0.3"]
+    )
+    drawn = sorted((tmp_path / "map" / "visualize").glob("*.png"))
+    assert len(drawn) == 3  # two pictures and the contact sheet
+    for picture in drawn:
+        assert (
+            picture.read_bytes() == (tmp_path / "alone" / "visualize" / picture.name).read_bytes()
+        )
+
+
 @pytest.mark.slow
 def test_map_on_two_processes_equals_one(trained, tmp_path):
     root, data_dir, _, _ = trained

@@ -109,6 +109,7 @@ TABLE = {
         "--eval-dir": ANY_TEXT,
         "--score-threshold": SHARE,
         "--num-images": COUNT,
+        "--pictures": CAN_BE_ZERO,
         "--image-ids": ANY_TEXT,
         "--images": ANY_TEXT,
         "--original-sizes": ANY_TEXT,
