@@ -3,7 +3,8 @@
     python -m cxr.synthetic --out DIR --images N --size 512 --seed S
 
 writes DIR/train.csv (image_id,class_name,class_id,rad_id,x_min,y_min,x_max,
-y_max,width,height), DIR/train/ and DIR/test/ (unlabeled PNGs), so every
+y_max,width,height), DIR/train/ and DIR/test/ (unlabeled PNGs) with
+DIR/test_meta.csv (image_id,dim0,dim1: their original sizes), so every
 stage runs without the real data. It imitates the real table's statistics
 (docs/design.md): radiograph-like anatomy jittered per image, 14 lesion
 classes with their real sites, sizes and long-tailed frequencies, three of 17
@@ -355,6 +356,14 @@ def write_csv(path, plans, seed):
     return len(rows)
 
 
+def write_test_meta(path, plans):
+    """test_meta.csv as the 512 px download has it: image_id,dim0,dim1, the original
+    DICOM's height and width, which a submission's boxes refer to."""
+    lines = ["image_id,dim0,dim1"]
+    lines += [f"{p.image_id},{p.original_size[1]},{p.original_size[0]}" for p in plans]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def generate(out, *, num_images, size=512, seed=0, test_images=None, replace=False, log=print):
     """Write a synthetic dataset to `out`; returns a summary dict."""
     test_images = num_images // 5 if test_images is None else test_images
@@ -371,6 +380,7 @@ def generate(out, *, num_images, size=512, seed=0, test_images=None, replace=Fal
                 if i % 500 == 0:
                     log(f"  {folder}: {i}/{len(folder_plans)} images")
         num_rows = write_csv(staging / "train.csv", train_plans, seed)
+        write_test_meta(staging / "test_meta.csv", test_plans)
     summary = {
         "images": num_images,
         "test_images": test_images,

@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 from cxr.data.classes import NO_FINDING_ID, NO_FINDING_NAME, VINBIGDATA_CLASSES
+from cxr.data.original_sizes import read_original_sizes
 from cxr.data.synthetic_xrays import (
     CSV_COLUMNS,
     LESION_SPECS,
+    ORIGINAL_SIZES,
     RADIOLOGISTS,
     REAL_FINDING_IMAGES,
     REAL_IMAGES,
@@ -35,7 +37,10 @@ def test_layout_matches_the_real_download(dataset):
     assert tuple(rows[0]) == CSV_COLUMNS
     ids = {r["image_id"] for r in rows}
     assert {p.stem for p in (out / "train").glob("*.png")} == ids
-    assert len(list((out / "test").glob("*.png"))) == 4
+    tests = sorted(p.stem for p in (out / "test").glob("*.png"))
+    assert len(tests) == 4
+    sizes = read_original_sizes(out / "test_meta.csv")  # what predict --original-sizes reads
+    assert sorted(sizes) == tests and all(size in ORIGINAL_SIZES for size in sizes.values())
     for path in list((out / "train").glob("*.png"))[:5]:
         with Image.open(path) as image:
             assert image.mode == "L" and image.size == (64, 64)
