@@ -232,7 +232,12 @@ def add_training_flags(parser, *, outputs, print_freq):
         help="stop after this many epochs of this invocation (default: run to --epochs)",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue the run from its checkpoint.pth"
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run from its checkpoint.pth, or from CHECKPOINT (a cxr checkpoint)",
     )
     parser.add_argument(
         "--auto-resume",

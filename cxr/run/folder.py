@@ -64,7 +64,7 @@ def resuming(args, checkpoint_path):
     torchrun --max-restarts restarted with the same arguments finds)."""
     if args.replace and (args.resume or args.auto_resume):
         raise UserError("--replace starts over, --resume / --auto-resume continue: pick one")
-    return args.resume or (args.auto_resume and Path(checkpoint_path).is_file())
+    return bool(args.resume) or (args.auto_resume and Path(checkpoint_path).is_file())
 
 
 def check_run_state(folder, *, outputs, final, resume, replace):
@@ -254,7 +254,8 @@ def open_run(run_dir, *, outputs, final, command, args, dist_info, images, deriv
             return folder
 
         folder = agree(dist_info, open_on_main) or OutputFolder(run_dir)
-        resumed = read_resumable(run_dir / CHECKPOINT, config) if resume else None
+        source = Path(args.resume) if isinstance(args.resume, str) else run_dir / CHECKPOINT
+        resumed = read_resumable(source, config) if resume else None
         run = Run(folder, config=config, resumed=resumed, args=args, dist_info=dist_info)
         write_run_header(run)
         if dist_info.is_main:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from cxr.detection.detector import build_detector
-from cxr.nn.resnet import headless_resnet, trunk_mismatch, trunk_shapes
+from cxr.nn.resnet import headless_resnet, infer_arch, trunk_mismatch, trunk_shapes
 from cxr.run.checkpoints import check_finite, load_torch_file, torch_bytes
 from cxr.run.errors import UserError
 from cxr.run.layout import BACKBONE, BACKBONE_META, DETECTOR, DETECTOR_META
@@ -30,34 +30,86 @@ def _sample(keys):
     return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
 
 
-def load_trunk_weights(path):
-    """A ResNet trunk state dict from `path`, stripped of fc: a pretrained backbone
-    of cxr's, or any torchvision ResNet checkpoint (e.g. ImageNet weights)."""
-    state = load_torch_file(path, "ResNet weights (a state dict)")
-    if isinstance(state, dict) and "model" in state and "config" in state:
+# Where other tools keep a model's weights in their checkpoints (Lightning: "state_dict";
+# torchvision's references and timm: "model"), and the prefixes their keys carry (DDP:
+# "module."; a SimCLR or Lightning module: "backbone.", "encoder.", "trunk.", "model.").
+WRAPPERS = ("state_dict", "model", "net")
+PREFIXES = ("module.", "backbone.", "encoder.", "trunk.", "model.")
+
+
+def _tensors_of(path):
+    """(the state dict of tensors in `path`, where it was found in the file)."""
+    saved = load_torch_file(path, "ResNet weights (a state dict)")
+    if isinstance(saved, dict) and "model" in saved and "config" in saved:
         raise UserError(
-            f"{path} is a training checkpoint, not a backbone; pass the run's "
+            f"{path} is a cxr training checkpoint, not a backbone; pass the run's "
             f"{BACKBONE} (written beside it when the run finishes)"
         )
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} is not a state dict of tensors")
-    check_finite(state, str(path))
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    where = []
+    while isinstance(saved, dict) and not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        inner = next((key for key in WRAPPERS if isinstance(saved.get(key), dict)), None)
+        if inner is None:
+            break
+        saved, where = saved[inner], [*where, f"its {inner!r}"]
+    if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        raise UserError(f"{path} is not a state dict of tensors (nor holds one under {WRAPPERS})")
+    check_finite(saved, str(path))
+    return saved, where
+
+
+def trunk_candidates(state):
+    """(what was taken, trunk state without fc) of every reading of `state` as a ResNet
+    trunk: all of it, then the keys under each prefix, prefixes stacked (module.backbone.)."""
+    found, queue = [], [((), state)]
+    while queue:
+        prefixes, current = queue.pop(0)
+        found.append((prefixes, {k: v for k, v in current.items() if not k.startswith("fc.")}))
+        for prefix in PREFIXES:
+            inner = {k[len(prefix) :]: v for k, v in current.items() if k.startswith(prefix)}
+            if inner and len(prefixes) < 3:
+                queue.append(((*prefixes, prefix), inner))
+    return found
+
+
+def _taken(where, prefixes, state, kept):
+    parts = list(where)
+    if prefixes:
+        parts.append(f"the keys under {''.join(prefixes)!r}")
+        if len(kept) < len(state):
+            parts.append(f"{len(state) - len(kept)} other tensors left out")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def load_trunk_weights(path):
+    """A ResNet trunk state dict (torchvision keys, no fc) from `path`: a pretrained
+    backbone of cxr's, a torchvision ResNet (ImageNet weights), or another tool's
+    checkpoint holding one (`WRAPPERS`, `PREFIXES`); the first reading that is a whole
+    trunk of some ResNet, else the file's own keys."""
+    readings = [trunk for _, trunk in trunk_candidates(_tensors_of(path)[0])]
+    return next((trunk for trunk in readings if infer_arch(trunk) is not None), readings[0])
 
 
 def read_trunk(path, arch):
-    """(state dict, 'loaded K/K tensors from PATH') of an `arch` trunk file, every
-    tensor checked against the architecture."""
-    state = load_trunk_weights(path)
-    missing, unexpected, misshaped = trunk_mismatch(state, arch)
-    if missing or unexpected or misshaped:
-        raise UserError(
-            f"{path} does not hold a torchvision {arch} trunk: {len(missing)} missing "
-            f"({_sample(missing)}), {len(unexpected)} unexpected ({_sample(unexpected)}), "
-            f"{len(misshaped)} of the wrong shape ({_sample(misshaped)}). Check --arch, and that "
-            "the file has torchvision ResNet keys (conv1.weight, layer1.0.conv1.weight, ...)"
-        )
-    return state, f"loaded {len(state)}/{len(trunk_shapes(arch))} tensors from {path}"
+    """(state dict, 'loaded K/K tensors from PATH (where)') of an `arch` trunk in
+    `path`, every tensor checked against the architecture; another tool's checkpoint is
+    read as `load_trunk_weights` says, and what was taken is said."""
+    state, where = _tensors_of(path)
+    readings = trunk_candidates(state)
+    for prefixes, trunk in readings:
+        if trunk_mismatch(trunk, arch) == ([], [], []):
+            taken = _taken(where, prefixes, state, trunk)
+            return (
+                trunk,
+                f"loaded {len(trunk)}/{len(trunk_shapes(arch))} tensors from {path}{taken}",
+            )
+    missing, unexpected, misshaped = trunk_mismatch(readings[0][1], arch)
+    raise UserError(
+        f"{path} does not hold a torchvision {arch} trunk: {len(missing)} missing "
+        f"({_sample(missing)}), {len(unexpected)} unexpected ({_sample(unexpected)}), "
+        f"{len(misshaped)} of the wrong shape ({_sample(misshaped)}), also under the prefixes "
+        f"{', '.join(PREFIXES)}. Check --arch, and that the file has torchvision ResNet keys "
+        "(conv1.weight, layer1.0.conv1.weight, ...)"
+    )
 
 
 def pretrained_trunk(arch, path):

@@ -59,6 +59,7 @@ TABLE = {
         "--precise-bn-images": CAN_BE_ZERO,
         "--stop-after": COUNT,
         "--dry-run": COUNT,
+        "--resume": ANY_TEXT,
         "--devices": {"zero", "negative", "nan", "inf", "word", "huge", "fraction"},
     },
     "train_det.py": {
@@ -96,6 +97,7 @@ TABLE = {
         "--print-freq": COUNT,
         "--stop-after": COUNT,
         "--dry-run": COUNT,
+        "--resume": ANY_TEXT,
     },
     "evaluate.py": {
         "--mode": CHOICE,

@@ -46,6 +46,15 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(data_dir, tmp_path, ca
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+    # torchvision's habit: --resume CHECKPOINT continues that checkpoint's run in this folder
+    first_epoch = tmp_path / "first-epoch.pth"
+    train_ssl.main(ssl_args(data_dir, tmp_path, "stopped", "--stop-after", "1"))
+    (tmp_path / "stopped" / "pretrain" / "checkpoint.pth").rename(first_epoch)
+    train_ssl.main(ssl_args(data_dir, tmp_path, "elsewhere", "--resume", str(first_epoch)))
+    elsewhere = torch.load(
+        tmp_path / "elsewhere" / "pretrain" / "pretrained-backbone.pth", weights_only=True
+    )
+    assert all(torch.equal(straight[key], elsewhere[key]) for key in straight)
 
     missing, unexpected = torchvision.models.resnet18().load_state_dict(straight, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
