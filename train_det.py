@@ -158,7 +158,16 @@ def get_args_parser():
         help="evaluate on this held-out share of the labeled images instead of the test split",
     )
     p.add_argument(
-        "--eval-every", type=cli.non_negative_int, default=1, help="epochs between evaluations"
+        "--eval-every",
+        type=cli.non_negative_int,
+        default=1,
+        help="epochs between evaluations (0: after the last only)",
+    )
+    p.add_argument(
+        "--final-eval",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="evaluate after the last epoch (--no-final-eval: evaluate.py --mode map will)",
     )
     p.add_argument(
         "--eval-batch-size", type=cli.positive_int, default=8, help="images per evaluation pass"
@@ -283,9 +292,13 @@ def train_one_epoch(model, loader, optimizer, scaler, lr_schedule, *, epoch, ste
 
 def evaluate(model, data, *, epoch, args, dist_info):
     """COCO metrics of the evaluation images after `epoch`, on rank 0 (None elsewhere,
-    and when no evaluation is due: every --eval-every epochs and after the last)."""
-    last = epoch + 1 == args.epochs
-    if not (last or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
+    and when no evaluation is due: every --eval-every epochs, and after the last unless
+    --no-final-eval)."""
+    if epoch + 1 == args.epochs:
+        due = args.final_eval
+    else:
+        due = args.eval_every and (epoch + 1) % args.eval_every == 0
+    if not due:
         return None
     shard = torch.utils.data.Subset(
         data.eval_dataset, inference_shard(len(data.eval_dataset), dist_info)
@@ -607,7 +620,7 @@ def final_meta(args, data, message, history):
         "negatives": data.negatives,
         "repeat_threshold": args.repeat_threshold,
         "epochs": args.epochs,
-        "final_metrics": history[-1] if history else None,
+        "final_metrics": history[-1] if history and history[-1]["epoch"] == args.epochs else None,
     }
 
 

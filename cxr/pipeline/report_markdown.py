@@ -346,6 +346,9 @@ def detector_charts(folder):
         if records:
             losses.append((str(run), [r["step"] for r in records], [r["loss"] for r in records]))
         history = read_json(folder.run(run) / layout.EVAL_HISTORY, [])
+        final, epochs = folder.metrics(run), folder.config["settings"]["det_epochs"]
+        if final and history and history[-1]["epoch"] < epochs:  # the mAP stage's score
+            history = [*history, {"epoch": epochs, "AP": final["AP"], "AP50": final["AP50"]}]
         for key, label in (("AP50", "mAP50"), ("AP", "mAP")):
             if history:
                 epochs = [h["epoch"] for h in history]

@@ -121,6 +121,11 @@ def pretrain_stage(plan, fraction, seed):
     return Stage(f"pretrain-{name}", description, ("train_ssl.py",), argv, run_dir, True, result)
 
 
+def charted(plan, run):
+    """The runs the report draws (per-epoch mAP, pictures): the first fraction's and seed's."""
+    return (run.percent, run.seed) == (percent(plan.args.fractions[0]), plan.args.train_seeds[0])
+
+
 def detector_stage(plan, run, *, init, labeled_fraction, what):
     """The one fine-tuning command: the arms differ in --experiment-name and --init only."""
     s = plan.settings
@@ -141,6 +146,9 @@ def detector_stage(plan, run, *, init, labeled_fraction, what):
         seed=run.seed,
         print_freq=5,
         device=plan.args.device,
+        # The mAP stage scores every run; only the charted runs are scored per epoch.
+        eval_every=1 if charted(plan, run) else 0,
+        no_final_eval=True,
     )
     description = f"Faster R-CNN from {what}, seed {run.seed}"
     argv = (*common_flags(plan), *options)
@@ -232,11 +240,10 @@ def plan_stages(args, settings, out):
                     what="a random backbone on all labeled images",
                 )
             )
-    pictured = (percent(args.fractions[0]), args.train_seeds[0])  # the report's pictures
     for run in detector_runs(args):
         description = f"COCO mAP of {run} on the test split"
         pictures = []
-        if (run.percent, run.seed) == pictured:
+        if charted(plan, run):
             description += ", and pictures of its predictions"
             pictures = flags(pictures=settings.pictures, seed=args.seed)
         stages.append(evaluation_stage(plan, "map", run, description, *pictures, distributed=True))

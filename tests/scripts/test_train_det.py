@@ -206,3 +206,15 @@ def test_schedule_spans_every_step_of_the_repeat_factor_epochs():
     args.warmup_iters = 301
     with pytest.raises(UserError, match="--warmup-iters 301 is longer than the whole run"):
         train_det.learning_rates(args, 300)
+
+
+@pytest.mark.slow
+def test_evaluations_run_only_when_due(data_dir, tmp_path):
+    """Every epoch but the last (--no-final-eval: evaluate.py scores the final model), or
+    none at all; the final metrics are only the last epoch's."""
+    train_det.main(det_args(data_dir, tmp_path, "charted", "--no-final-eval"))
+    history = json.loads((tmp_path / "charted" / "eval_history.json").read_text())
+    meta = json.loads((tmp_path / "charted" / "fasterrcnn_final.json").read_text())
+    assert [h["epoch"] for h in history] == [1] and meta["final_metrics"] is None
+    train_det.main(det_args(data_dir, tmp_path, "none", "--eval-every", "0", "--no-final-eval"))
+    assert json.loads((tmp_path / "none" / "eval_history.json").read_text()) == []
