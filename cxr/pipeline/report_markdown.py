@@ -337,6 +337,15 @@ def ssl_loss_chart(folder):
     return {"ssl_loss.svg": ("SimCLR loss (NT-Xent) per step", chart)}
 
 
+def map_history(folder, run):
+    """Test mAP after each evaluated epoch of a run, the last epoch's from its mAP stage."""
+    history = read_json(folder.run(run) / layout.EVAL_HISTORY, [])
+    final, last = folder.metrics(run), folder.config["settings"]["det_epochs"]
+    if final and (not history or history[-1]["epoch"] < last):
+        history = [*history, {"epoch": last, "AP": final["AP"], "AP50": final["AP50"]}]
+    return history
+
+
 def detector_charts(folder):
     """Training loss, test mAP per epoch and per-class AP50 of each arm's first seed."""
     charts, losses, maps = {}, [], []
@@ -345,10 +354,7 @@ def detector_charts(folder):
         records = _train_records(folder.run(run) / layout.LOG)
         if records:
             losses.append((str(run), [r["step"] for r in records], [r["loss"] for r in records]))
-        history = read_json(folder.run(run) / layout.EVAL_HISTORY, [])
-        final, epochs = folder.metrics(run), folder.config["settings"]["det_epochs"]
-        if final and history and history[-1]["epoch"] < epochs:  # the mAP stage's score
-            history = [*history, {"epoch": epochs, "AP": final["AP"], "AP50": final["AP50"]}]
+        history = map_history(folder, run)
         for key, label in (("AP50", "mAP50"), ("AP", "mAP")):
             if history:
                 epochs = [h["epoch"] for h in history]

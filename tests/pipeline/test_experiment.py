@@ -201,7 +201,7 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     experiment.main(["--out", str(out), *tiny])
     record = json.loads((out / "experiment.json").read_text())
     assert all(stage["status"] == "done" for stage in record["stages"].values())
-    assert len(record["stages"]) == 16  # 12, and the third arm's probe, training, mAP, pictures
+    assert len(record["stages"]) == 13  # 10, and the third arm's probe, training and mAP
 
     runs = out / "runs"
     ssl_pool = set(read_image_list(runs / "ssl60-s0" / "pretrain" / layout.SSL_IMAGES).names)
@@ -228,7 +228,8 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
     for chart in ("ssl_loss", "det_loss", "map_per_epoch", "per_class_ap50"):
         assert f"(charts/{chart}.svg)" in report
         xml.dom.minidom.parse(str(out / "charts" / f"{chart}.svg"))
-    assert (runs / "ssl60-s0" / "eval" / "visualize" / "contact_sheet.png").is_file()
+    for arm in ("ssl60-s0", "random60-s0", "pretrained60-s0"):  # drawn by the mAP stages
+        assert (runs / arm / layout.EVAL / layout.PICTURES / layout.CONTACT_SHEET).is_file()
 
     pretrained_args = json.loads((runs / "pretrained60-s0" / "args.json").read_text())["args"]
     assert {k for k in ssl_args if ssl_args[k] != pretrained_args[k]} == {"experiment_name", "init"}
