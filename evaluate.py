@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxr.data.classes import class_index, dataset_classes
+from cxr.data.classes import VINBIGDATA_CLASSES, class_index, dataset_classes
 from cxr.data.datasets import DetectionDataset, ImageList, xyxy
 from cxr.data.images import list_images, open_grayscale
 from cxr.data.names import check_name
@@ -333,7 +333,9 @@ def write_map(folder, *, coco, results, meta, run):
     """Score the results, print the tables, write metrics.json, per_class.csv and the
     predictions; returns the summary."""
     metrics = coco_metrics(coco_ground_truth(coco), results)
-    competition = competition_metrics(coco, results)
+    competition = None
+    if tuple(meta["classes"]) == VINBIGDATA_CLASSES:  # the competition's metric, its data only
+        competition = competition_summary(coco, competition_metrics(coco, results))
     summary = {
         "arch": meta["arch"],
         "image_size": meta["image_size"],
@@ -341,10 +343,11 @@ def write_map(folder, *, coco, results, meta, run):
         "test_boxes": len(coco["annotations"]),
         **run,
         **metrics,
-        "competition": competition_summary(coco, competition, len(meta["classes"])),
+        "competition": competition,
     }
     print(metrics_tables(metrics, meta["classes"]))
-    print_competition(summary["competition"])
+    if competition:
+        print_competition(competition)
     folder.write_json(layout.TEST_PREDICTIONS, results)
     folder.write_text(layout.PER_CLASS, per_class_csv(metrics, meta["classes"]))
     folder.write_json(layout.METRICS, summary, indent=1)
@@ -352,11 +355,11 @@ def write_map(folder, *, coco, results, meta, run):
     return summary
 
 
-def competition_summary(coco, competition, num_classes):
+def competition_summary(coco, competition):
     normal_films = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]})
     return {
         "mAP40": competition["mAP40"],
-        "no_finding_AP40": competition["per_class"][num_classes + 1],
+        "no_finding_AP40": competition["per_class"][len(VINBIGDATA_CLASSES) + 1],
         "test_images_without_boxes": normal_films,
     }
 

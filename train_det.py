@@ -42,6 +42,7 @@ from cxr.nn.global_batchnorm import convert_to_global_batchnorm
 from cxr.nn.optim import build_optimizer, step_schedule, warmup_cosine_schedule
 from cxr.nn.resnet import FEATURE_DIMS, infer_arch
 from cxr.nn.seeds import stream_seed
+from cxr.pipeline.presets import PRESETS, script_presets
 from cxr.run import cli, engine, layout
 from cxr.run.distributed import gather_to_main, inference_shard, loader_options, process_group
 from cxr.run.errors import UserError, exit_on_user_error
@@ -50,7 +51,11 @@ from cxr.run.model_files import backbone_meta, load_trunk_weights, read_trunk, s
 
 
 def get_args_parser():
-    p = cli.command_parser("train_det.py", "Faster R-CNN fine-tuning (torchrun-able).")
+    p = cli.preset_parser(
+        "train_det.py",
+        "Faster R-CNN fine-tuning (torchrun-able).",
+        presets=script_presets("train_det.py"),
+    )
     cli.add_folder_flags(p, experiment_help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/")
     p.add_argument(
         "--init",
@@ -61,9 +66,9 @@ def get_args_parser():
         "--arch",
         default=None,
         choices=sorted(FEATURE_DIMS),
-        help="default: the SSL backbone's, or the --init file's; resnet50 for --init random",
+        help="default: the SSL backbone's, or the --init file's; the preset's for --init random",
     )
-    p.add_argument("--image-size", type=cli.image_size, default=512, help="images are read at this")
+    p.add_argument("--image-size", type=cli.image_size, help="images are read at this")
     cli.add_share_flag(
         p,
         "--labeled-fraction",
@@ -90,31 +95,23 @@ def get_args_parser():
         choices=["frozen", "bn", "syncbn"],
         help="syncbn: BatchNorm over all processes' batches; bn: per process; frozen",
     )
-    p.add_argument(
-        "--roi-batch-size", type=cli.positive_int, default=512, help="RoIs sampled per image"
-    )
+    p.add_argument("--roi-batch-size", type=cli.positive_int, help="RoIs sampled per image")
     p.add_argument(
         "--rpn-proposals",
         type=cli.positive_int,
         default=2000,
         help="RPN proposals kept in training",
     )
-    p.add_argument("--batch-size", type=cli.positive_int, default=4, help="images per process")
-    p.add_argument(
-        "--epochs", type=cli.positive_int, default=26, help="passes over the labeled set"
-    )
-    p.add_argument(
-        "--lr", type=cli.positive_float, default=0.01, help="absolute peak learning rate"
-    )
+    p.add_argument("--batch-size", type=cli.positive_int, help="images per process")
+    p.add_argument("--epochs", type=cli.positive_int, help="passes over the labeled set")
+    p.add_argument("--lr", type=cli.positive_float, help="absolute peak learning rate")
     p.add_argument(
         "--warmup-iters",
         type=cli.non_negative_int,
         default=None,
         help="linear warmup (default: a tenth of the run, at most 500 iterations)",
     )
-    p.add_argument(
-        "--warmup-factor", type=cli.fraction, default=0.0, help="the rate's share as warmup starts"
-    )
+    p.add_argument("--warmup-factor", type=cli.fraction, help="the rate's share as warmup starts")
     p.add_argument(
         "--lr-schedule",
         default="step",
@@ -333,7 +330,7 @@ class FineTuningData:
 def settle_defaults(args, meta):
     """A copy of `args` with --arch and --split-seed filled in when not given: the
     pretraining's (its JSON, `meta`), or the --init file's architecture."""
-    arch = args.arch or default_arch(args.init, meta)
+    arch = args.arch or default_arch(args.init, meta, fallback=PRESETS[args.preset].arch)
     split_seed = meta.get("split_seed", 0) if args.split_seed is None else args.split_seed
     return argparse.Namespace(**{**vars(args), "arch": arch, "split_seed": split_seed})
 
@@ -401,14 +398,14 @@ def pretrain_record(args):
     return backbone_meta(folder / layout.BACKBONE), (pool.names if pool else None)
 
 
-def default_arch(init, meta):
+def default_arch(init, meta, *, fallback):
     """--arch when not given: the SSL backbone's (its JSON), the architecture of
-    an --init PATH's tensors, else resnet50."""
+    an --init PATH's tensors, else the preset's (`fallback`)."""
     if init == "ssl":
-        return meta.get("arch", "resnet50")
+        return meta.get("arch", fallback)
     if init == "random":
-        return "resnet50"
-    return infer_arch(load_trunk_weights(init)) or "resnet50"
+        return fallback
+    return infer_arch(load_trunk_weights(init)) or fallback
 
 
 def choose_images(args, meta, ssl_pool):

@@ -33,6 +33,7 @@ from cxr.nn.resnet import (
     to_network_input,
 )
 from cxr.nn.seeds import stream_seed
+from cxr.pipeline.presets import script_presets
 from cxr.run import cli, engine, layout
 from cxr.run.distributed import loader_options, process_group
 from cxr.run.errors import UserError, exit_on_user_error
@@ -45,22 +46,21 @@ from cxr.ssl.views import VIEW_PRESETS, ViewConfig, simclr_views
 
 
 def get_args_parser():
-    p = cli.command_parser("train_ssl.py", "SimCLR pretraining (torchrun-able).")
-    cli.add_folder_flags(p, experiment_help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/pretrain/")
-    p.add_argument(
-        "--arch", default="resnet50", choices=sorted(FEATURE_DIMS), help="torchvision ResNet trunk"
+    p = cli.preset_parser(
+        "train_ssl.py",
+        "SimCLR pretraining (torchrun-able).",
+        presets=script_presets("train_ssl.py"),
     )
-    p.add_argument("--image-size", type=cli.image_size, default=512, help="side of the views in px")
+    cli.add_folder_flags(p, experiment_help="the run goes to OUTPUT_DIR/EXPERIMENT_NAME/pretrain/")
+    p.add_argument("--arch", choices=sorted(FEATURE_DIMS), help="torchvision ResNet trunk")
+    p.add_argument("--image-size", type=cli.image_size, help="side of the views in px")
     p.add_argument(
         "--batch-size",
         type=cli.int_range(2),
-        default=32,
         help="images per process (two views each)",
     )
-    p.add_argument("--epochs", type=cli.positive_int, default=100, help="passes over the SSL pool")
-    p.add_argument(
-        "--lr", type=cli.positive_float, default=0.05, help="absolute peak learning rate"
-    )
+    p.add_argument("--epochs", type=cli.positive_int, help="passes over the SSL pool")
+    p.add_argument("--lr", type=cli.positive_float, help="absolute peak learning rate")
     p.add_argument(
         "--warmup-epochs",
         type=cli.non_negative_float,
@@ -73,16 +73,13 @@ def get_args_parser():
     p.add_argument(
         "--optimizer", default="sgd", choices=["sgd", "lars"], help="SGD with momentum, or LARS"
     )
-    p.add_argument(
-        "--temperature", type=cli.positive_float, default=0.5, help="NT-Xent temperature"
-    )
+    p.add_argument("--temperature", type=cli.positive_float, help="NT-Xent temperature")
     p.add_argument(
         "--projection-dim", type=cli.positive_int, default=128, help="output size of the head"
     )
     p.add_argument(
         "--views",
         type=cli.views_flag,
-        default="simclr",
         help=f"a preset ({', '.join(VIEW_PRESETS)}) or JSON overriding one; keys: "
         + ", ".join(f.name for f in fields(ViewConfig)),
     )
@@ -100,6 +97,12 @@ def get_args_parser():
         default=None,
         metavar="DIR_OR_FILE",
         help="unlabeled images (PNG/JPEG, any size) added to the SSL pool (default: none)",
+    )
+    p.add_argument(
+        "--drop-prepared",
+        action="store_true",
+        help="leave out the --extra-images that are prepared images or films of test patients "
+        "(default: refuse them), each listed in the run's log",
     )
     p.add_argument(
         "--include-normal", action="store_true", help="add the normal images to the SSL pool"
@@ -178,6 +181,13 @@ def train(args, dist_info):
             iterations_per_epoch=len(loader),
             global_batchnorm=args.sync_bn and data.processes > 1,
         )
+        if data.dropped:
+            run.log(
+                f"--drop-prepared: left out {len(data.dropped)} --extra-images (this log lists "
+                "them)",
+                event="extra_images_dropped",
+                dropped={str(path): why for path, why in data.dropped.items()},
+            )
         start_epoch, step = engine.restore(
             run.resume_state(), model=model, optimizer=optimizer, scaler=scaler
         )
@@ -256,6 +266,7 @@ class PretrainingData:
     views: ViewConfig
     paths: dict  # {name: path} of the SSL pool
     extra: list  # the --extra-images among them
+    dropped: dict  # {--extra-images left out by --drop-prepared: why}
     dataset: ImageList
     processes: int
     schedule: object  # (total steps,) learning rate of each global step
@@ -265,7 +276,11 @@ class PretrainingData:
 def choose_data(args, processes, log):
     """The SSL pool, the views and the schedule for `processes` processes, checked;
     log: where progress lines go (None: nowhere)."""
-    extra = extra_images(args.extra_images, args.data_dir, log) if args.extra_images else []
+    extra, dropped = [], {}
+    if args.extra_images:
+        extra, dropped = extra_images(
+            args.extra_images, args.data_dir, drop_prepared=args.drop_prepared, log=log
+        )
     paths = ssl_pool(
         args.data_dir,
         ssl_fraction=args.ssl_fraction,
@@ -282,7 +297,7 @@ def choose_data(args, processes, log):
     dataset = ImageList([paths[name] for name in sorted(paths)], args.image_size)
     schedule, warmup_steps = learning_rates(args, steps_per_epoch)
     views = cli.parse_views(args.views)
-    return PretrainingData(views, paths, extra, dataset, processes, schedule, warmup_steps)
+    return PretrainingData(views, paths, extra, dropped, dataset, processes, schedule, warmup_steps)
 
 
 def learning_rates(args, steps_per_epoch):

@@ -88,12 +88,25 @@ def get_args_parser():
     )
     p.add_argument("--fuse", action="store_true", help="--coco: fuse several readers' boxes")
     p.add_argument(
+        "--nih-classes",
+        default="nih",
+        choices=("nih", "vinbigdata"),
+        help="--nih: NIH's eight findings as classes, or mapped onto VinBigData's "
+        "(prepare --nih-classes)",
+    )
+    p.add_argument(
         "--extra-images",
         nargs="+",
         default=None,
         metavar="DIR",
         help="unlabeled images added to every SSL pool (train_ssl.py --extra-images; default: "
         "none)",
+    )
+    p.add_argument(
+        "--drop-prepared",
+        action="store_true",
+        help="leave out the --extra-images that are prepared images or films of test patients "
+        "(train_ssl.py --drop-prepared; default: refuse them)",
     )
     p.add_argument(
         "--pretrained-init",
@@ -217,7 +230,7 @@ def main(argv=None):
     check_inputs(args)
     settings = settings_from(args)
     check_pretrained(args, settings)
-    stages = plan_stages(args, settings, Path(args.out).resolve())
+    stages = plan_stages(args, settings, args.out)
     for stage in stages:
         if stage.program[0] == "-m":
             parse_stage(stage)

@@ -52,6 +52,13 @@ def get_args_parser():
         help="nih: side in pixels of the images NIH's box coordinates refer to",
     )
     parser.add_argument(
+        "--nih-classes",
+        default="nih",
+        choices=("nih", "vinbigdata"),
+        help="nih: the classes are NIH's eight findings; vinbigdata: mapped onto VinBigData's "
+        "14 (Mass and Nodule as Nodule/Mass, Pneumonia as Lung Opacity)",
+    )
+    parser.add_argument(
         "--fuse",
         action="store_true",
         help="coco: the file holds several readers' boxes; fuse them per image and class (WBF)",

@@ -5,7 +5,8 @@ A prepared data folder's COCO files hold its classes as categories with ids
 category id. Every stage after `cxr.prepare` reads the list from there
 (`dataset_classes`), so a dataset brings its own classes. VinBigData's 14
 lesions (class_id 0..13 in train.csv, 14 "No finding", names as written
-there) are one such list; NIH's findings map onto them (`NIH_FINDINGS`).
+there) are one such list; NIH's eight boxed findings are another
+(`NIH_CLASSES`), and can be mapped onto VinBigData's (`NIH_FINDINGS`).
 """
 
 from cxr.run.errors import UserError
@@ -44,10 +45,21 @@ CSV_BOX_COLUMNS = (
 CSV_SIZE_COLUMNS = ("width", "height")
 
 # NIH ChestX-ray14's eight boxed findings (Wang et al., 2017; BBox_List_2017.csv,
-# spelled as there) as VinBigData classes. Mass and Nodule are one class in
-# VinBigData. Pneumonia has no class of its own: radiographically it is an
-# airspace opacity, and the RSNA Pneumonia Detection Challenge labelled its
-# boxes "Lung Opacity", so it maps there.
+# spelled as there): NIH data's classes.
+NIH_CLASSES = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltrate",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+)
+# The same findings as VinBigData classes (prepare --nih-classes vinbigdata). Mass
+# and Nodule are one class in VinBigData. Pneumonia has no class of its own:
+# radiographically it is an airspace opacity, and the RSNA Pneumonia Detection
+# Challenge labelled its boxes "Lung Opacity", so it maps there.
 NIH_FINDINGS = {
     "Atelectasis": "Atelectasis",
     "Cardiomegaly": "Cardiomegaly",

@@ -4,8 +4,9 @@ As NIH publishes it: a header `Image Index,Finding Label,Bbox [x,y,w,h],,,`
 and one row per box, `00013118_008.png,Atelectasis,225.08,547.01,86.4,79.19`,
 with or without trailing empty fields; x, y is the box's top-left corner in
 the original 1024 x 1024 image (`original_size`). Each image was boxed by
-one NIH radiologist, so its boxes are not fused. Findings become VinBigData
-classes by `cxr.data.classes.NIH_FINDINGS`. File names are
+one NIH radiologist, so its boxes are not fused. The classes are NIH's eight
+findings (`cxr.data.classes.NIH_CLASSES`), or VinBigData's by
+`cxr.data.classes.NIH_FINDINGS`. File names are
 `<patient>_<follow-up>.png`; `PATIENT` finds the patient, so that a split
 keeps a patient's images together.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data.box_table import BoxTable, drop_duplicate_rows, read_table_text
-from cxr.data.classes import NIH_FINDINGS, VINBIGDATA_CLASSES
+from cxr.data.classes import NIH_CLASSES, NIH_FINDINGS, VINBIGDATA_CLASSES
 from cxr.data.names import check_name
 from cxr.run.errors import UserError
 
@@ -41,7 +42,7 @@ def _rows(path):
 
 
 def _box_row(path, line, row):
-    """(image file, class id, xyxy) of one row, checked."""
+    """(image file, finding, xyxy) of one row, checked."""
     fields = list(row)
     while fields and not fields[-1]:
         fields.pop()  # NIH's trailing empty columns
@@ -67,24 +68,35 @@ def _box_row(path, line, row):
             f"{path}, line {line}: the box needs finite numbers and a positive width and "
             f"height, got x={x}, y={y}, w={w}, h={h}"
         )
-    return image, VINBIGDATA_CLASSES.index(NIH_FINDINGS[finding]), (x, y, x + w, y + h)
+    return image, finding, (x, y, x + w, y + h)
 
 
-def read_nih_table(path, original_size=1024):
+CLASS_LISTS = {"nih": NIH_CLASSES, "vinbigdata": VINBIGDATA_CLASSES}
+
+
+def class_of(finding, classes):
+    """The index of an NIH finding in NIH's classes or, mapped, in VinBigData's."""
+    if classes == "nih":
+        return NIH_CLASSES.index(finding)
+    return VINBIGDATA_CLASSES.index(NIH_FINDINGS[finding])
+
+
+def read_nih_table(path, *, original_size=1024, classes="nih"):
     """NIH's box file as a BoxTable, validated (errors name the line); boxes in the
-    pixels of the original_size x original_size images."""
+    pixels of the original_size x original_size images; classes: "nih" (its eight
+    findings) or "vinbigdata" (mapped by NIH_FINDINGS)."""
     path = Path(path)
     files, image_index, class_ids, boxes = {}, [], [], []
     for line, row in enumerate(_rows(path)[1:], start=2):
-        image, class_id, box = _box_row(path, line, row)
+        image, finding, box = _box_row(path, line, row)
         image_index.append(files.setdefault(image, len(files)))
-        class_ids.append(class_id)
+        class_ids.append(class_of(finding, classes))
         boxes.append(box)
     class_ids, boxes = np.array(class_ids), np.array(boxes, dtype=np.float64)
     table = BoxTable(
         path=path,
         format="nih",
-        classes=VINBIGDATA_CLASSES,
+        classes=CLASS_LISTS[classes],
         image_names=[Path(f).stem for f in files],
         file_names=list(files),
         image_index=np.array(image_index),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.data.classes import NIH_FINDINGS, category_id, coco_categories
+from cxr.data.classes import NIH_CLASSES, NIH_FINDINGS, category_id, coco_categories
 from cxr.data.coco_format import group_by, read_coco
 from cxr.data.image_files import link_images, locate_images
 from cxr.data.nih import read_nih_table
@@ -40,13 +40,15 @@ def read_table(source, settings):
     if settings.data_format == "vinbigdata":
         return read_vinbigdata(source)
     if settings.data_format == "nih":
-        return read_nih_table(source, settings.original_size)
+        return read_nih_table(
+            source, original_size=settings.original_size, classes=settings.nih_classes
+        )
     return read_coco(source, fuse=settings.fuse, patient_pattern=settings.group_pattern)
 
 
 def describe_table(table, log):
     """What the table's format implies: NIH's class mapping, boxes already in pixels."""
-    if table.format == "nih":
+    if table.format == "nih" and table.classes != NIH_CLASSES:
         mapping = ", ".join(f"{k} -> {v}" for k, v in NIH_FINDINGS.items())
         log(f"NIH findings as VinBigData classes: {mapping}")
     if table.reference_sizes is None:
@@ -364,6 +366,7 @@ class Settings:
     skip_missing: bool = False
     verify_pixels: bool = False
     original_size: int = 1024  # nih: the side of the images NIH's boxes refer to
+    nih_classes: str = "nih"  # nih: NIH's findings, or "vinbigdata" (mapped onto VinBigData's)
     fuse: bool = False  # coco: the file holds several readers' boxes
     group_pattern: str = None  # coco: a regular expression whose first group is the patient
     replace: bool = False

@@ -26,6 +26,15 @@ def load_coco(path):
     return json.loads(path.read_text())
 
 
+def prepared_format(data_dir):
+    """The source format (vinbigdata, nih, coco) prepare_summary.json records, or None
+    where it cannot be read (the commands' own checks then say what is wrong)."""
+    try:
+        return json.loads((Path(data_dir) / "prepare_summary.json").read_text())["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_classes(data_dir):
     """The class names of a prepared data folder (its categories, ids 1..K)."""
     path = Path(data_dir) / "train_annotations.json"

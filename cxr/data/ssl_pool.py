@@ -6,8 +6,9 @@ suffix), the normal images with --include-normal, and --extra-images. An
 extra image is refused when it is a prepared image (any split) by name, by
 file (the same inode) or by content (the same bytes, however named), and,
 where the data has patients (split.json's group_pattern), when it is a film
-of a patient with a test image. Each is also checked to be an image Pillow
-will open, no larger than its decompression-bomb limit, before training.
+of a patient with a test image (--drop-prepared leaves such images out
+instead). Each is also checked to be an image Pillow will open, no larger than
+its decompression-bomb limit, before training.
 """
 
 import hashlib
@@ -52,62 +53,61 @@ def check_readable(paths, log):
             )
 
 
-def _clash(extra, data_dir, log):
-    """(extra image, why) of the first extra image that is a prepared image, or None."""
+def _prepared_twins(extra, data_dir, log):
+    """{extra image: why} of every extra image that is a prepared image."""
     prepared = {
         name: path
         for split in SPLITS
         if (Path(data_dir) / f"{split}_annotations.json").is_file()
         for name, path in split_images(data_dir, split).items()
     }
-    files = {(p.stat().st_dev, p.stat().st_ino) for p in prepared.values() if p.is_file()}
+    files = {(p.stat().st_dev, p.stat().st_ino): p for p in prepared.values() if p.is_file()}
+    twins = {}
     for path in extra:
         if path.stem in prepared:
-            return path, f"its name is that of {prepared[path.stem]}"
-        if (path.stat().st_dev, path.stat().st_ino) in files:
-            return path, "it is the same file as a prepared image"
+            twins[path] = f"its name is that of {prepared[path.stem]}"
+        elif (path.stat().st_dev, path.stat().st_ino) in files:
+            twins[path] = f"the same file as {files[(path.stat().st_dev, path.stat().st_ino)]}"
     hashing = progress(prepared.values(), "hashing the prepared images", log=log)
     contents = {_content(p): p for p in hashing}
     for path in progress(extra, "hashing --extra-images", log=log):
-        twin = contents.get(_content(path))
-        if twin is not None:
-            return path, f"it holds the same bytes as {twin}"
-    return None
+        if path not in twins and (twin := contents.get(_content(path))) is not None:
+            twins[path] = f"the same bytes as {twin}"
+    return twins
 
 
-def _test_patient(extra, data_dir):
-    """(extra image, patient) of the first extra image of a patient with a test image."""
+def _test_patients(extra, data_dir):
+    """{extra image: why} of every extra image of a patient with a test image."""
     split = json.loads((Path(data_dir) / "split.json").read_text())
     pattern = split.get("group_pattern")
     if not pattern:
-        return None
+        return {}
     regex = re.compile(pattern)
     patients = {m.group(1) for m in map(regex.search, split["test"]) if m}
-    for path in extra:
-        match = regex.search(path.stem)
-        if match and match.group(1) in patients:
-            return path, match.group(1)
-    return None
+    return {
+        path: f"a film of patient {match.group(1)}, who has test images"
+        for path in extra
+        if (match := regex.search(path.stem)) and match.group(1) in patients
+    }
 
 
-def extra_images(entries, data_dir, log=print):
-    """The --extra-images files, each once, checked (module docstring)."""
+def extra_images(entries, data_dir, *, drop_prepared=False, log=print):
+    """(the --extra-images files, each once, checked; {left out: why}). An image that is
+    a prepared one or a film of a test patient (module docstring) is refused, all of them
+    named in one message, or with drop_prepared left out."""
     extra = list_images(entries, "--extra-images")
     check_readable(extra, log)
-    clash = _clash(extra, data_dir, log)
-    if clash:
+    clashes = {**_test_patients(extra, data_dir), **_prepared_twins(extra, data_dir, log)}
+    if clashes and not drop_prepared:
+        named = "; ".join(f"{path} ({why})" for path, why in list(clashes.items())[:3])
+        more = f"; and {len(clashes) - 3} more" if len(clashes) > 3 else ""
         raise UserError(
-            f"--extra-images {clash[0]} is in the prepared data {data_dir} ({clash[1]}): it may "
-            "be a test or labeled image, which the SSL pool must not see. Remove it from the "
-            "extra images"
+            f"--extra-images: {len(clashes)} of {len(extra)} images are prepared images of "
+            f"{data_dir} or films of its test patients, which the SSL pool must not see: "
+            f"{named}{more}. "
+            "Pass --drop-prepared to leave them out (the run's log lists each), or remove them"
         )
-    patient = _test_patient(extra, data_dir)
-    if patient:
-        raise UserError(
-            f"--extra-images {patient[0]} is a film of patient {patient[1]}, who has test images "
-            f"in {data_dir}: pretraining on it would leak the test patient. Remove it"
-        )
-    return extra
+    return [path for path in extra if path not in clashes], clashes
 
 
 def ssl_pool(data_dir, *, ssl_fraction, split_seed, include_normal, extra=()):

@@ -84,3 +84,35 @@ PRESETS = {
     name: Settings(**{key: values[column] for key, values in PRESET_VALUES.items()})
     for column, name in enumerate(("cpu", "paper"))
 }
+
+# The flags of train_ssl.py and train_det.py that --preset sets: the settings above under the
+# scripts' names. Warmup and --workers keep the scripts' defaults (a tenth of the run; the cores
+# per process), which fit any run length and machine.
+SCRIPT_FLAGS = {
+    "train_ssl.py": {
+        "arch": "arch",
+        "ssl_image_size": "image_size",
+        "ssl_epochs": "epochs",
+        "ssl_batch_size": "batch_size",
+        "ssl_lr": "lr",
+        "ssl_views": "views",
+        "ssl_temperature": "temperature",
+    },
+    "train_det.py": {
+        "arch": "arch",
+        "det_image_size": "image_size",
+        "det_epochs": "epochs",
+        "det_batch_size": "batch_size",
+        "det_lr": "lr",
+        "det_warmup_factor": "warmup_factor",
+        "det_roi_batch_size": "roi_batch_size",
+    },
+}
+
+
+def script_presets(script):
+    """{preset: {flag dest: value}} of one script's --preset."""
+    return {
+        name: {dest: getattr(settings, key) for key, dest in SCRIPT_FLAGS[script].items()}
+        for name, settings in PRESETS.items()
+    }

@@ -76,7 +76,8 @@ def _answer(folder, comparison):
         return (
             f"**Not shown ({seeds} training seed{'s' if seeds > 1 else ''})**: a verdict on an "
             f"initialization needs at least {MIN_SEEDS} training seeds in the interval; "
-            f"`{deciding_command(folder.record['command'], seeds=folder.seeds)}` would decide it."
+            f"`{deciding_command(folder.record['command'], seeds=folder.seeds)}`, run in this "
+            "report's folder, would decide it."
         )
     return "**Not shown**: the mAP interval of SSL minus random includes zero."
 
@@ -135,10 +136,14 @@ def _source(folder):
     if config["vinbig"]:
         source = f"the VinBigData download in `{config['vinbig']}`"
     elif config["nih"]:
+        classes = (
+            "NIH's findings as VinBigData classes (`cxr.data.classes.NIH_FINDINGS`)"
+            if config.get("nih_classes") == "vinbigdata"
+            else "NIH's eight findings as classes"
+        )
         source = (
             f"NIH ChestX-ray14 boxes and images in `{config['nih']}` (Wang et al., 2017), one "
-            "radiologist per image, split by patient, NIH's findings as VinBigData classes "
-            "(`cxr.data.classes.NIH_FINDINGS`)"
+            f"radiologist per image, split by patient, {classes}"
         )
     elif config["coco"]:
         source = (
@@ -251,7 +256,8 @@ def _arm_row(folder, arm, percent, comparison):
         format_metric(_mean([m[k] for m in found]), 3)
         for k in ("AP_small", "AR100", "AR_small", "AP40")
     ]
-    competition = format_metric(_mean([m["competition"]["mAP40"] for m in found]), 3)
+    competition = _mean([(m["competition"] or {}).get("mAP40") for m in found])
+    competition = format_metric(competition, 3)
     probes = runs if arm == "ssl" else folder.runs(arm, None)
     probe = format_metric(_mean([(folder.probe(r) or {}).get("macro_auroc") for r in probes]), 3)
     return (
@@ -465,9 +471,10 @@ NOTES = (
     " x 32 px in the images the model reads (COCO's absolute areas). AP@0.4 is the VinBigData "
     "competition's IoU threshold with COCO's 101-point interpolation; competition mAP@0.4 is the "
     "competition's metric (VOC matching and interpolation, 'No finding' included when the test "
-    "split holds normal films). The location prior places each class's mean training box on every"
-    " test image, scored by the class's share of training images; chance places the same boxes at"
-    " random (mean of 20 draws); the AP of their tied scores is the mean over the ties' orders, "
+    "split holds normal films; n/a for other classes than VinBigData's). The location prior "
+    "places each class's mean training box on every test image, scored by the class's share of "
+    "training images; chance places the same boxes at random (mean of 20 draws); the AP of "
+    "their tied scores is the mean over the ties' orders, "
     "so it does not depend on how the images are numbered. Per-class tables: "
     "`runs/<run>/eval/per_class.csv`."
 )

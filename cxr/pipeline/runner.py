@@ -12,9 +12,8 @@ import shlex
 import subprocess
 import time
 from dataclasses import asdict
-from pathlib import Path
 
-from cxr.pipeline.stages import REPO, Plan
+from cxr.pipeline.stages import REPO, Plan, path_from
 from cxr.run.errors import UserError
 from cxr.run.layout import CHECKPOINT
 from cxr.run.outputs import check_output_folder, clear_folder, make_folder
@@ -150,8 +149,10 @@ def experiment_config(args, settings, out):
         "normal_in_test": args.normal_in_test,
         **inputs,
         "group_by": args.group_by,
+        "nih_classes": args.nih_classes if args.nih else None,
         "fuse": args.fuse,
         "extra_images": [plan.relative(p) for p in args.extra_images or []],
+        "drop_prepared": args.drop_prepared,
         "nproc_per_node": args.nproc_per_node,
         "device": args.device,
     }
@@ -163,17 +164,42 @@ def reopen(folder, config, args):
     if not record_path.is_file():
         raise UserError(f"--resume: {record_path} not found; start without --resume")
     record = json.loads(record_path.read_text())
-    changed = sorted(k for k in config if record["config"].get(k) != config[k])
-    if changed == ["train_seeds"] and adds_seeds(record["config"]["train_seeds"], args.train_seeds):
+    changed = changed_flags(record["config"], config)
+    if changed == ["--train-seeds"] and adds_seeds(
+        record["config"]["train_seeds"], args.train_seeds
+    ):
         record["config"]["train_seeds"] = args.train_seeds
         record["stages"].pop("report", None)
     elif changed:
         raise UserError(
-            f"--resume: the settings differ from the run in {out} ({', '.join(changed)}); "
-            "rerun with the same flags (--train-seeds may add seeds after the old ones), "
-            "or --replace to start over"
+            f"--resume: the settings differ from the run in {out}: {', '.join(changed)} "
+            "changed; rerun with the same flags (--train-seeds may add seeds after the old "
+            "ones), or --replace to start over"
         )
+    record["config"]["settings"].update(
+        {key: config["settings"][key] for key in RESULT_FREE_SETTINGS}
+    )
     return Experiment(folder, record)
+
+
+RESULT_FREE_SETTINGS = ("workers",)  # may change on --resume: no result depends on them
+
+
+def changed_flags(old, new):
+    """The flags whose values differ between two experiment configs, each setting by its
+    own flag; a key the old record lacks counts as unchanged while it is off."""
+
+    def flatten(config):
+        items = {k: v for k, v in config.items() if k != "settings"}
+        items.update(config.get("settings", {}))
+        return {k: v for k, v in items.items() if k not in RESULT_FREE_SETTINGS}
+
+    before, after = flatten(old), flatten(new)
+    return [
+        "--" + key.replace("_", "-")
+        for key in sorted(after)
+        if before.get(key, after[key] if not after[key] else None) != after[key]
+    ]
 
 
 def experiment_inputs(args):
@@ -220,7 +246,7 @@ def displayed_command(argv, out):
         elif flag == "--out":
             words[-1:] = []
         elif flag in PATH_FLAGS:
-            words.append(os.path.relpath(Path(word).resolve(), out))
+            words.append(path_from(out, word))
         else:
             words.append(word)
     return shlex.join(words + ["--out", "."])

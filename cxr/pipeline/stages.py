@@ -60,7 +60,16 @@ class Plan:
 
     def relative(self, path):
         """A path the user gave, as the experiment folder's commands see it."""
-        return os.path.relpath(Path(path).resolve(), self.out)
+        return path_from(self.out, path)
+
+
+def path_from(folder, path):
+    """`path` as a command run in `folder` reaches it: relative, as the user wrote it (no
+    symbolic link resolved), where that reaches the same file; else absolute."""
+    written = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    if (Path(folder) / written).resolve() == Path(path).resolve():
+        return written
+    return os.path.abspath(path)
 
 
 def data_source(plan):
@@ -70,7 +79,11 @@ def data_source(plan):
         source = flags(csv=plan.relative(Path(args.vinbig) / "train.csv"))
         return [], [*source, *flags(images=plan.relative(Path(args.vinbig) / "train"))]
     if args.nih:
-        source = flags(format="nih", csv=plan.relative(Path(args.nih) / NIH_BOX_FILE))
+        source = flags(
+            format="nih",
+            csv=plan.relative(Path(args.nih) / NIH_BOX_FILE),
+            nih_classes=args.nih_classes,
+        )
         return [], [*source, *flags(images=plan.relative(Path(args.nih) / "images"))]
     if args.coco:
         source = flags(format="coco", annotations=plan.relative(args.coco), fuse=args.fuse)
@@ -114,7 +127,9 @@ def pretrain_stage(plan, fraction, seed):
         print_freq=5,
         device=plan.args.device,
     )
-    argv = (*common_flags(plan), *options, *(["--extra-images", *extra] if extra else []))
+    if extra:
+        options += ["--extra-images", *extra, *flags(drop_prepared=plan.args.drop_prepared)]
+    argv = (*common_flags(plan), *options)
     description = f"SimCLR pretraining on {percent(fraction)}% of the training images, seed {seed}"
     run_dir = f"runs/{name}/{PRETRAIN}"
     result = f"{run_dir}/{BACKBONE}"
@@ -221,7 +236,7 @@ def detector_runs(args):
 
 def plan_stages(args, settings, out):
     """Every stage of the experiment, in order."""
-    plan = Plan(args, settings, Path(out).resolve())
+    plan = Plan(args, settings, Path(os.path.abspath(out)))
     stages, source_flags = data_source(plan)
     stages.append(prepare_stage(plan, source_flags))
     for i, fraction in enumerate(args.fractions):

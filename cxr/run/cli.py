@@ -17,6 +17,7 @@ import sys
 from dataclasses import fields, replace
 
 from cxr.data.names import name_problem
+from cxr.data.prepared import prepared_format
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators take seeds up to here alike
 MAX_COUNT = 10**6  # epochs, batch sizes, images: more than this is a typo
@@ -31,10 +32,80 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse, and defaults that follow from other flags, filled in after parsing
+    (each a function of the namespace in `derived_defaults`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.derived_defaults = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, rest = super().parse_known_args(args, namespace)
+        for fill in self.derived_defaults:
+            fill(namespace)
+        return namespace, rest
+
+
 def command_parser(prog, description):
-    """An ArgumentParser whose usage names `prog` and whose help shows defaults."""
-    return argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=HelpFormatter
+    """A CommandParser whose usage names `prog` and whose help shows defaults."""
+    return CommandParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+class PresetParser(CommandParser):
+    """A command parser with --preset: each preset sets the defaults of some flags, and
+    flags given on the command line win over it, wherever they stand."""
+
+    def __init__(self, *, presets, default, **kwargs):
+        super().__init__(**kwargs)
+        self.presets, self.default_preset = presets, default
+        self.add_argument(
+            "--preset",
+            choices=sorted(presets),
+            default=default,
+            help="defaults sized for "
+            + ", ".join(f"{name}: {PRESET_PURPOSE.get(name, name)}" for name in sorted(presets))
+            + "; each flag it sets says its value in both",
+        )
+
+    def _mark_preset_flags(self):
+        """Each flag a preset sets: its default from the default preset, its help with both."""
+        for action in self._actions:
+            values = {
+                n: chosen[action.dest]
+                for n, chosen in self.presets.items()
+                if action.dest in chosen
+            }
+            if values and not getattr(action, "preset_values", None):
+                action.preset_values = values
+                action.default = values[self.default_preset]
+                action.help += " [" + ", ".join(f"{n}: {v}" for n, v in values.items()) + "]"
+
+    def format_help(self):
+        self._mark_preset_flags()
+        return super().format_help()
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        first.add_argument("--preset", default=self.default_preset)
+        preset = first.parse_known_args(args)[0].preset
+        self._mark_preset_flags()
+        self.set_defaults(**self.presets.get(preset, self.presets[self.default_preset]))
+        return super().parse_known_args(args, namespace)  # rejects an unknown preset
+
+
+PRESET_PURPOSE = {"cpu": "a 2-core CPU in minutes", "paper": "GPUs, the published settings"}
+
+
+def preset_parser(prog, description, *, presets, default="paper"):
+    """command_parser with --preset NAME setting the defaults presets[NAME] ({dest: value})."""
+    return PresetParser(
+        prog=prog,
+        description=description,
+        formatter_class=HelpFormatter,
+        presets=presets,
+        default=default,
     )
 
 
@@ -183,9 +254,24 @@ def add_folder_flags(parser, *, experiment_help):
         "--data-dir", default="data", help="folder written by python -m cxr.prepare"
     )
     parser.add_argument(
-        "--output-dir", default="vinbig_output", help="root of the experiment folders"
+        "--output-dir",
+        default=None,
+        help="root of the experiment folders (default: named for the prepared data: "
+        + ", ".join(OUTPUT_DIRS.values())
+        + ")",
     )
     parser.add_argument("--experiment-name", type=bare_name, default="simclr", help=experiment_help)
+    parser.derived_defaults.append(_output_dir_for_the_data)
+
+
+OUTPUT_DIRS = {"vinbigdata": "vinbig_output", "nih": "nih_output", "coco": "coco_output"}
+
+
+def _output_dir_for_the_data(namespace):
+    """--output-dir when not given: named for the format the data folder was prepared from
+    (vinbig_output, the seed project's, where the data folder cannot say)."""
+    if namespace.output_dir is None:
+        namespace.output_dir = OUTPUT_DIRS.get(prepared_format(namespace.data_dir), "vinbig_output")
 
 
 def add_device_flags(parser):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cxr.data.classes import NIH_FINDINGS, VINBIGDATA_CLASSES
+from cxr.data.classes import NIH_CLASSES, NIH_FINDINGS, VINBIGDATA_CLASSES
 from cxr.data.coco_format import group_by
 from cxr.data.nih import PATIENT, read_nih_table
 from cxr.data.preparation import prepare
@@ -42,7 +42,7 @@ ROWS = [
 @pytest.mark.parametrize("trailing", [True, False])
 def test_the_published_file_parses_with_or_without_trailing_columns(tmp_path, trailing):
     csv_path, _ = write_nih(tmp_path, ROWS, trailing=trailing)
-    table = read_nih_table(csv_path)
+    table = read_nih_table(csv_path, classes="vinbigdata")
     names, image_index, class_ids, boxes = (
         table.image_names,
         table.image_index,
@@ -64,24 +64,46 @@ def test_the_published_file_parses_with_or_without_trailing_columns(tmp_path, tr
     assert table.reference_sizes.tolist() == [[1024, 1024]] * 5
 
 
+def test_nih_data_speaks_its_own_eight_findings_by_default(tmp_path):
+    csv_path, _ = write_nih(tmp_path, ROWS)
+    table = read_nih_table(csv_path)
+    assert table.classes == NIH_CLASSES and len(NIH_CLASSES) == 8
+    assert [table.classes[c] for c in table.class_ids] == [row[1] for row in ROWS]
+
+
 def test_every_nih_finding_maps_to_a_vinbigdata_class():
-    assert set(NIH_FINDINGS) == {
-        "Atelectasis",
-        "Cardiomegaly",
-        "Effusion",
-        "Infiltrate",
-        "Mass",
-        "Nodule",
-        "Pneumonia",
-        "Pneumothorax",
-    }
+    assert (
+        set(NIH_FINDINGS)
+        == set(NIH_CLASSES)
+        == {
+            "Atelectasis",
+            "Cardiomegaly",
+            "Effusion",
+            "Infiltrate",
+            "Mass",
+            "Nodule",
+            "Pneumonia",
+            "Pneumothorax",
+        }
+    )
     assert set(NIH_FINDINGS.values()) <= set(VINBIGDATA_CLASSES)
 
 
-def test_prepare_rescales_one_reader_boxes_and_splits_by_patient(tmp_path):
+@pytest.mark.parametrize(
+    "classes, mass, nodule",
+    [("nih", "Mass", "Nodule"), ("vinbigdata", "Nodule/Mass", "Nodule/Mass")],
+)
+def test_prepare_rescales_one_reader_boxes_and_splits_by_patient(tmp_path, classes, mass, nodule):
     csv_path, images = write_nih(tmp_path / "nih", ROWS * 1)
     summary = prepare(
-        csv_path, images, tmp_path / "data", data_format="nih", test_fraction=0.5, seed=3, **quiet
+        csv_path,
+        images,
+        tmp_path / "data",
+        data_format="nih",
+        nih_classes=classes,
+        test_fraction=0.5,
+        seed=3,
+        **quiet,
     )
     assert summary["boxes"] == summary["input_boxes"] == 6  # one reader: nothing fused
     split = json.loads((tmp_path / "data" / "split.json").read_text())
@@ -98,11 +120,12 @@ def test_prepare_rescales_one_reader_boxes_and_splits_by_patient(tmp_path):
             boxes.setdefault(files[a["image_id"]], []).append(
                 (a["category_id"], a["bbox"], a["readers"])
             )
-    # 1024 px coordinates on a 512 px PNG: halved; the Mass and the Nodule stay two boxes.
-    assert sorted(boxes["00000001_000"]) == [
-        (9, [50.0, 100.0, 25.0, 40.0], 1),
-        (9, [300.0, 50.0, 10.0, 11.0], 1),
-    ]
+    # 1024 px coordinates on a 512 px PNG: halved; the Mass and the Nodule stay two boxes,
+    # of one class where VinBigData's classes merge them.
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert sorted((names[c], box, readers) for c, box, readers in boxes["00000001_000"]) == sorted(
+        [(mass, [50.0, 100.0, 25.0, 40.0], 1), (nodule, [300.0, 50.0, 10.0, 11.0], 1)]
+    )
 
 
 @pytest.mark.parametrize(

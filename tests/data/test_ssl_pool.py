@@ -35,8 +35,8 @@ def test_another_film_of_a_test_patient_is_refused_and_of_a_train_patient_accept
     train_patient = split["train"][0].split("_")[0]
     archive = tmp_path / "archive"
     film(archive, f"{train_patient}_099.png", 7)
-    accepted = extra_images([archive], nih_data, log=None)
-    assert [p.name for p in accepted] == [f"{train_patient}_099.png"]
+    accepted, dropped = extra_images([archive], nih_data, log=None)
+    assert [p.name for p in accepted] == [f"{train_patient}_099.png"] and dropped == {}
     film(archive, f"{test_patient}_099.png", 9)
     with pytest.raises(UserError, match=f"film of patient {test_patient}, who has test images"):
         extra_images([archive], nih_data, log=None)
@@ -60,6 +60,26 @@ def test_an_image_over_pillows_limit_is_refused_by_name(nih_data, tmp_path, monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
     with pytest.raises(UserError, match="big.png is 64 x 64 pixels, more than Pillow's limit"):
         extra_images([big], nih_data, log=None)
+
+
+def test_every_clash_is_named_at_once_and_drop_prepared_leaves_exactly_them_out(nih_data, tmp_path):
+    split = json.loads((nih_data / "split.json").read_text())
+    archive = tmp_path / "archive"
+    clashing = {
+        film(archive, f"{split['test'][0].split('_')[0]}_099.png", 9),  # a test patient's film
+        film(archive, f"{split['train'][0]}.png", 1),  # a prepared image's name
+        archive / "copy.png",
+        archive / "link.png",
+    }
+    shutil.copy(next((nih_data / "test").glob("*.png")), archive / "copy.png")
+    (archive / "link.png").hardlink_to(next((nih_data / "train").glob("*.png")))
+    kept = {film(archive, f"new_{i}.png", 20 + i) for i in range(3)}
+    with pytest.raises(UserError, match=r"--extra-images: 4 of 7 images .* and 1 more\. Pass "):
+        extra_images([archive], nih_data, log=None)
+    accepted, dropped = extra_images([archive], nih_data, drop_prepared=True, log=None)
+    assert set(accepted) == kept and set(dropped) == clashing
+    assert "same bytes" in dropped[archive / "copy.png"]
+    assert "same file" in dropped[archive / "link.png"]
 
 
 def test_the_pool_is_the_ssl_share_plus_the_extra_images_by_path(nih_data, tmp_path):

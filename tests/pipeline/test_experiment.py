@@ -10,7 +10,7 @@ import torchvision
 from cxr import experiment
 from cxr.data.image_lists import read_image_list
 from cxr.pipeline.runner import open_experiment
-from cxr.pipeline.stages import REPO, plan_stages
+from cxr.pipeline.stages import REPO, path_from, plan_stages
 from cxr.run import layout
 from cxr.run.errors import UserError
 from cxr.run.outputs import open_output_folder
@@ -184,12 +184,32 @@ def test_resume_may_add_seeds_after_the_old_ones_and_then_redoes_the_report(tmp_
     first.save()
 
     for seeds in ("1", "1,0", "2,0"):
-        with pytest.raises(UserError, match="settings differ.*train_seeds"):
+        with pytest.raises(UserError, match="settings differ.*--train-seeds changed"):
             reopened(["--out", str(out), "--resume", "--train-seeds", seeds, *TINY])
     resumed = reopened(["--out", str(out), "--resume", "--train-seeds", "0,1,2", *TINY])
     assert resumed.record["config"]["train_seeds"] == [0, 1, 2]
     stages = {s.name: s for s in planned(out, "--train-seeds", "0,1,2", *TINY)}
     assert resumed.done(stages["det-ssl60-s0"]) and not resumed.done(stages["report"])
+
+
+def test_resume_names_each_changed_flag_and_lets_workers_change(tmp_path):
+    out = tmp_path / "exp"
+    first = reopened(["--out", str(out), *TINY])
+    first.save()
+    for flag, value in (("--det-epochs", "3"), ("--seed", "4"), ("--preset", "paper")):
+        changed = (
+            ": --arch, .*--preset, .* changed;" if flag == "--preset" else f": {flag} changed;"
+        )
+        with pytest.raises(UserError, match=changed):
+            reopened(["--out", str(out), "--resume", *TINY, flag, value])
+    resumed = reopened(["--out", str(out), "--resume", *TINY, "--workers", "2"])
+    assert resumed.record["config"]["settings"]["workers"] == 2
+    record = json.loads((out / "experiment.json").read_text())
+    del record["config"]["drop_prepared"]  # a record that predates a switch: unchanged while off
+    (out / "experiment.json").write_text(json.dumps(record))
+    reopened(["--out", str(out), "--resume", *TINY])
+    with pytest.raises(UserError, match=": --drop-prepared changed;"):
+        reopened(["--out", str(out), "--resume", *TINY, "--drop-prepared"])
 
 
 @pytest.mark.slow
@@ -242,7 +262,7 @@ def test_tiny_experiment_end_to_end_refuses_rerun_and_resumes(tmp_path, capsys):
 
     with pytest.raises(UserError, match="already holds an experiment"):
         experiment.main(["--out", str(out), *tiny])
-    with pytest.raises(UserError, match="settings differ.*ssl_fractions"):
+    with pytest.raises(UserError, match="settings differ.*--ssl-fractions changed"):
         experiment.main(["--out", str(out), "--resume", "--ssl-fractions", "0.5", *tiny])
 
     # Pretend the run stopped during the random-init fine-tuning: it and everything after it rerun,
@@ -278,3 +298,15 @@ def test_every_script_a_stage_runs_is_in_the_checkout(tmp_path):
     for stage in planned(tmp_path, "--pretrained-init", str(tmp_path / "w.pth")):
         if stage.program[0] != "-m":
             assert (REPO / stage.program[0]).is_file(), stage.program
+
+
+def test_input_paths_stay_as_written_where_they_reach_the_same_file(tmp_path):
+    (tmp_path / "real" / "data").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "short").symlink_to(tmp_path / "deep" / "a" / "b")
+    (tmp_path / "inputs").mkdir()
+    # the link kept, not resolved to real/
+    assert path_from(tmp_path / "exp", tmp_path / "link" / "data") == "../link/data"
+    # ../../inputs from short/exp would land in deep/a/: the absolute path instead
+    assert path_from(tmp_path / "short" / "exp", tmp_path / "inputs") == str(tmp_path / "inputs")

@@ -25,6 +25,7 @@ from cxr.nn.resnet import headless_resnet
 from cxr.nn.seeds import stream_seed
 from cxr.run.cli import flags
 from cxr.run.errors import UserError
+from cxr.run.outputs import open_output_folder
 
 # --- the submission format ------------------------------------------------------------------------
 
@@ -130,6 +131,38 @@ def test_map_writes_metrics_that_match_its_predictions(trained):
     assert sum(int(r["gt_boxes"]) for r in rows) == len(coco["annotations"])
     with pytest.raises(UserError, match="already exists"):
         evaluate.main(eval_args(root, data_dir, "map"))
+
+
+@pytest.mark.parametrize("classes", [VINBIGDATA_CLASSES, ("Mass", "Nodule")])
+def test_the_competition_metric_is_scored_only_on_vinbigdatas_classes(tmp_path, capsys, classes):
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    coco = {
+        "images": [{"id": 1, "width": 64, "height": 64}, {"id": 2, "width": 64, "height": 64}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [4, 4, 20, 20],
+                "area": 400,
+                "iscrowd": 0,
+            }
+        ],
+        "categories": categories,
+    }
+    results = [{"image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "score": 0.9}]
+    meta = {"arch": "resnet18", "image_size": 64, "classes": list(classes)}
+    with open_output_folder(tmp_path / "eval", command="test") as folder:
+        summary = evaluate.write_map(folder, coco=coco, results=results, meta=meta, run={})
+    printed = capsys.readouterr().out
+    if classes == VINBIGDATA_CLASSES:  # the lesion found, the normal film scored 1 - 0 = 1
+        assert (
+            summary["competition"]["mAP40"] == pytest.approx(1.0) and "competition mAP" in printed
+        )
+        assert summary["competition"]["test_images_without_boxes"] == 1
+    else:
+        assert summary["competition"] is None and "competition mAP" not in printed
+    assert summary["AP50"] == pytest.approx(1.0)
 
 
 def test_map_accepts_the_seed_projects_flags(trained):

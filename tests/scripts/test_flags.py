@@ -33,6 +33,7 @@ SIDE = COUNT  # image sides: whole numbers in [32, 8192]
 
 TABLE = {
     "train_ssl.py": {
+        "--preset": CHOICE,
         "--data-dir": ANY_TEXT,
         "--output-dir": ANY_TEXT,
         "--experiment-name": ANY_TEXT,
@@ -63,6 +64,7 @@ TABLE = {
         "--devices": {"zero", "negative", "nan", "inf", "word", "huge", "fraction"},
     },
     "train_det.py": {
+        "--preset": CHOICE,
         "--data-dir": ANY_TEXT,
         "--output-dir": ANY_TEXT,
         "--experiment-name": ANY_TEXT,
@@ -130,6 +132,7 @@ TABLE = {
         "--images": ANY_TEXT,
         "--out": ANY_TEXT,
         "--original-size": COUNT,
+        "--nih-classes": CHOICE,
         "--group-by": {"zero", "negative", "nan", "inf", "word", "huge", "fraction"},
         "--iou-thr": SHARE,
         "--skip-box-thr": SHARE,
@@ -151,6 +154,7 @@ TABLE = {
         "--coco": ANY_TEXT,
         "--coco-images": ANY_TEXT,
         "--group-by": {"zero", "negative", "nan", "inf", "word", "huge", "fraction"},
+        "--nih-classes": CHOICE,
         "--extra-images": ANY_TEXT,
         "--pretrained-init": ANY_TEXT,
         "--ssl-fractions": {"zero", "negative", "nan", "inf", "word", "huge"},

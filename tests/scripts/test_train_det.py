@@ -24,14 +24,14 @@ from cxr.run.outputs import make_folder
 
 def test_the_architecture_of_an_init_file_is_read_from_its_tensors(tmp_path):
     path, _ = trunk_file(tmp_path)
-    assert train_det.default_arch(str(path), {}) == "resnet18"
-    assert train_det.default_arch("random", {}) == "resnet50"
-    assert train_det.default_arch("ssl", {"arch": "resnet34"}) == "resnet34"
+    assert train_det.default_arch(str(path), {}, fallback="resnet50") == "resnet18"
+    assert train_det.default_arch("random", {}, fallback="resnet50") == "resnet50"
+    assert train_det.default_arch("ssl", {"arch": "resnet34"}, fallback="resnet18") == "resnet34"
     (tmp_path / "notes.txt").write_text("not weights")
     with pytest.raises(
         UserError, match="notes.txt: it is not a PyTorch file .*expected ResNet weights"
     ):
-        train_det.default_arch(str(tmp_path / "notes.txt"), {})
+        train_det.default_arch(str(tmp_path / "notes.txt"), {}, fallback="resnet50")
 
 
 @pytest.fixture(scope="module")

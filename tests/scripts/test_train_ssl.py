@@ -183,7 +183,7 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
         (lambda: shutil.copy(next((data_dir / "train").glob("*.png")), extra), "its name"),
     ):
         leak()
-        with pytest.raises(UserError, match=f"is in the prepared data .*{why}"):
+        with pytest.raises(UserError, match=f"are prepared images of .*{why}"):
             train_ssl.main(
                 ssl_args(data_dir, tmp_path, "leak", "--epochs", "1", "--extra-images", str(extra))
             )
@@ -191,6 +191,18 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
             if not path.name.startswith(("unlabeled", "sixteen")):
                 path.unlink()
     assert not (tmp_path / "leak").exists()
+
+    shutil.copy(test_image, extra / "renamed.png")
+    argv = ["--epochs", "1", "--extra-images", str(extra), "--drop-prepared"]
+    train_ssl.main(ssl_args(data_dir, tmp_path, "dropped", *argv))
+    run = tmp_path / "dropped" / "pretrain"
+    assert str(extra / "renamed.png") not in read_image_list(run / layout.SSL_IMAGES).names
+    records = [json.loads(line) for line in (run / layout.LOG).read_text().splitlines()]
+    (dropped,) = [r["dropped"] for r in records if r.get("event") == "extra_images_dropped"]
+    assert (
+        list(dropped) == [str(extra / "renamed.png")]
+        and "same bytes" in dropped[str(extra / "renamed.png")]
+    )
 
 
 def test_out_of_range_fractions_are_refused_by_the_parser(capsys):
