@@ -17,7 +17,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
-# The README's main command: the whole experiment, CPU preset (about 15 min on 2 cores).
+# The README's main command: the whole experiment, CPU preset (8 min on 2 cores: docs/benchmarks.md).
 experiment: $(VENV)/.installed
 	$(PY) -m cxr.experiment --out experiment
 
@@ -43,3 +43,4 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/bench_probe.py
 	$(PY) bench/bench_det.py
 	$(PY) bench/bench_loaders.py
+	$(PY) bench/bench_experiment.py

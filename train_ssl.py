@@ -16,6 +16,7 @@ the whole batch (batch size x processes). Writes
 """
 
 import argparse
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -191,6 +192,7 @@ def train(args, dist_info):
         start_epoch, step = engine.restore(
             run.resume_state(), model=model, optimizer=optimizer, scaler=scaler
         )
+        decode_once(data.dataset, args.workers, run.log)
         ddp_model = DistributedDataParallel(model) if data.processes > 1 else model
         epochs = engine.epoch_range(start_epoch, args.epochs, args.stop_after)
         for epoch in epochs:
@@ -213,6 +215,25 @@ def train(args, dist_info):
             run.save(engine.checkpoint_state(model, optimizer, scaler, epoch=epoch + 1, step=step))
         if not run.stopped_early(epochs):
             save_trunk(run, model, data)
+
+
+DECODE_ONCE_BYTES = 2**30  # per process: the SSL pool at --image-size kept in memory up to this
+
+
+def decode_once(dataset, workers, log):
+    """Decode the SSL pool once when it fits DECODE_ONCE_BYTES, so that no epoch decodes
+    again (at 64 px one worker's decoding is a third of a CPU step: docs/benchmarks.md)."""
+    size = dataset.decoded_bytes()
+    if size > DECODE_ONCE_BYTES:
+        log(f"images decoded every epoch: the pool would take {size / 2**30:.1f} GiB in memory")
+        return
+    start = time.perf_counter()
+    dataset.decode_once(workers=workers)
+    log(
+        f"decoded the {len(dataset)} images once ({size / 2**20:.0f} MiB in memory, "
+        f"{time.perf_counter() - start:.1f} s); epochs read them from memory",
+        event="decode_once",
+    )
 
 
 def train_one_epoch(

@@ -27,6 +27,7 @@ import torch
 import torchvision
 
 REPO = Path(__file__).resolve().parents[1]
+RECORDED_RATIO = 159  # docs/benchmarks.md: the experiment's time over the reference workload
 
 
 def reference_seconds(steps=30):
@@ -129,10 +130,14 @@ def main():
     print(f"\n| part | seconds | share of {wall:.0f} s |\n|---|---|---|")
     for part, seconds in shares.items():
         print(f"| {part} | {seconds:.0f} | {seconds / wall:.1%} |")
+    ratio = wall / reference
     print(
         f"\nexperiment {wall:.0f} s; reference workload {reference:.2f} s; ratio "
-        f"{wall / reference:.0f} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        f"{ratio:.0f} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
     )
+    change = ratio / RECORDED_RATIO - 1
+    verdict = "SLOWER by more than a fifth" if change > 0.2 else "within a fifth"
+    print(f"against the ratio in docs/benchmarks.md ({RECORDED_RATIO}): {change:+.0%}, {verdict}")
     if not args.keep and not args.out:
         shutil.rmtree(out.parent, ignore_errors=True)
 

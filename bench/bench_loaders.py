@@ -8,7 +8,12 @@ trains at 8.7 images/s per V100 (torchvision's release notes) and about 18.6
 per A100; MoCo v2's ResNet-50 step, about SimCLR's, at about 168 images/s per
 V100 (He et al.'s repository), about twice that on an A100.
 
-    python bench/bench_loaders.py [--images DIR]   # default: synthetic radiographs
+With --size below 512, the question is a CPU run's: is a small-image run bound
+by decoding the 512 px files? It also times this CPU's SimCLR step (resnet18
+at --size, batch 16, the views and NT-Xent, forward and backward, all threads)
+and prints the share of a step's time per image that one worker's decoding is.
+
+    python bench/bench_loaders.py [--images DIR] [--size 64]   # default: synthetic, 512 px
 """
 
 import argparse
@@ -27,6 +32,9 @@ from cxr.data.images import list_images  # noqa: E402
 from cxr.data.preparation import prepare  # noqa: E402
 from cxr.data.synthetic_xrays import generate  # noqa: E402
 from cxr.detection.augment import BoxAugment  # noqa: E402
+from cxr.nn.resnet import build_resnet, to_network_input  # noqa: E402
+from cxr.ssl.simclr import SimCLR, nt_xent  # noqa: E402
+from cxr.ssl.views import VIEW_PRESETS, simclr_views  # noqa: E402
 
 MODEL_RATES = {  # images/s of one GPU's training step
     "SimCLR / MoCo v2 ResNet-50, V100": 168.0,
@@ -47,13 +55,35 @@ def items_per_second(read, count, repeats=3):
     return best
 
 
+def cpu_simclr_step_rate(size, *, batch=16, steps=3):
+    """Images/s of a resnet18 SimCLR training step at `size` on this CPU (best of steps)."""
+    torch.manual_seed(0)
+    model = SimCLR(build_resnet("resnet18"), 512)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    images = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    best = 0.0
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        first, second = simclr_views(images, size, VIEW_PRESETS["cxr"], generator)
+        z = model(to_network_input(torch.cat([first, second])))
+        loss = nt_xent(z[:batch], z[batch:], 0.2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        best = max(best, batch / (time.perf_counter() - start))
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--images", default=None, help="a folder of 512 px PNGs (default: synthetic)"
     )
     parser.add_argument("--count", type=int, default=60, help="images per timing pass")
+    parser.add_argument("--size", type=int, default=512, help="SimCLR item size in px")
     args = parser.parse_args()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one worker's share of a machine
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -68,11 +98,13 @@ def main():
             else sorted((root / "data" / "train").glob("*.png"))
         )
         paths = paths[: args.count]
-        ssl = ImageList(paths, 512)
+        ssl = ImageList(paths, args.size)
         detection = DetectionDataset.split(root / "data", "train", augment=BoxAugment())
         count = min(args.count, len(detection), len(paths))
         rates = {
-            "SimCLR item (decode, resize)": items_per_second(lambda i: ssl[i], count),
+            f"SimCLR item (decode, resize to {args.size})": items_per_second(
+                lambda i: ssl[i], count
+            ),
             "Faster R-CNN item (decode, augment)": items_per_second(
                 lambda i: detection[i, i], count
             ),
@@ -83,12 +115,17 @@ def main():
         print(f"| {name} | {rate:.1f} |")
     print("\n| GPU step | images/s | workers it needs (one per worker's rate) |\n|---|---|---|")
     for name, model_rate in MODEL_RATES.items():
-        stage = (
-            "SimCLR item (decode, resize)"
-            if "SimCLR" in name
-            else "Faster R-CNN item (decode, augment)"
-        )
+        ssl_item, detection_item = rates
+        stage = ssl_item if "SimCLR" in name else detection_item
         print(f"| {name} | {model_rate:g} | {math.ceil(model_rate / rates[stage])} |")
+    if args.size < 512:
+        torch.set_num_threads(threads)
+        step = cpu_simclr_step_rate(args.size)
+        share = step / rates[ssl_item]
+        print(
+            f"\nCPU SimCLR step, resnet18 at {args.size} px, {threads} threads: {step:.1f} "
+            f"images/s; one worker's decoding takes {share:.1%} of a step's time per image"
+        )
 
 
 if __name__ == "__main__":

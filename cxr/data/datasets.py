@@ -21,16 +21,29 @@ def xyxy(bbox):
 
 
 class ImageList(torch.utils.data.Dataset):
-    """Decoded grayscale images of a list of paths, each resized to `size`."""
+    """Decoded grayscale images of a list of paths, each resized to `size`; after
+    `decode_once`, the same tensors from memory."""
 
     def __init__(self, paths, size):
         self.paths, self.size = list(paths), size
+        self.decoded = None  # (N, 1, size, size) uint8, once decode_once has run
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
+        if self.decoded is not None:
+            return self.decoded[index]
         return read_grayscale(self.paths[index], self.size)
+
+    def decoded_bytes(self):
+        return len(self.paths) * self.size * self.size
+
+    def decode_once(self, *, workers):
+        """Decode every image now (with `workers` loader processes), so that epochs read
+        memory: loader workers started later share it (fork) instead of decoding again."""
+        loader = torch.utils.data.DataLoader(self, batch_size=64, num_workers=workers)
+        self.decoded = torch.cat(list(loader)) if len(self) else torch.zeros(0, 1, 1, 1)
 
 
 class DetectionDataset(torch.utils.data.Dataset):

@@ -54,8 +54,9 @@ class Settings:
 
 
 # Each setting's value in the two presets.
-# cpu: sized for a 2-core CPU, about 20 minutes for one SSL fraction. SimCLR runs 210 steps
-# of 32 images (it ran 50 of 64): more steps lifted the linear probe (docs/experiments.md).
+# cpu: sized for a 2-core CPU, 8 minutes for one SSL fraction (docs/benchmarks.md). SimCLR runs
+# 210 steps of 32 images: more steps of smaller batches lifted the linear probe
+# (docs/experiments.md).
 # paper: the seed project's published commands (ResNet-50, 512 px), for GPUs.
 PRESET_VALUES = {
     # setting: (cpu, paper)
@@ -77,7 +78,7 @@ PRESET_VALUES = {
     "det_warmup_factor": (0.0, 0.0),
     "det_clip_grad": (None, None),
     "det_roi_batch_size": (64, 512),
-    "workers": (1, 8),
+    "workers": (1, 2),  # one feeds a GPU at the published rates (docs/benchmarks.md)
     "pictures": (4, 8),
 }
 PRESETS = {

@@ -61,3 +61,20 @@ def test_scripts_print_the_unwrapped_message_and_exit_2(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot read image") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoding_once_gives_the_same_tensors_as_decoding_each_time(tmp_path, workers):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, shape in enumerate([(70, 50), (64, 64), (33, 90)] * 30):  # 90: two batches of 64
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(paths[-1])
+    each_time = ImageList(paths, 32)
+    expected = [each_time[i] for i in range(len(paths))]
+    once = ImageList(paths, 32)
+    once.decode_once(workers=workers)
+    for path in paths:
+        path.unlink()  # from here on, memory only
+    assert once.decoded_bytes() == 90 * 32 * 32
+    assert all(torch.equal(once[i], expected[i]) for i in range(len(paths)))

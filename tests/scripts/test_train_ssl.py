@@ -307,3 +307,19 @@ def test_view_presets_and_overrides():
     for bad in ("cxr2", '{"blurr": 1}', '{"preset": "nope"}', "[1]", '{"noise_std": -1}'):
         with pytest.raises(ValueError):
             parse_views(bad)
+
+
+@pytest.mark.slow
+def test_a_pool_decoded_once_trains_exactly_as_one_decoded_every_epoch(
+    data_dir, tmp_path, monkeypatch
+):
+    weights = {}
+    for name, budget in (("once", train_ssl.DECODE_ONCE_BYTES), ("every", 0)):
+        monkeypatch.setattr(train_ssl, "DECODE_ONCE_BYTES", budget)
+        train_ssl.main(ssl_args(data_dir, tmp_path, name, "--workers", "1"))
+        run = tmp_path / name / "pretrain"
+        weights[name] = torch.load(run / layout.BACKBONE)
+        events = [json.loads(line).get("event") for line in (run / layout.LOG).open()]
+        assert ("decode_once" in events) == (name == "once")
+    assert weights["once"].keys() == weights["every"].keys()
+    assert all(torch.equal(weights["once"][k], weights["every"][k]) for k in weights["once"])
