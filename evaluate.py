@@ -206,16 +206,6 @@ def labeled_test_set(args, classes, scored=False):
             f"{ann_file}: its classes {list(theirs)[:4]}... are not the detector's "
             f"{list(classes)[:4]}... (category ids 1..{len(classes)} in that order)"
         )
-    unknown = sorted(
-        {a["category_id"] for a in coco["annotations"]} - set(range(1, len(classes) + 1))
-    )
-    if unknown:
-        count = sum(a["category_id"] in unknown for a in coco["annotations"])
-        raise UserError(
-            f"{ann_file}: {count} boxes have category ids {unknown[:5]}, not one of "
-            f"1..{len(classes)}; pycocotools would silently leave them out of mAP. Fix their "
-            "category_id"
-        )
     check_images_exist(coco, image_dir, ann_file)
     return coco, image_dir, ann_file
 
@@ -558,6 +548,13 @@ def run_probe(args, dist_info):
 def probe_figures(trunk, classes, *, args, size, device):
     """The linear probe's figures: features of the prepared train and test images,
     logistic regression on the train ones, AUROC per class on the test ones."""
+    test_labels = np.array(list(image_labels(args.data_dir, "test").values()))
+    positives = test_labels.sum(axis=0)
+    if not ((positives > 0) & (positives < len(test_labels))).any():
+        raise UserError(
+            f"{args.data_dir}: no class has both test images with it and without it, so no "
+            "AUROC is defined; the probe needs a larger test split (prepare --test-fraction)"
+        )
     start = time.perf_counter()
     splits = {}
     for split in ("train", "test"):
@@ -615,7 +612,7 @@ def print_probe(rows, macro, name, message):
         )
     excluded = [r["class_name"] for r in rows if r["auroc"] is None]
     print(
-        f"macro-AUROC {macro:.4f} over {len(rows) - len(excluded)} classes"
+        f"macro-AUROC {format_metric(macro)} over {len(rows) - len(excluded)} classes"
         + (f" (undefined, left out: {', '.join(excluded)})" if excluded else "")
         + f" [{name}: {message}]"
     )

@@ -14,7 +14,6 @@ with `--fuse` when the file holds several readers' boxes.
 """
 
 import argparse
-import json
 import math
 import re
 from pathlib import Path
@@ -24,18 +23,81 @@ import numpy as np
 from cxr.data.box_table import BoxTable, drop_duplicate_rows
 from cxr.data.names import check_name
 from cxr.run.errors import UserError
+from cxr.run.reading import json_object, read_json, type_name
+
+WHAT = "a COCO detection file"
+
+
+def _is_id(value):
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _positive_number(value):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def check_coco(coco, path):
+    """`coco` if its structure is a COCO detection file's: an object of three lists of
+    objects, ids that are whole numbers or strings (image ids of one kind), widths and
+    heights that are positive numbers; else one UserError naming the entry."""
+    json_object(coco, source=path, what=WHAT, keys=("images", "annotations", "categories"))
+    fields = {"images": ("id",), "categories": ("id",), "annotations": ("image_id", "category_id")}
+    for key, ids in fields.items():
+        if not isinstance(coco[key], list):
+            raise UserError(f"{path}: {key!r} must be a list, found {type_name(coco[key])}")
+        for number, entry in enumerate(coco[key]):
+            if not isinstance(entry, dict):
+                raise UserError(
+                    f"{path}, {key}[{number}]: expected an object, found {type_name(entry)}"
+                )
+            for field in ids:
+                if field in entry and not _is_id(entry[field]):
+                    raise UserError(
+                        f"{path}, {key}[{number}]: {field} {entry[field]!r} must be a whole "
+                        "number or a string"
+                    )
+            for field in ("width", "height") if key == "images" else ():
+                if entry.get(field) is not None and not _positive_number(entry[field]):
+                    raise UserError(
+                        f"{path}, images[{number}]: {field} {entry[field]!r} must be a positive "
+                        "number"
+                    )
+    for key in ("images", "categories"):
+        if len({type(entry["id"]) for entry in coco[key] if "id" in entry}) > 1:
+            raise UserError(f"{path}: the {key[:-1]} ids mix numbers and strings")
+    return coco
+
+
+def check_ground_truth(coco, path):
+    """`coco` checked as an evaluation's ground truth (`check_coco`, then every box of a
+    listed image and category, four finite numbers); pycocotools' area and iscrowd filled in
+    where a file leaves them out."""
+    check_coco(coco, path)
+    for key in ("images", "categories"):
+        for number, entry in enumerate(coco[key]):
+            if "id" not in entry:
+                raise UserError(f"{path}, {key}[{number}]: it has no id")
+    images = {image["id"] for image in coco["images"]}
+    categories = {category["id"] for category in coco["categories"]}
+    for number, annotation in enumerate(coco["annotations"]):
+        where = f"{path}, annotations[{number}]"
+        if annotation.get("image_id") not in images:
+            raise UserError(f"{where}: image_id {annotation.get('image_id')!r} is not an image")
+        if annotation.get("category_id") not in categories:
+            raise UserError(f"{where}: category_id {annotation.get('category_id')!r} is unknown")
+        x_min, y_min, x_max, y_max = _box(where, annotation)
+        annotation.setdefault("area", (x_max - x_min) * (y_max - y_min))
+        annotation.setdefault("iscrowd", 0)
+    return coco
 
 
 def _load(path):
-    try:
-        coco = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path} is not a JSON file ({error}); expected a COCO file") from None
-    missing = [key for key in ("images", "annotations", "categories") if key not in coco]
-    if not isinstance(coco, dict) or missing:
-        raise UserError(f"{path} is not a COCO detection file: it lacks {', '.join(missing)}")
+    coco = check_coco(read_json(path, what=WHAT), path)
     if not coco["categories"]:
         raise UserError(f"{path} has no categories: nothing to detect")
     if not coco["images"]:

@@ -8,12 +8,12 @@ and --resume refuses a data folder that changed since the run started.
 """
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.run.errors import UserError
 from cxr.run.outputs import atomic_write_json
+from cxr.run.reading import json_object, read_json
 
 FINGERPRINTED = ("split.json", "train_annotations.json", "test_annotations.json")
 
@@ -44,11 +44,14 @@ def write_image_list(path, names, *, fingerprint):
 
 def read_image_list(path):
     """The ImageList written at path, or None if there is none."""
-    path = Path(path)
-    if not path.is_file():
+    what = "an image list written by cxr"
+    record = read_json(path, what=what, default=None)
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text())
-        return ImageList(list(record["images"]), str(record["data_fingerprint"]))
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path} is not an image list written by cxr") from None
+    json_object(record, source=path, what=what, keys=("images", "data_fingerprint"))
+    names, fingerprint = record["images"], record["data_fingerprint"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: expected {what}; 'images' is not a list of names")
+    if not isinstance(fingerprint, str):
+        raise UserError(f"{path}: expected {what}; 'data_fingerprint' is not a string")
+    return ImageList(names, fingerprint)

@@ -5,21 +5,20 @@ test_meta.csv; dim0 is the height), or a COCO JSON written by
 """
 
 import csv
-import json
 from pathlib import Path
 
+from cxr.data.coco_format import check_coco
 from cxr.run.errors import UserError
+from cxr.run.reading import read_json
 
 
-def _positive_int(value, path, line, column):
+def _positive_int(value, where, column):
     try:
         number = int(float(value))
     except (TypeError, ValueError, OverflowError):  # OverflowError: inf
         number = 0
-    if number <= 0:
-        raise UserError(
-            f"{path}, line {line}: {column} must be a positive number of pixels, got {value!r}"
-        )
+    if number <= 0 or isinstance(value, bool):
+        raise UserError(f"{where}: {column} must be a positive number of pixels, got {value!r}")
     return number
 
 
@@ -29,13 +28,17 @@ def read_original_sizes(path):
     if not path.is_file():
         raise UserError(f"--original-sizes {path}: file not found")
     if path.suffix == ".json":
-        images = json.loads(path.read_text()).get("images", [])
-        return {
-            Path(i["file_name"]).stem: (i["original_width"], i["original_height"])
-            for i in images
-            if "original_width" in i
-        }
-    with open(path, newline="") as f:
+        coco = check_coco(read_json(path, what="a COCO file of cxr.prepare"), path)
+        sizes = {}
+        for number, image in enumerate(coco["images"]):
+            if "original_width" in image:
+                where = f"{path}, images[{number}]"
+                sizes[Path(str(image.get("file_name", ""))).stem] = (
+                    _positive_int(image["original_width"], where, "original_width"),
+                    _positive_int(image.get("original_height"), where, "original_height"),
+                )
+        return sizes
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is no column
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or ())
         if {"image_id", "width", "height"} <= columns:
@@ -47,10 +50,11 @@ def read_original_sizes(path):
                 f"{path}: expected columns image_id,width,height or image_id,dim0,dim1; "
                 f"found {','.join(reader.fieldnames or ())}"
             )
-        return {
-            row["image_id"]: (
-                _positive_int(row[width_key], path, line, width_key),
-                _positive_int(row[height_key], path, line, height_key),
+        sizes = {}
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"  # the file's line, blank lines counted
+            sizes[row["image_id"]] = (
+                _positive_int(row[width_key], where, width_key),
+                _positive_int(row[height_key], where, height_key),
             )
-            for line, row in enumerate(reader, start=2)
-        }
+        return sizes

@@ -7,32 +7,36 @@
 Every stage after prepare reads its images, labels and classes here.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from cxr.data.classes import class_index, dataset_classes
+from cxr.data.coco_format import check_ground_truth
 from cxr.run.errors import UserError
+from cxr.run.reading import read_json
 
 
 def load_coco(path):
+    """A COCO file cxr.prepare wrote (or one in its form), its structure checked
+    (`cxr.data.coco_format.check_ground_truth`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
             f"annotation file {path} not found; run `python -m cxr.prepare` first "
             "or check --data-dir"
         )
-    return json.loads(path.read_text())
+    return check_ground_truth(read_json(path, what="a COCO file"), path)
 
 
 def prepared_format(data_dir):
     """The source format (vinbigdata, nih, coco) prepare_summary.json records, or None
     where it cannot be read (the commands' own checks then say what is wrong)."""
     try:
-        return json.loads((Path(data_dir) / "prepare_summary.json").read_text())["format"]
-    except (OSError, ValueError, KeyError, TypeError):
+        summary = read_json(Path(data_dir) / "prepare_summary.json", what="prepare's summary")
+    except UserError:
         return None
+    return summary.get("format") if isinstance(summary, dict) else None
 
 
 def read_classes(data_dir):

@@ -12,7 +12,6 @@ its decompression-bomb limit, before training.
 """
 
 import hashlib
-import json
 import re
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ from cxr.data.prepared import split_images
 from cxr.data.splits import partition
 from cxr.run.errors import UserError
 from cxr.run.progress import progress
+from cxr.run.reading import json_object, read_json
 
 SPLITS = ("train", "test", "normal")
 
@@ -78,8 +78,13 @@ def _prepared_twins(extra, data_dir, log):
 
 def _test_patients(extra, data_dir):
     """{extra image: why} of every extra image of a patient with a test image."""
-    split = json.loads((Path(data_dir) / "split.json").read_text())
+    path, what = Path(data_dir) / "split.json", "the split cxr.prepare writes"
+    split = json_object(read_json(path, what=what), source=path, what=what, keys=("test",))
     pattern = split.get("group_pattern")
+    if not isinstance(split["test"], list) or not all(isinstance(n, str) for n in split["test"]):
+        raise UserError(f"{path}: expected {what}; 'test' is not a list of image names")
+    if pattern is not None and not isinstance(pattern, str):
+        raise UserError(f"{path}: expected {what}; 'group_pattern' is not a regular expression")
     if not pattern:
         return {}
     regex = re.compile(pattern)

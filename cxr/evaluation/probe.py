@@ -106,7 +106,8 @@ def average_ranks(values):
 
 
 def macro_auroc(scores, targets):
-    """(macro mean over defined classes, per-class list with None where undefined)."""
+    """(macro mean over defined classes, None if none is; per-class list with None where
+    undefined: a class without positives or without negatives)."""
     scores, targets = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(targets).bool()
     per_class = []
     for k in range(targets.shape[1]):
@@ -118,4 +119,4 @@ def macro_auroc(scores, targets):
         rank_sum = float(average_ranks(scores[:, k])[targets[:, k]].sum())
         per_class.append((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
     defined = [a for a in per_class if a is not None]
-    return (sum(defined) / len(defined) if defined else float("nan")), per_class
+    return (sum(defined) / len(defined) if defined else None), per_class

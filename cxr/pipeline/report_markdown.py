@@ -13,16 +13,16 @@ class, charts (`cxr.pipeline.charts`), pictures, and the time and command of eve
 stage. Every path in it is relative to the report.
 """
 
-import json
 import math
 import shlex
 from pathlib import Path
 
 from cxr.evaluation.coco_metrics import format_metric
 from cxr.pipeline.charts import bar_chart, line_chart
-from cxr.pipeline.results import LEVEL, ExperimentFolder, read_json
+from cxr.pipeline.results import LEVEL, ExperimentFolder, read_output
 from cxr.run import layout
 from cxr.run.outputs import make_folder, open_output_folder
+from cxr.run.reading import read_json_lines
 
 MIN_SEEDS = 3
 ARM_NAMES = {"ssl": "SSL", "random": "random", "pretrained": "pretrained"}
@@ -169,7 +169,7 @@ def _source(folder):
 
 
 def data_section(folder):
-    summary = read_json(folder.out / "data" / "prepare_summary.json", {})
+    summary = read_output(folder.out / "data" / "prepare_summary.json", {})
     boxes = (
         f"{summary.get('boxes', '?')} boxes fused by WBF from {summary.get('input_boxes', '?')}"
         if summary.get("fused")
@@ -186,7 +186,7 @@ def data_section(folder):
     ]
     for fraction in folder.fractions:
         run = folder.runs("ssl", layout.percent(fraction))[0]
-        meta = read_json(folder.run(run) / layout.PRETRAIN / layout.BACKBONE_META, {})
+        meta = read_output(folder.run(run) / layout.PRETRAIN / layout.BACKBONE_META, {})
         lines.append(
             f"| {layout.percent(fraction)}% | {meta.get('ssl_images', '?')} | "
             f"{folder.labeled_images(run)} |"
@@ -201,8 +201,8 @@ def _plural(count, word):
 def settings_section(folder):
     """The settings as each stage's args.json recorded them."""
     run = folder.runs("ssl", folder.main)[0]
-    ssl = (read_json(folder.run(run) / layout.PRETRAIN / layout.ARGS) or {}).get("args")
-    det = (read_json(folder.run(run) / layout.ARGS) or {}).get("args")
+    ssl = (read_output(folder.run(run) / layout.PRETRAIN / layout.ARGS) or {}).get("args")
+    det = (read_output(folder.run(run) / layout.ARGS) or {}).get("args")
     lines = [
         f"Preset `{folder.config['preset']}`, "
         f"{_plural(folder.config['nproc_per_node'], 'process')} per node, training "
@@ -317,9 +317,8 @@ def _train_records(log_path):
     """The training progress records of a log.jsonl, the last one per global step."""
     by_step = {}
     if Path(log_path).is_file():
-        for line in Path(log_path).read_text().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "train":
+        for record in read_json_lines(log_path, what="a training log cxr writes"):
+            if isinstance(record, dict) and record.get("event") == "train":
                 by_step[record["step"]] = record
     return [by_step[step] for step in sorted(by_step)]
 
@@ -345,7 +344,7 @@ def ssl_loss_chart(folder):
 
 def map_history(folder, run):
     """Test mAP after each evaluated epoch of a run, the last epoch's from its mAP stage."""
-    history = read_json(folder.run(run) / layout.EVAL_HISTORY, [])
+    history = read_output(folder.run(run) / layout.EVAL_HISTORY, [])
     final, last = folder.metrics(run), folder.config["settings"]["det_epochs"]
     if final and (not history or history[-1]["epoch"] < last):
         history = [*history, {"epoch": last, "AP": final["AP"], "AP50": final["AP50"]}]

@@ -9,7 +9,6 @@ prior, by intervals over the training seeds and the test images
 (`cxr.evaluation.intervals`).
 """
 
-import json
 from functools import cached_property
 from pathlib import Path
 
@@ -23,17 +22,41 @@ from cxr.evaluation.coco_metrics import coco_ground_truth, tie_averaged_metrics
 from cxr.evaluation.intervals import paired_intervals
 from cxr.nn.seeds import stream_seed
 from cxr.run import layout
+from cxr.run.errors import UserError
 from cxr.run.layout import RunName
 from cxr.run.progress import progress
+from cxr.run.reading import json_object, read_json
 
 BOOTSTRAP_REPLICATES = 1000  # test-image resamples: the image part of the variance
 LEVEL = 0.9
 CHANCE_DRAWS = 20
 
 
-def read_json(path, default=None):
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else default
+def read_output(path, default=None):
+    """A JSON file an experiment's stage wrote (`default` where there is none)."""
+    return read_json(path, what="a file a stage of the experiment wrote", default=default)
+
+
+RECORD_KEYS = ("config", "stages")
+CONFIG_KEYS = ("preset", "settings", "ssl_fractions", "seed", "train_seeds", "pretrained_init")
+
+
+def read_experiment_record(out):
+    """experiment.json of an experiment folder, checked to be one `cxr.experiment` wrote."""
+    path, what = Path(out) / "experiment.json", "the record python -m cxr.experiment writes"
+    record = json_object(read_json(path, what=what), source=path, what=what, keys=RECORD_KEYS)
+    config = json_object(record["config"], source=f"{path}, 'config'", what=what, keys=CONFIG_KEYS)
+    json_object(record["stages"], source=f"{path}, 'stages'", what=what)
+    json_object(config["settings"], source=f"{path}, 'settings'", what=what)
+    for key in ("ssl_fractions", "train_seeds"):
+        values = config[key]
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ):
+            raise UserError(f"{path}: expected {what}; {key!r} is not a list of numbers")
+    return record
 
 
 def map_summary(categories, counts):
@@ -50,7 +73,7 @@ def map_summary(categories, counts):
 class ExperimentFolder:
     def __init__(self, out):
         self.out = Path(out)
-        self.record = read_json(self.out / "experiment.json")
+        self.record = read_experiment_record(self.out)
         self.config = self.record["config"]
         self.fractions = self.config["ssl_fractions"]
         self.seeds = self.config["train_seeds"]
@@ -65,7 +88,7 @@ class ExperimentFolder:
         return [RunName(arm, percent, seed) for seed in self.seeds]
 
     def metrics(self, run):
-        return read_json(self.run(run) / layout.EVAL / layout.METRICS)
+        return read_output(self.run(run) / layout.EVAL / layout.METRICS)
 
     def labeled_images(self, run):
         images = read_image_list(self.run(run) / layout.LABELED_IMAGES)
@@ -80,12 +103,12 @@ class ExperimentFolder:
             name = f"random-seed{run.seed}"
         else:
             name = Path(self.config["pretrained_init"]).stem
-        return read_json(self.run(run) / layout.EVAL / layout.probe_file(name))
+        return read_output(self.run(run) / layout.EVAL / layout.probe_file(name))
 
     @cached_property
     def test_set(self):
         """(COCO dict, pycocotools COCO) of the test split."""
-        dataset = read_json(self.out / "data" / "test_annotations.json")
+        dataset = read_output(self.out / "data" / "test_annotations.json")
         return dataset, coco_ground_truth(dataset)
 
     @cached_property
@@ -94,12 +117,12 @@ class ExperimentFolder:
 
     def matches(self, run):
         """Per-category matches of a run's test predictions (`cxr.evaluation.average_precision`)."""
-        results = read_json(self.run(run) / layout.EVAL / layout.TEST_PREDICTIONS)
+        results = read_output(self.run(run) / layout.EVAL / layout.TEST_PREDICTIONS)
         return match_detections(self.test_set[1], results)[1]
 
     @cached_property
     def prior_results(self):
-        train = read_json(self.out / "data" / "train_annotations.json")
+        train = read_output(self.out / "data" / "train_annotations.json")
         return location_prior(train, self.test_set[0])
 
     @cached_property
@@ -111,7 +134,7 @@ class ExperimentFolder:
     @cached_property
     def chance(self):
         """Mean mAP and mAP50 of CHANCE_DRAWS random placements of the prior's boxes."""
-        train = read_json(self.out / "data" / "train_annotations.json")
+        train = read_output(self.out / "data" / "train_annotations.json")
         rng = np.random.default_rng(stream_seed("chance", seed=0))
         draws = [
             tie_averaged_metrics(self.test_set[1], chance(train, self.test_set[0], rng))

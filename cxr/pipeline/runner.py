@@ -6,13 +6,13 @@ experiment folder with its output kept in logs/, and the record of what ran
 import contextlib
 import importlib
 import io
-import json
 import os
 import shlex
 import subprocess
 import time
 from dataclasses import asdict
 
+from cxr.pipeline.results import read_experiment_record
 from cxr.pipeline.stages import REPO, Plan, path_from
 from cxr.run.errors import UserError
 from cxr.run.layout import CHECKPOINT
@@ -163,7 +163,7 @@ def reopen(folder, config, args):
     out, record_path = folder.path, folder.path / "experiment.json"
     if not record_path.is_file():
         raise UserError(f"--resume: {record_path} not found; start without --resume")
-    record = json.loads(record_path.read_text())
+    record = read_experiment_record(out)
     changed = changed_flags(record["config"], config)
     if changed == ["--train-seeds"] and adds_seeds(
         record["config"]["train_seeds"], args.train_seeds

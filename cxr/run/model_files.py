@@ -10,16 +10,16 @@ tensors the model has, key by key and shape by shape, or one error naming
 the file and the first keys that differ.
 """
 
-import json
 from pathlib import Path
 
 import torch
 
 from cxr.detection.detector import build_detector
-from cxr.nn.resnet import headless_resnet, infer_arch, trunk_mismatch, trunk_shapes
+from cxr.nn.resnet import FEATURE_DIMS, headless_resnet, infer_arch, trunk_mismatch, trunk_shapes
 from cxr.run.checkpoints import check_finite, load_torch_file, torch_bytes
 from cxr.run.errors import UserError
 from cxr.run.layout import BACKBONE, BACKBONE_META, DETECTOR, DETECTOR_META
+from cxr.run.reading import json_object, read_json
 
 # The settings that rebuild a detector (build_detector's arguments), recorded beside
 # its weights by save_detector and in every training checkpoint's config.
@@ -53,6 +53,8 @@ def _tensors_of(path):
         saved, where = saved[inner], [*where, f"its {inner!r}"]
     if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
         raise UserError(f"{path} is not a state dict of tensors (nor holds one under {WRAPPERS})")
+    if not all(isinstance(key, str) for key in saved):
+        raise UserError(f"{path}: its state dict has keys that are not names")
     check_finite(saved, str(path))
     return saved, where
 
@@ -130,11 +132,53 @@ def save_backbone(folder, state, meta):
     folder.write_json(BACKBONE_META, meta, indent=1)
 
 
+def _count(value, low, high=10**6):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+# What each metadata entry must be: a check, and the form an error names.
+META_FORMS = {
+    "arch": (
+        lambda v: isinstance(v, str) and v in FEATURE_DIMS,
+        f"one of {', '.join(FEATURE_DIMS)}",
+    ),
+    "image_size": (lambda v: _count(v, 1), "a positive whole number"),
+    "classes": (
+        lambda v: isinstance(v, list) and v and all(isinstance(c, str) for c in v),
+        "a list of class names",
+    ),
+    "norm": (
+        lambda v: isinstance(v, str) and v in ("frozen", "bn", "syncbn"),
+        "frozen, bn or syncbn",
+    ),
+    "trainable_layers": (lambda v: _count(v, 0, 5), "a whole number from 0 to 5"),
+    "anchor_sizes": (
+        lambda v: isinstance(v, list) and v and all(_count(a, 1) for a in v),
+        "a list of positive whole numbers",
+    ),
+    "split_seed": (lambda v: _count(v, 0, 2**32 - 1), "a seed (a whole number from 0)"),
+    "ssl_fraction": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+        "a share from 0 to 1",
+    ),
+}
+
+
+def check_meta(meta, source, *, what, keys=()):
+    """Model metadata (a JSON object holding `keys`), each entry META_FORMS knows checked."""
+    json_object(meta, source=source, what=what, keys=keys)
+    for key, (valid, form) in META_FORMS.items():
+        if key in meta and not valid(meta[key]):
+            raise UserError(f"{source}: {key} {meta[key]!r} is not {form}; expected {what}")
+    return meta
+
+
 def backbone_meta(path):
     """The metadata save_backbone wrote beside a backbone file ({} if there is none:
     a state dict from elsewhere, e.g. ImageNet weights)."""
-    meta_path = Path(path).with_suffix(".json")
-    return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta_path, what = Path(path).with_suffix(".json"), "the metadata train_ssl.py writes"
+    meta = read_json(meta_path, what=what, default=None)
+    return {} if meta is None else check_meta(meta, meta_path, what=what)
 
 
 def save_detector(folder, model, meta):
@@ -152,14 +196,16 @@ def _read_detector_file(path):
     """(state dict, metadata) of fasterrcnn_final.pth + its JSON, or of a checkpoint.pth."""
     saved = load_torch_file(path, "a cxr Faster R-CNN")
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict) and "config" in saved:
-        return saved["model"], saved["config"]  # a training checkpoint
+        what = "a training checkpoint's config"  # a training checkpoint
+        return saved["model"], check_meta(saved["config"], path, what=what)
     meta_path = Path(path).with_suffix(".json")
     if not meta_path.is_file():
         raise UserError(
             f"{meta_path} not found: train_det.py writes it beside {Path(path).name} with the "
             "architecture, image size and classes the weights need"
         )
-    return saved, json.loads(meta_path.read_text())
+    what = "the metadata train_det.py writes"
+    return saved, check_meta(read_json(meta_path, what=what), meta_path, what=what)
 
 
 def load_detector(path):
@@ -172,6 +218,8 @@ def load_detector(path):
         raise UserError(
             f"{path}: its metadata lacks {', '.join(missing)}; train it with train_det.py"
         )
+    if not all(isinstance(key, str) for key in state):
+        raise UserError(f"{path}: its state dict has keys that are not names")
     check_finite(state, str(path))
     model = build_detector(
         arch=meta["arch"],

@@ -73,7 +73,7 @@ def atomic_write_text(path, text):
 
 
 def atomic_write_json(path, obj, indent=None):
-    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")  # JSON only
 
 
 def _contains(folder, path):

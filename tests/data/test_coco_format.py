@@ -115,9 +115,15 @@ def test_group_by_keeps_each_patient_on_one_side(tmp_path, seed):
         (lambda c: c["annotations"][0].update(bbox=[1, 1, "w", 5]), r"four finite numbers"),
         (lambda c: c["annotations"][0].update(image_id=42), r"image_id 42 is not an image"),
         (lambda c: c["images"][2].update(file_name="../x.png"), r"images\[2\]"),
-        (lambda c: c["images"][1].update(width=0), r"images\[1\]: width and height"),
+        (lambda c: c["images"][1].update(width=0), r"images\[1\]: width 0 must be a positive"),
+        (lambda c: c["images"][1].update(width=True), r"images\[1\]: width True must be a posit"),
+        (lambda c: c["images"][1].update(id=[1]), r"images\[1\]: id \[1\] must be a whole"),
+        (lambda c: c["images"][1].update(id="p1"), r"image ids mix numbers and strings"),
+        (lambda c: c["categories"][0].update(id={}), r"categories\[0\]: id \{\} must be a whole"),
+        (lambda c: c["annotations"].append(3), r"annotations\[4\]: expected an object, found a"),
+        (lambda c: c.update(images={"0": {}}), r"'images' must be a list, found an object"),
         (lambda c: c["categories"].append({"id": 8, "name": "Zeta"}), r"categories\[3\]"),
-        (lambda c: c.pop("categories"), r"lacks categories"),
+        (lambda c: c.pop("categories"), r"lacks 'categories'"),
     ],
 )
 def test_a_bad_entry_is_refused_naming_it(tmp_path, change, message):
@@ -130,6 +136,25 @@ def test_a_bad_entry_is_refused_naming_it(tmp_path, change, message):
     with pytest.raises(UserError, match=message):
         prepare(path, images, tmp_path / "out", data_format="coco", log=quiet)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("3", "expected a COCO detection file, a JSON object; found a number"),
+        ("[{}]", "found a list"),
+        ("", "is not valid JSON"),
+        ('{"images": [', "is not valid JSON"),
+        ("[" * 100000 + "]" * 100000, r"not valid JSON \(nested too deeply\)"),
+        ('{"images": [{"id": 1, "width": Infinity}]}', "Infinity is not a JSON number"),
+    ],
+)
+def test_a_file_that_is_not_a_coco_object_is_one_error(tmp_path, text, message):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "boxes.json").write_text(text)
+    with pytest.raises(UserError, match=message):
+        prepare(tmp_path / "boxes.json", tmp_path / "images", tmp_path / "out", data_format="coco",
+                log=quiet)  # fmt: skip
 
 
 def test_crowd_regions_are_dropped_and_counted(tmp_path):

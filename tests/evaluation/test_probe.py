@@ -108,3 +108,8 @@ def test_probe_scores_use_training_statistics_only():
     # Scored alone, the image goes through products of another shape, whose float
     # rounding may differ in the last bits on another CPU (kernel choice).
     torch.testing.assert_close(alone, scores[:1], atol=1e-9, rtol=1e-9)
+
+
+def test_no_defined_class_is_no_macro_auroc_not_nan():
+    macro, per_class = macro_auroc(torch.tensor([[0.2], [0.7]]), torch.tensor([[1], [1]]))
+    assert macro is None and per_class == [None]

@@ -34,9 +34,9 @@ def test_the_deciding_command_continues_the_experiment_with_three_seeds():
 
 
 def test_the_map_chart_ends_at_the_last_epoch_with_the_map_stage_score(tmp_path):
-    config = {"ssl_fractions": [0.6], "train_seeds": [0], "pretrained_init": None}
-    config["settings"] = {"det_epochs": 3}
-    (tmp_path / "experiment.json").write_text(json.dumps({"config": config}))
+    config = {"ssl_fractions": [0.6], "train_seeds": [0], "pretrained_init": None, "seed": 0}
+    config.update(preset="cpu", settings={"det_epochs": 3})
+    (tmp_path / "experiment.json").write_text(json.dumps({"config": config, "stages": {}}))
     folder = ExperimentFolder(tmp_path)
     charted, unevaluated, unscored = RunName("ssl", 60, 0), RunName("random", 60, 0), "x"
     for run, history, final in (

@@ -1,5 +1,6 @@
 """evaluate.py --mode map / visualize / predict, the submission format and the pictures."""
 
+import argparse
 import csv
 import json
 import os
@@ -239,7 +240,7 @@ def test_bad_inputs_give_one_clear_message(trained, tmp_path):
     )
     refused("are not the detector's", *annotations("cats", rename_a_class))
     refused(
-        r"1 boxes have category ids \[17\], not one of 1..14",
+        r"ids.json, annotations\[0\]: category_id 17 is unknown",
         *annotations("ids", unknown_category),
     )
     torch.save({"model": Exploit()}, tmp_path / "pickled.pth")
@@ -397,3 +398,18 @@ def test_probe_reads_the_backbone_json_reports_every_class_and_matches_the_rando
         evaluate.main(args)
     with pytest.raises(UserError, match="not found.*--experiment-name other"):
         evaluate.main([*args, "--experiment-name", "other"])
+
+
+def test_the_probe_refuses_a_test_split_where_no_auroc_is_defined(tmp_path):
+    """Every test image has the one class: no negatives, no AUROC, before any feature."""
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 8, "height": 8} for i in (1, 2)],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 4, 4]} for i in (1, 2)
+        ],
+        "categories": [{"id": 1, "name": "Mass"}],
+    }
+    (tmp_path / "test_annotations.json").write_text(json.dumps(coco))
+    args = argparse.Namespace(data_dir=tmp_path)
+    with pytest.raises(UserError, match="no class has both test images with it and without it"):
+        evaluate.probe_figures(None, ["Mass"], args=args, size=32, device="cpu")
