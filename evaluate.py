@@ -283,7 +283,11 @@ def results_folder(eval_dir, results, args, dist_info):
     with contextlib.ExitStack() as stack:
 
         def open_on_main():
-            folder = stack.enter_context(open_output_folder(eval_dir, command="evaluate.py"))
+            data = None if args.mode == "predict" else args.data_dir
+            inputs = [data, getattr(args, "test_data_dir", None), *(args.images or [])]
+            folder = stack.enter_context(
+                open_output_folder(eval_dir, command="evaluate.py", inputs=inputs)
+            )
             for name in results:
                 refuse_existing(folder.inside(name), args.replace)
             return folder

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cxr.data.datasets import DetectionDataset
 from cxr.data.image_lists import data_fingerprint, read_image_list
-from cxr.data.prepared import load_coco, read_classes, split_images
+from cxr.data.prepared import load_coco, normal_images, read_classes, split_images
 from cxr.data.splits import partition, seeded_permutation
 from cxr.detection.augment import BoxAugment
 from cxr.detection.detector import (
@@ -423,16 +423,8 @@ def choose_images(args, meta, ssl_pool):
             f"SSL pool of {args.experiment_name}/pretrain; lower --labeled-fraction to at most "
             f"{1 - ssl_fraction:.3f}, or pass --allow-overlap"
         )
-    held_out = None
-    if args.val_fraction:
-        order = seeded_permutation(labeled, stream_seed("held-out", seed=args.split_seed))
-        held_out = sorted(order[: round(len(order) * args.val_fraction)])
-        labeled = sorted(set(labeled) - set(held_out))
-    negatives = []
-    if args.negatives:
-        normal = split_images(args.data_dir, "normal")
-        order = seeded_permutation(list(normal), stream_seed("negatives", seed=args.split_seed))
-        negatives = [normal[name] for name in sorted(order[: round(args.negatives * len(labeled))])]
+    if labeled and args.val_fraction:
+        return held_out_split(args, labeled)
     if not labeled:
         raise UserError(
             f"no labeled images are left: the SSL pool took {ssl_fraction:.0%} of the training "
@@ -444,7 +436,31 @@ def choose_images(args, meta, ssl_pool):
                 else "; raise --labeled-fraction"
             )
         )
-    return labeled, held_out, negatives
+    return labeled, None, negative_paths(args, labeled)
+
+
+def held_out_split(args, labeled):
+    """choose_images' result with --val-fraction: a seeded share of the labeled images held
+    out to evaluate on, the rest trained on."""
+    order = seeded_permutation(labeled, stream_seed("held-out", seed=args.split_seed))
+    held_out = sorted(order[: round(len(order) * args.val_fraction)])
+    kept = sorted(set(labeled) - set(held_out))
+    if not held_out or not kept:
+        raise UserError(
+            f"--val-fraction {args.val_fraction} holds out {len(held_out)} of the "
+            f"{len(labeled)} labeled images, leaving {len(kept)} to train on; choose a share "
+            "that leaves images on both sides"
+        )
+    return kept, held_out, negative_paths(args, kept)
+
+
+def negative_paths(args, labeled):
+    """--negatives: a seeded share of the normal images (that many per labeled image)."""
+    if not args.negatives:
+        return []
+    normal = normal_images(args.data_dir, flag=f"--negatives {args.negatives}")
+    order = seeded_permutation(list(normal), stream_seed("negatives", seed=args.split_seed))
+    return [normal[name] for name in sorted(order[: round(args.negatives * len(labeled))])]
 
 
 def evaluation_set(args, held_out):

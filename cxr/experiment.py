@@ -34,7 +34,7 @@ from cxr.run.cli import command_parser
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.layout import percent
 from cxr.run.model_files import load_trunk_weights
-from cxr.run.outputs import open_output_folder
+from cxr.run.outputs import now_iso, open_output_folder
 
 
 def settings_from(args):
@@ -244,7 +244,7 @@ def main(argv=None):
         )
         start = time.perf_counter()
         experiment.run(stages, resuming=args.resume, nproc=args.nproc_per_node)
-        experiment.record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        experiment.record["finished"] = now_iso()
         experiment.save()
     print(
         f"experiment complete in {(time.perf_counter() - start) / 60:.1f} min (this invocation); "

@@ -80,3 +80,14 @@ $PY -m cxr.prepare --csv $B/vin/train.csv --images $B/vin/train --out $B/data --
 case_ "--resume after the data was prepared again with another --seed" $SSL --experiment-name refit --epochs 2 --resume
 (head -1 $B/vin/train.csv; grep -v ",No finding," $B/vin/train.csv | sed -n 2,40p | awk -F, 'BEGIN{OFS=","} {$5=$7; print}') > $B/flat.csv
 case_ "every box of zero width" $PY -m cxr.prepare --csv $B/flat.csv --images $B/vin/train --out $B/d4
+case_ "a run inside --data-dir" $SSL --output-dir $B/data/runs --experiment-name inside
+echo "data folder holds runs/: $([ -e $B/data/runs ] && echo yes || echo no)"
+mkdir -p $B/exp; echo '{"config": {"preset": "cpu"' > $B/exp/experiment.json; touch $B/exp/.cxr-output
+case_ "python -m cxr.report of an experiment record cut short" $PY -m cxr.report $B/exp
+echo 3 > $B/number.json
+case_ "a COCO file that is a number" $PY -m cxr.prepare --format coco --annotations $B/number.json --images $B/vin/train --out $B/d5
+$PY -m cxr.prepare --csv $B/vin/train.csv --images $B/vin/train --out $B/nonormal > /dev/null
+case_ "--include-normal on data prepared without --keep-normal" $SSL --data-dir $B/nonormal --experiment-name nn
+cp -r $B/vin/train $B/fifo; f=$B/fifo/$(grep -v ",No finding," $B/vin/train.csv | sed -n 2p | cut -d, -f1).png; rm $f; mkfifo $f
+case_ "a FIFO named like an image" timeout 60 $PY -m cxr.prepare --csv $B/vin/train.csv --images $B/fifo --out $B/d6
+case_ "LOCAL_WORLD_SIZE=0 without torchrun" env LOCAL_WORLD_SIZE=0 $SSL --experiment-name env

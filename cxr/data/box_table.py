@@ -5,6 +5,8 @@
 splits the images from it, whatever the format.
 """
 
+import csv
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -41,6 +43,17 @@ class BoxTable:
     group_pattern: Optional[str] = None  # its first group: an image name's patient
     duplicates: int = 0  # rows that repeated an earlier row exactly, dropped
     crowd: int = 0  # COCO crowd regions (iscrowd 1), dropped
+
+
+def numbered_rows(text):
+    """(line, row) of each CSV record of `text`: the file's line on which the record starts
+    (a quoted field may span lines), blank lines counted; a blank line is an empty row."""
+    reader = csv.reader(io.StringIO(text))
+    numbered, last = [], 0
+    for row in reader:
+        numbered.append((last + 1, row))
+        last = reader.line_num
+    return numbered
 
 
 def drop_duplicate_rows(table, key_columns):

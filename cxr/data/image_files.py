@@ -55,6 +55,8 @@ def _other_size(path, decode):
 
 def check_image(path, decode=False):
     """((width, height), None) of a usable image file, or (None, why not)."""
+    if os.path.exists(path) and not os.path.isfile(path):  # reading a FIFO would wait forever
+        return None, "not a regular file"
     check = _png_size if str(path).lower().endswith(".png") else _other_size
     size, why = check(path, decode)
     if size is not None and min(size) < MIN_SIDE:

@@ -16,13 +16,16 @@ from PIL import Image
 from cxr.run.errors import UserError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+TWELVE_BIT_MAX = 4095
 
 
 def open_grayscale(path):
     """An image file as an 8-bit grayscale ('L') PIL image.
 
     16-bit grayscale PNGs (which Pillow opens as I;16 or I) are scaled from
-    0..65535 to 0..255; Pillow's own conversion would clip them to white.
+    0..65535 to 0..255 (Pillow's own conversion would clip them to white), or
+    from 0..4095 where no pixel exceeds 4095: 12-bit data, as scanners and
+    DICOM give, in a 16-bit file, which would otherwise read as near black.
     Colour images are converted to their luminance."""
     try:
         with warnings.catch_warnings():
@@ -31,8 +34,9 @@ def open_grayscale(path):
         with image:
             if image.mode in SIXTEEN_BIT_MODES:
                 wide = np.asarray(image, dtype=np.float64)
+                top = TWELVE_BIT_MAX if wide.max(initial=0) <= TWELVE_BIT_MAX else 65535
                 return Image.fromarray(
-                    np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8)
+                    np.clip(np.rint(wide * (255 / top)), 0, 255).astype(np.uint8)
                 )
             return image.convert("L")
     except (OSError, ValueError, SyntaxError, Warning, Image.DecompressionBombError) as error:

@@ -11,13 +11,11 @@ findings (`cxr.data.classes.NIH_CLASSES`), or VinBigData's by
 keeps a patient's images together.
 """
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
-from cxr.data.box_table import BoxTable, drop_duplicate_rows, read_table_text
+from cxr.data.box_table import BoxTable, drop_duplicate_rows, numbered_rows, read_table_text
 from cxr.data.classes import NIH_CLASSES, NIH_FINDINGS, VINBIGDATA_CLASSES
 from cxr.data.names import check_name
 from cxr.run.errors import UserError
@@ -27,10 +25,12 @@ PATIENT = r"^([^_]+)_"  # 00013118_008 -> patient 00013118
 
 
 def _rows(path):
-    """The CSV's rows (header first), stripped, without blank lines."""
+    """(line number, row) of the CSV's rows (header first), stripped, without blank lines;
+    the numbers are the file's lines, blank ones counted."""
     text = read_table_text(path, expected="NIH's BBox_List_2017.csv")
-    rows = [[field.strip() for field in row] for row in csv.reader(io.StringIO(text))]
-    rows = [row for row in rows if any(row)]
+    numbered = [(line, [field.strip() for field in row]) for line, row in numbered_rows(text)]
+    numbered = [(line, row) for line, row in numbered if any(row)]
+    rows = [row for _, row in numbered]
     if not rows or tuple(rows[0][:2]) != COLUMNS:
         raise UserError(
             f"{path}: expected NIH's header 'Image Index,Finding Label,Bbox [x,y,w,h]', "
@@ -38,7 +38,7 @@ def _rows(path):
         )
     if len(rows) == 1:
         raise UserError(f"{path} has a header but no rows: nothing to prepare")
-    return rows
+    return numbered
 
 
 def _box_row(path, line, row):
@@ -87,7 +87,7 @@ def read_nih_table(path, *, original_size=1024, classes="nih"):
     findings) or "vinbigdata" (mapped by NIH_FINDINGS)."""
     path = Path(path)
     files, image_index, class_ids, boxes = {}, [], [], []
-    for line, row in enumerate(_rows(path)[1:], start=2):
+    for line, row in _rows(path)[1:]:
         image, finding, box = _box_row(path, line, row)
         image_index.append(files.setdefault(image, len(files)))
         class_ids.append(class_of(finding, classes))

@@ -39,6 +39,17 @@ def prepared_format(data_dir):
     return summary.get("format") if isinstance(summary, dict) else None
 
 
+def normal_images(data_dir, *, flag):
+    """{name: path} of the normal images a flag (--include-normal, --negatives) asks for;
+    an error saying how to get them where the data folder was prepared without them."""
+    if not (Path(data_dir) / "normal_annotations.json").is_file():
+        raise UserError(
+            f"{flag} needs the normal images, and {data_dir} holds none: prepare it with "
+            "python -m cxr.prepare --keep-normal"
+        )
+    return split_images(data_dir, "normal")
+
+
 def read_classes(data_dir):
     """The class names of a prepared data folder (its categories, ids 1..K)."""
     path = Path(data_dir) / "train_annotations.json"

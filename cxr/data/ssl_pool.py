@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from cxr.data.images import list_images
-from cxr.data.prepared import split_images
+from cxr.data.prepared import normal_images, split_images
 from cxr.data.splits import partition
 from cxr.run.errors import UserError
 from cxr.run.progress import progress
@@ -121,6 +121,6 @@ def ssl_pool(data_dir, *, ssl_fraction, split_seed, include_normal, extra=()):
     chosen = partition(list(train), ssl_fraction, seed=split_seed).ssl
     paths = {name: train[name] for name in chosen}
     if include_normal:
-        paths.update(split_images(data_dir, "normal"))
+        paths.update(normal_images(data_dir, flag="--include-normal"))
     paths.update({str(p): p for p in extra})
     return paths

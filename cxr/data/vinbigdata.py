@@ -8,13 +8,11 @@ fused in `cxr.prepare`. Errors name the CSV line; a row that repeats an
 earlier one exactly is dropped and counted. Needs numpy only.
 """
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
-from cxr.data.box_table import BoxTable, drop_duplicate_rows, read_table_text
+from cxr.data.box_table import BoxTable, drop_duplicate_rows, numbered_rows, read_table_text
 from cxr.data.classes import (
     CSV_BOX_COLUMNS,
     CSV_SIZE_COLUMNS,
@@ -26,43 +24,54 @@ from cxr.data.names import check_name
 from cxr.run.errors import UserError
 
 
-def _line(row_index):
-    return row_index + 2
+class Rows:
+    """Where the body rows of a CSV file are, for errors: `at(row)` is "PATH, line N",
+    N the file's line, blank lines counted."""
+
+    def __init__(self, path, lines):
+        self.path, self.lines = path, lines
+
+    def at(self, row):
+        return f"{self.path}, line {self.lines[row]}"
 
 
-def _parse_numbers(path, column, values, rows, dtype):
-    """Convert `values` (strings of CSV rows `rows`) to `dtype`, naming the first bad line."""
+def _parse_numbers(rows, column, values, indexes, dtype):
+    """Convert `values` (strings of the body rows `indexes` of `rows`) to `dtype`, naming
+    the first bad line."""
     try:  # Python's own parse is twice numpy's for a list of strings
         numbers = np.fromiter(map(dtype, values), dtype=dtype, count=len(values))
     except ValueError:
         numbers = None
     if numbers is not None and (dtype is int or np.isfinite(numbers).all()):
         return numbers
-    for row, value in zip(rows, values):
+    for row, value in zip(indexes, values):
         try:
             ok = np.isfinite(dtype(value))
         except ValueError:
             ok = False
         if not ok:
             raise UserError(
-                f"{path}, line {_line(row)}: column {column} is {value!r}, "
+                f"{rows.at(row)}: column {column} is {value!r}, "
                 f"expected a {'whole' if dtype is int else 'finite'} number"
             )
 
 
 def _read_columns(path):
-    """(header, {column: list of strings}, number of rows) of a CSV file.
+    """(header, {column: list of strings}, `Rows`) of a CSV file.
 
     A file without quotes (the real train.csv) is joined into one flat list of
     fields and sliced into columns, several times faster than splitting it
     row by row with the csv module, which is used for files with quotes."""
     text = read_table_text(path, expected="VinBigData's train.csv")
     if '"' in text:
-        rows = [row for row in csv.reader(io.StringIO(text)) if row]
+        numbered = [(line, row) for line, row in numbered_rows(text) if row]
+        rows = [row for _, row in numbered]
         lines = [",".join(row) for row in rows]
     else:
-        lines = [line for line in text.splitlines() if line]
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line]
+        lines = [line for _, line in numbered]
         rows = None
+    line_numbers = [n for n, _ in numbered][1:]  # of the body rows
     if not lines:
         raise UserError(f"{path} is empty; expected a header with {', '.join(CSV_BOX_COLUMNS)}")
     header = rows[0] if rows else lines[0].split(",")
@@ -76,12 +85,13 @@ def _read_columns(path):
         counts = [len(row) if rows else len(row.split(",")) for row in body]
         bad = next(i for i, count in enumerate(counts) if count != len(header))
         raise UserError(
-            f"{path}, line {_line(bad)}: {counts[bad]} fields, the header has {len(header)}"
+            f"{path}, line {line_numbers[bad]}: {counts[bad]} fields, the header has {len(header)}"
         )
-    return header, {name: fields[i :: len(header)] for i, name in enumerate(header)}, len(body)
+    columns = {name: fields[i :: len(header)] for i, name in enumerate(header)}
+    return header, columns, Rows(path, line_numbers)
 
 
-def _original_sizes_per_image(path, sizes, image_index, image_names):
+def _original_sizes_per_image(rows, sizes, image_index, image_names):
     """One (width, height) per image; an image listed with two sizes is an error."""
     _, first_row = np.unique(image_index, return_index=True)
     per_image = sizes[first_row]
@@ -89,21 +99,20 @@ def _original_sizes_per_image(path, sizes, image_index, image_names):
     if len(mismatch):
         row = mismatch[0]
         raise UserError(
-            f"{path}, line {_line(row)}: image {image_names[image_index[row]]} has width/height "
+            f"{rows.at(row)}: image {image_names[image_index[row]]} has width/height "
             f"{sizes[row].tolist()}, but {per_image[image_index[row]].tolist()} on an earlier line"
         )
     return per_image
 
 
-def _class_ids(path, columns, num_rows):
+def _class_ids(rows, columns):
     """(N,) class_id of every row, checked against the range and the class_name column."""
-    class_ids = _parse_numbers(path, "class_id", columns["class_id"], range(num_rows), int)
+    indexes = range(len(rows.lines))
+    class_ids = _parse_numbers(rows, "class_id", columns["class_id"], indexes, int)
     bad_class = np.flatnonzero((class_ids < 0) | (class_ids > NO_FINDING_ID))
     if len(bad_class):
         row = bad_class[0]
-        raise UserError(
-            f"{path}, line {_line(row)}: class_id {class_ids[row]} is not in 0..{NO_FINDING_ID}"
-        )
+        raise UserError(f"{rows.at(row)}: class_id {class_ids[row]} is not in 0..{NO_FINDING_ID}")
     names = VINBIGDATA_CLASSES + (NO_FINDING_NAME,)
     id_of_name = {name: class_id for class_id, name in enumerate(names)}
     named_ids = np.array(
@@ -113,50 +122,51 @@ def _class_ids(path, columns, num_rows):
     if len(wrong_name):
         row = wrong_name[0]
         raise UserError(
-            f"{path}, line {_line(row)}: class_name {columns['class_name'][row]!r} does not "
+            f"{rows.at(row)}: class_name {columns['class_name'][row]!r} does not "
             f"match class_id {class_ids[row]} ({names[class_ids[row]]!r})"
         )
     return class_ids
 
 
-def _boxes(path, columns, class_ids):
+def _boxes(rows, columns, class_ids):
     """(N, 4) xyxy of every row; NaN on the "No finding" rows."""
     lesion_rows = np.flatnonzero(class_ids != NO_FINDING_ID)
     boxes = np.full((len(class_ids), 4), np.nan)
     for k, name in enumerate(("x_min", "y_min", "x_max", "y_max")):
         values = [columns[name][i] for i in lesion_rows]
-        boxes[lesion_rows, k] = _parse_numbers(path, name, values, lesion_rows, float)
+        boxes[lesion_rows, k] = _parse_numbers(rows, name, values, lesion_rows, float)
     return boxes
 
 
-def _image_index(path, columns):
+def _image_index(rows, columns):
     """({image name: position}, (N,) position of each row's image); names checked once."""
     codes = {}
     for row, name in enumerate(columns["image_id"]):
         if name not in codes:
             codes[name] = len(codes)
-            check_name(name, f"{path}, line {_line(row)}")
+            check_name(name, rows.at(row))
     return codes, np.array([codes[name] for name in columns["image_id"]], dtype=np.int64)
 
 
-def _original_sizes(path, columns, image_index, image_names):
+def _original_sizes(rows, columns, image_index, image_names):
     """(images, 2) width, height of each image's DICOM, checked."""
-    rows = range(len(image_index))
-    sizes = np.stack([_parse_numbers(path, c, columns[c], rows, int) for c in CSV_SIZE_COLUMNS], 1)
+    indexes = range(len(image_index))
+    sizes = np.stack(
+        [_parse_numbers(rows, c, columns[c], indexes, int) for c in CSV_SIZE_COLUMNS], 1
+    )
     bad_size = np.flatnonzero((sizes <= 0).any(axis=1))
     if len(bad_size):
         row = bad_size[0]
         raise UserError(
-            f"{path}, line {_line(row)}: width and height must be positive, "
-            f"got {sizes[row].tolist()}"
+            f"{rows.at(row)}: width and height must be positive, got {sizes[row].tolist()}"
         )
-    return _original_sizes_per_image(path, sizes, image_index, image_names)
+    return _original_sizes_per_image(rows, sizes, image_index, image_names)
 
 
 def read_vinbigdata(path):
     """Read and validate train.csv (with or without width/height columns) into a BoxTable."""
     path = Path(path)
-    header, columns, num_rows = _read_columns(path)
+    header, columns, rows = _read_columns(path)
     missing = [c for c in CSV_BOX_COLUMNS if c not in header]
     if missing:
         raise UserError(
@@ -165,12 +175,12 @@ def read_vinbigdata(path):
     size_present = [c in header for c in CSV_SIZE_COLUMNS]
     if any(size_present) and not all(size_present):
         raise UserError(f"{path} has only one of the columns width/height; give both or neither")
-    if num_rows == 0:
+    if not rows.lines:
         raise UserError(f"{path} has a header but no rows: nothing to prepare")
-    class_ids = _class_ids(path, columns, num_rows)
-    boxes = _boxes(path, columns, class_ids)
-    codes, image_index = _image_index(path, columns)
-    sizes = _original_sizes(path, columns, image_index, list(codes)) if all(size_present) else None
+    class_ids = _class_ids(rows, columns)
+    boxes = _boxes(rows, columns, class_ids)
+    codes, image_index = _image_index(rows, columns)
+    sizes = _original_sizes(rows, columns, image_index, list(codes)) if all(size_present) else None
     readers = np.unique(np.asarray(columns["rad_id"]), return_inverse=True)[1]
     table = BoxTable(
         path=path,

@@ -16,7 +16,7 @@ from cxr.pipeline.results import read_experiment_record
 from cxr.pipeline.stages import REPO, Plan, path_from
 from cxr.run.errors import UserError
 from cxr.run.layout import CHECKPOINT
-from cxr.run.outputs import check_output_folder, clear_folder, make_folder
+from cxr.run.outputs import check_output_folder, clear_folder, make_folder, now_iso
 
 TRAINING_SCRIPTS = ("train_ssl.py", "train_det.py")
 
@@ -72,10 +72,30 @@ def run_command(stage, out, log_path, *, resuming, nproc):
         process = subprocess.Popen(
             command, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        for line in process.stdout:
-            print(f"    {line}", end="", flush=True)
-            log.write(line)
-        return process.wait(), shlex.join(stage.command(nproc, display=True) + extra)
+        try:
+            for line in process.stdout:
+                print(f"    {line}", end="", flush=True)
+                log.write(line)
+            return process.wait(), shlex.join(stage.command(nproc, display=True) + extra)
+        finally:
+            stop(process)
+
+
+STOP_GRACE_SECONDS = 60
+
+
+def stop(process):
+    """End a stage the experiment leaves early (SIGTERM, Ctrl-C, an error): SIGTERM, which
+    cxr's commands (and torchrun, for its workers) turn into a clean stop, then SIGKILL
+    after STOP_GRACE_SECONDS; no stage outlives the experiment."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class Experiment:
@@ -225,7 +245,7 @@ def open_experiment(args, settings, folder):
     clear_folder(folder)
     record = {
         "config": config,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "started": now_iso(),
         "command": displayed_command(args.argv, out),
         "stages": {},
     }

@@ -242,7 +242,9 @@ def default_workers():
     """Data-loader processes per training process: the cores this process may use,
     shared by the processes torchrun starts on the node, at most 4."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(4, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1  # else: resolve_launch says
+    return max(0, min(4, (cores or 1) // processes))
 
 
 # --- the flags the scripts share ---------------------------------------------------------------

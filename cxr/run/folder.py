@@ -248,7 +248,10 @@ def open_run(run_dir, *, outputs, final, command, args, dist_info, images, deriv
     with contextlib.ExitStack() as stack:
 
         def open_on_main():
-            folder = stack.enter_context(open_output_folder(run_dir, command=command))
+            inputs = [args.data_dir, *(getattr(args, "extra_images", None) or [])]
+            folder = stack.enter_context(
+                open_output_folder(run_dir, command=command, inputs=inputs)
+            )
             replace = args.replace
             check_run_state(folder, outputs=outputs, final=final, resume=resume, replace=replace)
             return folder

@@ -16,6 +16,7 @@ Needs no torch, so that prepare stays light.
 """
 
 import contextlib
+import datetime
 import errno
 import fcntl
 import json
@@ -72,6 +73,11 @@ def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def now_iso():
+    """The local time with its zone, ISO 8601: 2026-12-07T02:30:05+01:00."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def atomic_write_json(path, obj, indent=None):
     atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")  # JSON only
 
@@ -82,12 +88,17 @@ def _contains(folder, path):
 
 
 def check_inputs_outside(out, inputs):
-    """Refuse an output folder that contains one of the inputs."""
+    """Refuse an output folder that contains one of the inputs, or lies inside one."""
     for source in inputs:
         if source and _contains(out, source):
             raise UserError(
                 f"output folder {out} contains the input {source}; choose an output folder "
                 "outside the inputs (replacing it would delete them)"
+            )
+        if source and Path(source).is_dir() and _contains(source, out):
+            raise UserError(
+                f"output folder {out} is inside the input {source}; choose one outside it "
+                "(replacing or re-preparing the input would delete the outputs)"
             )
 
 
@@ -179,7 +190,7 @@ class Lock:
             if self._still_there():
                 break
             os.close(self.fd)  # the folder was replaced meanwhile: lock the one there now
-        record = f"process {os.getpid()} on {socket.gethostname()} (since {time.ctime()})\n"
+        record = f"process {os.getpid()} on {socket.gethostname()} (since {now_iso()})\n"
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, record.encode(), 0)
 

@@ -26,6 +26,15 @@ def test_sixteen_bit_png_is_scaled_not_clipped_to_white(tmp_path):
     assert pixels.min() == 0 and pixels.max() == 255 and len(np.unique(pixels)) == 256
 
 
+def test_twelve_bit_data_in_a_sixteen_bit_png_fills_the_eight_bit_range(tmp_path):
+    twelve = (np.arange(64 * 64).reshape(64, 64)).astype(np.uint16)  # 0 .. 4095
+    Image.fromarray(twelve).save(tmp_path / "twelve.png")
+    pixels = read_grayscale(tmp_path / "twelve.png")[0].numpy()
+    np.testing.assert_array_equal(pixels, np.rint(twelve / 4095 * 255).astype(np.uint8))
+    Image.fromarray(np.minimum(twelve, 4080)).save(tmp_path / "scanner.png")  # max 4080
+    assert read_grayscale(tmp_path / "scanner.png").max() == 254
+
+
 def test_eight_bit_and_colour_images(tmp_path):
     gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
     Image.fromarray(gray).save(tmp_path / "gray.png")

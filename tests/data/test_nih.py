@@ -169,3 +169,11 @@ def test_an_unreadable_table_is_one_error_naming_the_file(tmp_path, reader, expe
         reader(latin1)
     with pytest.raises(UserError, match="cannot read .*missing.csv: No such file"):
         reader(tmp_path / "missing.csv")
+
+
+def test_a_bad_row_after_blank_lines_is_named_by_the_files_line(tmp_path):
+    csv_path, _ = write_nih(tmp_path, [ROWS[0]])
+    text = csv_path.read_text().rstrip("\n") + "\n\n\nx.png,Hernia,1,2,3,4\n"  # line 5
+    csv_path.write_text(text)
+    with pytest.raises(UserError, match="line 5: finding 'Hernia'"):
+        read_nih_table(csv_path)

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -245,6 +246,17 @@ def test_bad_csv_is_reported_with_its_line(tmp_path, rows, header, message):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("quoted", [False, True])  # two parsers: plain split and csv module
+def test_an_error_names_the_files_line_with_blank_lines_counted(tmp_path, quoted):
+    csv_path, images = write_table(tmp_path / "vin", [GOOD])
+    good = ",".join(map(str, GOOD)).replace("R1", '"R1"' if quoted else "R1")
+    bad = good.replace(",8,", ",99,", 1)
+    text = ",".join(CSV_COLUMNS) + "\n\n" + good + "\n\n\n" + bad + "\n"  # bad: line 6
+    csv_path.write_text(text)
+    with pytest.raises(UserError, match=r"train.csv, line 6: class_id 99 is not in 0..14"):
+        prepare(csv_path, images, tmp_path / "data", **quiet)
+
+
 def test_missing_images_are_reported_or_skipped(tmp_path):
     rows = [GOOD] + [(f"gone{i}",) + GOOD[1:] for i in range(7)]
     csv_path, images = write_table(tmp_path / "vin", rows)
@@ -259,6 +271,21 @@ def test_missing_images_are_reported_or_skipped(tmp_path):
         csv_path, images, tmp_path / "data", skip_missing=True, test_fraction=0.0, **quiet
     )
     assert summary["missing_images"] == 7 and summary["train_images"] == 1
+
+
+def test_a_fifo_or_folder_named_like_an_image_is_refused_not_waited_on(tmp_path):
+    rows = [GOOD, ("pipe",) + GOOD[1:], ("dir",) + GOOD[1:]]
+    csv_path, images = write_table(tmp_path / "vin", rows)
+    for name in ("pipe", "dir"):
+        (images / f"{name}.png").unlink()
+    os.mkfifo(images / "pipe.png")  # opening it to read would wait for a writer forever
+    (images / "dir.png").mkdir()
+    signal.alarm(20)  # a wait on the FIFO ends the test (SIGALRM) instead of hanging it
+    try:
+        with pytest.raises(UserError, match=r"2 of 3 images .*pipe.png \(not a regular file\)"):
+            prepare(csv_path, images, tmp_path / "data", **quiet)
+    finally:
+        signal.alarm(0)
 
 
 def test_existing_output_needs_replace(tmp_path):

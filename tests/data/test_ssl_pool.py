@@ -87,3 +87,8 @@ def test_the_pool_is_the_ssl_share_plus_the_extra_images_by_path(nih_data, tmp_p
     pool = ssl_pool(nih_data, ssl_fraction=0.5, split_seed=0, include_normal=False, extra=[extra])
     train = json.loads((nih_data / "split.json").read_text())["train"]
     assert str(extra) in pool and len(pool) == round(len(train) * 0.5) + 1
+
+
+def test_include_normal_on_data_prepared_without_them_says_how_to_get_them(nih_data):
+    with pytest.raises(UserError, match="--include-normal needs the normal images.*--keep-normal"):
+        ssl_pool(nih_data, ssl_fraction=0.5, split_seed=0, include_normal=True)

@@ -1,6 +1,8 @@
 """python -m cxr.experiment: the stage plan, a tiny end-to-end run, refusal and resume."""
 
 import json
+import os
+import sys
 import xml.dom.minidom
 
 import pytest
@@ -9,6 +11,7 @@ import torchvision
 
 from cxr import experiment
 from cxr.data.image_lists import read_image_list
+from cxr.pipeline import runner
 from cxr.pipeline.runner import open_experiment
 from cxr.pipeline.stages import REPO, path_from, plan_stages
 from cxr.run import layout
@@ -310,3 +313,33 @@ def test_input_paths_stay_as_written_where_they_reach_the_same_file(tmp_path):
     assert path_from(tmp_path / "exp", tmp_path / "link" / "data") == "../link/data"
     # ../../inputs from short/exp would land in deep/a/: the absolute path instead
     assert path_from(tmp_path / "short" / "exp", tmp_path / "inputs") == str(tmp_path / "inputs")
+
+
+class SleepingStage:
+    """A stage whose command says its process id, then waits a minute."""
+
+    run_dir = None
+
+    def __init__(self, pid_file):
+        self.pid_file = pid_file
+
+    def command(self, nproc, display=False):
+        code = (
+            "import os, time; open(%r, 'w').write(str(os.getpid())); print('started', flush=True);"
+            " time.sleep(60)" % str(self.pid_file)
+        )
+        return [sys.executable, "-c", code]
+
+
+def test_a_stage_does_not_outlive_the_experiment_stopped_by_a_signal(tmp_path, monkeypatch):
+    def interrupted(text, **kwargs):  # the SIGTERM handler's exception, once the stage runs
+        if text.strip() == "started":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "print", interrupted, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_command(
+            SleepingStage(tmp_path / "pid"), tmp_path, tmp_path / "log", resuming=False, nproc=1
+        )
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from cxr.nn.collectives import all_reduce_mean
+from cxr.run.cli import default_workers
 from cxr.run.distributed import (
     DistInfo,
     fresh_prefix,
@@ -126,3 +127,14 @@ def test_restarted_ranks_agree_on_a_prefix_no_earlier_group_used():
         thread.join(timeout=10)
     assert len(prefixes) == 3, "a rank never agreed"
     assert len(set(prefixes.values())) == 1 and prefixes[0] != "cxr/old"
+
+
+@pytest.mark.parametrize("local_world_size", ["0", "abc", "-2", ""])
+def test_a_parser_builds_whatever_local_world_size_says_and_the_launch_check_names_it(
+    monkeypatch, local_world_size
+):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    assert 0 <= default_workers() <= 4  # the flags' default: built before any check runs
+    environ = {**torchrun_environment(), "LOCAL_WORLD_SIZE": local_world_size}
+    with pytest.raises(UserError, match="LOCAL_WORLD_SIZE"):
+        resolve_launch(environ)

@@ -33,10 +33,11 @@ def test_a_non_finite_loss_raises_naming_where_and_a_finite_one_is_its_mean():
     [(0, "no checkpoint was written before it"), (1, "checkpoint.pth \\(after epoch 1\\) is kept")],
 )
 def test_the_run_says_whether_a_checkpoint_is_kept(tmp_path, epochs_saved, kept):
+    (tmp_path / "data").mkdir()
     for name in FINGERPRINTED:  # what open_run fingerprints of a prepared folder
-        (tmp_path / name).write_text("{}")
+        (tmp_path / "data" / name).write_text("{}")
     args = argparse.Namespace(
-        data_dir=str(tmp_path), epochs=2, resume=False, auto_resume=False, replace=False
+        data_dir=str(tmp_path / "data"), epochs=2, resume=False, auto_resume=False, replace=False
     )
     model = nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

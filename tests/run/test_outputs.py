@@ -1,8 +1,10 @@
 """Outputs are never half-written: a failed write leaves the previous file or
 folder as it was and no temp file behind."""
 
+import datetime
 import fcntl
 import os
+import re
 import resource
 import signal
 import stat
@@ -132,3 +134,14 @@ def test_a_writer_refused_while_the_holder_writes_its_record_still_names_it(tmp_
     finally:
         late.join()
         os.close(fd)
+
+
+def test_the_lock_names_its_holder_with_an_iso_time_and_zone(tmp_path):
+    holder = Lock(tmp_path)
+    try:
+        with pytest.raises(UserError) as refused:
+            Lock(tmp_path)
+        since = re.search(r"\(since (.*)\)", str(refused.value)).group(1)
+        assert datetime.datetime.fromisoformat(since).utcoffset() is not None
+    finally:
+        holder.release()

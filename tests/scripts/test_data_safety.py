@@ -194,3 +194,14 @@ def test_a_kill_between_the_checkpoint_and_the_history_cannot_count_an_epoch_twi
     history_file.write_text(json.dumps(history + [{**history[0], "epoch": 2}]))
     train_det.main(tiny_detector_args(data_dir, tmp_path, "det", epochs=3, resume=True))
     assert [h["epoch"] for h in json.loads(history_file.read_text())] == [1, 2, 3]
+
+
+def test_a_run_inside_the_data_folder_is_refused_before_anything_is_written(tmp_path):
+    data_dir = prepared_synthetic(tmp_path / "prepared", num_images=24, seed=2)
+    for script, argv in (
+        (train_ssl, ssl_args(data_dir, data_dir / "runs", "inside")),
+        (train_det, tiny_detector_args(data_dir, data_dir / "runs", "inside")),
+    ):
+        with pytest.raises(UserError, match="is inside the input"):
+            script.main(argv)
+        assert not (data_dir / "runs").exists()

@@ -218,3 +218,20 @@ def test_evaluations_run_only_when_due(data_dir, tmp_path):
     assert [h["epoch"] for h in history] == [1] and meta["final_metrics"] is None
     train_det.main(det_args(data_dir, tmp_path, "none", "--eval-every", "0", "--no-final-eval"))
     assert json.loads((tmp_path / "none" / "eval_history.json").read_text()) == []
+
+
+def test_flags_that_leave_no_image_or_need_normal_ones_name_themselves(tmp_path):
+    data_dir = prepared_synthetic(tmp_path, num_images=30, seed=4)
+
+    def choose(*argv):
+        args = train_det.get_args_parser().parse_args(["--data-dir", str(data_dir), *argv])
+        return train_det.choose_images(train_det.settle_defaults(args, {}), {}, None)
+
+    labeled, held_out, _ = choose("--labeled-fraction", "0.5", "--val-fraction", "0.25")
+    assert held_out and labeled and not set(held_out) & set(labeled)
+    for share in ("0.999", "0.001"):
+        with pytest.raises(UserError, match=f"--val-fraction {share} holds out"):
+            choose("--labeled-fraction", "0.5", "--val-fraction", share)
+    (data_dir / "normal_annotations.json").unlink()  # as prepared without --keep-normal
+    with pytest.raises(UserError, match="--negatives 0.5 needs the normal images.*--keep-normal"):
+        choose("--negatives", "0.5")
