@@ -99,8 +99,7 @@ SCRIPT_FLAGS = {
         "ssl_views": "views",
         "ssl_temperature": "temperature",
     },
-    "train_det.py": {
-        "arch": "arch",
+    "train_det.py": {  # --arch: the backbone's, or the preset's for --init random (settle_defaults)
         "det_image_size": "image_size",
         "det_epochs": "epochs",
         "det_batch_size": "batch_size",

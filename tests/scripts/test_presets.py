@@ -2,6 +2,7 @@
 names, paper by default, and a flag on the command line wins wherever it stands."""
 
 import pytest
+from conftest import trunk_file
 
 import evaluate
 import train_det
@@ -40,10 +41,16 @@ def test_the_help_says_both_values_and_a_wrong_preset_is_refused(capsys):
     assert "argument --preset: invalid choice: 'gpu'" in capsys.readouterr().err
 
 
-def test_the_random_detector_backbone_is_the_presets():
+def test_the_detector_backbone_is_the_init_files_and_the_presets_only_for_random(tmp_path):
     for preset, arch in (("cpu", "resnet18"), ("paper", "resnet50")):
         args = train_det.get_args_parser().parse_args(["--preset", preset, "--init", "random"])
         assert train_det.settle_defaults(args, {}).arch == arch
+    path, _ = trunk_file(tmp_path)  # resnet18 weights
+    for preset in ("cpu", "paper"):
+        args = train_det.get_args_parser().parse_args(["--preset", preset, "--init", str(path)])
+        assert train_det.settle_defaults(args, {}).arch == "resnet18"
+        args = train_det.get_args_parser().parse_args(["--preset", preset])  # --init ssl
+        assert train_det.settle_defaults(args, {"arch": "resnet34"}).arch == "resnet34"
 
 
 @pytest.mark.parametrize("data_format", ["vinbigdata", "nih", "coco", None])
