@@ -7,9 +7,9 @@ tests/test_architecture.py holds to the import rule) applies one small
 mutation at a time (a comparison flipped or loosened, + and -, * and / swapped,
 a unary minus dropped, `and` and `or` swapped, a 0 or 1 constant changed) at a
 seeded sample of the places where one applies, and runs the module's fast
-tests (its package's test folder). A mutant the tests do not fail survives;
-each survivor is printed with its line, for a person to judge: a test to
-write, or a change no result can see.
+tests (its package's test folder and every test file that imports it). A
+mutant the tests do not fail survives; each survivor is printed with its
+line, for a person to judge: a test to write, or a change no result can see.
 """
 
 import argparse
@@ -37,11 +37,18 @@ def method_modules():
 
 
 def tests_of(module):
-    """The fast tests of a module: its package's test folder (data: its own test file)."""
+    """The fast tests of a module: its package's test folder (data: its own test file), and
+    every other test file that imports it (a submission format tested through evaluate.py)."""
     package = module.parent.name
-    if package == "data":
-        return [f"tests/data/test_{module.stem}.py"]
-    return [f"tests/{package}"]
+    own = [f"tests/data/test_{module.stem}.py"] if package == "data" else [f"tests/{package}"]
+    name = ".".join(module.relative_to(REPO).with_suffix("").parts)
+    importers = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "tests").rglob("test_*.py"))
+        if f"from {name} import" in path.read_text()
+        and not str(path.relative_to(REPO)).startswith(tuple(own))
+    ]
+    return own + importers
 
 
 def mutation_sites(tree):

@@ -95,3 +95,13 @@ def test_the_ssl_pool_does_not_follow_the_test_split_for_equal_seeds():
         assert pool == sorted(ssl_order[: len(train) // 2])  # each split from its own stream
         test_order = seeded_permutation(ids, stream_seed("test-split", seed=seed))
         assert split_test(ids, 0.2, seed)[1] == sorted(test_order[:600])
+
+
+def test_a_share_of_zero_or_one_is_a_share():
+    ids = [f"im{i}" for i in range(10)]
+    nothing_pooled = partition(ids, 0.0, seed=3)
+    assert nothing_pooled.ssl == [] and sorted(nothing_pooled.labeled) == sorted(ids)
+    everything_pooled = partition(ids, 1.0, seed=3)
+    assert sorted(everything_pooled.ssl) == sorted(ids) and everything_pooled.labeled == []
+    with pytest.raises(ValueError, match="ssl_fraction must be in"):
+        partition(ids, 1.01)

@@ -13,6 +13,7 @@ from cxr.evaluation.average_precision import (
     average_precision,
     match_detections,
     mean_ap,
+    voc_matches,
 )
 from cxr.evaluation.coco_metrics import coco_metrics
 
@@ -198,3 +199,13 @@ def test_ties_among_other_scores_keep_pycocotools_order():
     )
     in_image_order = np.array([True, False, True, False, False, True])
     assert average_precision(matches)[0] == pytest.approx(coco_ap_of_order(in_image_order, 5))
+
+
+def test_voc_matching_iou_by_hand_away_from_the_origin():
+    """A box shifted by 2 px on a 10 x 10 box: IoU 80 / 120 = 0.667, above 0.4; by 7 px:
+    30 / 170 = 0.176, below it."""
+    truth = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10]}]
+    for shift, hit in ((2, True), (7, False)):
+        found = [{"image_id": 1, "category_id": 1, "bbox": [10 + shift, 10, 10, 10], "score": 1}]
+        (matches,) = voc_matches([1], truth, found, category_ids=[1])
+        assert matches.true_positive.tolist() == [[hit]]

@@ -36,8 +36,8 @@ def test_one_process_equals_torch_batchnorm(shape, momentum):
     results = []
     for norm in (reference, ours):
         inputs = x.clone().requires_grad_()
-        for _ in range(2):
-            out = norm(inputs)
+        for shift in range(2):  # two batches of different means: the running average's weights
+            out = norm(inputs + shift)
         (out * upstream).sum().backward()
         results.append(
             (

@@ -6,7 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxr.nn.optim import LARS, parameter_groups, step_schedule, warmup_cosine_schedule
+from cxr.nn.optim import (
+    LARS,
+    build_optimizer,
+    parameter_groups,
+    step_schedule,
+    warmup_cosine_schedule,
+)
 
 
 def test_warmup_then_cosine_by_hand():
@@ -53,3 +59,24 @@ def test_lars_step_by_hand():
     before = b.detach().clone()
     optimizer.step()  # momentum: v = 0.9 v + lr g
     torch.testing.assert_close(b.detach(), before - (0.9 * 1.0 + 0.5 * 2.0))
+
+
+def test_cosine_decays_to_a_final_rate_by_hand():
+    lr = warmup_cosine_schedule(1.0, total_steps=3, final_lr=0.25)
+    np.testing.assert_allclose(
+        lr, [0.25 + 0.75 * (1 + math.cos(math.pi * t / 3)) / 2 for t in range(3)]
+    )
+
+
+def test_lars_leaves_a_weight_without_update_as_it_is():
+    w = torch.tensor([3.0, 4.0], requires_grad=True)
+    optimizer = LARS([{"params": [w], "weight_decay": 0.0, "lars": True}], lr=0.5)
+    w.grad = torch.zeros(2)  # no update: the trust ratio would be |w| / 0
+    optimizer.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0]))
+
+
+def test_the_optimizer_is_the_one_named():
+    model = nn.Linear(2, 2)
+    assert type(build_optimizer("sgd", model, lr=0.1, weight_decay=0.0)) is torch.optim.SGD
+    assert type(build_optimizer("lars", model, lr=0.1, weight_decay=0.0)) is LARS
