@@ -1,5 +1,7 @@
 """Weighted Boxes Fusion: hand-computed cases, invariants, and a plain-loop reference."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -252,3 +254,13 @@ def test_a_box_joins_a_cluster_only_above_the_threshold_not_at_it():
     apart, _, _ = fuse([[a, b]], [[0.9, 0.8]], [[0, 0]], iou_thr=0.5)
     fused, _, _ = fuse([[a, b]], [[0.9, 0.8]], [[0, 0]], iou_thr=0.49)
     assert len(apart) == 2 and len(fused) == 1
+
+
+def test_clean_boxes_are_reported_as_nothing_changed():
+    fusion = fuse_box_groups(np.array([A, A]), np.array([0.9, 0.8]), np.array([0, 1]))
+    assert asdict(fusion.report) == {
+        "below_threshold": 0,
+        "swapped": 0,
+        "clipped": 0,
+        "zero_area": 0,
+    }

@@ -178,3 +178,12 @@ def test_per_class_ap50_is_pycocotools_at_iou_05():
         defined = precision[:, k][precision[:, k] > -1]
         assert ours[category] == (pytest.approx(defined.mean()) if defined.size else None)
     assert ours[1] == pytest.approx(1.0) and 0 < ours[3] < 1
+
+
+def test_per_class_ap40_counts_boxes_of_every_size_by_hand():
+    """A 60 x 60 box found and a 10 x 10 box missed: recall 1/2 at precision 1, so the
+    101-point AP at IoU 0.4 is 51/101 over all sizes (and 0 over the small boxes alone)."""
+    gt = ground_truth([(1, 1, [10, 10, 60, 60]), (2, 1, [5, 5, 10, 10])])
+    (row,) = [r for r in coco_metrics(gt, [detection(1, 1, [10, 10, 60, 60], 0.9)])["per_class"]
+              if r["category_id"] == 1]  # fmt: skip
+    assert row["AP40"] == pytest.approx(51 / 101)

@@ -198,3 +198,9 @@ def test_gamma_keeps_the_ends_is_identity_at_one_and_follows_the_formula():
     out = random_gamma(x, torch.tensor([1.0, 2.0]))
     torch.testing.assert_close(out[0], x[0], atol=0, rtol=0)
     torch.testing.assert_close(out[1].flatten(), torch.tensor([0.0, 0.0625, 0.25, 1.0]))
+
+
+@pytest.mark.parametrize("crop_scale", [(0.0, 0.5), (-0.1, 1.0), (0.6, 0.5)])
+def test_a_range_needs_a_positive_low_end_not_above_the_high_end(crop_scale):
+    with pytest.raises(ValueError, match="crop_scale must be two numbers 0 < low <= high"):
+        ViewConfig(crop_scale=crop_scale).check()
