@@ -85,11 +85,7 @@ def check_ground_truth(coco, path):
     images = {image["id"] for image in coco["images"]}
     categories = {category["id"] for category in coco["categories"]}
     for number, annotation in enumerate(coco["annotations"]):
-        where = f"{path}, annotations[{number}]"
-        if annotation.get("image_id") not in images:
-            raise UserError(f"{where}: image_id {annotation.get('image_id')!r} is not an image")
-        if annotation.get("category_id") not in categories:
-            raise UserError(f"{where}: category_id {annotation.get('category_id')!r} is unknown")
+        where = _listed(path, number, annotation, images, categories)
         x_min, y_min, x_max, y_max = _box(where, annotation)
         annotation.setdefault("area", (x_max - x_min) * (y_max - y_min))
         annotation.setdefault("iscrowd", 0)
@@ -136,6 +132,16 @@ def _images(path, images):
     if sizes and len(sizes) != len(files):
         raise UserError(f"{path}: some images give width and height and others do not")
     return position, files, (np.array(sizes, dtype=np.float64) if sizes else None)
+
+
+def _listed(path, number, annotation, images, categories):
+    """'PATH, annotations[N]' of an annotation whose image and category are listed."""
+    where = f"{path}, annotations[{number}]"
+    if annotation.get("image_id") not in images:
+        raise UserError(f"{where}: image_id {annotation.get('image_id')!r} is not an image")
+    if annotation.get("category_id") not in categories:
+        raise UserError(f"{where}: category_id {annotation.get('category_id')!r} is unknown")
+    return where
 
 
 def _box(where, annotation):
@@ -187,11 +193,7 @@ def read_coco(path, *, fuse=False, patient_pattern=None):
     position, files, sizes = _images(path, coco["images"])
     image_index, class_ids, boxes, crowd = [], [], [], 0
     for number, annotation in enumerate(coco["annotations"]):
-        where = f"{path}, annotations[{number}]"
-        if annotation.get("image_id") not in position:
-            raise UserError(f"{where}: image_id {annotation.get('image_id')!r} is not an image")
-        if annotation.get("category_id") not in class_of:
-            raise UserError(f"{where}: category_id {annotation.get('category_id')!r} is unknown")
+        where = _listed(path, number, annotation, position, class_of)
         if annotation.get("iscrowd", 0):
             crowd += 1
             continue
