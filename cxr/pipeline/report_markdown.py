@@ -499,7 +499,8 @@ def write_report(out):
     charts = {**ssl_loss_chart(folder), **detector_charts(folder)}
     if len(folder.fractions) > 1:
         charts.update(sweep_chart(folder))
-    with open_output_folder(folder.out, command="python -m cxr.report", lock=False) as out:
+    command = "python -m cxr.report"  # under the experiment's lock when it is the report stage
+    with open_output_folder(folder.out, command=command, shared_with_parent=True) as out:
         make_folder(out.inside("charts"), "python -m cxr.report")
         for file_name, (_, svg) in charts.items():
             out.write_text(f"charts/{file_name}", svg)

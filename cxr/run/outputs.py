@@ -172,9 +172,11 @@ def refuse_unmarked(path):
 class Lock:
     """An exclusive lock of `folder` for one writer (a LOCK file in it, naming the
     holder); the system releases it when the holder's process ends, whatever the
-    way, so a lock left by a dead process is simply taken."""
+    way, so a lock left by a dead process is simply taken. With shared_with_parent,
+    a command that its holder started (the experiment's report stage) writes under
+    the holder's lock; any other command is refused."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, *, shared_with_parent=False):
         self.path = Path(folder) / LOCK
         while True:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -183,6 +185,9 @@ class Lock:
             except BlockingIOError:
                 holder = self._holder()
                 os.close(self.fd)
+                if shared_with_parent and holder.startswith(self._record_head(os.getppid())):
+                    self.fd = None  # the parent's lock covers this command
+                    return
                 raise UserError(
                     f"{folder} is being written by {holder}; wait for it to finish, or choose "
                     "another output"
@@ -190,9 +195,13 @@ class Lock:
             if self._still_there():
                 break
             os.close(self.fd)  # the folder was replaced meanwhile: lock the one there now
-        record = f"process {os.getpid()} on {socket.gethostname()} (since {now_iso()})\n"
+        record = f"{self._record_head(os.getpid())} (since {now_iso()})\n"
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, record.encode(), 0)
+
+    @staticmethod
+    def _record_head(pid):
+        return f"process {pid} on {socket.gethostname()}"
 
     def _holder(self):
         """The holder's record, which it writes just after taking the lock: a writer
@@ -265,9 +274,10 @@ class OutputFolder:
 
 
 @contextlib.contextmanager
-def open_output_folder(path, *, command, inputs=(), lock=True):
+def open_output_folder(path, *, command, inputs=(), shared_with_parent=False):
     """The OutputFolder at `path`, created (and marked) if missing, refused if it is a
-    folder of the user's or holds an input; with lock, locked for the block, and the
+    folder of the user's or holds an input; locked for the block (or under the lock
+    of the process that started this one, with shared_with_parent: `Lock`), and the
     temp files a killed writer left removed."""
     path = Path(path)
     check_inputs_outside(path, inputs)
@@ -275,15 +285,14 @@ def open_output_folder(path, *, command, inputs=(), lock=True):
     make_folder(path, command)
     if not is_ours(path):
         mark_as_ours(path, command)  # an empty folder: ours now
-    holder = Lock(path) if lock else None
+    holder = Lock(path, shared_with_parent=shared_with_parent)
     try:
         folder = OutputFolder(path)
-        for name in folder.leftover_temp_files() if lock else []:
+        for name in folder.leftover_temp_files() if holder.fd is not None else []:
             folder.remove(name)
         yield folder
     finally:
-        if holder is not None:
-            holder.release()
+        holder.release()
 
 
 def clear_folder(folder):

@@ -8,6 +8,8 @@ import re
 import resource
 import signal
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -145,3 +147,35 @@ def test_the_lock_names_its_holder_with_an_iso_time_and_zone(tmp_path):
         assert datetime.datetime.fromisoformat(since).utcoffset() is not None
     finally:
         holder.release()
+
+
+def _lock_in_a_child(folder, shared):
+    code = (
+        "import sys; from cxr.run.outputs import Lock; from cxr.run.errors import UserError\n"
+        f"try:\n    Lock({str(folder)!r}, shared_with_parent={shared}).release()\n"
+        "except UserError as error:\n    sys.exit(str(error))"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_a_command_its_lock_holder_started_may_write_and_no_other(tmp_path):
+    holder = Lock(tmp_path)  # this process: the experiment
+    try:
+        assert _lock_in_a_child(tmp_path, shared=True).returncode == 0  # its report stage
+        refused = _lock_in_a_child(tmp_path, shared=False)  # a command of its own
+        assert f"being written by process {os.getpid()}" in refused.stderr
+        assert (tmp_path / LOCK).is_file()  # the child left the holder's lock alone
+    finally:
+        holder.release()
+    other = subprocess.Popen(
+        [sys.executable, "-c", f"from cxr.run.outputs import Lock; Lock({str(tmp_path)!r}); "
+         "print('held', flush=True); import time; time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"being written by process {other.pid}"):
+            Lock(tmp_path, shared_with_parent=True)  # held, but not by this one's parent
+    finally:
+        other.kill()
+        other.wait()
