@@ -149,3 +149,37 @@ def test_draws_come_from_the_generator_passed_in():
     other = augment(image, boxes, labels, torch.Generator().manual_seed(6))
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not torch.equal(first[0], other[0])
+
+
+def generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def only(**switched_on):
+    """A config with every random step off but those given."""
+    off = dict(geometric_p=0, hflip_p=0, brightness_contrast_p=0, gamma_p=0, noise_p=0)
+    return BoxAugmentConfig(**{**off, "motion_blur_p": 0, **switched_on})
+
+
+def test_the_scale_is_drawn_around_one_within_its_range():
+    """A centred box under scaling alone: its width ratio spans [1 - s, 1 + s]."""
+    augment = BoxAugment(only(geometric_p=1, shift=0.0, rotate_degrees=0.0, scale=0.1))
+    box = torch.tensor([[40.0, 40.0, 60.0, 60.0]])
+    ratios = []
+    for seed in range(200):
+        _, boxes, _ = augment(torch.zeros(1, 100, 100), box, torch.tensor([1]), generator(seed))
+        ratios.append(float(boxes[0, 2] - boxes[0, 0]) / 20)
+    assert 0.9 - 1e-4 <= min(ratios) < 0.92 and 1.08 < max(ratios) <= 1.1 + 1e-4
+
+
+def test_brightness_and_contrast_are_drawn_around_no_change():
+    """A grey image under brightness and contrast alone: gain in [1 - l, 1 + l], offset in
+    [-l, l], so its mean over many draws stays near the grey it was."""
+    augment = BoxAugment(only(brightness_contrast_p=1, brightness_contrast=0.15))
+    grey = torch.full((1, 8, 8), 0.5)
+    values = [
+        float(augment(grey, torch.zeros(0, 4), torch.zeros(0), generator(seed))[0].mean())
+        for seed in range(400)
+    ]
+    assert abs(sum(values) / len(values) - 0.5) < 0.02
+    assert 0.5 * 0.85 - 0.15 - 1e-6 <= min(values) and max(values) <= 0.5 * 1.15 + 0.15 + 1e-6
