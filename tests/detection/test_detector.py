@@ -147,3 +147,9 @@ def test_anchors_are_torchvisions_and_the_default_protocol_trains_a_random_start
     assert all(p.requires_grad for p in body.parameters())  # all five stages train
     norms = [m for m in body.modules() if "Norm" in type(m).__name__]
     assert norms and all(isinstance(m, nn.BatchNorm2d) for m in norms)  # normalization that learns
+
+
+def test_the_box_head_scores_every_class_and_the_background():
+    detector = build_detector(arch="resnet18", image_size=64, num_classes=3)
+    assert detector.roi_heads.box_predictor.cls_score.out_features == 4  # 0: background
+    assert detector.roi_heads.box_predictor.bbox_pred.out_features == 4 * 4
