@@ -83,8 +83,7 @@ def check_run_state(folder, *, outputs, final, resume, replace):
             "--resume to continue it, --replace to start over, or choose another --experiment-name"
         )
     if replace:
-        for name in found:
-            folder.remove(name)
+        folder.remove(*found)
 
 
 # Arguments that do not change what a run computes: they may differ on --resume.

@@ -264,9 +264,12 @@ class OutputFolder:
                 raise disk_full(error, self.path / name) from None
             raise
 
-    def remove(self, name):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.inside(name))
+    def remove(self, *names):
+        """Delete files of the folder, each checked to lie in it before the first goes."""
+        paths = [self.inside(name) for name in names]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def leftover_temp_files(self):
         """Temp files (`atomic_path`'s .NAME.PID.tmp) of a writer that was killed."""

@@ -18,6 +18,7 @@ import torch
 
 from cxr.run.checkpoints import torch_bytes
 from cxr.run.errors import UserError
+from cxr.run.folder import check_run_state
 from cxr.run.outputs import (
     LOCK,
     Lock,
@@ -179,3 +180,19 @@ def test_a_command_its_lock_holder_started_may_write_and_no_other(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_replace_deletes_nothing_when_one_of_the_runs_files_leads_outside(tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere.jsonl"
+    make_folder(run)
+    mark_as_ours(run, "test")
+    for name in ("args.json", "checkpoint.pth"):
+        (run / name).write_text("mine")
+    elsewhere.write_text("the user's")
+    (run / "log.jsonl").symlink_to(elsewhere)
+    folder = OutputFolder(run)
+    outputs = ("args.json", "log.jsonl", "checkpoint.pth", "final.pth")
+    with pytest.raises(UserError, match="log.jsonl' would be written outside"):
+        check_run_state(folder, outputs=outputs, final="final.pth", resume=False, replace=True)
+    assert (run / "args.json").read_text() == (run / "checkpoint.pth").read_text() == "mine"
+    assert elsewhere.read_text() == "the user's"
