@@ -15,7 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxr.data.classes import dataset_classes  # noqa: E402
 from cxr.data.prepared import load_coco  # noqa: E402
 from cxr.evaluation.baselines import chance, location_prior  # noqa: E402
-from cxr.evaluation.coco_metrics import coco_ground_truth, coco_metrics, competition_metrics  # noqa: E402
+from cxr.evaluation.coco_metrics import (  # noqa: E402
+    coco_ground_truth,
+    coco_metrics,
+    competition_metrics,
+)
 
 
 def main():

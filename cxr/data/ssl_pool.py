@@ -28,6 +28,12 @@ from cxr.run.reading import json_object, read_json
 SPLITS = ("train", "test", "normal")
 
 
+def _file_id(path):
+    """The (device, inode) that names a file whatever its path."""
+    status = Path(path).stat()
+    return status.st_dev, status.st_ino
+
+
 def _content(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -61,13 +67,13 @@ def _prepared_twins(extra, data_dir, log):
         if (Path(data_dir) / f"{split}_annotations.json").is_file()
         for name, path in split_images(data_dir, split).items()
     }
-    files = {(p.stat().st_dev, p.stat().st_ino): p for p in prepared.values() if p.is_file()}
+    files = {_file_id(p): p for p in prepared.values() if p.is_file()}
     twins = {}
     for path in extra:
         if path.stem in prepared:
             twins[path] = f"its name is that of {prepared[path.stem]}"
-        elif (path.stat().st_dev, path.stat().st_ino) in files:
-            twins[path] = f"the same file as {files[(path.stat().st_dev, path.stat().st_ino)]}"
+        elif (same := files.get(_file_id(path))) is not None:
+            twins[path] = f"the same file as {same}"
     hashing = progress(prepared.values(), "hashing the prepared images", log=log)
     contents = {_content(p): p for p in hashing}
     for path in progress(extra, "hashing --extra-images", log=log):

@@ -71,7 +71,7 @@ def _read_columns(path):
         numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line]
         lines = [line for _, line in numbered]
         rows = None
-    line_numbers = [n for n, _ in numbered][1:]  # of the body rows
+    located = Rows(path, [n for n, _ in numbered][1:])  # where each body row is
     if not lines:
         raise UserError(f"{path} is empty; expected a header with {', '.join(CSV_BOX_COLUMNS)}")
     header = rows[0] if rows else lines[0].split(",")
@@ -84,11 +84,9 @@ def _read_columns(path):
     if len(fields) != len(body) * len(header):
         counts = [len(row) if rows else len(row.split(",")) for row in body]
         bad = next(i for i, count in enumerate(counts) if count != len(header))
-        raise UserError(
-            f"{path}, line {line_numbers[bad]}: {counts[bad]} fields, the header has {len(header)}"
-        )
+        raise UserError(f"{located.at(bad)}: {counts[bad]} fields, the header has {len(header)}")
     columns = {name: fields[i :: len(header)] for i, name in enumerate(header)}
-    return header, columns, Rows(path, line_numbers)
+    return header, columns, located
 
 
 def _original_sizes_per_image(rows, sizes, image_index, image_names):

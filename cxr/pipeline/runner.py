@@ -214,12 +214,13 @@ def changed_flags(old, new):
         items.update(config.get("settings", {}))
         return {k: v for k, v in items.items() if k not in RESULT_FREE_SETTINGS}
 
+    def changed(key):
+        if key not in before:  # a setting the record predates: changed only when it is on
+            return bool(after[key])
+        return before[key] != after[key]
+
     before, after = flatten(old), flatten(new)
-    return [
-        "--" + key.replace("_", "-")
-        for key in sorted(after)
-        if before.get(key, after[key] if not after[key] else None) != after[key]
-    ]
+    return ["--" + key.replace("_", "-") for key in sorted(after) if changed(key)]
 
 
 def experiment_inputs(args):
