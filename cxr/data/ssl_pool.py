@@ -4,14 +4,14 @@ The pool is the first --ssl-fraction of the prepared training images (a
 prefix of `cxr.data.splits.partition`'s permutation, the labeled set being the
 suffix), the normal images with --include-normal, and --extra-images. An
 extra image is refused when it is a prepared image (any split) by name, by
-file (the same inode) or by content (the same bytes, however named), and,
+file (the same inode) or by its pixels (the same picture however named,
+encoded or resized: `cxr.data.pixel_keys`), and,
 where the data has patients (split.json's group_pattern), when it is a film
 of a patient with a test image (--drop-prepared leaves such images out
 instead). Each is also checked to be an image Pillow will open, no larger than
 its decompression-bomb limit, before training.
 """
 
-import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from cxr.data.images import list_images
+from cxr.data.pixel_keys import pixel_keys, same_pictures
 from cxr.data.prepared import normal_images, split_images
 from cxr.data.splits import partition
 from cxr.run.errors import UserError
@@ -32,10 +33,6 @@ def _file_id(path):
     """The (device, inode) that names a file whatever its path."""
     status = Path(path).stat()
     return status.st_dev, status.st_ino
-
-
-def _content(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_readable(paths, log):
@@ -74,11 +71,14 @@ def _prepared_twins(extra, data_dir, log):
             twins[path] = f"its name is that of {prepared[path.stem]}"
         elif (same := files.get(_file_id(path))) is not None:
             twins[path] = f"the same file as {same}"
-    hashing = progress(prepared.values(), "hashing the prepared images", log=log)
-    contents = {_content(p): p for p in hashing}
-    for path in progress(extra, "hashing --extra-images", log=log):
-        if path not in twins and (twin := contents.get(_content(path))) is not None:
-            twins[path] = f"the same bytes as {twin}"
+    theirs = list(prepared.values())
+    rest = [path for path in extra if path not in twins]
+    pairs = same_pictures(
+        pixel_keys(rest, what="pixel keys of --extra-images", log=log),
+        pixel_keys(theirs, what="pixel keys of the prepared images", log=log),
+    )
+    for i, j in pairs:
+        twins.setdefault(rest[i], f"the same picture as {theirs[j]}")
     return twins
 
 

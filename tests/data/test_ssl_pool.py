@@ -1,9 +1,10 @@
 """The SSL pool: prepared images never enter it from --extra-images, by name, file,
-content, or as another film of a test patient."""
+pixels, or as another film of a test patient."""
 
 import json
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_nih import ROWS, write_nih
@@ -21,9 +22,11 @@ def nih_data(tmp_path):
     return tmp_path / "data"
 
 
-def film(folder, name, shade):
+def film(folder, name, seed):
+    """A 64 px picture of its own (seeded, smooth as a radiograph is at 8 x 8)."""
     folder.mkdir(exist_ok=True)
-    Image.new("L", (64, 64), shade).save(folder / name)
+    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6)).astype(np.uint8)
+    Image.fromarray(coarse).resize((64, 64), Image.BICUBIC).save(folder / name)
     return folder / name
 
 
@@ -42,13 +45,28 @@ def test_another_film_of_a_test_patient_is_refused_and_of_a_train_patient_accept
         extra_images([archive], nih_data, log=None)
 
 
-def test_a_renamed_copy_of_any_prepared_image_is_refused_by_content(nih_data, tmp_path):
-    archive = tmp_path / "archive"
-    archive.mkdir()
+COPIES = {
+    "renamed": lambda image, path: image.save(path.with_suffix(".png")),
+    "JPEG quality 30": lambda image, path: image.save(path.with_suffix(".jpg"), quality=30),
+    "half size, RGB": lambda image, path: (
+        image.resize((32, 32), Image.BOX).convert("RGB").save(path.with_suffix(".png"))
+    ),
+    "16-bit": lambda image, path: Image.fromarray(np.asarray(image).astype(np.uint16) * 257).save(
+        path.with_suffix(".png")
+    ),
+}
+
+
+@pytest.mark.parametrize("copy", COPIES)
+def test_a_copy_of_any_prepared_image_is_refused_by_its_pixels(nih_data, tmp_path, copy):
     for split in ("train", "test"):
+        archive = tmp_path / split
+        archive.mkdir()
         source = next((nih_data / split).glob("*.png"))
-        shutil.copy(source, archive / "renamed.png")
-        with pytest.raises(UserError, match=f"same bytes as .*{nih_data}"):
+        with Image.open(source) as image:
+            COPIES[copy](image, archive / "unrelated")
+        film(archive, "other.png", 1)
+        with pytest.raises(UserError, match=f"1 of 2 images .* same picture as {source}"):
             extra_images([archive], nih_data, log=None)
 
 
@@ -78,7 +96,7 @@ def test_every_clash_is_named_at_once_and_drop_prepared_leaves_exactly_them_out(
         extra_images([archive], nih_data, log=None)
     accepted, dropped = extra_images([archive], nih_data, drop_prepared=True, log=None)
     assert set(accepted) == kept and set(dropped) == clashing
-    assert "same bytes" in dropped[archive / "copy.png"]
+    assert "same picture" in dropped[archive / "copy.png"]
     assert "same file" in dropped[archive / "link.png"]
 
 

@@ -179,7 +179,7 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
     test_image = next((data_dir / "test").glob("*.png"))
     for leak, why in (
         (lambda: os.link(test_image, extra / "renamed.png"), "the same file"),
-        (lambda: shutil.copy(test_image, extra / "renamed.png"), "the same bytes"),
+        (lambda: shutil.copy(test_image, extra / "renamed.png"), "the same picture"),
         (lambda: shutil.copy(next((data_dir / "train").glob("*.png")), extra), "its name"),
     ):
         leak()
@@ -201,7 +201,7 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
     (dropped,) = [r["dropped"] for r in records if r.get("event") == "extra_images_dropped"]
     assert (
         list(dropped) == [str(extra / "renamed.png")]
-        and "same bytes" in dropped[str(extra / "renamed.png")]
+        and "same picture" in dropped[str(extra / "renamed.png")]
     )
 
 
