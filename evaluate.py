@@ -61,6 +61,7 @@ from cxr.run.outputs import (
     staged_directory,
 )
 from cxr.run.progress import progress
+from cxr.run.provenance import check_unlearnt
 
 
 def get_args_parser():
@@ -301,6 +302,12 @@ def run_map(args, dist_info):
     threshold = 0.05 if args.score_threshold is None else args.score_threshold
     model, meta, checkpoint = detector_for(args, dist_info, experiment_dir, threshold)
     coco, image_dir, ann_file = labeled_test_set(args, meta["classes"], scored=True)
+    log = print if dist_info.is_main else None
+    images = {Path(i["file_name"]).stem: image_dir / i["file_name"] for i in coco["images"]}
+    role = f"test images of {ann_file}"
+    checked = check_unlearnt(meta, images, model=f"the detector {checkpoint}", role=role, log=log)
+    if log:
+        log(checked)
     with results_folder(eval_dir, [layout.METRICS], args, dist_info) as folder:
         start = time.perf_counter()
         results = predict_all(model, DetectionDataset(coco, image_dir), args, dist_info)
@@ -312,6 +319,7 @@ def run_map(args, dist_info):
                 "score_threshold": threshold,
                 "world_size": dist_info.world_size,
                 "seconds": round(time.perf_counter() - start, 1),
+                "provenance": checked,
             }
             summary = write_map(folder, coco=coco, results=results, meta=meta, run=run)
             if args.pictures:
@@ -515,7 +523,8 @@ def submission_rows(files, results, sizes, threshold, *, no_finding):
 
 
 def resolve_backbone(args, experiment_dir):
-    """(name, trunk, arch, image_size, message) for the probe's backbone."""
+    """(name, trunk, arch, image_size, message) for the probe's backbone, refused if it
+    learnt from a test image (`cxr.run.provenance`)."""
     default = experiment_dir / layout.PRETRAIN / layout.BACKBONE
     path = default if args.backbone in (None, "ssl") else Path(args.backbone)
     meta = backbone_meta(default if args.backbone == "random" else path)
@@ -531,7 +540,11 @@ def resolve_backbone(args, experiment_dir):
             f"--experiment-name {args.experiment_name}, or pass --backbone PATH|random"
         )
     trunk, message = pretrained_trunk(arch, path)
-    return ("ssl" if path == default else path.stem), trunk, arch, size, message
+    test = split_images(args.data_dir, "test")
+    role = f"test images of {args.data_dir}"
+    checked = check_unlearnt(meta, test, model=f"the backbone {path}", role=role, log=print)
+    name = "ssl" if path == default else path.stem
+    return name, trunk, arch, size, f"{message}; {checked}"
 
 
 def run_probe(args, dist_info):

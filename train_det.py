@@ -25,7 +25,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr.data.datasets import DetectionDataset
-from cxr.data.image_lists import data_fingerprint, read_image_list
 from cxr.data.prepared import load_coco, normal_images, read_classes, split_images
 from cxr.data.splits import partition, seeded_permutation
 from cxr.detection.augment import BoxAugment
@@ -48,6 +47,13 @@ from cxr.run.distributed import gather_to_main, inference_shard, loader_options,
 from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.folder import open_run
 from cxr.run.model_files import backbone_meta, load_trunk_weights, read_trunk, save_detector
+from cxr.run.provenance import (
+    describe_record,
+    keys_of,
+    model_record,
+    refuse_learnt,
+    trained_on_entry,
+)
 
 
 def get_args_parser():
@@ -195,12 +201,15 @@ def train(args, dist_info):
     checkpoint."""
     engine.check_amp(args.amp, dist_info.device)
     experiment_dir = Path(args.output_dir) / args.experiment_name
-    meta, ssl_pool = pretrain_record(args)
+    meta = backbone_meta(experiment_dir / layout.PRETRAIN / layout.BACKBONE)
     args = settle_defaults(args, meta)
     processes = args.dry_run or dist_info.world_size
-    data = choose_data(args, processes, dist_info.rank, meta=meta, ssl_pool=ssl_pool)
+    log = print if dist_info.is_main else None
+    data = choose_data(args, processes, dist_info.rank, meta=meta, log=log)
     if args.dry_run is not None:
-        return print(f"train_det.py: checked, {describe(args, data)}; nothing written")
+        return print(
+            f"train_det.py: checked, {describe(args, data)}; {data.checked}; nothing written"
+        )
     model, message = build_model(args, dist_info, data.classes)
     optimizer = build_optimizer("sgd", model, lr=args.lr, weight_decay=args.weight_decay)
     scaler = engine.grad_scaler(args.amp, dist_info.device)
@@ -325,6 +334,8 @@ class FineTuningData:
     eval_dataset: DetectionDataset
     ground_truth: object  # pycocotools COCO of the evaluation images
     held_out: bool
+    trained_on: list  # the detector's `trained_on` entries (`cxr.run.provenance`)
+    checked: str  # what its backbone learnt from, as checked against these images
 
 
 def settle_defaults(args, meta):
@@ -335,11 +346,14 @@ def settle_defaults(args, meta):
     return argparse.Namespace(**{**vars(args), "arch": arch, "split_seed": split_seed})
 
 
-def choose_data(args, processes, rank, *, meta, ssl_pool):
+def choose_data(args, processes, rank, *, meta, log):
     """The labeled images, their sampler and schedule for `processes` processes, and
-    the evaluation set, checked. meta, ssl_pool: the SSL run's (`pretrain_record`)."""
+    the evaluation set, checked. meta: the experiment's SSL backbone's, or {}."""
     classes = read_classes(args.data_dir)
-    labeled, held_out, negatives = choose_images(args, meta, ssl_pool)
+    labeled, held_out, negatives = choose_images(args, meta)
+    trained_on, checked = learnt_from(
+        args, meta, labeled=labeled, held_out=held_out, negatives=negatives, log=log
+    )
     dataset = DetectionDataset.split(
         args.data_dir,
         "train",
@@ -380,22 +394,54 @@ def choose_data(args, processes, rank, *, meta, ssl_pool):
         eval_dataset=eval_dataset,
         ground_truth=ground_truth,
         held_out=held_out is not None,
+        trained_on=trained_on,
+        checked=checked,
     )
 
 
-def pretrain_record(args):
-    """(metadata of the experiment's SSL backbone or {}, the names in its SSL pool or
-    None). A pool drawn from another preparation of the data is refused: its
-    names could be this preparation's labeled or test images."""
-    folder = Path(args.output_dir) / args.experiment_name / layout.PRETRAIN
-    pool = read_image_list(folder / layout.SSL_IMAGES)
-    if pool is not None and pool.data_fingerprint != data_fingerprint(args.data_dir):
-        raise UserError(
-            f"the SSL pool of {folder} was drawn from another preparation of the data than "
-            f"{args.data_dir} holds now (prepared again, with another seed or table?): fine-tune "
-            "on the data it was pretrained with, or pretrain again"
+def learnt_from(args, meta, *, labeled, held_out, negatives, log):
+    """(the detector's `trained_on` entries, a line on what was checked): its backbone's
+    record (`cxr.run.provenance`) checked against this data's test images, and its labeled
+    ones unless --allow-overlap, then its own fine-tuning images. meta: the SSL backbone's."""
+    train_images = split_images(args.data_dir, "train")
+    checked = [*labeled, *(held_out or [])]
+    images = {**{n: train_images[n] for n in checked}, **{p.stem: p for p in negatives}}
+    key = dict(zip(*keys_of(images, what="the labeled images", log=log)))
+    trained = [*labeled, *(p.stem for p in negatives)]  # not the held-out ones
+    mine = trained_on_entry(
+        "fine-tuning images",
+        trained,
+        torch.stack([key[n] for n in trained]),
+        data_dir=args.data_dir,
+    )
+    if args.init == "random":
+        return [mine], "backbone: random, learnt from no image"
+    path = initial_trunk_path(args)
+    backbone = meta if args.init == "ssl" else backbone_meta(path)
+    record = model_record(backbone)
+    if record is not None:
+        model = f"the backbone {path}"
+        test = split_images(args.data_dir, "test")
+        refuse_learnt(
+            record,
+            *keys_of(test, what="the test images", log=log),
+            model=model,
+            role=f"test images of {args.data_dir}",
+            advice="Its scores on them would not be a test: use a backbone pretrained without them",
         )
-    return backbone_meta(folder / layout.BACKBONE), (pool.names if pool else None)
+        if not args.allow_overlap:
+            share = backbone.get("ssl_fraction")
+            most = "" if share is None else f" to at most {1 - share:.3f}"
+            refuse_learnt(
+                record,
+                checked,
+                torch.stack([key[n] for n in checked]),
+                model=model,
+                role="labeled images",
+                advice=f"Lower --labeled-fraction{most}, or pass --allow-overlap",
+            )
+    entries = backbone["trained_on"] if record is not None else []
+    return [*entries, mine], describe_record(record, f"backbone {path}")
 
 
 def default_arch(init, meta, *, fallback):
@@ -408,7 +454,7 @@ def default_arch(init, meta, *, fallback):
     return infer_arch(load_trunk_weights(init)) or fallback
 
 
-def choose_images(args, meta, ssl_pool):
+def choose_images(args, meta):
     """(labeled training names, held-out names or None for the test split, negative paths)."""
     train_images = split_images(args.data_dir, "train")
     ssl_fraction = meta.get("ssl_fraction", 0.0)
@@ -416,13 +462,6 @@ def choose_images(args, meta, ssl_pool):
     if labeled_fraction is None:
         labeled_fraction = 1.0 - ssl_fraction
     labeled = partition(list(train_images), ssl_fraction, labeled_fraction, args.split_seed).labeled
-    overlap = sorted(set(labeled) & set(ssl_pool or ()))
-    if overlap and not args.allow_overlap:
-        raise UserError(
-            f"{len(overlap)} of the {len(labeled)} labeled images (e.g. {overlap[0]}) were in the "
-            f"SSL pool of {args.experiment_name}/pretrain; lower --labeled-fraction to at most "
-            f"{1 - ssl_fraction:.3f}, or pass --allow-overlap"
-        )
     if labeled and args.val_fraction:
         return held_out_split(args, labeled)
     if not labeled:
@@ -536,12 +575,18 @@ def build_model(args, dist_info, classes):
     return model.to(dist_info.device), message
 
 
+def initial_trunk_path(args):
+    """The file --init ssl|PATH loads."""
+    if args.init == "ssl":
+        return Path(args.output_dir) / args.experiment_name / layout.PRETRAIN / layout.BACKBONE
+    return Path(args.init)
+
+
 def initialize_trunk(model, args):
     """--init ssl|random|PATH into the detector's trunk; returns what was loaded."""
     if args.init == "random":
         return f"backbone: random {args.arch} initialization (torchvision defaults)"
-    experiment_dir = Path(args.output_dir) / args.experiment_name
-    path = experiment_dir / layout.PRETRAIN / layout.BACKBONE if args.init == "ssl" else args.init
+    path = initial_trunk_path(args)
     if args.init == "ssl" and not path.is_file():
         raise UserError(
             f"--init ssl: {path} not found; pretrain with train_ssl.py first, "
@@ -567,6 +612,7 @@ def describe(args, data):
 def log_start(run, data, message):
     args = run.args
     run.log(message, event="init")
+    run.log(data.checked, event="provenance")
     if args.init == "random" and args.norm == "frozen":
         run.log(
             "warning: --init random with --norm frozen normalizes nothing (identity statistics) "
@@ -634,6 +680,7 @@ def final_meta(args, data, message, history):
         "repeat_threshold": args.repeat_threshold,
         "epochs": args.epochs,
         "final_metrics": history[-1] if history and history[-1]["epoch"] == args.epochs else None,
+        "trained_on": data.trained_on,
     }
 
 

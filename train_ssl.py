@@ -41,6 +41,7 @@ from cxr.run.errors import UserError, exit_on_user_error
 from cxr.run.folder import open_run
 from cxr.run.model_files import save_backbone
 from cxr.run.progress import progress
+from cxr.run.provenance import keys_of, trained_on_entry
 from cxr.ssl.sampler import ShuffleSampler
 from cxr.ssl.simclr import SimCLR, nt_xent
 from cxr.ssl.views import VIEW_PRESETS, ViewConfig, simclr_views
@@ -364,7 +365,10 @@ def save_trunk(run, model, data):
     if args.precise_bn_images:
         precise_batchnorm(model.trunk, data.dataset, run)
     if dist_info.is_main:
-        save_backbone(run.folder, model.trunk_state_dict(), backbone_record(args, data))
+        names, keys = keys_of(data.paths, what="the SSL pool", log=print)
+        trained_on = [trained_on_entry("SSL pool", names, keys, data_dir=args.data_dir)]
+        meta = {**backbone_record(args, data), "trained_on": trained_on}
+        save_backbone(run.folder, model.trunk_state_dict(), meta)
     run.log(f"wrote {run.folder.inside(layout.BACKBONE)}", event="done")
 
 

@@ -19,6 +19,7 @@ from cxr.nn.resnet import FEATURE_DIMS, headless_resnet, infer_arch, trunk_misma
 from cxr.run.checkpoints import check_finite, load_torch_file, torch_bytes
 from cxr.run.errors import UserError
 from cxr.run.layout import BACKBONE, BACKBONE_META, DETECTOR, DETECTOR_META
+from cxr.run.provenance import parse_trained_on
 from cxr.run.reading import json_object, read_json
 
 # The settings that rebuild a detector (build_detector's arguments), recorded beside
@@ -160,6 +161,10 @@ META_FORMS = {
     "ssl_fraction": (
         lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
         "a share from 0 to 1",
+    ),
+    "trained_on": (
+        lambda v: parse_trained_on(v) is not None,
+        "a list of the entries cxr writes (what, data_fingerprint, images, pixel_keys)",
     ),
 }
 

@@ -14,6 +14,7 @@ import torch
 from cxr.data.coco_format import read_coco
 from cxr.data.image_lists import read_image_list
 from cxr.data.original_sizes import read_original_sizes
+from cxr.data.pixel_keys import KEY_SIZE, encode_keys
 from cxr.data.prepared import load_coco
 from cxr.data.ssl_pool import _test_patients
 from cxr.pipeline.report_markdown import _train_records
@@ -79,11 +80,14 @@ COCO = {
     ],
     "categories": [{"id": 1, "name": "Mass"}, {"id": 2, "name": "Nodule"}],
 }  # fmt: skip
+TRAINED_ON = [{"what": "SSL pool", "data_fingerprint": "ab12", "images": ["a", "b"],
+               "pixel_keys": encode_keys(torch.eye(2, KEY_SIZE))}]  # fmt: skip
 DETECTOR_META = {
     "arch": "resnet18", "image_size": 64, "classes": ["Mass", "Nodule"], "norm": "bn",
-    "trainable_layers": 3, "anchor_sizes": [32, 64, 128, 256, 512],
+    "trainable_layers": 3, "anchor_sizes": [32, 64, 128, 256, 512], "trained_on": TRAINED_ON,
 }  # fmt: skip
-BACKBONE_META = {"arch": "resnet18", "image_size": 64, "split_seed": 0, "ssl_fraction": 0.4}
+BACKBONE_META = {"arch": "resnet18", "image_size": 64, "split_seed": 0, "ssl_fraction": 0.4,
+                 "trained_on": TRAINED_ON}  # fmt: skip
 EXPERIMENT = {
     "config": {"preset": "cpu", "settings": {"det_epochs": 2}, "ssl_fractions": [0.6],
                "seed": 0, "train_seeds": [0, 1], "pretrained_init": None},

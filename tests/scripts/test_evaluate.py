@@ -27,6 +27,7 @@ from cxr.nn.seeds import stream_seed
 from cxr.run.cli import flags
 from cxr.run.errors import UserError
 from cxr.run.outputs import open_output_folder
+from cxr.run.provenance import keys_of, trained_on_entry
 
 # --- the submission format ------------------------------------------------------------------------
 
@@ -132,6 +133,42 @@ def test_map_writes_metrics_that_match_its_predictions(trained):
     assert sum(int(r["gt_boxes"]) for r in rows) == len(coco["annotations"])
     with pytest.raises(UserError, match="already exists"):
         evaluate.main(eval_args(root, data_dir, "map"))
+
+
+def test_a_model_that_learnt_a_test_image_is_not_scored_on_it(trained, tmp_path):
+    root, data_dir, model, meta = trained
+    assert [entry["what"] for entry in meta["trained_on"]] == ["fine-tuning images"]
+    evaluate.main(eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "eval")))
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "learnt from fine-tuning images of" in written["provenance"]
+    test_image = sorted((data_dir / "test").glob("*.png"))[0]
+    with Image.open(test_image) as image:
+        image.resize((32, 32), Image.BOX).save(tmp_path / "small.png")
+    names, keys = keys_of({"small": tmp_path / "small.png"}, what="copy", log=None)
+    leaked = [*meta["trained_on"], trained_on_entry("SSL pool", names, keys, data_dir=data_dir)]
+    folder = tmp_path / "out" / "exp"
+    folder.mkdir(parents=True)
+    torch.save(model, folder / "fasterrcnn_final.pth")
+    (folder / "fasterrcnn_final.json").write_text(json.dumps({**meta, "trained_on": leaked}))
+    tests = len(list((data_dir / "test").glob("*.png")))
+    with pytest.raises(
+        UserError,
+        match=f"the detector .* learnt from 1 of the {tests} test images of .*{test_image.stem} "
+        r"\(as small\) in its SSL pool\. Its scores on them would not be a test",
+    ):
+        evaluate.main(eval_args(tmp_path, data_dir, "map"))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "fasterrcnn_final.json",
+        "fasterrcnn_final.pth",
+    ]
+
+    pretrain = folder / "pretrain"  # the probe's backbone, the same way
+    pretrain.mkdir()
+    torch.save(headless_resnet("resnet18").state_dict(), pretrain / "pretrained-backbone.pth")
+    backbone = {"arch": "resnet18", "image_size": 48, "trained_on": leaked[1:]}
+    (pretrain / "pretrained-backbone.json").write_text(json.dumps(backbone))
+    with pytest.raises(UserError, match=r"the backbone .* learnt from 1 of the .*\(as small\)"):
+        evaluate.main(eval_args(tmp_path, data_dir, "probe"))
 
 
 @pytest.mark.parametrize("classes", [VINBIGDATA_CLASSES, ("Mass", "Nodule")])

@@ -4,22 +4,24 @@ labeled set apart from the SSL pool, two processes, the schedule of repeat-facto
 import json
 import math
 import shlex
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from conftest import prepared_synthetic, tiny_detector_args, torchrun, trunk_file
+from PIL import Image
 
 import train_det
 from cxr.data.classes import VINBIGDATA_CLASSES
-from cxr.data.image_lists import data_fingerprint, read_image_list, write_image_list
+from cxr.data.image_lists import read_image_list
 from cxr.data.splits import partition
 from cxr.detection.detector import build_detector
 from cxr.detection.samplers import RepeatFactorSampler
 from cxr.run import layout
 from cxr.run.errors import UserError
 from cxr.run.outputs import make_folder
+from cxr.run.provenance import keys_of, model_record, trained_on_entry
 
 
 def test_the_architecture_of_an_init_file_is_read_from_its_tensors(tmp_path):
@@ -104,32 +106,89 @@ def test_resume_refuses_every_setting_that_changes_the_result(data_dir, one_epoc
     assert (root / "run" / "args.json").read_text() == header  # refused before writing anything
 
 
-@pytest.mark.slow
-def test_labeled_set_must_not_overlap_the_ssl_pool(data_dir, tmp_path):
-    train_names = [
-        Path(line).stem for line in json.loads((data_dir / "split.json").read_text())["train"]
-    ]
-    pretrain = tmp_path / "exp" / "pretrain"
+def backbone_that_learnt(folder, images, *, data_dir, **meta):
+    """A resnet18 backbone in `folder` whose record says its SSL pool held `images`
+    ({name: path}); meta: more of its metadata."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path, _ = trunk_file(folder)
+    names, keys = keys_of(images, what="the pool", log=None)
+    record = [trained_on_entry("SSL pool", names, keys, data_dir=data_dir)]
+    meta = {"arch": "resnet18", "image_size": 64, **meta, "trained_on": record}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
+
+
+def test_a_backbone_that_learnt_a_test_image_is_refused_whatever_its_path_or_name(
+    data_dir, tmp_path, capsys
+):
+    test_image = sorted((data_dir / "test").glob("*.png"))[1]
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with Image.open(test_image) as image:
+        image.save(downloads / "scan.jpg", quality=75)  # renamed and re-encoded
+    path = backbone_that_learnt(downloads, {"scan": downloads / "scan.jpg"}, data_dir=data_dir)
+    tests = len(list((data_dir / "test").glob("*.png")))
+    refusal = (
+        f"backbone .* learnt from 1 of the {tests} test images of .*{test_image.stem} \\(as scan\\)"
+    )
+    with pytest.raises(UserError, match=refusal):
+        train_det.main(det_args(data_dir, tmp_path / "out", "a", "--init", str(path)))
+    pretrain = tmp_path / "out" / "b" / layout.PRETRAIN
+    pretrain.mkdir(parents=True)
+    shutil.copy(path, pretrain / layout.BACKBONE)
+    shutil.copy(path.with_suffix(".json"), pretrain / layout.BACKBONE_META)
+    with pytest.raises(UserError, match=refusal):
+        train_det.main(det_args(data_dir, tmp_path / "out", "b", "--init", "ssl"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b"]  # nothing written
+    path.with_suffix(".json").unlink()  # a backbone from elsewhere: no record
+    train_det.main(det_args(data_dir, tmp_path / "out", "a", "--init", str(path), "--dry-run", "1"))
+    assert "keeps no record of the images it learnt from" in capsys.readouterr().out
+
+
+def test_labeled_images_the_ssl_pool_held_are_refused_unless_allowed(data_dir, tmp_path, capsys):
+    train = {p.stem: p for p in (data_dir / "train").glob("*.png")}
+    pool = partition(sorted(train), 0.5, seed=0).ssl
+    pretrain = tmp_path / "exp" / layout.PRETRAIN
     make_folder(pretrain)  # as train_ssl.py makes it: both folders marked as cxr's
-    write_image_list(
-        pretrain / layout.SSL_IMAGES,
-        partition(train_names, 0.5, seed=0).ssl,
-        fingerprint=data_fingerprint(data_dir),
+    path = backbone_that_learnt(
+        pretrain, {n: train[n] for n in pool}, data_dir=data_dir, ssl_fraction=0.5, split_seed=0
     )
-    (pretrain / "pretrained-backbone.json").write_text(
-        json.dumps({"ssl_fraction": 0.5, "split_seed": 0, "arch": "resnet18"})
-    )
-    with pytest.raises(UserError, match="were in the SSL pool .*--allow-overlap"):
+    path.rename(pretrain / layout.BACKBONE)
+    path.with_suffix(".json").rename(pretrain / layout.BACKBONE_META)
+    with pytest.raises(UserError, match=r"labeled images .*Lower --labeled-fraction to at most "
+                       r"0\.500, or pass --allow-overlap"):  # fmt: skip
         train_det.main(
-            det_args(data_dir, tmp_path, "exp", "--labeled-fraction", "0.8", "--epochs", "1")
+            det_args(data_dir, tmp_path, "exp", "--init", "ssl", "--labeled-fraction", "0.8")
         )
-    nothing_written = [".cxr-output", "pretrain"]
-    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == nothing_written
-    train_det.main(det_args(data_dir, tmp_path, "exp", "--epochs", "1", "--eval-every", "0"))
+    for allowed in ([], ["--labeled-fraction", "0.8", "--allow-overlap"]):
+        argv = det_args(data_dir, tmp_path, "exp", "--init", "ssl", "--dry-run", "1", *allowed)
+        train_det.main(argv)
+        assert f"SSL pool of {len(pool)} images, checked" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_detector_records_its_backbones_images_then_its_own(data_dir, tmp_path):
+    train = {p.stem: p for p in (data_dir / "train").glob("*.png")}
+    pool = partition(sorted(train), 0.5, seed=0).ssl
+    pretrain = tmp_path / "exp" / layout.PRETRAIN
+    make_folder(pretrain)  # as train_ssl.py makes it: both folders marked as cxr's
+    path = backbone_that_learnt(
+        pretrain, {n: train[n] for n in pool}, data_dir=data_dir, ssl_fraction=0.5, split_seed=0
+    )
+    path.rename(pretrain / layout.BACKBONE)
+    path.with_suffix(".json").rename(pretrain / layout.BACKBONE_META)
+    argv = ["--init", "ssl", "--epochs", "1", "--eval-every", "0"]
+    train_det.main(det_args(data_dir, tmp_path, "exp", *argv))
     labeled = read_image_list(tmp_path / "exp" / layout.LABELED_IMAGES).names
-    pool = read_image_list(pretrain / layout.SSL_IMAGES).names
-    assert labeled and not set(labeled) & set(pool) and len(labeled) + len(pool) == len(train_names)
-    assert (pretrain / layout.SSL_IMAGES).exists()  # --replace and runs never touch pretrain/
+    assert labeled and not set(labeled) & set(pool) and len(labeled) + len(pool) == len(train)
+    meta = json.loads((tmp_path / "exp" / layout.DETECTOR).with_suffix(".json").read_text())
+    record = model_record(meta)
+    assert [(e.what, sorted(e.names)) for e in record] == [
+        ("SSL pool", sorted(pool)),
+        ("fine-tuning images", sorted(labeled)),
+    ]
+    _, own = keys_of({n: train[n] for n in record[1].names}, what="own", log=None)
+    assert (record[1].keys - own).abs().max() < 4e-3  # the pictures, not only the names
 
 
 def test_seed_project_command_line_parses_with_its_meaning(capsys):
@@ -225,7 +284,7 @@ def test_flags_that_leave_no_image_or_need_normal_ones_name_themselves(tmp_path)
 
     def choose(*argv):
         args = train_det.get_args_parser().parse_args(["--data-dir", str(data_dir), *argv])
-        return train_det.choose_images(train_det.settle_defaults(args, {}), {}, None)
+        return train_det.choose_images(train_det.settle_defaults(args, {}), {})
 
     labeled, held_out, _ = choose("--labeled-fraction", "0.5", "--val-fraction", "0.25")
     assert held_out and labeled and not set(held_out) & set(labeled)
