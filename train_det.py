@@ -232,8 +232,10 @@ def train(args, dist_info):
     ) as run:
         log_start(run, data, message)
         state = run.resume_state()
-        start_epoch, step = engine.restore(state, model=model, optimizer=optimizer, scaler=scaler)
-        history = state["eval_history"] if state else []
+        start_epoch, step = engine.restore(
+            state, model=model, optimizer=optimizer, scaler=scaler, source=run.resumed_from
+        )
+        history = engine.resumed_history(state, source=run.resumed_from)
         ddp_model = DistributedDataParallel(model) if data.processes > 1 else model
         epochs = engine.epoch_range(start_epoch, args.epochs, args.stop_after)
         for epoch in epochs:

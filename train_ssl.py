@@ -191,7 +191,11 @@ def train(args, dist_info):
                 dropped={str(path): why for path, why in data.dropped.items()},
             )
         start_epoch, step = engine.restore(
-            run.resume_state(), model=model, optimizer=optimizer, scaler=scaler
+            run.resume_state(),
+            model=model,
+            optimizer=optimizer,
+            scaler=scaler,
+            source=run.resumed_from,
         )
         decode_once(data.dataset, args.workers, run.log)
         ddp_model = DistributedDataParallel(model) if data.processes > 1 else model

@@ -4,11 +4,14 @@ Every .pth that cxr reads goes through `load_torch_file`: torch.load with
 weights_only=True, so a file holding pickled code is refused, never run. A
 missing, truncated or foreign file, or one holding Python objects, becomes a
 UserError naming the file and what was expected (torch's own message for the
-last case advises weights_only=False, which cxr never does). Every .pth cxr
-writes is `torch_bytes` written by the run's OutputFolder (temp file, then rename).
+last case advises weights_only=False, which cxr never does). A training
+checkpoint is then checked to fit the run before anything is loaded
+(`check_resumable`). Every .pth cxr writes is `torch_bytes` written by the
+run's OutputFolder (temp file, then rename).
 """
 
 import io
+import math
 import pickle
 import zipfile
 
@@ -62,3 +65,110 @@ def torch_bytes(state):
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "step")
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _same_kind(theirs, mine):
+    """A saved optimizer setting that can stand where this optimizer's own stands."""
+    if _number(mine):
+        return _number(theirs)
+    return type(theirs) is type(mine)
+
+
+def _same_group(theirs, mine):
+    """A saved parameter group that can stand for this optimizer's group `mine`."""
+    return (
+        isinstance(theirs, dict)
+        and isinstance(theirs.get("params"), list)
+        and len(theirs["params"]) == len(mine["params"])
+        and all(map(_count, theirs["params"]))
+        and all(_same_kind(theirs[k], v) for k, v in mine.items() if k in theirs and k != "params")
+    )
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _sample(keys):
+    return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+
+
+def check_resumable(state, *, model, optimizer, scaler, source):
+    """Refuse a training checkpoint that does not fit this run, before anything is
+    loaded: the model's tensors, each of its shape and finite; the optimizer's groups,
+    and per-parameter state of each parameter's shape; the scaler's numbers; whole
+    epoch and step counts. One UserError naming `source` and what differs."""
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise UserError(f"{source}: a cxr training checkpoint holds {', '.join(missing)}")
+    for key in ("epoch", "step"):
+        if not _count(state[key]):
+            raise UserError(f"{source}: its {key} {state[key]!r} is not a whole number from 0")
+    _check_weights(state["model"], model.state_dict(), source)
+    _check_optimizer(state["optimizer"], optimizer, source)
+    saved = state["scaler"]
+    if (
+        not isinstance(saved, dict)
+        or set(saved) != set(scaler.state_dict())
+        or not all(_number(v) and v >= 0 for v in saved.values())
+    ):
+        raise UserError(
+            f"{source}: its scaler state is not the numbers this run's GradScaler saves"
+        )
+
+
+def _check_weights(weights, expected, source):
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise UserError(f"{source}: its model weights are not a state dict of tensors")
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    misshaped = sorted(
+        k for k in set(expected) & set(weights) if weights[k].shape != expected[k].shape
+    )
+    if missing or unexpected or misshaped:
+        raise UserError(
+            f"{source} does not hold this run's model: {len(missing)} tensors missing "
+            f"({_sample(missing)}), {len(unexpected)} unexpected ({_sample(unexpected)}), "
+            f"{len(misshaped)} of the wrong shape ({_sample(misshaped)})"
+        )
+    check_finite(weights, str(source))
+
+
+def _check_optimizer(saved, optimizer, source):
+    groups = optimizer.param_groups
+    if (
+        not isinstance(saved, dict)
+        or not isinstance(saved.get("state"), dict)
+        or not isinstance(saved.get("param_groups"), list)
+        or len(saved["param_groups"]) != len(groups)
+        or not all(map(_same_group, saved["param_groups"], groups))
+    ):
+        raise UserError(f"{source}: its optimizer state is not that of this run's optimizer")
+    shapes = {
+        index: parameter.shape
+        for theirs, mine in zip(saved["param_groups"], groups)
+        for index, parameter in zip(theirs["params"], mine["params"])
+    }
+    if len(shapes) != sum(len(group["params"]) for group in groups):
+        raise UserError(f"{source}: its optimizer numbers two parameters alike")
+    for index, entry in saved["state"].items():
+        if index not in shapes or not isinstance(entry, dict):
+            raise UserError(f"{source}: its optimizer holds state of an unknown parameter")
+        for name, value in entry.items():
+            if not isinstance(value, torch.Tensor):  # SGD and LARS keep momentum buffers
+                raise UserError(f"{source}: its optimizer's {name} is not a tensor")
+            if value.shape != shapes[index]:
+                raise UserError(
+                    f"{source}: its optimizer's {name} of parameter {index} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(shapes[index])}"
+                )
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise UserError(f"{source}: its optimizer's {name} holds NaN or infinity")

@@ -20,6 +20,7 @@ import torch
 
 from cxr.nn.collectives import all_reduce_mean, world_size
 from cxr.nn.seeds import stream_seed
+from cxr.run.checkpoints import check_resumable
 from cxr.run.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -114,16 +115,31 @@ def checkpoint_state(model, optimizer, scaler, *, epoch, step, **extra):
     }
 
 
-def restore(state, *, model, optimizer, scaler):
+def restore(state, *, model, optimizer, scaler, source):
     """(epochs done, global step) to start from: (0, 0) without a state to resume,
-    else those of `state` (`checkpoint_state`), whose weights and optimizer and
-    scaler states are loaded."""
+    else those of `state` (`checkpoint_state`, read from the file `source`), whose
+    weights and optimizer and scaler states are checked to fit and loaded."""
     if state is None:
         return 0, 0
+    check_resumable(state, model=model, optimizer=optimizer, scaler=scaler, source=source)
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    settings = [set(group) for group in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])  # fills settings this torch added since
+    if any(not mine <= set(group) for mine, group in zip(settings, optimizer.param_groups)):
+        raise UserError(f"{source}: its optimizer state lacks settings of this run's optimizer")
     scaler.load_state_dict(state["scaler"])
     return state["epoch"], state["step"]
+
+
+def resumed_history(state, *, source):
+    """The evaluations a resumed detector run saved (`eval_history`: one dict per
+    evaluation), [] for a new run."""
+    if state is None:
+        return []
+    history = state.get("eval_history")
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        raise UserError(f"{source}: its eval_history is not the list of evaluations cxr saves")
+    return history
 
 
 def set_learning_rate(optimizer, lr):

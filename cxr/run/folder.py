@@ -169,7 +169,9 @@ class Run:
     checkpoint writer (`save`, the main process writes)."""
 
     def __init__(self, folder, *, config, resumed, args, dist_info):
-        self.folder, self.config, self.resumed = folder, config, resumed
+        """resumed: (the checked state to resume from or None, the file it is read from)."""
+        self.folder, self.config = folder, config
+        self.resumed, self.resumed_from = resumed
         self.args, self.dist_info = args, dist_info
         self.logger = RunLogger(folder, dist_info.is_main)
 
@@ -185,7 +187,7 @@ class Run:
         settings checked to equal this run's."""
         if self.resumed is not None:
             self.log(
-                f"resumed from {self.checkpoint} after epoch {self.resumed['epoch']}",
+                f"resumed from {self.resumed_from} after epoch {self.resumed['epoch']}",
                 event="resume",
                 epoch=self.resumed["epoch"],
             )
@@ -258,7 +260,7 @@ def open_run(run_dir, *, outputs, final, command, args, dist_info, images, deriv
         folder = agree(dist_info, open_on_main) or OutputFolder(run_dir)
         source = Path(args.resume) if isinstance(args.resume, str) else run_dir / CHECKPOINT
         resumed = read_resumable(source, config) if resume else None
-        run = Run(folder, config=config, resumed=resumed, args=args, dist_info=dist_info)
+        run = Run(folder, config=config, resumed=(resumed, source), args=args, dist_info=dist_info)
         write_run_header(run)
         if dist_info.is_main:
             file_name, names = images

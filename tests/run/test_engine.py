@@ -67,7 +67,10 @@ def test_a_checkpoint_restores_model_optimizer_epoch_and_step():
     state = checkpoint_state(model, optimizer, scaler, epoch=1, step=2, eval_history=[])
     other = nn.Linear(3, 1)
     other_optimizer = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
-    assert restore(state, model=other, optimizer=other_optimizer, scaler=scaler) == (1, 2)
+    assert restore(state, model=other, optimizer=other_optimizer, scaler=scaler, source="c") == (
+        1,
+        2,
+    )
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
     buffers = [other_optimizer.state[p]["momentum_buffer"] for p in other.parameters()]
@@ -75,7 +78,10 @@ def test_a_checkpoint_restores_model_optimizer_epoch_and_step():
         torch.equal(a, optimizer.state[p]["momentum_buffer"])
         for a, p in zip(buffers, model.parameters())
     )
-    assert restore(None, model=other, optimizer=other_optimizer, scaler=scaler) == (0, 0)
+    assert restore(None, model=other, optimizer=other_optimizer, scaler=scaler, source=None) == (
+        0,
+        0,
+    )
 
 
 def test_epoch_range_stops_after_the_given_number_of_epochs():
