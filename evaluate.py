@@ -308,9 +308,10 @@ def run_map(args, dist_info):
     checked = check_unlearnt(meta, images, model=f"the detector {checkpoint}", role=role, log=log)
     if log:
         log(checked)
+    dataset = DetectionDataset(coco, image_dir)  # checks each image's size first
     with results_folder(eval_dir, [layout.METRICS], args, dist_info) as folder:
         start = time.perf_counter()
-        results = predict_all(model, DetectionDataset(coco, image_dir), args, dist_info)
+        results = predict_all(model, dataset, args, dist_info)
         if dist_info.is_main:
             run = {
                 "checkpoint": str(checkpoint),

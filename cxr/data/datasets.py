@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 
+from cxr.data.image_files import check_image
 from cxr.data.images import read_grayscale
 from cxr.data.prepared import load_coco
+from cxr.run.errors import UserError
 
 
 def xyxy(bbox):
@@ -46,13 +48,38 @@ class ImageList(torch.utils.data.Dataset):
         self.decoded = torch.cat(list(loader)) if len(self) else torch.zeros(0, 1, 1, 1)
 
 
+def check_sizes(coco, image_dir, *, names=None):
+    """Refuse images (of `names`, if given) whose files are not the width x height
+    their COCO entries give (where they give one): boxes in one size scored on
+    pictures of another would be wrong without a word. Reads each file's header."""
+    wrong = []
+    for image in coco["images"]:
+        given = image.get("width"), image.get("height")
+        if None in given or (names is not None and Path(image["file_name"]).stem not in names):
+            continue
+        path = Path(image_dir) / image["file_name"]
+        size, why = check_image(path)
+        if size is None:
+            raise UserError(f"cannot use image {path}: {why}")
+        if size != given:
+            wrong.append(f"{path} is {size[0]} x {size[1]}, its entry says {given[0]} x {given[1]}")
+    if wrong:
+        raise UserError(
+            f"{len(wrong)} images are not the size their annotations give them (their "
+            f"boxes are in those pixels): {'; '.join(wrong[:3])}"
+            f"{f'; and {len(wrong) - 3} more' if len(wrong) > 3 else ''}. Prepare them again"
+        )
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """(image (1, H, W) float in [0, 1], target) pairs of a COCO dict's images.
 
     target: boxes (N, 4) float xyxy in the PNG's pixels, labels (N,) COCO
     category ids, image_id (the COCO id; -1 for added box-free negatives).
     names: keep only these image names; negatives: extra image paths without
-    boxes; augment: a callable (image, boxes, labels, generator) -> (image,
+    boxes. Every image file must have the width and height its COCO entry gives
+    it (the boxes are in those pixels), or one UserError names the first that do
+    not (`check_sizes`). augment: a callable (image, boxes, labels, generator) -> (image,
     boxes, labels), e.g. BoxAugment. With augment the dataset is indexed by
     (index, seed) pairs, as `cxr.detection.samplers.RepeatFactorSampler` yields them,
     and each item's draws come from a generator seeded with its seed.
@@ -73,6 +100,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             )
             labels = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
             self.items.append((Path(image_dir) / image["file_name"], boxes, labels, image["id"]))
+        check_sizes(coco, image_dir, names=names)
         for path in negatives:
             self.items.append(
                 (Path(path), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), -1)

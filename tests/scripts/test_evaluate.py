@@ -275,7 +275,16 @@ def test_bad_inputs_give_one_clear_message(trained, tmp_path):
         r"1 of the \d+ images of .*gone.json are not in .* \(e.g. gone.png\)",
         *annotations("gone", lose_an_image),
     )
+
+    def another_size(coco):
+        coco["images"][1].update(width=128, height=96)  # the file is 64 x 64
+
     refused("are not the detector's", *annotations("cats", rename_a_class))
+    refused(
+        r"1 images are not the size their annotations give them .*is 64 x 64, its entry says "
+        r"128 x 96\. Prepare them again",
+        *annotations("sizes", another_size),
+    )
     refused(
         r"ids.json, annotations\[0\]: category_id 17 is unknown",
         *annotations("ids", unknown_category),
