@@ -89,6 +89,8 @@ def select_images(table, images_dir, settings, log):
         decode=settings.verify_pixels,
     )
     sizes = {n: by_file[files[n]] for n in finding + normal if files[n] in by_file}
+    if table.format == "coco" and table.reference_sizes is not None:
+        check_proportions(table, sizes)
     return Images(
         files=files,
         sizes=sizes,
@@ -96,6 +98,26 @@ def select_images(table, images_dir, settings, log):
         normal=[n for n in normal if n in sizes],
         missing=missing,
     )
+
+
+def check_proportions(table, sizes):
+    """A COCO entry's width and height are its image's own (COCO's definition): boxes
+    are rescaled from them to the file's size, which may be a resized copy, but not
+    a picture of other proportions (another image, or one cropped): refused, named."""
+    wrong = []
+    for name, reference in zip(table.image_names, table.reference_sizes):
+        if name in sizes:
+            (width, height), (their_width, their_height) = sizes[name], reference
+            if abs(width / height - their_width / their_height) > 0.01 * width / height:
+                wrong.append(
+                    f"{name} is {width} x {height}, its entry {their_width:g} x {their_height:g}"
+                )
+    if wrong:
+        more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise UserError(
+            f"{table.path}: {len(wrong)} images are not of the proportions their entries give "
+            f"(their boxes could not be placed): {'; '.join(wrong[:3])}{more}"
+        )
 
 
 def annotate(table, sizes, *, iou_thr, skip_box_thr):

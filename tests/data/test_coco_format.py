@@ -46,6 +46,21 @@ def write_coco(folder, *, images, annotations, categories=CATEGORIES, pixels=64,
     return folder / "boxes.json", folder / "images"
 
 
+def test_an_image_of_other_proportions_than_its_entry_is_refused_by_name(tmp_path):
+    names = [f"p{i}_1.png" for i in range(4)]
+    annotations = [{"image_id": i, "category_id": 7, "bbox": [20, 20, 40, 40]} for i in range(4)]
+    path, images = write_coco(tmp_path / "in", images=names, annotations=annotations)
+    coco = json.loads(path.read_text())
+    coco["images"][2]["height"] = 100  # 128 x 100: not the 64 x 64 file's proportions
+    path.write_text(json.dumps(coco))
+    with pytest.raises(
+        UserError, match=r"boxes.json: 1 images are not of the proportions .*p2_1 is 64 x 64, "
+        r"its entry 128 x 100"
+    ):  # fmt: skip
+        prepare(path, images, tmp_path / "out", data_format="coco", log=quiet)
+    assert not (tmp_path / "out").exists()
+
+
 def prepared(out, split="train"):
     return json.loads((out / f"{split}_annotations.json").read_text())
 
