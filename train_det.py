@@ -25,6 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr.data.datasets import DetectionDataset
+from cxr.data.image_lists import data_fingerprint
 from cxr.data.prepared import load_coco, normal_images, read_classes, split_images
 from cxr.data.splits import partition, seeded_permutation
 from cxr.detection.augment import BoxAugment
@@ -432,18 +433,28 @@ def learnt_from(args, meta, *, labeled, held_out, negatives, log):
             advice="Its scores on them would not be a test: use a backbone pretrained without them",
         )
         if not args.allow_overlap:
-            share = backbone.get("ssl_fraction")
-            most = "" if share is None else f" to at most {1 - share:.3f}"
             refuse_learnt(
                 record,
                 checked,
                 torch.stack([key[n] for n in checked]),
                 model=model,
                 role="labeled images",
-                advice=f"Lower --labeled-fraction{most}, or pass --allow-overlap",
+                advice=overlap_advice(backbone, record, args.data_dir),
             )
     entries = backbone["trained_on"] if record is not None else []
     return [*entries, mine], describe_record(record, f"backbone {path}")
+
+
+def overlap_advice(backbone, record, data_dir):
+    """What to do about labeled images a backbone learnt from (its metadata, record)."""
+    if data_fingerprint(data_dir) not in {entry.data_fingerprint for entry in record}:
+        return (
+            "It learnt from another preparation of the data: pretrain on this one, or pass "
+            "--allow-overlap"
+        )
+    share = backbone.get("ssl_fraction")
+    most = "" if share is None else f" to at most {1 - share:.3f}"
+    return f"Lower --labeled-fraction{most}, or pass --allow-overlap"
 
 
 def default_arch(init, meta, *, fallback):

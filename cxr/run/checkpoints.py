@@ -134,11 +134,9 @@ def _check_weights(weights, expected, source):
         k for k in set(expected) & set(weights) if weights[k].shape != expected[k].shape
     )
     if missing or unexpected or misshaped:
-        raise UserError(
-            f"{source} does not hold this run's model: {len(missing)} tensors missing "
-            f"({_sample(missing)}), {len(unexpected)} unexpected ({_sample(unexpected)}), "
-            f"{len(misshaped)} of the wrong shape ({_sample(misshaped)})"
-        )
+        parts = {"missing": missing, "unexpected": unexpected, "of the wrong shape": misshaped}
+        differ = ", ".join(f"{len(k)} {p} ({_sample(k)})" for p, k in parts.items() if k)
+        raise UserError(f"{source} does not hold this run's model: tensors {differ}")
     check_finite(weights, str(source))
 
 
