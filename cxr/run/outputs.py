@@ -102,6 +102,13 @@ def check_inputs_outside(out, inputs):
             )
 
 
+def followed(path):
+    """An output path whose last part is a symbolic link, followed to the folder it
+    names: cxr writes into (and replaces) the target, never the link itself."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def is_ours(folder):
     return (Path(folder) / MARKER).is_file()
 
@@ -282,7 +289,7 @@ def open_output_folder(path, *, command, inputs=(), shared_with_parent=False):
     folder of the user's or holds an input; locked for the block (or under the lock
     of the process that started this one, with shared_with_parent: `Lock`), and the
     temp files a killed writer left removed."""
-    path = Path(path)
+    path = followed(path)
     check_inputs_outside(path, inputs)
     refuse_unmarked(path)
     make_folder(path, command)
@@ -319,13 +326,14 @@ def _user_umask():
 
 @contextlib.contextmanager
 def staged_directory(final, replace=False, inputs=(), command="cxr"):
-    """Yield a fresh temporary folder beside `final`; it becomes `final` on success.
+    """Yield a fresh temporary folder beside `final` (a link followed: `followed`); it
+    becomes `final` on success.
 
     `final` is checked (`check_output_folder`), created if missing and locked
     for the block, so a second builder is refused; folders a killed builder
     left beside it (.NAME.staging-*) are removed. On an exception, a full disk
     included, the temporary folder goes and `final` is as it was."""
-    final = Path(final)
+    final = followed(final)
     check_output_folder(final, replace, inputs)
     created = not final.exists()
     make_folder(final, command)

@@ -28,6 +28,7 @@ from cxr.run.outputs import (
     check_output_folder,
     make_folder,
     mark_as_ours,
+    open_output_folder,
     staged_directory,
 )
 
@@ -83,6 +84,21 @@ def test_staged_directory_refuses_replaces_and_rolls_back(tmp_path):
         (staging / "b.txt").write_text("second")
     assert sorted(p.name for p in final.iterdir()) == [".cxr-output", "b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_an_output_that_is_a_link_is_written_in_its_target_and_stays_a_link(tmp_path):
+    target, link = tmp_path / "disk" / "data", tmp_path / "data"
+    with staged_directory(target) as staging:
+        (staging / "a.txt").write_text("first")
+    link.symlink_to(target)
+    with staged_directory(link, replace=True) as staging:
+        (staging / "b.txt").write_text("second")
+    assert link.is_symlink()
+    assert sorted(p.name for p in target.iterdir()) == [".cxr-output", "b.txt"]
+    with open_output_folder(link, command="test") as folder:
+        folder.write_json("c.json", {})
+    assert link.is_symlink() and (target / "c.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "disk"]  # no staging left
 
 
 def test_folders_get_the_users_umask_and_impossible_places_one_message(tmp_path):
