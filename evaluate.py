@@ -463,6 +463,7 @@ def run_predict(args, dist_info):
     experiment_dir = Path(args.output_dir) / args.experiment_name
     eval_dir = Path(args.eval_dir or experiment_dir / layout.EVAL)
     files = list_images(args.images, "--images")
+    refuse_shared_names(files)
     sizes = read_original_sizes(args.original_sizes) if args.original_sizes else None
     missing = [f.stem for f in files if sizes is not None and f.stem not in sizes]
     if missing:
@@ -490,6 +491,19 @@ def run_predict(args, dist_info):
             )
             return results
     return None
+
+
+def refuse_shared_names(files):
+    """An image is named by its file name without suffix (a submission's image_id, an
+    --original-sizes row): two files of one name from two folders are refused."""
+    first = {}
+    for path in files:
+        if path.stem in first:
+            raise UserError(
+                f"--images: {first[path.stem]} and {path} share the name {path.stem}, which "
+                "names an image in a submission and in --original-sizes; pass one of them"
+            )
+        first[path.stem] = path
 
 
 def write_predictions(folder, files, results, *, sizes, threshold, submission, classes):

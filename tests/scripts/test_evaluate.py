@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -315,6 +316,13 @@ def test_predict_writes_one_submission_row_per_image(trained, tmp_path):
     predict += ["--images", str(data_dir / "test")]
     with pytest.raises(UserError, match="--submission without --original-sizes .* --png-pixels"):
         evaluate.main(predict)
+    other = tmp_path.parent / f"{tmp_path.name}-other"  # a second folder, one name in both
+    other.mkdir()
+    twin = next((data_dir / "test").glob("*.png"))
+    shutil.copy(next((data_dir / "train").glob("*.png")), other / twin.name)
+    with pytest.raises(UserError, match=f"--images: .*{twin.name} and .*{other}/{twin.name} share "
+                       f"the name {twin.stem}"):  # fmt: skip
+        evaluate.main([*predict, str(other), "--png-pixels"])
     assert not any(tmp_path.iterdir())
     evaluate.main([*predict, "--original-sizes", str(data_dir / "test_annotations.json")])
     images = sorted(p.stem for p in (data_dir / "test").glob("*.png"))
