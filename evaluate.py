@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cxr.data.classes import VINBIGDATA_CLASSES, class_index, dataset_classes
 from cxr.data.datasets import DetectionDataset, ImageList, xyxy
+from cxr.data.image_files import check_image
 from cxr.data.images import list_images, open_grayscale
 from cxr.data.names import check_name
 from cxr.data.original_sizes import read_original_sizes
@@ -526,8 +526,10 @@ def submission_rows(files, results, sizes, threshold, *, no_finding):
     """(image_id, PredictionString) of every file, boxes scaled to the original sizes."""
     detections, rows = _detections_by_image(results), []
     for i, f in enumerate(files):
-        with Image.open(f) as image:
-            width, height = image.size
+        size, why = check_image(f)
+        if size is None:
+            raise UserError(f"cannot read image {f}: {why}")
+        width, height = size
         original = sizes[f.stem] if sizes else (width, height)
         scale = (original[0] / width, original[1] / height)
         string = prediction_string(

@@ -12,6 +12,7 @@ the link) and copies it where linking is impossible, saying so.
 import os
 import shutil
 import struct
+import warnings
 
 from PIL import Image
 
@@ -62,6 +63,28 @@ def check_image(path, decode=False):
     if size is not None and min(size) < MIN_SIDE:
         return None, f"{size[0]} x {size[1]} px, smaller than {MIN_SIDE} px a side"
     return size, why
+
+
+def check_readable(paths, *, flag, log):
+    """Refuse an image of `flag` that Pillow cannot open, or one over its
+    decompression-bomb limit."""
+    limit = Image.MAX_IMAGE_PIXELS or float("inf")
+    for path in progress(paths, f"checking {flag}", log=log):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    width, height = image.size
+        except Image.DecompressionBombError:
+            width = height = None
+        except (OSError, ValueError, SyntaxError) as error:
+            raise UserError(f"{flag}: cannot read {path}: {error}") from None
+        if width is None or width * height > limit:
+            size = "larger than" if width is None else f"{width} x {height} pixels, more than"
+            raise UserError(
+                f"{flag}: {path} is {size} Pillow's limit of {limit} pixels (a "
+                "decompression bomb, or a scan to shrink first); leave it out"
+            )
 
 
 def locate_images(files, images_dir, *, skip_missing, source, log, decode=False):

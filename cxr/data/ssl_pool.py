@@ -13,17 +13,14 @@ its decompression-bomb limit, before training.
 """
 
 import re
-import warnings
 from pathlib import Path
 
-from PIL import Image
-
+from cxr.data.image_files import check_readable
 from cxr.data.images import list_images
 from cxr.data.pixel_keys import pixel_keys, same_pictures
 from cxr.data.prepared import normal_images, split_images
 from cxr.data.splits import partition
 from cxr.run.errors import UserError
-from cxr.run.progress import progress
 from cxr.run.reading import json_object, read_json
 
 SPLITS = ("train", "test", "normal")
@@ -33,27 +30,6 @@ def _file_id(path):
     """The (device, inode) that names a file whatever its path."""
     status = Path(path).stat()
     return status.st_dev, status.st_ino
-
-
-def check_readable(paths, log):
-    """Refuse an image Pillow cannot open, or one over its decompression-bomb limit."""
-    limit = Image.MAX_IMAGE_PIXELS or float("inf")
-    for path in progress(paths, "checking --extra-images", log=log):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as image:
-                    width, height = image.size
-        except Image.DecompressionBombError:
-            width = height = None
-        except (OSError, ValueError, SyntaxError) as error:
-            raise UserError(f"--extra-images: cannot read {path}: {error}") from None
-        if width is None or width * height > limit:
-            size = "larger than" if width is None else f"{width} x {height} pixels, more than"
-            raise UserError(
-                f"--extra-images: {path} is {size} Pillow's limit of {limit} pixels (a "
-                "decompression bomb, or a scan to shrink first); leave it out"
-            )
 
 
 def _prepared_twins(extra, data_dir, log):
@@ -107,7 +83,7 @@ def extra_images(entries, data_dir, *, drop_prepared=False, log=print):
     a prepared one or a film of a test patient (module docstring) is refused, all of them
     named in one message, or with drop_prepared left out."""
     extra = list_images(entries, "--extra-images")
-    check_readable(extra, log)
+    check_readable(extra, flag="--extra-images", log=log)
     clashes = {**_test_patients(extra, data_dir), **_prepared_twins(extra, data_dir, log)}
     if clashes and not drop_prepared:
         named = "; ".join(f"{path} ({why})" for path, why in list(clashes.items())[:3])

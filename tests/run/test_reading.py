@@ -1,4 +1,5 @@
-"""The reading boundary: no module parses a file's JSON but cxr.run.reading, and every kind
+"""The reading boundaries: no module parses a file's JSON but cxr.run.reading, loads a torch
+file but cxr.run.checkpoints or opens an image but cxr.data.images and image_files, and every kind
 of JSON file cxr reads, corrupted at random, gives one UserError line or a checked value,
 never another exception."""
 
@@ -27,8 +28,17 @@ REPO = Path(__file__).resolve().parents[2]
 PARSES_TEXT_NOT_A_FILE = {("cxr/run/cli.py", "parse_views")}  # --views takes JSON text
 
 
-def json_parses(path):
-    """(innermost function, line) of every json.load / json.loads call in a module."""
+# Who may read a file of each kind: (module, function) -> the modules allowed to call it.
+BOUNDARIES = {
+    ("json", "load"): {"cxr/run/reading.py"},
+    ("json", "loads"): {"cxr/run/reading.py"},
+    ("torch", "load"): {"cxr/run/checkpoints.py"},
+    ("Image", "open"): {"cxr/data/images.py", "cxr/data/image_files.py"},
+}
+
+
+def reads(path):
+    """(call, innermost function, line) of every boundary call (`BOUNDARIES`) in a module."""
     found = []
 
     def visit(node, function):
@@ -37,11 +47,10 @@ def json_parses(path):
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("load", "loads")
             and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "json"
+            and (node.func.value.id, node.func.attr) in BOUNDARIES
         ):
-            found.append((function, node.lineno))
+            found.append(((node.func.value.id, node.func.attr), function, node.lineno))
         for child in ast.iter_child_nodes(node):
             visit(child, function)
 
@@ -49,17 +58,15 @@ def json_parses(path):
     return found
 
 
-def test_only_the_boundary_parses_json():
+def test_only_the_boundaries_read_json_torch_files_and_images():
     scripts = [REPO / name for name in ("train_ssl.py", "train_det.py", "evaluate.py")]
     modules = [*REPO.glob("cxr/**/*.py"), *scripts]
     outside = set()
     for path in modules:
         name = str(path.relative_to(REPO))
-        if name == "cxr/run/reading.py":
-            continue
-        for function, line in json_parses(path):
-            if (name, function) not in PARSES_TEXT_NOT_A_FILE:
-                outside.add(f"{name}:{line} ({function})")
+        for call, function, line in reads(path):
+            if name not in BOUNDARIES[call] and (name, function) not in PARSES_TEXT_NOT_A_FILE:
+                outside.add(f"{name}:{line} ({function}: {'.'.join(call)})")
     assert len(modules) > 40 and outside == set()
 
 
