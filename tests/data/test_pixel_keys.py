@@ -35,6 +35,10 @@ def test_the_key_is_the_standardized_average_of_each_block():
     np.testing.assert_allclose(key, expected.ravel(), atol=1e-5)
 
 
+def test_no_files_have_no_keys():
+    assert pixel_keys([], what="none", log=None).shape == (0, KEY_SIZE)
+
+
 def test_a_blank_picture_has_a_zero_key_not_nan():
     key = pixel_key(Image.new("L", (40, 40), 200))
     assert np.array_equal(key, np.zeros(KEY_SIZE, np.float32))
@@ -44,11 +48,12 @@ def test_brightness_contrast_and_size_do_not_change_the_key():
     image = picture(1, side=KEY_SIDE * 8)
     pixels = np.asarray(image, dtype=np.float64)
     darker = Image.fromarray((pixels * 0.5 + 10).astype(np.float32), mode="F")
+    faint = Image.fromarray((pixels * 1e-3).astype(np.float32), mode="F")  # spread under 1
     smaller = Image.fromarray(
         pixels.reshape(KEY_SIDE * 4, 2, KEY_SIDE * 4, 2).mean(axis=(1, 3)).astype(np.float32),
         mode="F",
     )
-    for other in (darker, smaller):
+    for other in (darker, faint, smaller):
         np.testing.assert_allclose(pixel_key(other), pixel_key(image), atol=1e-4)
 
 

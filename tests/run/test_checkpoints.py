@@ -111,3 +111,16 @@ def test_what_does_not_fit_is_named(change, message):
     change(state)
     with pytest.raises(UserError, match=message):
         restore(state, model=model, optimizer=optimizer, scaler=scaler, source=SOURCE)
+
+
+def test_a_checkpoint_that_fits_restores_with_its_scaler_state():
+    model, optimizer, scaler = training_state(0)
+    state = checkpoint_state(model, optimizer, scaler, epoch=3, step=7)
+    assert state["scaler"]["_growth_tracker"] == 1  # one finite step counted
+    state["scaler"]["_growth_tracker"] = 0  # as after an overflow: a count may be 0
+    other, other_optimizer, other_scaler = training_state(1)
+    source = SOURCE
+    epochs = restore(
+        state, model=other, optimizer=other_optimizer, scaler=other_scaler, source=source
+    )
+    assert epochs == (3, 7) and other_scaler.state_dict() == state["scaler"]
