@@ -76,8 +76,15 @@ case_ "an image_id that is a path (../../x)" $PY -m cxr.prepare --csv $B/escape.
 mkdir -p $B/pool; t=$(ls $B/data/test | head -1); cp $B/data/test/$t $B/pool/renamed.png
 case_ "a renamed copy of a test image in --extra-images" $SSL --experiment-name leak --extra-images $B/pool
 $SSL --experiment-name refit --epochs 2 --stop-after 1 > /dev/null 2>&1
+$SSL --experiment-name shape --epochs 2 --stop-after 1 > /dev/null 2>&1
+$PY -c "import sys, torch; p = sys.argv[1]; s = torch.load(p, weights_only=True); k = next(iter(s['model'])); s['model'][k] = s['model'][k].flatten(); torch.save(s, p)" $B/out/shape/pretrain/checkpoint.pth
+case_ "a checkpoint holding a tensor of the wrong shape, --resume" $SSL --experiment-name shape --epochs 2 --resume
 $PY -m cxr.prepare --csv $B/vin/train.csv --images $B/vin/train --out $B/data --keep-normal --seed 7 --replace > /dev/null
 case_ "--resume after the data was prepared again with another --seed" $SSL --experiment-name refit --epochs 2 --resume
+case_ "a backbone pretrained on another split, passed by path" $PY train_det.py --data-dir $B/data --output-dir $B/out --experiment-name other --init $B/out/w2/pretrain/pretrained-backbone.pth --image-size 64 --epochs 1 --workers 0 --device cpu
+case_ "a detector scored on images it trained on (the data split again)" $PY evaluate.py --mode map --experiment-name r18 --output-dir $B/out --data-dir $B/data --device cpu
+mkdir -p $B/pool2; $PY -c "import sys; from PIL import Image; Image.open(sys.argv[1]).save(sys.argv[2], quality=75)" $B/data/test/$(ls $B/data/test | head -1) $B/pool2/scan.jpg
+case_ "a JPEG copy of a test image, renamed, in --extra-images" $SSL --experiment-name leak2 --extra-images $B/pool2
 (head -1 $B/vin/train.csv; grep -v ",No finding," $B/vin/train.csv | sed -n 2,40p | awk -F, 'BEGIN{OFS=","} {$5=$7; print}') > $B/flat.csv
 case_ "every box of zero width" $PY -m cxr.prepare --csv $B/flat.csv --images $B/vin/train --out $B/d4
 case_ "a run inside --data-dir" $SSL --output-dir $B/data/runs --experiment-name inside
