@@ -34,7 +34,7 @@ def _rows(path):
     if not rows or tuple(rows[0][:2]) != COLUMNS:
         raise UserError(
             f"{path}: expected NIH's header 'Image Index,Finding Label,Bbox [x,y,w,h]', "
-            f"found {','.join(rows[0]) if rows else 'an empty file'}"
+            f"found {','.join(rows[0])[:80] if rows else 'an empty file'}"
         )
     if len(rows) == 1:
         raise UserError(f"{path} has a header but no rows: nothing to prepare")

@@ -12,7 +12,11 @@ import sys
 
 
 class UserError(Exception):
-    """A mistake in the user's input or flags, with a message saying what to do."""
+    """A mistake in the user's input or flags, with a message saying what to do; one
+    line, whatever it quotes (a line break from a file is shown as \\n)."""
+
+    def __init__(self, message):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def user_message(error):
