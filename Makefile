@@ -43,4 +43,5 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/bench_probe.py
 	$(PY) bench/bench_det.py
 	$(PY) bench/bench_loaders.py
+	$(PY) bench/bench_keys.py
 	$(PY) bench/bench_experiment.py
