@@ -145,16 +145,23 @@ def test_a_backbone_that_learnt_a_test_image_is_refused_whatever_its_path_or_nam
     assert "keeps no record of the images it learnt from" in capsys.readouterr().out
 
 
-def test_labeled_images_the_ssl_pool_held_are_refused_unless_allowed(data_dir, tmp_path, capsys):
+def experiment_pretrained_on_half(data_dir, experiment):
+    """({name: path} of the training images, the SSL pool's names) of an experiment whose
+    backbone learnt from the first half of the SSL split's permutation."""
     train = {p.stem: p for p in (data_dir / "train").glob("*.png")}
     pool = partition(sorted(train), 0.5, seed=0).ssl
-    pretrain = tmp_path / "exp" / layout.PRETRAIN
+    pretrain = experiment / layout.PRETRAIN
     make_folder(pretrain)  # as train_ssl.py makes it: both folders marked as cxr's
     path = backbone_that_learnt(
         pretrain, {n: train[n] for n in pool}, data_dir=data_dir, ssl_fraction=0.5, split_seed=0
     )
     path.rename(pretrain / layout.BACKBONE)
     path.with_suffix(".json").rename(pretrain / layout.BACKBONE_META)
+    return train, pool
+
+
+def test_labeled_images_the_ssl_pool_held_are_refused_unless_allowed(data_dir, tmp_path, capsys):
+    _, pool = experiment_pretrained_on_half(data_dir, tmp_path / "exp")
     with pytest.raises(UserError, match=r"labeled images .*Lower --labeled-fraction to at most "
                        r"0\.500, or pass --allow-overlap"):  # fmt: skip
         train_det.main(
@@ -168,15 +175,7 @@ def test_labeled_images_the_ssl_pool_held_are_refused_unless_allowed(data_dir, t
 
 @pytest.mark.slow
 def test_the_detector_records_its_backbones_images_then_its_own(data_dir, tmp_path):
-    train = {p.stem: p for p in (data_dir / "train").glob("*.png")}
-    pool = partition(sorted(train), 0.5, seed=0).ssl
-    pretrain = tmp_path / "exp" / layout.PRETRAIN
-    make_folder(pretrain)  # as train_ssl.py makes it: both folders marked as cxr's
-    path = backbone_that_learnt(
-        pretrain, {n: train[n] for n in pool}, data_dir=data_dir, ssl_fraction=0.5, split_seed=0
-    )
-    path.rename(pretrain / layout.BACKBONE)
-    path.with_suffix(".json").rename(pretrain / layout.BACKBONE_META)
+    train, pool = experiment_pretrained_on_half(data_dir, tmp_path / "exp")
     argv = ["--init", "ssl", "--epochs", "1", "--eval-every", "0"]
     train_det.main(det_args(data_dir, tmp_path, "exp", *argv))
     labeled = read_image_list(tmp_path / "exp" / layout.LABELED_IMAGES).names
