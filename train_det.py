@@ -258,7 +258,13 @@ def train(args, dist_info):
                 history.append({"epoch": epoch + 1, **metrics})
             run.log_epoch(epoch, mean_loss=mean_loss, **epoch_metrics(metrics))
             state = engine.checkpoint_state(
-                model, optimizer, scaler, epoch=epoch + 1, step=step, eval_history=history
+                model,
+                optimizer,
+                scaler,
+                epoch=epoch + 1,
+                step=step,
+                eval_history=history,
+                trained_on=data.trained_on,  # evaluate.py checks a checkpoint like a final model
             )
             run.save(state)
             write_history(run, history)  # after the checkpoint, which holds it too

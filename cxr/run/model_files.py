@@ -202,7 +202,8 @@ def _read_detector_file(path):
     saved = load_torch_file(path, "a cxr Faster R-CNN")
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict) and "config" in saved:
         what = "a training checkpoint's config"  # a training checkpoint
-        return saved["model"], check_meta(saved["config"], path, what=what)
+        record = {"trained_on": saved["trained_on"]} if "trained_on" in saved else {}
+        return saved["model"], check_meta({**saved["config"], **record}, path, what=what)
     meta_path = Path(path).with_suffix(".json")
     if not meta_path.is_file():
         raise UserError(

@@ -27,6 +27,7 @@ from cxr.nn.resnet import headless_resnet
 from cxr.nn.seeds import stream_seed
 from cxr.run.cli import flags
 from cxr.run.errors import UserError
+from cxr.run.model_files import _read_detector_file
 from cxr.run.outputs import open_output_folder
 from cxr.run.provenance import keys_of, trained_on_entry
 
@@ -139,6 +140,8 @@ def test_map_writes_metrics_that_match_its_predictions(trained):
 def test_a_model_that_learnt_a_test_image_is_not_scored_on_it(trained, tmp_path):
     root, data_dir, model, meta = trained
     assert [entry["what"] for entry in meta["trained_on"]] == ["fine-tuning images"]
+    _, in_checkpoint = _read_detector_file(root / "out" / "exp" / "checkpoint.pth")
+    assert in_checkpoint["trained_on"] == meta["trained_on"]  # checked like the final model
     evaluate.main(eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "eval")))
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert "learnt from fine-tuning images of" in written["provenance"]
