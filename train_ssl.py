@@ -152,6 +152,8 @@ def train(args, dist_info):
     log = print if dist_info.is_main else None
     data = choose_data(args, args.dry_run or dist_info.world_size, log)  # before any write
     if args.dry_run is not None:
+        for path, why in data.dropped.items():  # --drop-prepared: the whole list
+            print(f"left out: {path} ({why})")
         return print(f"train_ssl.py: checked, {describe(args, data)}; nothing written")
     device, rank = dist_info.device, dist_info.rank
     model = build_model(args, dist_info)

@@ -92,7 +92,8 @@ def extra_images(entries, data_dir, *, drop_prepared=False, log=print):
             f"--extra-images: {len(clashes)} of {len(extra)} images are prepared images of "
             f"{data_dir} or films of its test patients, which the SSL pool must not see: "
             f"{named}{more}. "
-            "Pass --drop-prepared to leave them out (the run's log lists each), or remove them"
+            "Pass --drop-prepared to leave them out (the run's log lists each; with --dry-run "
+            "they are printed), or remove them"
         )
     return [path for path in extra if path not in clashes], clashes
 

@@ -205,6 +205,23 @@ def test_extra_images_join_the_pool_once_each_and_never_overlap_the_prepared_dat
     )
 
 
+def test_a_dry_run_with_drop_prepared_lists_every_image_it_leaves_out(data_dir, tmp_path, capsys):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    tests = sorted((data_dir / "test").glob("*.png"))
+    for number, image in enumerate(tests):  # each test image as a renamed JPEG
+        with Image.open(image) as picture:
+            picture.save(extra / f"scan{number}.jpg", quality=75)
+    argv = ["--epochs", "1", "--extra-images", str(extra), "--drop-prepared", "--dry-run", "1"]
+    train_ssl.main(ssl_args(data_dir, tmp_path, "listed", *argv))
+    printed = [line for line in capsys.readouterr().out.splitlines() if "left out: " in line]
+    assert len(tests) > 1 and sorted(printed) == sorted(
+        f"left out: {extra / f'scan{n}.jpg'} (the same picture as {image})"
+        for n, image in enumerate(tests)
+    )
+    assert not (tmp_path / "listed").exists()
+
+
 def test_out_of_range_fractions_are_refused_by_the_parser(capsys):
     for flag in ("--ssl-fraction", "--labeled-dataset-percent"):
         with pytest.raises(SystemExit) as exit_code:
