@@ -107,8 +107,8 @@ def describe_record(record, model):
     """One line: what `model` learnt from, or that it keeps no record."""
     if record is None:
         return f"{model} keeps no record of the images it learnt from: not checked against them"
-    sets = ", ".join(f"{entry.what} of {len(entry.names)}" for entry in record)
-    return f"{model} learnt from {sets} images, checked against this run's images by pixels"
+    sets = " and ".join(f"its {entry.what} ({len(entry.names)} images)" for entry in record)
+    return f"{model} learnt from {sets}: checked against this run's images by their pixels"
 
 
 def check_unlearnt(meta, images, *, model, role, log):

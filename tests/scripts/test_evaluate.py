@@ -144,7 +144,7 @@ def test_a_model_that_learnt_a_test_image_is_not_scored_on_it(trained, tmp_path)
     assert in_checkpoint["trained_on"] == meta["trained_on"]  # checked like the final model
     evaluate.main(eval_args(root, data_dir, "map", "--eval-dir", str(tmp_path / "eval")))
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert "learnt from fine-tuning images of" in written["provenance"]
+    assert "learnt from its fine-tuning images (" in written["provenance"]
     test_image = sorted((data_dir / "test").glob("*.png"))[0]
     with Image.open(test_image) as image:
         image.resize((32, 32), Image.BOX).save(tmp_path / "small.png")

@@ -170,7 +170,7 @@ def test_labeled_images_the_ssl_pool_held_are_refused_unless_allowed(data_dir, t
     for allowed in ([], ["--labeled-fraction", "0.8", "--allow-overlap"]):
         argv = det_args(data_dir, tmp_path, "exp", "--init", "ssl", "--dry-run", "1", *allowed)
         train_det.main(argv)
-        assert f"SSL pool of {len(pool)} images, checked" in capsys.readouterr().out
+        assert f"its SSL pool ({len(pool)} images): checked" in capsys.readouterr().out
 
 
 @pytest.mark.slow
