@@ -124,15 +124,20 @@ def check_resumable(state, *, model, optimizer, scaler, source):
         )
 
 
+def state_mismatch(state, expected):
+    """(missing, unexpected, of the wrong shape): the sorted keys where a state dict of
+    tensors differs from `expected` (a model's state dict)."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
+    return missing, unexpected, misshaped
+
+
 def _check_weights(weights, expected, source):
     if not isinstance(weights, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
     ):
         raise UserError(f"{source}: its model weights are not a state dict of tensors")
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    misshaped = sorted(
-        k for k in set(expected) & set(weights) if weights[k].shape != expected[k].shape
-    )
+    missing, unexpected, misshaped = state_mismatch(weights, expected)
     if missing or unexpected or misshaped:
         parts = {"missing": missing, "unexpected": unexpected, "of the wrong shape": misshaped}
         differ = ", ".join(f"{len(k)} {p} ({_sample(k)})" for p, k in parts.items() if k)

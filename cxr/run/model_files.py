@@ -16,7 +16,7 @@ import torch
 
 from cxr.detection.detector import build_detector
 from cxr.nn.resnet import FEATURE_DIMS, headless_resnet, infer_arch, trunk_mismatch, trunk_shapes
-from cxr.run.checkpoints import check_finite, load_torch_file, torch_bytes
+from cxr.run.checkpoints import check_finite, load_torch_file, state_mismatch, torch_bytes
 from cxr.run.errors import UserError
 from cxr.run.layout import BACKBONE, BACKBONE_META, DETECTOR, DETECTOR_META
 from cxr.run.provenance import parse_trained_on
@@ -235,11 +235,7 @@ def load_detector(path):
         trainable_layers=meta["trainable_layers"],
         anchor_sizes=meta["anchor_sizes"],
     )
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        k for k in set(expected) & set(state) if expected[k].shape != state[k].shape
-    )
+    missing, unexpected, wrong_shape = state_mismatch(state, model.state_dict())
     if missing or unexpected or wrong_shape:
         raise UserError(
             f"{path} is not a cxr Faster R-CNN {meta['arch']}-FPN with {len(meta['classes'])} "
