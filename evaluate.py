@@ -302,13 +302,13 @@ def run_map(args, dist_info):
     threshold = 0.05 if args.score_threshold is None else args.score_threshold
     model, meta, checkpoint = detector_for(args, dist_info, experiment_dir, threshold)
     coco, image_dir, ann_file = labeled_test_set(args, meta["classes"], scored=True)
+    dataset = DetectionDataset(coco, image_dir)  # each image's size, from its header
     log = print if dist_info.is_main else None
     images = {Path(i["file_name"]).stem: image_dir / i["file_name"] for i in coco["images"]}
     role = f"test images of {ann_file}"
     checked = check_unlearnt(meta, images, model=f"the detector {checkpoint}", role=role, log=log)
     if log:
         log(checked)
-    dataset = DetectionDataset(coco, image_dir)  # checks each image's size first
     with results_folder(eval_dir, [layout.METRICS], args, dist_info) as folder:
         start = time.perf_counter()
         results = predict_all(model, dataset, args, dist_info)

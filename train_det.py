@@ -360,9 +360,6 @@ def choose_data(args, processes, rank, *, meta, log):
     the evaluation set, checked. meta: the experiment's SSL backbone's, or {}."""
     classes = read_classes(args.data_dir)
     labeled, held_out, negatives = choose_images(args, meta)
-    trained_on, checked = learnt_from(
-        args, meta, labeled=labeled, held_out=held_out, negatives=negatives, log=log
-    )
     dataset = DetectionDataset.split(
         args.data_dir,
         "train",
@@ -391,6 +388,9 @@ def choose_data(args, processes, rank, *, meta, log):
             f"the {len(eval_dataset)} {where} images hold no box: there would be nothing to "
             "evaluate on (prepare with a --test-fraction, or raise --val-fraction)"
         )
+    trained_on, checked = learnt_from(  # last: it decodes every image, the checks above none
+        args, meta, labeled=labeled, held_out=held_out, negatives=negatives, log=log
+    )
     return FineTuningData(
         classes=classes,
         labeled=labeled,
