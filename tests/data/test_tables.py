@@ -29,7 +29,10 @@ META = """image_id,dim0,dim1
 a1,600,512
 b2,800,800
 """
-JUNK = ["", "x", "-1", "0", "nan", "inf", "-inf", "1e400", '"', '"a,b"', "\x00", "１２", "14", "99"]
+JUNK = [
+    *("", "x", "-1", "0", "nan", "inf", "-inf", "1e400", '"', '"a,b"', "\x00"),
+    *("\uff11\uff12", "14", "99"),  # full-width 12; a class id; an unknown one
+]
 
 
 def corrupted(text, rng):
