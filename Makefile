@@ -17,7 +17,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
-# The README's main command: the whole experiment, CPU preset (8 min on 2 cores: docs/benchmarks.md).
+# The README's main command: the whole experiment, CPU preset (8-9 min on 2 cores: docs/benchmarks.md).
 experiment: $(VENV)/.installed
 	$(PY) -m cxr.experiment --out experiment
 
