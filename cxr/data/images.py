@@ -16,17 +16,26 @@ from PIL import Image
 from cxr.run.errors import UserError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
-TWELVE_BIT_MAX = 4095
+
+
+def stored_bits(pixels):
+    """The bits a 16-bit file's pixels use: those that hold its largest value, at least 8.
+
+    Scanners store 10 to 16 bits (DICOM's BitsStored) and converters often keep the
+    raw values in a 16-bit PNG, which says nothing of the depth; a radiograph's
+    brightest pixels (direct exposure, markers) reach near the top of its range."""
+    return max(8, int(pixels.max(initial=0)).bit_length())
 
 
 def open_grayscale(path):
     """An image file as an 8-bit grayscale ('L') PIL image.
 
-    16-bit grayscale PNGs (which Pillow opens as I;16 or I) are scaled from
-    0..65535 to 0..255 (Pillow's own conversion would clip them to white), or
-    from 0..4095 where no pixel exceeds 4095: 12-bit data, as scanners and
-    DICOM give, in a 16-bit file, which would otherwise read as near black.
-    Colour images are converted to their luminance."""
+    16-bit grayscale PNGs (which Pillow opens as I;16 or I) are scaled to 0..255
+    from the range of the bits they use (`stored_bits`): 0..65535 for 16-bit data,
+    0..4095 for 12-bit data in a 16-bit file, which would otherwise read as near
+    black (Pillow's own conversion would clip them to white). No pixel is clipped,
+    and above 8 bits the brightest lands in 128..255. Colour images are converted
+    to their luminance."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # named, not printed
@@ -34,7 +43,7 @@ def open_grayscale(path):
         with image:
             if image.mode in SIXTEEN_BIT_MODES:
                 wide = np.asarray(image, dtype=np.float64)
-                top = TWELVE_BIT_MAX if wide.max(initial=0) <= TWELVE_BIT_MAX else 65535
+                top = 2 ** stored_bits(wide) - 1
                 return Image.fromarray(
                     np.clip(np.rint(wide * (255 / top)), 0, 255).astype(np.uint8)
                 )

@@ -26,13 +26,28 @@ def test_sixteen_bit_png_is_scaled_not_clipped_to_white(tmp_path):
     assert pixels.min() == 0 and pixels.max() == 255 and len(np.unique(pixels)) == 256
 
 
-def test_twelve_bit_data_in_a_sixteen_bit_png_fills_the_eight_bit_range(tmp_path):
-    twelve = (np.arange(64 * 64).reshape(64, 64)).astype(np.uint16)  # 0 .. 4095
-    Image.fromarray(twelve).save(tmp_path / "twelve.png")
-    pixels = read_grayscale(tmp_path / "twelve.png")[0].numpy()
-    np.testing.assert_array_equal(pixels, np.rint(twelve / 4095 * 255).astype(np.uint8))
-    Image.fromarray(np.minimum(twelve, 4080)).save(tmp_path / "scanner.png")  # max 4080
-    assert read_grayscale(tmp_path / "scanner.png").max() == 254
+@pytest.mark.parametrize("bits", [10, 12, 14, 15])
+def test_data_of_fewer_bits_in_a_sixteen_bit_png_fills_the_eight_bit_range(tmp_path, bits):
+    top = 2**bits - 1
+    data = np.linspace(0, top, 64 * 64).round().reshape(64, 64).astype(np.uint16)
+    Image.fromarray(data).save(tmp_path / "data.png")
+    pixels = read_grayscale(tmp_path / "data.png")[0].numpy()
+    np.testing.assert_array_equal(pixels, np.rint(data / top * 255).astype(np.uint8))
+    Image.fromarray(np.minimum(data, top - 15)).save(tmp_path / "scanner.png")  # e.g. 4080
+    assert read_grayscale(tmp_path / "scanner.png").max() == np.rint((top - 15) / top * 255)
+
+
+def test_a_sixteen_bit_png_is_never_clipped_and_its_brightest_pixel_is_bright(tmp_path):
+    generator = np.random.default_rng(0)
+    for case in range(40):
+        brightest = int(generator.integers(256, 65536))
+        data = generator.integers(0, brightest + 1, (16, 16)).astype(np.uint16)
+        data[0, 0] = brightest
+        Image.fromarray(data).save(tmp_path / "data.png")
+        pixels = read_grayscale(tmp_path / "data.png")[0].numpy().astype(int)
+        top = 2 ** brightest.bit_length() - 1  # the range of the bits the data uses
+        np.testing.assert_array_equal(pixels, np.rint(data / top * 255), err_msg=f"{case}")
+        assert 128 <= pixels.max() <= 255, (case, brightest)
 
 
 def test_eight_bit_and_colour_images(tmp_path):
