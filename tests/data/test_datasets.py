@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cxr.data.datasets import ImageList
-from cxr.data.images import read_grayscale
+from cxr.data.images import read_grayscale, to_eight_bits
 from cxr.run.errors import UserError, user_message
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +35,14 @@ def test_data_of_fewer_bits_in_a_sixteen_bit_png_fills_the_eight_bit_range(tmp_p
     np.testing.assert_array_equal(pixels, np.rint(data / top * 255).astype(np.uint8))
     Image.fromarray(np.minimum(data, top - 15)).save(tmp_path / "scanner.png")  # e.g. 4080
     assert read_grayscale(tmp_path / "scanner.png").max() == np.rint((top - 15) / top * 255)
+
+
+def test_the_integer_scaling_rounds_every_value_as_floats_would():
+    for bits in range(8, 17):
+        top = 2**bits - 1
+        every = np.arange(top + 1, dtype=np.int64)
+        expected = np.floor(every * 255 / top + 0.5).astype(np.uint8)  # no value is half-way
+        np.testing.assert_array_equal(to_eight_bits(every, top), expected)
 
 
 def test_a_sixteen_bit_png_is_never_clipped_and_its_brightest_pixel_is_bright(tmp_path):
