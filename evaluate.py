@@ -306,7 +306,15 @@ def run_map(args, dist_info):
     log = print if dist_info.is_main else None
     images = {Path(i["file_name"]).stem: image_dir / i["file_name"] for i in coco["images"]}
     role = f"test images of {ann_file}"
-    checked = check_unlearnt(meta, images, model=f"the detector {checkpoint}", role=role, log=log)
+    checked = check_unlearnt(
+        meta,
+        images,
+        model=f"the detector {checkpoint}",
+        role=role,
+        log=log,
+        dist_info=dist_info,
+        workers=args.workers,
+    )
     if log:
         log(checked)
     with results_folder(eval_dir, [layout.METRICS], args, dist_info) as folder:
@@ -559,7 +567,8 @@ def resolve_backbone(args, experiment_dir):
     trunk, message = pretrained_trunk(arch, path)
     test = split_images(args.data_dir, "test")
     role = f"test images of {args.data_dir}"
-    checked = check_unlearnt(meta, test, model=f"the backbone {path}", role=role, log=print)
+    model = f"the backbone {path}"
+    checked = check_unlearnt(meta, test, model=model, role=role, log=print, workers=args.workers)
     name = "ssl" if path == default else path.stem
     return name, trunk, arch, size, f"{message}; {checked}"
 

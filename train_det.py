@@ -206,7 +206,7 @@ def train(args, dist_info):
     args = settle_defaults(args, meta)
     processes = args.dry_run or dist_info.world_size
     log = print if dist_info.is_main else None
-    data = choose_data(args, processes, dist_info.rank, meta=meta, log=log)
+    data = choose_data(args, processes, dist_info, meta=meta, log=log)
     if args.dry_run is not None:
         return print(
             f"train_det.py: checked, {describe(args, data)}; {data.checked}; nothing written"
@@ -355,9 +355,10 @@ def settle_defaults(args, meta):
     return argparse.Namespace(**{**vars(args), "arch": arch, "split_seed": split_seed})
 
 
-def choose_data(args, processes, rank, *, meta, log):
-    """The labeled images, their sampler and schedule for `processes` processes, and
-    the evaluation set, checked. meta: the experiment's SSL backbone's, or {}."""
+def choose_data(args, processes, dist_info, *, meta, log):
+    """The labeled images, their sampler and schedule for `processes` processes (this one
+    of dist_info), and the evaluation set, checked. meta: the experiment's SSL backbone's,
+    or {}."""
     classes = read_classes(args.data_dir)
     labeled, held_out, negatives = choose_images(args, meta)
     dataset = DetectionDataset.split(
@@ -371,7 +372,7 @@ def choose_data(args, processes, rank, *, meta, log):
     sampler = RepeatFactorSampler(
         factors,
         num_replicas=processes,
-        rank=rank,
+        rank=dist_info.rank,
         seed=args.seed,
         rounding=args.repeat_rounding,
         batch_size=args.batch_size,
@@ -389,7 +390,13 @@ def choose_data(args, processes, rank, *, meta, log):
             "evaluate on (prepare with a --test-fraction, or raise --val-fraction)"
         )
     trained_on, checked = learnt_from(  # last: it decodes every image, the checks above none
-        args, meta, labeled=labeled, held_out=held_out, negatives=negatives, log=log
+        args,
+        meta,
+        labeled=labeled,
+        held_out=held_out,
+        negatives=negatives,
+        log=log,
+        dist_info=dist_info,
     )
     return FineTuningData(
         classes=classes,
@@ -408,14 +415,18 @@ def choose_data(args, processes, rank, *, meta, log):
     )
 
 
-def learnt_from(args, meta, *, labeled, held_out, negatives, log):
+def learnt_from(args, meta, *, labeled, held_out, negatives, log, dist_info):
     """(the detector's `trained_on` entries, a line on what was checked): its backbone's
     record (`cxr.run.provenance`) checked against this data's test images, and its labeled
     ones unless --allow-overlap, then its own fine-tuning images. meta: the SSL backbone's."""
+
+    def keys(images, what):  # shared by the run's processes
+        return keys_of(images, what=what, log=log, dist_info=dist_info, workers=args.workers)
+
     train_images = split_images(args.data_dir, "train")
     checked = [*labeled, *(held_out or [])]
     images = {**{n: train_images[n] for n in checked}, **{p.stem: p for p in negatives}}
-    key = dict(zip(*keys_of(images, what="the labeled images", log=log)))
+    key = dict(zip(*keys(images, what="the labeled images")))
     trained = [*labeled, *(p.stem for p in negatives)]  # not the held-out ones
     mine = trained_on_entry(
         "fine-tuning images",
@@ -433,7 +444,7 @@ def learnt_from(args, meta, *, labeled, held_out, negatives, log):
         test = split_images(args.data_dir, "test")
         refuse_learnt(
             record,
-            *keys_of(test, what="the test images", log=log),
+            *keys(test, what="the test images"),
             model=model,
             role=f"test images of {args.data_dir}",
             advice="Its scores on them would not be a test: use a backbone pretrained without them",

@@ -150,7 +150,7 @@ def train(args, dist_info):
     check_devices_flag(args.devices, dist_info)
     engine.check_amp(args.amp, dist_info.device)
     log = print if dist_info.is_main else None
-    data = choose_data(args, args.dry_run or dist_info.world_size, log)  # before any write
+    data = choose_data(args, dist_info, log)  # before any write
     if args.dry_run is not None:
         for path, why in data.dropped.items():  # --drop-prepared: the whole list
             print(f"left out: {path} ({why})")
@@ -301,13 +301,19 @@ class PretrainingData:
     warmup_steps: int
 
 
-def choose_data(args, processes, log):
-    """The SSL pool, the views and the schedule for `processes` processes, checked;
-    log: where progress lines go (None: nowhere)."""
+def choose_data(args, dist_info, log):
+    """The SSL pool, the views and the schedule for this run's processes (--dry-run's
+    number, or dist_info's), checked; log: where progress lines go (None: nowhere)."""
+    processes = args.dry_run or dist_info.world_size
     extra, dropped = [], {}
     if args.extra_images:
         extra, dropped = extra_images(
-            args.extra_images, args.data_dir, drop_prepared=args.drop_prepared, log=log
+            args.extra_images,
+            args.data_dir,
+            drop_prepared=args.drop_prepared,
+            log=log,
+            dist_info=dist_info,
+            workers=args.workers,
         )
     paths = ssl_pool(
         args.data_dir,
@@ -370,8 +376,11 @@ def save_trunk(run, model, data):
     args, dist_info = run.args, run.dist_info
     if args.precise_bn_images:
         precise_batchnorm(model.trunk, data.dataset, run)
+    log = print if dist_info.is_main else None
+    names, keys = keys_of(
+        data.paths, what="the SSL pool", log=log, dist_info=dist_info, workers=args.workers
+    )
     if dist_info.is_main:
-        names, keys = keys_of(data.paths, what="the SSL pool", log=print)
         trained_on = [trained_on_entry("SSL pool", names, keys, data_dir=args.data_dir)]
         meta = {**backbone_record(args, data), "trained_on": trained_on}
         save_backbone(run.folder, model.trunk_state_dict(), meta)

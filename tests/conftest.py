@@ -4,9 +4,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
+import torch.multiprocessing as mp
 import torchvision
 
 from cxr.data.preparation import prepare
@@ -81,6 +84,18 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_two(worker, *args, timeout=120):
+    """Run worker(rank, *args) in two real processes; fail, not hang, if one waits for
+    ever."""
+    context = mp.start_processes(worker, args=args, nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a process waited for a peer that had stopped")
 
 
 REPO = Path(__file__).resolve().parents[1]

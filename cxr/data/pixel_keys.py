@@ -40,11 +40,27 @@ def pixel_key(image):
     return (centred / spread if spread > 0 else centred).astype(np.float32).ravel()
 
 
-def pixel_keys(paths, *, what, log=print):
-    """(N, KEY_SIZE) float32 keys of image files, in order; `what` names them in progress
-    lines. A file that is not a readable image raises one UserError naming it."""
-    keys = [pixel_key(open_grayscale(path)) for path in progress(paths, what, log=log)]
-    return torch.from_numpy(np.stack(keys)) if keys else torch.zeros(0, KEY_SIZE)
+class KeysOfFiles(torch.utils.data.Dataset):
+    """The pixel key of each of a list of image files."""
+
+    def __init__(self, paths):
+        self.paths = list(paths)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return torch.from_numpy(pixel_key(open_grayscale(self.paths[index])))
+
+
+def pixel_keys(paths, *, what, log=print, workers=0):
+    """(N, KEY_SIZE) float32 keys of image files, in order, decoded by `workers` loader
+    processes (0: this one); `what` names them in progress lines. A file that is not a
+    readable image raises one UserError naming it."""
+    files = KeysOfFiles(paths)
+    loader = torch.utils.data.DataLoader(files, batch_size=None, num_workers=workers)
+    keys = list(progress(loader, what, log=log))
+    return torch.stack(keys) if keys else torch.zeros(0, KEY_SIZE)
 
 
 def same_pictures(keys, others, *, chunk=4096):

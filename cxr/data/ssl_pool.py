@@ -17,10 +17,11 @@ from pathlib import Path
 
 from cxr.data.image_files import check_readable
 from cxr.data.images import list_images
-from cxr.data.pixel_keys import pixel_keys, same_pictures
+from cxr.data.pixel_keys import same_pictures
 from cxr.data.prepared import normal_images, split_images
 from cxr.data.splits import partition
 from cxr.run.errors import UserError
+from cxr.run.provenance import keys_of
 from cxr.run.reading import json_object, read_json
 
 SPLITS = ("train", "test", "normal")
@@ -32,8 +33,9 @@ def _file_id(path):
     return status.st_dev, status.st_ino
 
 
-def _prepared_twins(extra, data_dir, log):
-    """{extra image: why} of every extra image that is a prepared image."""
+def _prepared_twins(extra, data_dir, *, log, dist_info, workers):
+    """{extra image: why} of every extra image that is a prepared image (pixel keys
+    computed as `cxr.run.provenance.keys_of` says)."""
     prepared = {
         name: path
         for split in SPLITS
@@ -49,10 +51,12 @@ def _prepared_twins(extra, data_dir, log):
             twins[path] = f"the same file as {same}"
     theirs = list(prepared.values())
     rest = [path for path in extra if path not in twins]
-    pairs = same_pictures(
-        pixel_keys(rest, what="pixel keys of --extra-images", log=log),
-        pixel_keys(theirs, what="pixel keys of the prepared images", log=log),
-    )
+
+    def keys(paths, what):
+        images = dict(enumerate(paths))
+        return keys_of(images, what=what, log=log, dist_info=dist_info, workers=workers)[1]
+
+    pairs = same_pictures(keys(rest, "--extra-images"), keys(theirs, "the prepared images"))
     for i, j in pairs:
         twins.setdefault(rest[i], f"the same picture as {theirs[j]}")
     return twins
@@ -78,13 +82,15 @@ def _test_patients(extra, data_dir):
     }
 
 
-def extra_images(entries, data_dir, *, drop_prepared=False, log=print):
+def extra_images(entries, data_dir, *, drop_prepared=False, log=print, dist_info=None, workers=0):
     """(the --extra-images files, each once, checked; {left out: why}). An image that is
     a prepared one or a film of a test patient (module docstring) is refused, all of them
-    named in one message, or with drop_prepared left out."""
+    named in one message, or with drop_prepared left out. dist_info, workers: who
+    computes the pixel keys (`cxr.run.provenance.keys_of`)."""
     extra = list_images(entries, "--extra-images")
     check_readable(extra, flag="--extra-images", log=log)
-    clashes = {**_test_patients(extra, data_dir), **_prepared_twins(extra, data_dir, log)}
+    twins = _prepared_twins(extra, data_dir, log=log, dist_info=dist_info, workers=workers)
+    clashes = {**_test_patients(extra, data_dir), **twins}
     if clashes and not drop_prepared:
         named = "; ".join(f"{path} ({why})" for path, why in list(clashes.items())[:3])
         more = f"; and {len(clashes) - 3} more" if len(clashes) > 3 else ""

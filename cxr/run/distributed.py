@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cxr.run.errors import UserError
+from cxr.run.errors import UserError, user_message
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,27 @@ def agree(dist_info, decide):
     if message is not None:
         raise UserError(message)
     return result
+
+
+def computed_together(items, compute, dist_info):
+    """compute(part) of this process's `inference_shard` of `items` (a tensor, a row per
+    item), and every process's rows in the order of `items`, on every process: each item
+    is computed once. A UserError raised on any process is raised on every process, so
+    none waits for a peer that stopped."""
+    part = [items[i] for i in inference_shard(len(items), dist_info)]
+    rows, message = None, None
+    try:
+        rows = compute(part)
+    except UserError as error:
+        message = user_message(error)
+    if dist_info.world_size > 1:
+        gathered = [None] * dist_info.world_size
+        dist.all_gather_object(gathered, (rows, message))
+        message = next((m for _, m in gathered if m is not None), None)
+        rows = None if message is not None else torch.cat([r for r, _ in gathered])
+    if message is not None:
+        raise UserError(message)
+    return rows
 
 
 def gather_to_main(items, dist_info):

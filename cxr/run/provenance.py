@@ -18,6 +18,7 @@ import torch
 
 from cxr.data.image_lists import data_fingerprint
 from cxr.data.pixel_keys import decode_keys, encode_keys, pixel_keys, same_pictures
+from cxr.run.distributed import computed_together
 from cxr.run.errors import UserError
 
 ENTRY_KEYS = ("what", "data_fingerprint", "images", "pixel_keys")
@@ -70,10 +71,17 @@ def model_record(meta):
     return None if "trained_on" not in meta else parse_trained_on(meta["trained_on"])
 
 
-def keys_of(images, *, what, log):
-    """(names, keys) of {name: path} images."""
+def keys_of(images, *, what, log, dist_info=None, workers=0):
+    """(names, keys) of {name: path} images, decoded by `workers` loader processes in each
+    of the run's processes (dist_info; None: this one alone), which share the files."""
     names = list(images)
-    return names, pixel_keys([images[n] for n in names], what=f"pixel keys of {what}", log=log)
+    paths = [images[n] for n in names]
+
+    def compute(part):
+        return pixel_keys(part, what=f"pixel keys of {what}", log=log, workers=workers)
+
+    keys = compute(paths) if dist_info is None else computed_together(paths, compute, dist_info)
+    return names, keys
 
 
 def seen_in(record, names, keys):
@@ -111,12 +119,13 @@ def describe_record(record, model):
     return f"{model} learnt from {sets}: checked against this run's images by their pixels"
 
 
-def check_unlearnt(meta, images, *, model, role, log):
+def check_unlearnt(meta, images, *, model, role, log, dist_info=None, workers=0):
     """Refuse a model (its checked metadata `meta`) that learnt from any of `images`
-    ({name: path}, the `role` of this run: "test images of ..."); returns what was checked."""
+    ({name: path}, the `role` of this run: "test images of ..."), their keys computed as
+    `keys_of` says; returns what was checked."""
     record = model_record(meta)
     if record is not None:
-        names, keys = keys_of(images, what=role, log=log)
+        names, keys = keys_of(images, what=role, log=log, dist_info=dist_info, workers=workers)
         advice = "Its scores on them would not be a test: score it on images it never saw"
         refuse_learnt(record, names, keys, model=model, role=role, advice=advice)
     return describe_record(record, model)

@@ -18,6 +18,7 @@ from cxr.data.pixel_keys import (
     pixel_keys,
     same_pictures,
 )
+from cxr.run.errors import UserError, user_message
 
 
 def picture(seed, side=64):
@@ -115,3 +116,18 @@ def test_a_picture_of_any_size_has_a_key(side):
     key = pixel_key(picture(9, side=side))
     assert key.shape == (KEY_SIZE,) and np.isfinite(key).all()
     assert abs(key.mean()) < 1e-5 and key.std() == pytest.approx(1, abs=1e-4)
+
+
+def test_keys_decoded_by_loader_workers_are_the_same_and_a_broken_file_is_named(tmp_path):
+    paths = []
+    for seed in range(5):
+        picture(seed, side=96).save(tmp_path / f"p{seed}.png")
+        paths.append(tmp_path / f"p{seed}.png")
+    alone = pixel_keys(paths, what="keys", log=None)
+    assert torch.equal(pixel_keys(paths, what="keys", log=None, workers=2), alone)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    with pytest.raises(UserError) as refused:
+        pixel_keys([*paths, tmp_path / "broken.png"], what="keys", log=None, workers=2)
+    message = user_message(refused.value)
+    assert message.startswith(f"cannot read image {tmp_path / 'broken.png'}")
+    assert "Traceback" not in message

@@ -1,17 +1,24 @@
-"""The collectives' single-process behaviour and the exact inference shards."""
+"""The collectives' single-process behaviour, the exact inference shards, and work shared
+by two real processes (gloo)."""
 
+import functools
+import json
+import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import free_port, spawn_two
 
 from cxr.nn.collectives import all_reduce_mean
 from cxr.run.cli import default_workers
 from cxr.run.distributed import (
     DistInfo,
+    computed_together,
     fresh_prefix,
     gather_to_main,
     inference_shard,
@@ -138,3 +145,49 @@ def test_a_parser_builds_whatever_local_world_size_says_and_the_launch_check_nam
     environ = {**torchrun_environment(), "LOCAL_WORLD_SIZE": local_world_size}
     with pytest.raises(UserError, match="LOCAL_WORLD_SIZE"):
         resolve_launch(environ)
+
+
+def _squares(part, *, out, rank, bad):
+    """Squares of `part`, recorded in `out`; the part holding `bad` fails."""
+    (out / f"part.{rank}").write_text(json.dumps(part))
+    if bad in part:
+        raise UserError(f"cannot read item {bad}")
+    return torch.tensor(part, dtype=torch.float64).reshape(-1, 1) ** 2
+
+
+def _together_worker(rank, port, folder, cases):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        for case, (items, bad) in enumerate(cases):
+            out = Path(folder) / f"{case}"
+            out.mkdir(exist_ok=True)
+            compute = functools.partial(_squares, out=out, rank=rank, bad=bad)
+            dist_info = DistInfo(rank, 2, 0, torch.device("cpu"))
+            try:
+                result = computed_together(items, compute, dist_info).tolist()
+            except UserError as error:
+                result = str(error)
+            (out / f"result.{rank}").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_work_computed_together_is_each_item_once_all_of_it_everywhere_or_one_error(tmp_path):
+    cases = [
+        (list(range(10, 17)), None),  # parts of 3 and 4
+        ([10], None),  # rank 0's part is empty
+        (list(range(7)), 5),  # 5 is in rank 1's part; rank 0's succeeds
+    ]
+    spawn_two(_together_worker, free_port(), str(tmp_path), cases)
+    for case, (items, bad) in enumerate(cases):
+        out = tmp_path / f"{case}"
+        parts = [json.loads((out / f"part.{rank}").read_text()) for rank in (0, 1)]
+        assert sorted(parts[0] + parts[1]) == items and not set(parts[0]) & set(parts[1])
+        expected = [[float(i * i)] for i in items] if bad is None else f"cannot read item {bad}"
+        for rank in (0, 1):
+            assert json.loads((out / f"result.{rank}").read_text()) == expected, (case, rank)
+    assert 5 in parts[1]
+    alone = DistInfo(0, 1, 0, torch.device("cpu"))
+    computed = computed_together([3, 1], lambda part: torch.tensor(part).reshape(-1, 1), alone)
+    assert computed.flatten().tolist() == [3, 1]

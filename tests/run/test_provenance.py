@@ -3,15 +3,23 @@ records refused, and a refusal naming how many and which images, renamed ones by
 names."""
 
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+from conftest import free_port, spawn_two
+from PIL import Image
 
 from cxr.data.pixel_keys import KEY_SIZE, encode_keys
+from cxr.run.distributed import DistInfo
 from cxr.run.errors import UserError
 from cxr.run.provenance import (
     check_unlearnt,
     describe_record,
+    keys_of,
     model_record,
     parse_trained_on,
     refuse_learnt,
@@ -91,3 +99,29 @@ def test_a_refusal_counts_every_image_learnt_and_names_the_first_by_both_names()
 def test_a_model_without_a_record_is_accepted_and_said_so(tmp_path):
     line = check_unlearnt({}, {"x": tmp_path / "absent.png"}, model="M", role="r", log=None)
     assert line == describe_record(None, "M") and "keeps no record" in line
+
+
+def _keys_worker(rank, port, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        images = {p.stem: p for p in sorted(Path(folder).glob("*.png"))}
+        dist_info = DistInfo(rank, 2, 0, torch.device("cpu"))
+        names, keys = keys_of(images, what="x", log=None, dist_info=dist_info, workers=rank)
+        torch.save({"names": names, "keys": keys}, Path(folder) / f"keys.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_keys_shared_by_two_processes_are_the_keys_of_one(tmp_path):
+    generator = np.random.default_rng(0)
+    for index in range(5):  # parts of 2 and 3 images
+        coarse = generator.integers(0, 256, (6, 6)).astype(np.uint8)
+        Image.fromarray(coarse).resize((64, 48), Image.BICUBIC).save(tmp_path / f"i{index}.png")
+    spawn_two(_keys_worker, free_port(), str(tmp_path))
+    images = {p.stem: p for p in sorted(tmp_path.glob("*.png"))}
+    names, keys = keys_of(images, what="x", log=None)
+    for rank in (0, 1):
+        shared = torch.load(tmp_path / f"keys.{rank}")
+        assert shared["names"] == names == [f"i{i}" for i in range(5)]
+        assert torch.equal(shared["keys"], keys)
