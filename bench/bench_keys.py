@@ -8,9 +8,11 @@ different images, how many copies its own threshold misses and how many pairs of
 different files it calls copies (cxr: SAME_PICTURE; phash: the largest distance of the
 8-bit copies, the smallest threshold that catches them), and the time ratio. NIH's own
 release holds one picture under two names (00002658_001 and _002): one such pair is
-expected there.
+expected there. Then the time per image with --workers loader processes, and on one
+full-size radiograph: a 3000 x 2500 12-bit PNG (the first image enlarged, with noise), as
+VinBigData's scanners give them.
 
-    python bench/bench_keys.py [FOLDER ...]
+    python bench/bench_keys.py [FOLDER ...] [--workers N]
     # default: shared/'s real NIH images, else 960 synthetic images at 128 px
 """
 
@@ -85,9 +87,25 @@ def report(name, keys, copy_keys, copies, *, scale, threshold):
     )
 
 
+def full_size(path, out):
+    """A 3000 x 2500 12-bit PNG of the picture in `path`, with noise, written to `out`."""
+    pixels = np.asarray(open_grayscale(path).resize((2500, 3000), Image.BILINEAR), np.float64)
+    noise = np.random.default_rng(0).normal(0, 20, pixels.shape)
+    Image.fromarray(np.clip(pixels * 16 + noise, 0, 4095).astype(np.uint16)).save(out)
+    return out
+
+
+def seconds_per_call(call, repeats=5):
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return (time.perf_counter() - start) / repeats
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="*")
+    parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folders = args.folders or [p for p in DEFAULT if p.is_dir()]
@@ -105,12 +123,24 @@ def main():
         hashes = phashes(paths)
         theirs = time.perf_counter() - start
         copy_hashes = phashes(copy_paths)
+        start = time.perf_counter()
+        pixel_keys(paths, what="cxr keys", log=None, workers=args.workers)
+        parallel = time.perf_counter() - start
+        big = full_size(paths[0], Path(folder) / "full-size.png")
+        big_key = seconds_per_call(lambda: pixel_keys([big], what="cxr keys", log=None))
+        big_hash = seconds_per_call(lambda: phashes([big]))
+        big_decode = seconds_per_call(lambda: Image.open(big).load())
     print(f"{len(paths)} images, {len(copy_paths)} copies")
     report("cxr", keys, copy_keys, copies, scale=KEY_SIZE, threshold=SAME_PICTURE)
     report("phash", hashes, copy_hashes, copies, scale=1, threshold=None)
     print(
         f"time per image: cxr {1000 * ours / len(paths):.2f} ms, phash "
-        f"{1000 * theirs / len(paths):.2f} ms; ratio cxr/phash {ours / theirs:.2f}"
+        f"{1000 * theirs / len(paths):.2f} ms; ratio cxr/phash {ours / theirs:.2f}; cxr with "
+        f"{args.workers} loader workers {1000 * parallel / len(paths):.2f} ms"
+    )
+    print(
+        f"a 3000 x 2500 12-bit PNG: cxr {1000 * big_key:.0f} ms, phash {1000 * big_hash:.0f} ms "
+        f"(ratio {big_key / big_hash:.2f}), of which decoding the PNG {1000 * big_decode:.0f} ms"
     )
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cxr.data.datasets import ImageList
-from cxr.data.images import read_grayscale, to_eight_bits
+from cxr.data.images import read_grayscale, sixteen_bits, to_eight_bits
 from cxr.run.errors import UserError, user_message
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,9 +40,16 @@ def test_data_of_fewer_bits_in_a_sixteen_bit_png_fills_the_eight_bit_range(tmp_p
 def test_the_integer_scaling_rounds_every_value_as_floats_would():
     for bits in range(8, 17):
         top = 2**bits - 1
-        every = np.arange(top + 1, dtype=np.int64)
+        every = np.arange(top + 1, dtype=np.uint32)
         expected = np.floor(every * 255 / top + 0.5).astype(np.uint8)  # no value is half-way
         np.testing.assert_array_equal(to_eight_bits(every, top), expected)
+
+
+def test_sixteen_bit_pixels_of_any_mode_are_their_values_in_0_to_65535():
+    as_int32 = sixteen_bits(np.array([-5, 0, 4095, 65535, 70000], dtype=np.int32))  # mode I
+    assert as_int32.dtype == np.uint32 and as_int32.tolist() == [0, 0, 4095, 65535, 65535]
+    big_endian = sixteen_bits(np.array([1, 300, 65535], dtype=">u2"))  # I;16B
+    assert big_endian.dtype == np.uint32 and big_endian.tolist() == [1, 300, 65535]
 
 
 def test_a_sixteen_bit_png_is_never_clipped_and_its_brightest_pixel_is_bright(tmp_path):
