@@ -18,6 +18,7 @@ from cxr.nn.collectives import all_reduce_mean
 from cxr.run.cli import default_workers
 from cxr.run.distributed import (
     DistInfo,
+    agree,
     computed_together,
     fresh_prefix,
     gather_to_main,
@@ -158,22 +159,33 @@ def _squares(part, *, out, rank, bad):
 def _together_worker(rank, port, folder, cases):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist_info = DistInfo(rank, 2, 0, torch.device("cpu"))
     try:
         for case, (items, bad) in enumerate(cases):
             out = Path(folder) / f"{case}"
             out.mkdir(exist_ok=True)
             compute = functools.partial(_squares, out=out, rank=rank, bad=bad)
-            dist_info = DistInfo(rank, 2, 0, torch.device("cpu"))
             try:
                 result = computed_together(items, compute, dist_info).tolist()
             except UserError as error:
                 result = str(error)
             (out / f"result.{rank}").write_text(json.dumps(result))
+        decided = [agree(dist_info, lambda: 7)]  # the main process decides, alone
+        try:
+            agree(dist_info, functools.partial(_refuse, "no"))
+        except UserError as error:
+            decided.append(str(error))
+        (Path(folder) / f"agreed.{rank}").write_text(json.dumps(decided))
     finally:
         dist.destroy_process_group()
 
 
+def _refuse(message):
+    raise UserError(message)
+
+
 def test_work_computed_together_is_each_item_once_all_of_it_everywhere_or_one_error(tmp_path):
+    """Two real processes; also `agree`: the main process decides, its error reaches both."""
     cases = [
         (list(range(10, 17)), None),  # parts of 3 and 4
         ([10], None),  # rank 0's part is empty
@@ -188,6 +200,8 @@ def test_work_computed_together_is_each_item_once_all_of_it_everywhere_or_one_er
         for rank in (0, 1):
             assert json.loads((out / f"result.{rank}").read_text()) == expected, (case, rank)
     assert 5 in parts[1]
+    agreed = [json.loads((tmp_path / f"agreed.{rank}").read_text()) for rank in (0, 1)]
+    assert agreed == [[7, "no"], [None, "no"]]
     alone = DistInfo(0, 1, 0, torch.device("cpu"))
     computed = computed_together([3, 1], lambda part: torch.tensor(part).reshape(-1, 1), alone)
     assert computed.flatten().tolist() == [3, 1]
