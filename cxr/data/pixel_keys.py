@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from cxr.data.images import open_grayscale
+from cxr.run.errors import UserError
 from cxr.run.progress import progress
 
 KEY_SIDE = 16
@@ -41,7 +42,9 @@ def pixel_key(image):
 
 
 class KeysOfFiles(torch.utils.data.Dataset):
-    """The pixel key of each of a list of image files."""
+    """The pixel key of each of a list of image files, as (key, None), or (None, why) for
+    a file that is not a readable image: a loader that raised would hold its workers
+    for seconds on the way out, and the files are counted at the end."""
 
     def __init__(self, paths):
         self.paths = list(paths)
@@ -50,16 +53,26 @@ class KeysOfFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        return torch.from_numpy(pixel_key(open_grayscale(self.paths[index])))
+        try:
+            return torch.from_numpy(pixel_key(open_grayscale(self.paths[index]))), None
+        except UserError as error:
+            return None, str(error)
 
 
 def pixel_keys(paths, *, what, log=print, workers=0):
     """(N, KEY_SIZE) float32 keys of image files, in order, decoded by `workers` loader
-    processes (0: this one); `what` names them in progress lines. A file that is not a
-    readable image raises one UserError naming it."""
-    files = KeysOfFiles(paths)
-    loader = torch.utils.data.DataLoader(files, batch_size=None, num_workers=workers)
-    keys = list(progress(loader, what, log=log))
+    processes (0: this one); `what` names them in progress lines. Files that are not
+    readable images raise one UserError: the first one's reason, and how many more."""
+    loader = torch.utils.data.DataLoader(KeysOfFiles(paths), batch_size=None, num_workers=workers)
+    keys, unreadable = [], []
+    for key, why in progress(loader, what, log=log):
+        if why is None:
+            keys.append(key)
+        else:
+            unreadable.append(why)
+    if unreadable:
+        more = len(unreadable) - 1
+        raise UserError(unreadable[0] + (f"; and {more} more unreadable images" if more else ""))
     return torch.stack(keys) if keys else torch.zeros(0, KEY_SIZE)
 
 

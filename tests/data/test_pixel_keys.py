@@ -118,16 +118,25 @@ def test_a_picture_of_any_size_has_a_key(side):
     assert abs(key.mean()) < 1e-5 and key.std() == pytest.approx(1, abs=1e-4)
 
 
-def test_keys_decoded_by_loader_workers_are_the_same_and_a_broken_file_is_named(tmp_path):
+def test_keys_decoded_by_loader_workers_are_the_same_and_broken_files_are_named(tmp_path):
     paths = []
     for seed in range(5):
         picture(seed, side=96).save(tmp_path / f"p{seed}.png")
         paths.append(tmp_path / f"p{seed}.png")
     alone = pixel_keys(paths, what="keys", log=None)
     assert torch.equal(pixel_keys(paths, what="keys", log=None, workers=2), alone)
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    with pytest.raises(UserError) as refused:
-        pixel_keys([*paths, tmp_path / "broken.png"], what="keys", log=None, workers=2)
-    message = user_message(refused.value)
-    assert message.startswith(f"cannot read image {tmp_path / 'broken.png'}")
-    assert "Traceback" not in message
+    for name in ("broken.png", "worse.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    for workers in (0, 2):
+        with pytest.raises(UserError) as refused:
+            pixel_keys([tmp_path / "broken.png", *paths], what="keys", log=None, workers=workers)
+        assert user_message(refused.value).startswith(
+            f"cannot read image {tmp_path / 'broken.png'}"
+        )
+        assert "Traceback" not in user_message(refused.value)
+        with pytest.raises(UserError) as refused:
+            files = [*paths, tmp_path / "broken.png", tmp_path / "worse.png"]
+            pixel_keys(files, what="keys", log=None, workers=workers)
+        message = user_message(refused.value)
+        assert message.startswith(f"cannot read image {tmp_path / 'broken.png'}")
+        assert message.endswith("; and 1 more unreadable images")
