@@ -423,6 +423,8 @@ def learnt_from(args, meta, *, labeled, held_out, negatives, log, dist_info):
     def keys(images, what):  # shared by the run's processes
         return keys_of(images, what=what, log=log, dist_info=dist_info, workers=args.workers)
 
+    listing = log if args.dry_run is not None else None  # a dry run lists every image learnt
+
     train_images = split_images(args.data_dir, "train")
     checked = [*labeled, *(held_out or [])]
     images = {**{n: train_images[n] for n in checked}, **{p.stem: p for p in negatives}}
@@ -447,7 +449,9 @@ def learnt_from(args, meta, *, labeled, held_out, negatives, log, dist_info):
             *keys(test, what="the test images"),
             model=model,
             role=f"test images of {args.data_dir}",
-            advice="Its scores on them would not be a test: use a backbone pretrained without them",
+            advice="Its scores on them would not be a test: use a backbone pretrained without "
+            "them (--dry-run lists each)",
+            listing=listing,
         )
         if not args.allow_overlap:
             refuse_learnt(
@@ -456,7 +460,8 @@ def learnt_from(args, meta, *, labeled, held_out, negatives, log, dist_info):
                 torch.stack([key[n] for n in checked]),
                 model=model,
                 role="labeled images",
-                advice=overlap_advice(backbone, record, args.data_dir),
+                advice=overlap_advice(backbone, record, args.data_dir) + " (--dry-run lists each)",
+                listing=listing,
             )
     entries = backbone["trained_on"] if record is not None else []
     return [*entries, mine], describe_record(record, f"backbone {path}")

@@ -94,20 +94,23 @@ def seen_in(record, names, keys):
     return seen
 
 
-def refuse_learnt(record, names, keys, *, model, role, advice):
+def refuse_learnt(record, names, keys, *, model, role, advice, listing=None):
     """One UserError naming how many and which of the images `names` (keys `keys`, the
-    `role` of this run: "test images of DATA") the model learnt from; nothing if none."""
+    `role` of this run: "test images of DATA") the model learnt from; nothing if none.
+    listing: where each of them is written first, one line each (None: nowhere)."""
     seen = seen_in(record, names, keys)
     if not seen:
         return
-    shown = [
+    learnt = [
         name + ("" if theirs == name else f" (as {theirs})") + f" in its {what}"
-        for name, (what, theirs) in sorted(seen.items())[:SHOWN]
+        for name, (what, theirs) in sorted(seen.items())
     ]
+    for line in learnt if listing is not None else ():
+        listing(f"learnt: {line}")
     more = f", and {len(seen) - SHOWN} more" if len(seen) > SHOWN else ""
     raise UserError(
         f"{model} learnt from {len(seen)} of the {len(names)} {role} (the same pictures, by "
-        f"their pixels): {'; '.join(shown)}{more}. {advice}"
+        f"their pixels): {'; '.join(learnt[:SHOWN])}{more}. {advice}"
     )
 
 

@@ -3,6 +3,7 @@ labeled set apart from the SSL pool, two processes, the schedule of repeat-facto
 
 import json
 import math
+import re
 import shlex
 import shutil
 
@@ -139,6 +140,11 @@ def test_a_backbone_that_learnt_a_test_image_is_refused_whatever_its_path_or_nam
     shutil.copy(path.with_suffix(".json"), pretrain / layout.BACKBONE_META)
     with pytest.raises(UserError, match=refusal):
         train_det.main(det_args(data_dir, tmp_path / "out", "b", "--init", "ssl"))
+    capsys.readouterr()
+    with pytest.raises(UserError, match=refusal):
+        train_det.main(det_args(data_dir, tmp_path / "out", "b", "--init", "ssl", "--dry-run"))
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("learnt:")]
+    assert listed == [f"learnt: {test_image.stem} (as scan) in its SSL pool"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b"]  # nothing written
     path.with_suffix(".json").unlink()  # a backbone from elsewhere: no record
     train_det.main(det_args(data_dir, tmp_path / "out", "a", "--init", str(path), "--dry-run", "1"))
@@ -167,6 +173,15 @@ def test_labeled_images_the_ssl_pool_held_are_refused_unless_allowed(data_dir, t
         train_det.main(
             det_args(data_dir, tmp_path, "exp", "--init", "ssl", "--labeled-fraction", "0.8")
         )
+    capsys.readouterr()
+    argv = ["--init", "ssl", "--labeled-fraction", "0.8", "--dry-run", "1"]
+    with pytest.raises(UserError, match=r"\(--dry-run lists each\)$") as refused:
+        train_det.main(det_args(data_dir, tmp_path, "exp", *argv))
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("learnt:")]
+    count = int(re.search(r"learnt from (\d+) of the", str(refused.value)).group(1))
+    assert len(listed) == count > 3  # every one, where the message names three
+    assert {line.split()[1] for line in listed} <= set(pool)
+    assert all(line.endswith(" in its SSL pool") for line in listed)
     for allowed in ([], ["--labeled-fraction", "0.8", "--allow-overlap"]):
         argv = det_args(data_dir, tmp_path, "exp", "--init", "ssl", "--dry-run", "1", *allowed)
         train_det.main(argv)
