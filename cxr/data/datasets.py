@@ -13,7 +13,7 @@ import torch
 from cxr.data.image_files import check_image
 from cxr.data.images import read_grayscale
 from cxr.data.prepared import load_coco
-from cxr.run.errors import UserError
+from cxr.run.errors import UserError, first_few
 
 
 def xyxy(bbox):
@@ -66,8 +66,7 @@ def check_sizes(coco, image_dir, *, names=None):
     if wrong:
         raise UserError(
             f"{len(wrong)} images are not the size their annotations give them (their "
-            f"boxes are in those pixels): {'; '.join(wrong[:3])}"
-            f"{f'; and {len(wrong) - 3} more' if len(wrong) > 3 else ''}. Prepare them again"
+            f"boxes are in those pixels): {first_few(wrong)}. Prepare them again"
         )
 
 

@@ -29,7 +29,7 @@ from cxr.data.nih import read_nih_table
 from cxr.data.splits import split_test
 from cxr.data.vinbigdata import read_vinbigdata
 from cxr.data.wbf import fuse_box_groups
-from cxr.run.errors import UserError
+from cxr.run.errors import UserError, first_few
 from cxr.run.outputs import atomic_write_json, check_output_folder, staged_directory
 
 FORMATS = ("vinbigdata", "nih", "coco")
@@ -113,10 +113,9 @@ def check_proportions(table, sizes):
                     f"{name} is {width} x {height}, its entry {their_width:g} x {their_height:g}"
                 )
     if wrong:
-        more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
         raise UserError(
             f"{table.path}: {len(wrong)} images are not of the proportions their entries give "
-            f"(their boxes could not be placed): {'; '.join(wrong[:3])}{more}"
+            f"(their boxes could not be placed): {first_few(wrong)}"
         )
 
 

@@ -20,7 +20,7 @@ from cxr.data.images import list_images
 from cxr.data.pixel_keys import same_pictures
 from cxr.data.prepared import normal_images, split_images
 from cxr.data.splits import partition
-from cxr.run.errors import UserError
+from cxr.run.errors import UserError, first_few
 from cxr.run.provenance import keys_of
 from cxr.run.reading import json_object, read_json
 
@@ -92,12 +92,11 @@ def extra_images(entries, data_dir, *, drop_prepared=False, log=print, dist_info
     twins = _prepared_twins(extra, data_dir, log=log, dist_info=dist_info, workers=workers)
     clashes = {**_test_patients(extra, data_dir), **twins}
     if clashes and not drop_prepared:
-        named = "; ".join(f"{path} ({why})" for path, why in list(clashes.items())[:3])
-        more = f"; and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        named = first_few([f"{path} ({why})" for path, why in clashes.items()])
         raise UserError(
             f"--extra-images: {len(clashes)} of {len(extra)} images are prepared images of "
             f"{data_dir} or films of its test patients, which the SSL pool must not see: "
-            f"{named}{more}. "
+            f"{named}. "
             "Pass --drop-prepared to leave them out (the run's log lists each; with --dry-run "
             "they are printed), or remove them"
         )

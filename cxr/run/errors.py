@@ -19,6 +19,13 @@ class UserError(Exception):
         super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
+def first_few(items, shown=3):
+    """'a; b; c; and 4 more': the first `shown` of the strings `items` a message names,
+    then how many it leaves out."""
+    more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
+
+
 def user_message(error):
     """The message of a UserError. One raised in a DataLoader worker reaches the
     main process re-raised by torch with the worker's whole traceback as its

@@ -19,10 +19,9 @@ import torch
 from cxr.data.image_lists import data_fingerprint
 from cxr.data.pixel_keys import decode_keys, encode_keys, pixel_keys, same_pictures
 from cxr.run.distributed import computed_together
-from cxr.run.errors import UserError
+from cxr.run.errors import UserError, first_few
 
 ENTRY_KEYS = ("what", "data_fingerprint", "images", "pixel_keys")
-SHOWN = 3  # clashing images named in a message; the count gives the rest
 
 
 @dataclass(frozen=True)
@@ -107,10 +106,9 @@ def refuse_learnt(record, names, keys, *, model, role, advice, listing=None):
     ]
     for line in learnt if listing is not None else ():
         listing(f"learnt: {line}")
-    more = f", and {len(seen) - SHOWN} more" if len(seen) > SHOWN else ""
     raise UserError(
         f"{model} learnt from {len(seen)} of the {len(names)} {role} (the same pictures, by "
-        f"their pixels): {'; '.join(learnt[:SHOWN])}{more}. {advice}"
+        f"their pixels): {first_few(learnt)}. {advice}"
     )
 
 

@@ -90,7 +90,7 @@ def test_a_refusal_counts_every_image_learnt_and_names_the_first_by_both_names()
         )
     message = str(refused.value)
     assert message.startswith("the backbone B learnt from 5 of the 6 test images (the same")
-    assert "p0 in its SSL pool; p1 in its SSL pool; p3 in its SSL pool, and 2 more. X" in message
+    assert "p0 in its SSL pool; p1 in its SSL pool; p3 in its SSL pool; and 2 more. X" in message
     refuse_learnt(record, ["t3"], queried[[3]], model="m", role="r", advice="a")  # none: no error
     with pytest.raises(UserError, match=r"in its SSL pool\. X$"):  # three: all named
         refuse_learnt(record, names[:3], queried[:3], model="m", role="r", advice="X")
