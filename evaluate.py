@@ -26,7 +26,7 @@ import torch
 
 from cxr.data.classes import VINBIGDATA_CLASSES, class_index, dataset_classes
 from cxr.data.datasets import DetectionDataset, ImageList, xyxy
-from cxr.data.image_files import check_image
+from cxr.data.image_files import image_size
 from cxr.data.images import list_images, open_grayscale
 from cxr.data.names import check_name
 from cxr.data.original_sizes import read_original_sizes
@@ -534,10 +534,7 @@ def submission_rows(files, results, sizes, threshold, *, no_finding):
     """(image_id, PredictionString) of every file, boxes scaled to the original sizes."""
     detections, rows = _detections_by_image(results), []
     for i, f in enumerate(files):
-        size, why = check_image(f)
-        if size is None:
-            raise UserError(f"cannot read image {f}: {why}")
-        width, height = size
+        width, height = image_size(f)
         original = sizes[f.stem] if sizes else (width, height)
         scale = (original[0] / width, original[1] / height)
         string = prediction_string(

@@ -65,6 +65,14 @@ def check_image(path, decode=False):
     return size, why
 
 
+def image_size(path):
+    """(width, height) of a usable image file (`check_image`), or one UserError naming it."""
+    size, why = check_image(path)
+    if size is None:
+        raise UserError(f"cannot use image {path}: {why}")
+    return size
+
+
 def check_readable(paths, *, flag, log):
     """Refuse an image of `flag` that Pillow cannot open, or one over its
     decompression-bomb limit."""
